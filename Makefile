@@ -1,0 +1,52 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create the virtualenv, install the Python packages and check the
+# Debian packages they need (installed with apt-get when run as root).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OSLO_VENV ?= .venv-oslo
+OSLO_STAMP := $(OSLO_VENV)/.installed
+
+.PHONY: demo test lint deps-test deps-demo venv oslo-venv clean bench
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The option-definition check runs in its own virtualenv: the 2023.1
+# OpenStack pins clash with our own dependencies (research/config-validation.md).
+$(OSLO_STAMP): etc/oslo-check-requirements.txt
+	test -x $(OSLO_VENV)/bin/python || $(PY) -m venv $(OSLO_VENV)
+	$(OSLO_VENV)/bin/pip install -q 'setuptools<82' wheel
+	$(OSLO_VENV)/bin/pip install -q --no-deps --no-build-isolation -r etc/oslo-check-requirements.txt
+	touch $(OSLO_STAMP)
+
+oslo-venv: $(OSLO_STAMP)
+
+deps-test:
+	@scripts/ensure-debian-packages openssh-server chromium fonts-noto-cjk git
+
+deps-demo:
+	@scripts/ensure-debian-packages git
+
+demo: deps-demo $(STAMP)
+	$(BIN)/hyperv-ci demo
+
+test: deps-test $(STAMP) $(OSLO_STAMP)
+	scripts/ensure-postgres
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.listener_throughput
+
+clean:
+	rm -rf $(VENV) $(OSLO_VENV) .demo

@@ -1,0 +1,102 @@
+"""Database engines and sessions, and schema upgrades through Alembic.
+
+SQLite is the embedded default (one machine); PostgreSQL is the shared engine
+when workers run on many hosts. Both go through the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.orm import Session, sessionmaker
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with the per-dialect settings the queue relies on."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets the dashboard read while a worker writes; foreign keys
+            # are off by default in SQLite.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # BEGIN IMMEDIATE takes the write lock up front, so two workers
+            # claiming at once serialise instead of failing to upgrade a lock.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        # pysqlite's own transaction handling would defeat BEGIN IMMEDIATE.
+        @event.listens_for(engine, "connect", insert=True)
+        def _no_pysqlite_begin(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded attributes after commit (handy for returning rows)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (creates an empty database's tables)."""
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Upgrade if the database is empty or behind: every process calls this at start."""
+    names = set(inspect(engine).get_table_names())
+    if "alembic_version" not in names or not _at_head(engine):
+        logger.info("upgrading database schema")
+        upgrade(engine)
+
+
+def _at_head(engine: Engine) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(str(engine.url)))
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
+    return set(current) == set(script.get_heads())

@@ -1,0 +1,271 @@
+"""The whole schema of hyperv-ci: the one module that defines tables.
+
+Every process (listener, workers, dashboard, CLI) shares this database; every
+arrow of the design that crosses a process boundary is a row here.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC (every timestamp in the database is UTC)."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A DateTime that always comes back timezone-aware (SQLite drops tzinfo)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class BuildState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ERROR = "error"  # the CI broke, not the change: retried, never a -1
+    MERGE_CONFLICT = "merge_conflict"  # the change does not merge: reported without a vote
+    SUPERSEDED = "superseded"
+    ABORTED = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (BuildState.QUEUED, BuildState.RUNNING)
+
+
+class StepState(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+class NodeState(enum.StrEnum):
+    READY = "ready"
+    RESERVED = "reserved"
+    CLEANING = "cleaning"
+    OFFLINE = "offline"
+
+
+class ReportState(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the retry limit
+
+
+class Event(Base):
+    """One raw line of `gerrit stream-events`, stored before anything is decided."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    raw: Mapped[str] = mapped_column(Text)
+    # Set in the transaction that creates the event's builds (acknowledge = act).
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[str | None] = mapped_column(Text)
+
+
+class Change(Base):
+    __tablename__ = "changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    project: Mapped[str] = mapped_column(String(255), index=True)
+    branch: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    owner_name: Mapped[str] = mapped_column(String(255), default="")
+    owner_email: Mapped[str] = mapped_column(String(255), default="")
+    url: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(32), default="NEW")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    patchsets: Mapped[list[Patchset]] = relationship(
+        back_populates="change", order_by="Patchset.number"
+    )
+
+
+class Patchset(Base):
+    __tablename__ = "patchsets"
+    __table_args__ = (UniqueConstraint("change_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    change_id: Mapped[int] = mapped_column(ForeignKey("changes.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    revision: Mapped[str] = mapped_column(String(64), default="")
+    ref: Mapped[str] = mapped_column(String(255), default="")
+    uploader_name: Mapped[str] = mapped_column(String(255), default="")
+    files: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    change: Mapped[Change] = relationship(back_populates="patchsets")
+    builds: Mapped[list[Build]] = relationship(back_populates="patchset")
+
+
+class Build(Base):
+    """One run of one job for one patchset: the queue entry and its result."""
+
+    __tablename__ = "builds"
+    __table_args__ = (Index("ix_builds_state_id", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patchset_id: Mapped[int] = mapped_column(ForeignKey("patchsets.id", ondelete="CASCADE"))
+    job: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(32), default=BuildState.QUEUED, index=True)
+    reason: Mapped[str] = mapped_column(String(64), default="patchset-created")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Claim and lease: the worker that runs it renews the lease; a reaper
+    # requeues (or errors out) builds whose lease ran out.
+    worker: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    abort_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    log_url: Mapped[str | None] = mapped_column(Text)
+    log_path: Mapped[str | None] = mapped_column(Text)
+    # A build retried after an infrastructure error points at the first one.
+    retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("builds.id"))
+
+    patchset: Mapped[Patchset] = relationship(back_populates="builds")
+    steps: Mapped[list[BuildStep]] = relationship(
+        back_populates="build", order_by="BuildStep.id", cascade="all, delete-orphan"
+    )
+    tests: Mapped[list[TestResult]] = relationship(
+        back_populates="build", order_by="TestResult.id", cascade="all, delete-orphan"
+    )
+    report: Mapped[Report | None] = relationship(back_populates="build")
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+
+class BuildStep(Base):
+    __tablename__ = "build_steps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    node: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(32), default=StepState.RUNNING)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    log_name: Mapped[str | None] = mapped_column(Text)  # relative to the build's log dir
+    # The last few KB of output, refreshed while the step runs (the live view).
+    output_tail: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+
+    build: Mapped[Build] = relationship(back_populates="steps")
+
+
+class TestResult(Base):
+    __tablename__ = "test_results"
+    __test__ = False  # not a pytest class
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    test_id: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))  # success fail skip xfail uxsuccess
+    duration: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[str] = mapped_column(Text, default="")
+
+    build: Mapped[Build] = relationship(back_populates="tests")
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    label: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(255), default="")
+    state: Mapped[str] = mapped_column(String(32), default=NodeState.READY)
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    build_id: Mapped[int | None] = mapped_column(ForeignKey("builds.id", ondelete="SET NULL"))
+    health_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    message: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Report(Base):
+    """The outbox: one vote/comment per build, sent by the reporter, never twice."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), unique=True)
+    project: Mapped[str] = mapped_column(String(255))
+    change_number: Mapped[int] = mapped_column(Integer)
+    patchset_number: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(64))
+    vote: Mapped[int | None] = mapped_column(Integer)  # None: a comment without a vote
+    message: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(32), default=ReportState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+    build: Mapped[Build] = relationship(back_populates="report")
+
+
+class ListenerState(Base):
+    """Small key/value facts the listener keeps across restarts (last event time)."""
+
+    __tablename__ = "listener_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,287 @@
+"""The build queue: enqueue, supersede, claim with a lease, renew, finish, reap.
+
+Every function takes the caller's Session and runs inside the caller's
+transaction, so "store the event, create its builds, mark it processed"
+or "finish the build, queue its report" commit together or not at all.
+
+Claiming uses the database's own guarantees: `FOR UPDATE SKIP LOCKED` on
+PostgreSQL, the write lock of `BEGIN IMMEDIATE` on SQLite (see ci/db.py),
+and every state change is a conditional UPDATE checked by its row count,
+so a build is never run twice and a finished build never changes again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ci.models import Build, BuildState, Change, Patchset, utcnow
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = (BuildState.QUEUED, BuildState.RUNNING)
+
+
+@dataclass(frozen=True)
+class ChangeInfo:
+    """What the queue records of a change and one of its patchsets."""
+
+    number: int
+    project: str
+    branch: str
+    patchset: int
+    subject: str = ""
+    owner_name: str = ""
+    owner_email: str = ""
+    url: str = ""
+    status: str = "NEW"
+    revision: str = ""
+    ref: str = ""
+    uploader_name: str = ""
+    files: tuple[str, ...] | None = None
+
+
+def change_ref(number: int, patchset: int) -> str:
+    """Gerrit's ref for a patchset: refs/changes/<last two digits>/<change>/<patchset>."""
+    return f"refs/changes/{number % 100:02d}/{number}/{patchset}"
+
+
+def upsert_patchset(session: Session, info: ChangeInfo) -> Patchset:
+    """Create or refresh the change and patchset rows; returns the patchset."""
+    change = session.scalar(select(Change).where(Change.number == info.number))
+    if change is None:
+        change = Change(number=info.number, project=info.project, branch=info.branch)
+        session.add(change)
+    change.project = info.project
+    change.branch = info.branch
+    if info.subject:
+        change.subject = info.subject
+    if info.owner_name:
+        change.owner_name = info.owner_name
+    if info.owner_email:
+        change.owner_email = info.owner_email
+    if info.url:
+        change.url = info.url
+    change.status = info.status or change.status
+    session.flush()
+    patchset = session.scalar(
+        select(Patchset).where(Patchset.change_id == change.id, Patchset.number == info.patchset)
+    )
+    if patchset is None:
+        patchset = Patchset(change_id=change.id, number=info.patchset)
+        session.add(patchset)
+    patchset.revision = info.revision or patchset.revision
+    patchset.ref = info.ref or patchset.ref or change_ref(info.number, info.patchset)
+    patchset.uploader_name = info.uploader_name or patchset.uploader_name
+    if info.files is not None:
+        patchset.files = list(info.files)
+    session.flush()
+    return patchset
+
+
+def _active_builds(session: Session, change_number: int, job: str | None = None) -> list[Build]:
+    query = (
+        select(Build)
+        .join(Patchset, Build.patchset_id == Patchset.id)
+        .join(Change, Patchset.change_id == Change.id)
+        .where(Change.number == change_number, Build.state.in_(ACTIVE))
+    )
+    if job is not None:
+        query = query.where(Build.job == job)
+    return list(session.scalars(query))
+
+
+def _stop(session: Session, build: Build, state: BuildState, why: str) -> bool:
+    """Queued → state at once; running → state with abort_requested (the worker stops it)."""
+    result = session.execute(
+        update(Build)
+        .where(Build.id == build.id, Build.state.in_(ACTIVE))
+        .values(state=state, abort_requested=True, summary=why,
+                finished_at=utcnow())
+    )
+    if result.rowcount:
+        session.refresh(build)
+        logger.info("build %s %s: %s", build.id, state, why)
+    return bool(result.rowcount)
+
+
+def enqueue(session: Session, patchset: Patchset, job: str, reason: str) -> Build | None:
+    """Queue `job` for `patchset`, superseding builds of older patchsets of the change.
+
+    A second request while the same patchset's build is still queued is a
+    no-op (returns None): a burst of rechecks gives one build.
+    """
+    change = patchset.change
+    for build in _active_builds(session, change.number, job):
+        if build.patchset.number < patchset.number:
+            _stop(session, build, BuildState.SUPERSEDED, f"superseded by patchset {patchset.number}")
+        elif build.patchset.number == patchset.number and build.state == BuildState.QUEUED:
+            return None
+        elif build.patchset.number == patchset.number and build.state == BuildState.RUNNING:
+            # A recheck while running restarts it on the same patchset.
+            _stop(session, build, BuildState.SUPERSEDED, f"superseded by a new run ({reason})")
+        elif build.patchset.number > patchset.number:
+            return None  # an event for an outdated patchset: the newer one wins
+    build = Build(patchset_id=patchset.id, job=job, state=BuildState.QUEUED, reason=reason)
+    session.add(build)
+    session.flush()
+    logger.info("build %s queued: change %s,%s job %s (%s)", build.id, change.number,
+                patchset.number, job, reason)
+    return build
+
+
+def abort_change(session: Session, change_number: int, why: str) -> list[Build]:
+    """Stop every active build of a change (abandoned, merged)."""
+    return [b for b in _active_builds(session, change_number) if
+            _stop(session, b, BuildState.ABORTED, why)]
+
+
+def request_abort(session: Session, build_id: int, why: str = "aborted by an operator") -> bool:
+    """Abort one build (dashboard/CLI); False if it had already finished."""
+    build = session.get(Build, build_id)
+    return build is not None and _stop(session, build, BuildState.ABORTED, why)
+
+
+# The node pool decides whether a build's nodes can be had; it reserves them
+# in the same transaction as the claim (runners.pool.reserve).
+Reserver = Callable[[Session, Build], bool]
+
+
+def claim_next(
+    session: Session,
+    worker: str,
+    lease_seconds: int,
+    *,
+    reserve: Reserver | None = None,
+    jobs: Sequence[str] | None = None,
+    scan: int = 20,
+) -> Build | None:
+    """Claim the oldest queued build this worker can run now, or None.
+
+    Candidates are locked with SKIP LOCKED (PostgreSQL), so concurrent
+    workers look at different rows; the conditional UPDATE is the final
+    guard on every engine.
+    """
+    query = select(Build).where(Build.state == BuildState.QUEUED).order_by(Build.id).limit(scan)
+    if jobs is not None:
+        query = query.where(Build.job.in_(jobs))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    for build in session.scalars(query):
+        if reserve is not None and not reserve(session, build):
+            continue
+        now = utcnow()
+        result = session.execute(
+            update(Build)
+            .where(Build.id == build.id, Build.state == BuildState.QUEUED)
+            .values(state=BuildState.RUNNING, worker=worker, started_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds))
+        )
+        if result.rowcount == 1:
+            session.refresh(build)
+            logger.info("build %s claimed by %s", build.id, worker)
+            return build
+    return None
+
+
+def renew_lease(session: Session, build_id: int, worker: str, lease_seconds: int) -> bool:
+    """Extend our lease; False means the build is no longer ours to run (stop it)."""
+    result = session.execute(
+        update(Build)
+        .where(Build.id == build_id, Build.worker == worker, Build.state == BuildState.RUNNING,
+               Build.abort_requested.is_(False))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return result.rowcount == 1
+
+
+def finish(
+    session: Session,
+    build_id: int,
+    worker: str,
+    state: BuildState,
+    summary: str = "",
+    *,
+    log_url: str | None = None,
+    log_path: str | None = None,
+) -> Build | None:
+    """Record a running build's result; None if it was superseded/aborted meanwhile."""
+    if not state.finished:
+        raise ValueError(f"{state} is not a final state")
+    result = session.execute(
+        update(Build)
+        .where(Build.id == build_id, Build.worker == worker, Build.state == BuildState.RUNNING)
+        .values(state=state, summary=summary, finished_at=utcnow(), log_url=log_url,
+                log_path=log_path, lease_expires_at=None)
+    )
+    build = session.get(Build, build_id)
+    if build is not None:
+        session.refresh(build)
+    if result.rowcount != 1:
+        logger.info("build %s finished as %s but is %s: result dropped", build_id, state,
+                    build.state if build else "gone")
+        return None
+    logger.info("build %s %s", build_id, state)
+    return build
+
+
+def retry_after_error(session: Session, build: Build, max_attempts: int) -> Build | None:
+    """Queue a new attempt of an errored build, unless it used all its attempts."""
+    if build.attempt >= max_attempts:
+        return None
+    if any(b.id != build.id for b in _active_builds(session, build.patchset.change.number,
+                                                      build.job)):
+        return None  # a newer run already exists
+    retry = Build(patchset_id=build.patchset_id, job=build.job, state=BuildState.QUEUED,
+                  reason="retry after error", attempt=build.attempt + 1,
+                  retry_of_id=build.retry_of_id or build.id)
+    session.add(retry)
+    session.flush()
+    logger.info("build %s queued as attempt %s of build %s", retry.id, retry.attempt, build.id)
+    return retry
+
+
+def expired_builds(session: Session, now: datetime | None = None) -> list[Build]:
+    """Running builds whose worker stopped renewing its lease (it died)."""
+    now = now or utcnow()
+    return list(session.scalars(
+        select(Build).where(Build.state == BuildState.RUNNING, Build.lease_expires_at < now)
+    ))
+
+
+def reap_expired(session: Session, max_attempts: int, now: datetime | None = None) -> list[Build]:
+    """Mark builds of dead workers `error` and queue their retry; returns the reaped builds."""
+    reaped = []
+    for build in expired_builds(session, now):
+        result = session.execute(
+            update(Build)
+            .where(Build.id == build.id, Build.state == BuildState.RUNNING,
+                   Build.lease_expires_at == build.lease_expires_at)
+            .values(state=BuildState.ERROR, finished_at=utcnow(),
+                    summary=f"worker {build.worker} stopped renewing its lease")
+        )
+        if result.rowcount == 1:
+            session.refresh(build)
+            retry_after_error(session, build, max_attempts)
+            reaped.append(build)
+            logger.warning("build %s reaped: worker %s lost", build.id, build.worker)
+    return reaped
+
+
+def queued_builds(session: Session) -> list[Build]:
+    return list(session.scalars(
+        select(Build).where(Build.state == BuildState.QUEUED).order_by(Build.id)))
+
+
+def running_builds(session: Session) -> list[Build]:
+    return list(session.scalars(
+        select(Build).where(Build.state == BuildState.RUNNING).order_by(Build.id)))
+
+
+def recent_builds(session: Session, limit: int = 50) -> list[Build]:
+    return list(session.scalars(select(Build).order_by(Build.id.desc()).limit(limit)))

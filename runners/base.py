@@ -1,0 +1,128 @@
+"""The runner interface every job type implements, and the executors' shared types.
+
+A worker drives a runner through prepare → run → collect → cleanup; collect
+and cleanup run whatever happened (they are called from `finally`).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ci.config import Config, NodeConfig
+    from runners.steps import StepRecorder
+
+# Receives decoded text as it arrives from a running command (the live view).
+OutputSink = Callable[[str], None]
+
+
+class ExecutorError(Exception):
+    """The transport to a node failed (unreachable, dropped, auth): the CI's fault."""
+
+
+class CommandTimeout(ExecutorError):
+    """A command outlived its timeout; the executor has stopped it on the node."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Executor(Protocol):
+    """What a job needs of a node, whatever the protocol (SSH or WinRM)."""
+
+    node_name: str
+
+    def put(self, data: bytes, remote_path: str) -> None:
+        """Write `data` to `remote_path` on the node (chunked where the protocol needs it)."""
+
+    def get(self, remote_path: str, local_path: Path) -> None:
+        """Copy a file from the node to `local_path`."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class Outcome(enum.StrEnum):
+    """How a job ended; the worker maps it onto the build's state."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the change's fault: a -1 if the job votes
+    ERROR = "error"  # the CI's fault: retried, never a -1
+    MERGE_CONFLICT = "merge_conflict"  # reported without a vote
+
+
+class InfraError(Exception):
+    """Raised inside a job for a CI-side failure; becomes Outcome.ERROR."""
+
+
+@dataclass(frozen=True)
+class ChangeRef:
+    """The change under test, as the job needs it (all Gerrit text is untrusted)."""
+
+    project: str
+    branch: str
+    number: int
+    patchset: int
+    ref: str
+    revision: str
+    subject: str
+    owner: str
+    url: str = ""
+
+
+@dataclass
+class JobResult:
+    outcome: Outcome
+    summary: str = ""
+    # Parsed per-test results: (test_id, status, duration seconds, details).
+    tests: list[tuple[str, str, float | None, str]] = field(default_factory=list)
+
+
+@dataclass
+class BuildContext:
+    """Everything one build's runner may use."""
+
+    build_id: int
+    job_name: str
+    change: ChangeRef
+    config: Config
+    log_dir: Path
+    log_url: str
+    steps: StepRecorder
+    nodes: Sequence[NodeConfig] = ()
+    should_abort: Callable[[], bool] = lambda: False
+
+
+class Runner(abc.ABC):
+    """One job type. Subclasses keep their state on the instance (one per build)."""
+
+    #: Node labels the job needs, one entry per node (e.g. devstack + 2 x hyperv).
+    def node_labels(self) -> list[str]:
+        return []
+
+    def prepare(self, ctx: BuildContext) -> None:  # noqa: B027 - optional hook
+        """Get nodes and sources ready; raise InfraError if the CI cannot."""
+
+    @abc.abstractmethod
+    def run(self, ctx: BuildContext) -> JobResult:
+        """Run the job proper and say how it ended."""
+
+    def collect(self, ctx: BuildContext) -> None:  # noqa: B027 - optional hook
+        """Gather logs into ctx.log_dir (always called)."""
+
+    def cleanup(self, ctx: BuildContext) -> list[str]:
+        """Leave nodes clean (always called); return names of nodes that failed to clean."""
+        return []
