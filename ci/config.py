@@ -329,16 +329,16 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
             return p
         return (base_dir / p).resolve()
 
-    gerrit = config.gerrit.model_copy(
-        update={"key_file": fix(config.gerrit.key_file), "known_hosts": fix(config.gerrit.known_hosts)}
-    )
+    gerrit = config.gerrit.model_copy(update={
+        "key_file": fix(config.gerrit.key_file), "known_hosts": fix(config.gerrit.known_hosts),
+    })
     nodes = []
     for node in config.nodes:
         update: dict[str, object] = {}
         if node.ssh:
-            update["ssh"] = node.ssh.model_copy(
-                update={"key_file": fix(node.ssh.key_file), "known_hosts": fix(node.ssh.known_hosts)}
-            )
+            update["ssh"] = node.ssh.model_copy(update={
+                "key_file": fix(node.ssh.key_file), "known_hosts": fix(node.ssh.known_hosts),
+            })
         if node.winrm and node.winrm.ca_file:
             update["winrm"] = node.winrm.model_copy(update={"ca_file": fix(node.winrm.ca_file)})
         nodes.append(node.model_copy(update=update))
@@ -348,4 +348,6 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
         rel = db.url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":
             db = db.model_copy(update={"url": f"sqlite:///{fix(Path(rel))}"})
-    return config.model_copy(update={"gerrit": gerrit, "nodes": nodes, "logs": logs, "database": db})
+    return config.model_copy(
+        update={"gerrit": gerrit, "nodes": nodes, "logs": logs, "database": db}
+    )

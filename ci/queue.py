@@ -119,7 +119,8 @@ def enqueue(session: Session, patchset: Patchset, job: str, reason: str) -> Buil
     change = patchset.change
     for build in _active_builds(session, change.number, job):
         if build.patchset.number < patchset.number:
-            _stop(session, build, BuildState.SUPERSEDED, f"superseded by patchset {patchset.number}")
+            _stop(session, build, BuildState.SUPERSEDED,
+                  f"superseded by patchset {patchset.number}")
         elif build.patchset.number == patchset.number and build.state == BuildState.QUEUED:
             return None
         elif build.patchset.number == patchset.number and build.state == BuildState.RUNNING:

@@ -1,0 +1,277 @@
+"""The `hyperv-ci` command line.
+
+Long-running commands (listen, worker, dashboard, demo) stop cleanly on
+SIGINT and SIGTERM: the handler sets an Event that every loop watches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "etc/hyperv-ci.yaml"
+
+
+def stop_event() -> threading.Event:
+    """An Event set by SIGINT/SIGTERM (the second signal exits at once)."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        logging.getLogger("hyperv-ci").info("signal %s: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    return stop
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(f"error: {path}: invalid configuration:\n{exc}", err=True)
+        raise SystemExit(2) from None
+
+
+def _sessions(config: Config) -> sessionmaker[Session]:
+    from ci.db import ensure_schema, make_engine, make_sessionmaker
+
+    engine = make_engine(config.database.url)
+    ensure_schema(engine)
+    return make_sessionmaker(engine)
+
+
+class _Ctx:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = _load(self.config_path)
+        return self._config
+
+
+@click.group()
+@click.option("-c", "--config", "config_path", envvar="HYPERV_CI_CONFIG",
+              default=DEFAULT_CONFIG, show_default=True, help="The YAML configuration file.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
+    """hyperv-ci: a third-party CI for OpenStack's Hyper-V drivers."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    ctx.obj = _Ctx(config_path)
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+def check_config(path: str) -> None:
+    """Validate a configuration file; exit non-zero naming each bad key."""
+    config = _load(path)
+    click.echo(f"{path}: OK ({len(config.projects)} projects, {len(config.jobs)} jobs, "
+               f"{len(config.nodes)} nodes)")
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(obj: _Ctx) -> None:
+    """Upgrade the database schema to the newest migration."""
+    from ci.db import make_engine, upgrade
+
+    engine = make_engine(obj.config.database.url)
+    upgrade(engine)
+    click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@main.command()
+@click.pass_obj
+def listen(obj: _Ctx) -> None:
+    """Follow Gerrit's event stream and queue builds."""
+    from listener.stream import run_listener
+
+    run_listener(obj.config, stop_event())
+
+
+@main.command()
+@click.option("--name", help="Worker name (default: from config, else the host name).")
+@click.pass_obj
+def worker(obj: _Ctx, name: str | None) -> None:
+    """Run queued builds and send their reports."""
+    from ci.gerrit import GerritClient
+    from ci.report import send_pending
+    from runners.worker import Worker
+
+    config = obj.config
+    sessions = _sessions(config)
+
+    def report() -> None:
+        send_pending(sessions, lambda: GerritClient(config.gerrit), config)
+
+    Worker(config, sessions, name=name).run(stop_event(), on_idle=report)
+
+
+@main.command()
+@click.option("--host", help="Listen address (default from config).")
+@click.option("--port", type=int, help="Port (default from config).")
+@click.pass_obj
+def dashboard(obj: _Ctx, host: str | None, port: int | None) -> None:
+    """Serve the dashboard (waitress)."""
+    from dashboard.server import serve
+
+    config = obj.config
+    serve(config, host or config.dashboard.host, port if port is not None else
+          config.dashboard.port)
+
+
+@main.command()
+@click.option("--config", "demo_config", default="etc/demo.yaml", show_default=True,
+              help="The demo's configuration.")
+@click.option("--state-dir", default=None, help="Where the demo keeps its state (default .demo).")
+def demo(demo_config: str, state_dir: str | None) -> None:
+    """Run everything on this machine against the simulated Gerrit and lab."""
+    from ci.demo import run_demo
+
+    state = Path(state_dir or os.environ.get("HYPERV_CI_STATE_DIR", ".demo"))
+    run_demo(Path(demo_config), state, stop_event())
+
+
+@main.command()
+@click.argument("project")
+@click.argument("change")
+@click.option("--job", "jobs", multiple=True, help="Job to run (default: the project's jobs).")
+@click.pass_obj
+def enqueue(obj: _Ctx, project: str, change: str, jobs: tuple[str, ...]) -> None:
+    """Queue builds for CHANGE[,PATCHSET] of PROJECT (a manual recheck)."""
+    from ci.enqueue import manual_enqueue
+
+    config = obj.config
+    try:
+        created = manual_enqueue(config, _sessions(config), project, change, list(jobs))
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    for build_id, job in created:
+        click.echo(f"queued build {build_id}: {job}")
+    if not created:
+        click.echo("nothing queued (a build of that patchset is already waiting)")
+
+
+def _build_dict(build: Any) -> dict[str, Any]:
+    change = build.patchset.change
+    return {
+        "id": build.id, "job": build.job, "state": build.state, "reason": build.reason,
+        "project": change.project, "change": change.number, "patchset": build.patchset.number,
+        "subject": change.subject, "owner": change.owner_name,
+        "created": build.created_at.isoformat(),
+        "finished": build.finished_at.isoformat() if build.finished_at else None,
+        "log_url": build.log_url, "summary": build.summary,
+    }
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", default=50, show_default=True)
+@click.pass_obj
+def builds(obj: _Ctx, as_json: bool, limit: int) -> None:
+    """List recent builds."""
+    from ci.models import Build
+
+    with _sessions(obj.config)() as session:
+        rows = [_build_dict(b) for b in
+                session.scalars(select(Build).order_by(Build.id.desc()).limit(limit))]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['id']:>5} {row['state']:<14} {row['change']},{row['patchset']:<4} "
+                   f"{row['job']:<20} {row['project']:<28} {row['subject']}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--change", "change_spec", required=True, help="CHANGE,PATCHSET to render for.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.pass_obj
+def render(obj: _Ctx, job: str, change_spec: str, out_dir: str) -> None:
+    """Write every script and config JOB would send, one file each."""
+    from runners.render import render_command
+
+    config = obj.config
+    if job not in config.jobs:
+        click.echo(f"error: unknown job {job!r}", err=True)
+        raise SystemExit(2)
+    for path in render_command(config, job, change_spec, Path(out_dir)):
+        click.echo(str(path))
+
+
+@main.group()
+def nodes() -> None:
+    """The node pool."""
+
+
+@nodes.command("list")
+@click.pass_obj
+def nodes_list(obj: _Ctx) -> None:
+    """Show every node and its state."""
+    from ci.models import Node
+    from runners.pool import sync_nodes
+
+    sessions = _sessions(obj.config)
+    with sessions() as session, session.begin():
+        sync_nodes(session, obj.config.nodes)
+    with sessions() as session:
+        for node in session.scalars(select(Node).order_by(Node.name)):
+            drained = " (drained)" if node.drained else ""
+            click.echo(f"{node.name:<20} {node.label:<10} {node.state:<10}{drained} {node.message}")
+
+
+@nodes.command("drain")
+@click.argument("name")
+@click.option("--undo", is_flag=True, help="Undrain instead.")
+@click.pass_obj
+def nodes_drain(obj: _Ctx, name: str, undo: bool) -> None:
+    """Stop giving NAME new builds (a running build finishes)."""
+    from runners.pool import set_drained
+
+    with _sessions(obj.config)() as session, session.begin():
+        if not set_drained(session, name, not undo):
+            click.echo(f"error: no node {name!r}", err=True)
+            raise SystemExit(2)
+    click.echo(f"{name} {'undrained' if undo else 'drained'}")
+
+
+def _mount_sim() -> None:
+    from sim.cli import sim
+
+    main.add_command(sim)
+
+
+_mount_sim()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Reporting results back to Gerrit: formatting (pure) and the outbox (I/O).
+
+A finished build queues one `Report` row in the transaction that finishes
+it (unique per build: never two votes for one build). The reporter claims
+pending rows, sends `gerrit review`, and retries with backoff; before a
+retry it asks Gerrit whether the earlier attempt landed after all, so a
+lost acknowledgement does not produce a second comment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci.config import Config
+from ci.models import Build, BuildState, Report, ReportState, utcnow
+
+logger = logging.getLogger(__name__)
+
+RESULT_WORDS = {
+    BuildState.SUCCEEDED: "SUCCESS",
+    BuildState.FAILED: "FAILURE",
+    BuildState.ERROR: "ERROR",
+    BuildState.MERGE_CONFLICT: "MERGE CONFLICT",
+}
+HEADLINES = {
+    BuildState.SUCCEEDED: "Build succeeded.",
+    BuildState.FAILED: "Build failed.",
+    BuildState.ERROR: "Build error: the CI itself failed; this is not a verdict on the change.",
+    BuildState.MERGE_CONFLICT: "Merge failed: the change does not merge onto its branch; "
+    "please rebase. No vote was given.",
+}
+# Sending a review claims its row for this long, so two reporters never send it twice.
+CLAIM_SECONDS = 120
+
+
+def format_duration(seconds: float | None) -> str:
+    """`1h 02m 03s`, `4m 05s`, `12s` — the shape Zuul's reports use."""
+    if seconds is None:
+        return "0s"
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_job_line(job: str, log_url: str | None, state: BuildState,
+                    duration: float | None) -> str:
+    """`* hyperv-tempest http://LOGS/... : SUCCESS in 1h 02m 03s`."""
+    url = log_url or "(no logs)"
+    return f"* {job} {url} : {RESULT_WORDS[state]} in {format_duration(duration)}"
+
+
+def vote_for(state: BuildState, voting: bool) -> int | None:
+    """+1 / -1 for a verdict on the change; None for anything that is the CI's business."""
+    if not voting:
+        return None
+    if state == BuildState.SUCCEEDED:
+        return 1
+    if state == BuildState.FAILED:
+        return -1
+    return None
+
+
+def format_message(ci_name: str, state: BuildState, job_line: str, summary: str = "") -> str:
+    """The review comment: a headline, the job line, and a short detail."""
+    parts = [HEADLINES[state], "", job_line]
+    if summary and state != BuildState.SUCCEEDED:
+        parts += ["", summary.strip()[:2000]]
+    parts += ["", f"Reply 'recheck' to run {ci_name} again."]
+    return "\n".join(parts)
+
+
+def queue_report(session: Session, build: Build, config: Config) -> Report | None:
+    """Queue the build's report in the caller's transaction (None: nothing to report)."""
+    state = BuildState(build.state)
+    if state not in RESULT_WORDS or not config.reporter.enabled:
+        return None
+    if state == BuildState.ERROR and not config.reporter.report_errors:
+        return None
+    job = config.jobs.get(build.job)
+    voting = bool(job and job.voting)
+    vote = vote_for(state, voting)
+    line = format_job_line(build.job, build.log_url, state, build.duration_seconds)
+    message = format_message(config.gerrit.ci_name, state, line, build.summary)
+    change = build.patchset.change
+    report = Report(
+        build_id=build.id, project=change.project, change_number=change.number,
+        patchset_number=build.patchset.number,
+        label=config.gerrit.label if vote is not None else None, vote=vote, message=message,
+    )
+    session.add(report)
+    session.flush()
+    return report
+
+
+class ReviewClient(Protocol):
+    """The part of `ci.gerrit.GerritClient` the reporter uses."""
+
+    def review(self, project: str, change: int, patchset: int, *, message: str,
+               labels: dict[str, int], tag: str | None = None) -> None: ...
+
+    def query(self, query: str, **flags: bool) -> list[dict]: ...
+
+
+def _claim(session: Session) -> Report | None:
+    now = utcnow()
+    candidate = session.scalar(
+        select(Report).where(Report.state == ReportState.PENDING, Report.next_attempt_at <= now)
+        .order_by(Report.id).limit(1)
+    )
+    if candidate is None:
+        return None
+    result = session.execute(
+        update(Report)
+        .where(Report.id == candidate.id, Report.state == ReportState.PENDING,
+               Report.next_attempt_at == candidate.next_attempt_at)
+        .values(attempts=Report.attempts + 1,
+                next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
+    )
+    if result.rowcount != 1:
+        return None
+    session.refresh(candidate)
+    return candidate
+
+
+def already_posted(client: ReviewClient, report: Report, username: str) -> bool:
+    """Did an earlier attempt of this report reach Gerrit (its message is on the change)?"""
+    rows = client.query(f"change:{report.change_number}", comments=True)
+    # The job line carries the build's own log URL: unique to this report.
+    marker = next((ln for ln in report.message.splitlines() if ln.startswith("* ")), "")
+    for row in rows:
+        for comment in row.get("comments", []):
+            reviewer = comment.get("reviewer", {})
+            if reviewer.get("username") == username and marker and marker in comment.get(
+                "message", ""
+            ):
+                return True
+    return False
+
+
+def send_pending(
+    sessions: sessionmaker[Session],
+    client_factory: Callable[[], ReviewClient],
+    config: Config,
+    *,
+    limit: int = 50,
+) -> int:
+    """Send due reports; returns how many were sent. Failures back off exponentially."""
+    sent = 0
+    client: ReviewClient | None = None
+    for _ in range(limit):
+        with sessions() as session, session.begin():
+            report = _claim(session)
+        if report is None:
+            break
+        try:
+            client = client or client_factory()
+            if report.attempts > 1 and already_posted(client, report, config.gerrit.username):
+                logger.info("report %s was already posted by an earlier attempt", report.id)
+            else:
+                labels = {report.label: report.vote} if report.label and report.vote is not None \
+                    else {}
+                client.review(report.project, report.change_number, report.patchset_number,
+                              message=report.message, labels=labels, tag=config.gerrit.tag)
+        except Exception as exc:
+            client = None
+            _failed(sessions, report.id, report.attempts, config.reporter.max_attempts, str(exc))
+            continue
+        with sessions() as session, session.begin():
+            session.execute(update(Report).where(Report.id == report.id).values(
+                state=ReportState.SENT, sent_at=utcnow(), last_error=""))
+        sent += 1
+        logger.info("report %s sent: change %s,%s vote %s", report.id, report.change_number,
+                    report.patchset_number, report.vote)
+    return sent
+
+
+def _failed(sessions: sessionmaker[Session], report_id: int, attempts: int, max_attempts: int,
+            error: str) -> None:
+    delay = min(600, 2 ** attempts)
+    with sessions() as session, session.begin():
+        values: dict[str, object] = {"last_error": error[:2000],
+                                     "next_attempt_at": utcnow() + timedelta(seconds=delay)}
+        if attempts >= max_attempts:
+            values["state"] = ReportState.FAILED
+        session.execute(update(Report).where(Report.id == report_id).values(**values))
+    logger.warning("report %s attempt %s failed: %s", report_id, attempts, error)

@@ -1,0 +1,157 @@
+"""The node pool: which nodes exist, which are free, and who holds them.
+
+A build reserves every node its job needs in the transaction that claims it;
+each reservation is a conditional UPDATE (`state = ready AND build_id IS
+NULL`), so a node is never handed to two builds, on any engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ci.config import Config, NodeConfig
+from ci.models import Build, Node, NodeState, utcnow
+
+logger = logging.getLogger(__name__)
+
+# After this many failed health checks in a row a node goes offline.
+OFFLINE_AFTER = 2
+
+
+def sync_nodes(session: Session, nodes: Sequence[NodeConfig]) -> None:
+    """Make the nodes table match the config (new nodes ready; removed nodes drained)."""
+    existing = {n.name: n for n in session.scalars(select(Node))}
+    for cfg in nodes:
+        row = existing.pop(cfg.name, None)
+        if row is None:
+            session.add(Node(name=cfg.name, label=cfg.label, address=cfg.address,
+                             state=NodeState.READY))
+        else:
+            row.label, row.address = cfg.label, cfg.address
+    for row in existing.values():
+        if not row.drained:
+            row.drained = True
+            row.message = "no longer in the configuration"
+
+
+def _free_nodes(session: Session, label: str) -> list[Node]:
+    query = (
+        select(Node)
+        .where(Node.label == label, Node.state == NodeState.READY, Node.drained.is_(False),
+               Node.build_id.is_(None))
+        .order_by(Node.name)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def reserve(session: Session, build_id: int, labels: Sequence[str]) -> list[Node] | None:
+    """Reserve one node per entry of `labels` for the build, all or nothing.
+
+    Returns the nodes, or None (and reserves nothing) when the pool cannot
+    supply them now. Runs inside the caller's transaction.
+    """
+    wanted: dict[str, int] = {}
+    for label in labels:
+        wanted[label] = wanted.get(label, 0) + 1
+    taken: list[Node] = []
+    savepoint = session.begin_nested()
+    for label, count in wanted.items():
+        got = 0
+        for node in _free_nodes(session, label):
+            if got == count:
+                break
+            result = session.execute(
+                update(Node)
+                .where(Node.id == node.id, Node.state == NodeState.READY,
+                       Node.build_id.is_(None), Node.drained.is_(False))
+                .values(state=NodeState.RESERVED, build_id=build_id, updated_at=utcnow())
+            )
+            if result.rowcount == 1:
+                session.refresh(node)
+                taken.append(node)
+                got += 1
+        if got < count:
+            savepoint.rollback()
+            return None
+    savepoint.commit()
+    if taken:
+        logger.info("build %s reserved nodes %s", build_id, ", ".join(n.name for n in taken))
+    return taken
+
+
+def nodes_of(session: Session, build_id: int) -> list[Node]:
+    return list(session.scalars(select(Node).where(Node.build_id == build_id).order_by(Node.name)))
+
+
+def release(session: Session, build_id: int, failed: Sequence[str] = ()) -> None:
+    """Return a build's nodes to the pool; nodes whose cleanup failed go offline."""
+    for node in nodes_of(session, build_id):
+        node.build_id = None
+        if node.name in failed:
+            node.state = NodeState.OFFLINE
+            node.message = f"cleanup failed after build {build_id}"
+            logger.warning("node %s offline: cleanup failed after build %s", node.name, build_id)
+        else:
+            node.state = NodeState.READY
+            node.message = ""
+
+
+def mark_offline(session: Session, name: str, message: str) -> None:
+    node = session.scalar(select(Node).where(Node.name == name))
+    if node is not None:
+        node.state = NodeState.OFFLINE
+        node.message = message
+        logger.warning("node %s offline: %s", name, message)
+
+
+def record_health(session: Session, name: str, healthy: bool, message: str = "") -> Node | None:
+    """Apply one health-check result: failures take a node offline, success brings it back."""
+    node = session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        return None
+    node.last_checked_at = utcnow()
+    if healthy:
+        node.health_failures = 0
+        if node.state == NodeState.OFFLINE:
+            node.state = NodeState.READY
+            node.message = "back online after a health check"
+            logger.info("node %s back online", name)
+        return node
+    node.health_failures += 1
+    node.message = message
+    if node.health_failures >= OFFLINE_AFTER and node.state == NodeState.READY:
+        node.state = NodeState.OFFLINE
+        logger.warning("node %s offline after %s failed checks: %s", name,
+                       node.health_failures, message)
+    return node
+
+
+def set_drained(session: Session, name: str, drained: bool) -> bool:
+    """Drain (no new builds; a running build finishes) or undrain a node."""
+    node = session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        return False
+    node.drained = drained
+    return True
+
+
+@dataclass
+class PoolReserver:
+    """Adapter for `ci.queue.claim_next`: reserves the nodes a build's job needs."""
+
+    config: Config
+
+    def __call__(self, session: Session, build: Build) -> bool:
+        from runners.registry import node_labels_for  # the job types live in runners
+
+        labels = node_labels_for(self.config, build.job)
+        if not labels:
+            return True
+        return reserve(session, build.id, labels) is not None

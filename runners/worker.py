@@ -1,0 +1,200 @@
+"""The worker: claim a build, run its job, record the result, queue the report.
+
+Any number of workers on any number of hosts share the database. Each
+renews the lease of the build it runs from a heartbeat thread; a worker
+that dies stops renewing, and `ci.queue.reap_expired` (run by every worker)
+turns its build into an `error` with a retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci import queue
+from ci.config import Config
+from ci.models import Build, BuildState, TestResult
+from ci.report import queue_report
+from runners import pool
+from runners.base import BuildContext, ChangeRef, ExecutorError, InfraError, JobResult, Outcome
+from runners.logs import prune_logs, publish_logs
+from runners.registry import make_runner
+from runners.steps import StepRecorder, make_redactor
+
+logger = logging.getLogger(__name__)
+
+OUTCOME_STATES = {
+    Outcome.SUCCEEDED: BuildState.SUCCEEDED,
+    Outcome.FAILED: BuildState.FAILED,
+    Outcome.ERROR: BuildState.ERROR,
+    Outcome.MERGE_CONFLICT: BuildState.MERGE_CONFLICT,
+}
+
+
+def build_log_path(build: Build) -> str:
+    """`<change>/<patchset>/<job>-<build id>`: where a build's logs live under the log root."""
+    change = build.patchset.change
+    return f"{change.number}/{build.patchset.number}/{build.job}-{build.id}"
+
+
+class Worker:
+    """Runs builds until stopped. `run_once` is the unit the tests drive."""
+
+    def __init__(
+        self,
+        config: Config,
+        sessions: sessionmaker[Session],
+        name: str | None = None,
+        runner_factory: Callable[[Config, str], object] = make_runner,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.name = name or config.worker.name or f"{socket.gethostname()}-{id(self):x}"
+        self.runner_factory = runner_factory
+        self._last_prune = 0.0
+
+    def run(self, stop: threading.Event, on_idle: Callable[[], None] | None = None) -> None:
+        """Loop until `stop` is set: reap, claim, run; `on_idle` runs between builds."""
+        logger.info("worker %s started", self.name)
+        with self.sessions() as session, session.begin():
+            pool.sync_nodes(session, self.config.nodes)
+        while not stop.is_set():
+            try:
+                ran = self.run_once()
+                if on_idle is not None:
+                    on_idle()
+                self._maybe_prune()
+            except Exception:
+                logger.exception("worker %s: unexpected error; continuing", self.name)
+                ran = False
+            if not ran:
+                stop.wait(self.config.worker.poll_interval)
+        logger.info("worker %s stopped", self.name)
+
+    def run_once(self) -> bool:
+        """Reap dead workers' builds, then claim and run one build; False if none was ready."""
+        with self.sessions() as session, session.begin():
+            queue.reap_expired(session, self.config.worker.max_attempts)
+        with self.sessions() as session, session.begin():
+            build = queue.claim_next(
+                session, self.name, self.config.worker.lease_seconds,
+                reserve=pool.PoolReserver(self.config), jobs=list(self.config.jobs),
+            )
+            build_id = build.id if build else None
+        if build_id is None:
+            return False
+        self.execute(build_id)
+        return True
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() - self._last_prune < 3600:
+            return
+        self._last_prune = time.monotonic()
+        removed = prune_logs(self.config.logs.dir, self.config.logs.retention_days)
+        if removed:
+            logger.info("pruned %s build log trees past retention", removed)
+
+    def execute(self, build_id: int) -> None:
+        """Run one claimed build to the end, whatever happens."""
+        with self.sessions() as session:
+            build = session.get(Build, build_id)
+            assert build is not None
+            rel = build_log_path(build)
+            change = build.patchset.change
+            ref = ChangeRef(
+                project=change.project, branch=change.branch, number=change.number,
+                patchset=build.patchset.number, ref=build.patchset.ref,
+                revision=build.patchset.revision, subject=change.subject,
+                owner=change.owner_name, url=change.url,
+            )
+            node_names = [n.name for n in pool.nodes_of(session, build_id)]
+            job_name = build.job
+        log_dir = self.config.logs.dir / rel
+        log_url = self.config.logs.url.rstrip("/") + "/" + rel + "/"
+        redact = make_redactor(self.config.secrets())
+        abort = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(build_id, abort),
+                                     name=f"lease-{build_id}", daemon=True)
+        heartbeat.start()
+        nodes = [n for n in self.config.nodes if n.name in node_names]
+        ctx = BuildContext(
+            build_id=build_id, job_name=job_name, change=ref, config=self.config,
+            log_dir=log_dir, log_url=log_url,
+            steps=StepRecorder(self.sessions, build_id, log_dir, redact),
+            nodes=nodes, should_abort=abort.is_set,
+        )
+        result, failed_nodes = self._run_job(ctx)
+        abort.set()  # also stops the heartbeat
+        heartbeat.join(timeout=5)
+        try:
+            publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes)
+        except OSError:
+            logger.exception("build %s: publishing logs failed", build_id)
+        self._record(build_id, result, failed_nodes, log_url, str(log_dir))
+
+    def _run_job(self, ctx: BuildContext) -> tuple[JobResult, list[str]]:
+        failed_nodes: list[str] = []
+        try:
+            runner = self.runner_factory(self.config, ctx.job_name)
+            try:
+                runner.prepare(ctx)
+                result = runner.run(ctx)
+            finally:
+                try:
+                    runner.collect(ctx)
+                except Exception:
+                    logger.exception("build %s: log collection failed", ctx.build_id)
+                try:
+                    failed_nodes = list(runner.cleanup(ctx))
+                except Exception as exc:
+                    logger.exception("build %s: cleanup failed", ctx.build_id)
+                    failed_nodes = [n.name for n in ctx.nodes]
+                    ctx.steps.skip("cleanup", message=f"cleanup raised: {exc}")
+        except (InfraError, ExecutorError) as exc:
+            result = JobResult(Outcome.ERROR, f"infrastructure error: {exc}")
+        except Exception as exc:
+            logger.exception("build %s: the runner crashed", ctx.build_id)
+            result = JobResult(Outcome.ERROR, f"internal error: {type(exc).__name__}: {exc}")
+        return result, failed_nodes
+
+    def _heartbeat(self, build_id: int, abort: threading.Event) -> None:
+        interval = max(1.0, self.config.worker.lease_seconds / 3)
+        while not abort.wait(interval):
+            try:
+                with self.sessions() as session, session.begin():
+                    ours = queue.renew_lease(session, build_id, self.name,
+                                             self.config.worker.lease_seconds)
+            except Exception:
+                logger.exception("build %s: lease renewal failed", build_id)
+                continue
+            if not ours:
+                logger.info("build %s was superseded or aborted: stopping it", build_id)
+                abort.set()
+
+    def _record(self, build_id: int, result: JobResult, failed_nodes: list[str], log_url: str,
+                log_path: str) -> None:
+        """Finish the build, store its tests, release its nodes and queue its report: one commit."""
+        state = OUTCOME_STATES[result.outcome]
+        redact = make_redactor(self.config.secrets())
+        with self.sessions() as session, session.begin():
+            build = queue.finish(session, build_id, self.name, state, redact(result.summary),
+                                 log_url=log_url, log_path=log_path)
+            pool.release(session, build_id, failed_nodes)
+            if build is None:
+                return  # superseded or aborted while running: no result, no vote
+            session.add_all(
+                TestResult(build_id=build_id, test_id=t[0], status=t[1], duration=t[2],
+                           details=redact(t[3])[:20000])
+                for t in result.tests
+            )
+            retry = None
+            if state == BuildState.ERROR:
+                retry = queue.retry_after_error(session, build, self.config.worker.max_attempts)
+            if retry is None:
+                queue_report(session, build, self.config)
+
