@@ -23,7 +23,8 @@ def info(change: int = 10001, ps: int = 1, **kw: object) -> queue.ChangeInfo:
 def enqueue(sessions: sessionmaker[Session], change: int = 10001, ps: int = 1,
             job: str = "hyperv-tempest", reason: str = "patchset-created") -> int | None:
     with sessions() as session, session.begin():
-        build = queue.enqueue(session, queue.upsert_patchset(session, info(change, ps)), job, reason)
+        patchset = queue.upsert_patchset(session, info(change, ps))
+        build = queue.enqueue(session, patchset, job, reason)
         return build.id if build else None
 
 

@@ -1,0 +1,162 @@
+"""The worker with the `local` job: claim → run → record → report, and its failure paths."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci import queue
+from ci.config import Config, parse_config
+from ci.models import Build, BuildState, BuildStep, Report, TestResult
+from runners.base import BuildContext, InfraError, JobResult, Runner
+from runners.worker import Worker
+
+SUBJECT = "修复 VHD 格式 'quoted' $(rm -rf /) Zoë"
+
+
+def make_config(tmp_path: Path, command: list[str], timeout: int = 30) -> Config:
+    return parse_config({
+        "gerrit": {"host": "h", "username": "hyperv-ci", "key_file": "k", "known_hosts": "kh"},
+        "projects": [{"name": "openstack/nova", "jobs": ["unit"]}],
+        "jobs": {"unit": {"type": "local", "command": command, "timeout": timeout}},
+        "logs": {"dir": str(tmp_path / "logs"), "url": "http://logs.example.org/"},
+        "worker": {"lease_seconds": 6, "max_attempts": 2},
+    })
+
+
+def enqueue(sessions: sessionmaker[Session], ps: int = 1) -> int:
+    with sessions() as session, session.begin():
+        patchset = queue.upsert_patchset(session, queue.ChangeInfo(
+            number=10001, project="openstack/nova", branch="master", patchset=ps,
+            subject=SUBJECT, owner_name="张伟"))
+        build = queue.enqueue(session, patchset, "unit", "patchset-created")
+        assert build is not None
+        return build.id
+
+
+def load(sessions: sessionmaker[Session], build_id: int) -> Build:
+    with sessions() as session:
+        build = session.get(Build, build_id)
+        assert build is not None
+        build.steps, build.tests, build.report  # noqa: B018 - load before the session closes
+        return build
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_success_records_step_logs_and_a_plus_one(sqlite_sessions: sessionmaker[Session],
+                                                  tmp_path: Path) -> None:
+    code = "import os; print('subject:', os.environ['HYPERV_CI_SUBJECT'])"
+    config = make_config(tmp_path, py(code))
+    build_id = enqueue(sqlite_sessions)
+    assert Worker(config, sqlite_sessions, name="w1").run_once()
+    build = load(sqlite_sessions, build_id)
+    assert build.state == BuildState.SUCCEEDED
+    assert build.log_url == f"http://logs.example.org/10001/1/unit-{build_id}/"
+    (step,) = build.steps
+    assert step.state == "succeeded" and step.exit_code == 0
+    log = (Path(build.log_path) / step.log_name).read_text(encoding="utf-8")
+    assert f"subject: {SUBJECT}" in log
+    assert (Path(build.log_path) / "index.html").exists()
+    assert build.report is not None and build.report.vote == 1
+    assert f"* unit {build.log_url} : SUCCESS in" in build.report.message
+
+
+def test_failure_is_a_minus_one(sqlite_sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    config = make_config(tmp_path, py("import sys; print('boom'); sys.exit(3)"))
+    build_id = enqueue(sqlite_sessions)
+    Worker(config, sqlite_sessions, name="w1").run_once()
+    build = load(sqlite_sessions, build_id)
+    assert build.state == BuildState.FAILED
+    assert build.steps[0].exit_code == 3
+    assert build.report is not None and build.report.vote == -1
+
+
+def test_timeout_kills_the_command(sqlite_sessions: sessionmaker[Session],
+                                   tmp_path: Path) -> None:
+    marker = tmp_path / "still-running"
+    code = f"import time, pathlib; time.sleep(30); pathlib.Path({str(marker)!r}).write_text('x')"
+    config = make_config(tmp_path, py(code), timeout=1)
+    build_id = enqueue(sqlite_sessions)
+    Worker(config, sqlite_sessions, name="w1").run_once()
+    build = load(sqlite_sessions, build_id)
+    assert build.state == BuildState.FAILED
+    assert "TIMED_OUT" in build.summary
+    assert not marker.exists()
+
+
+def test_subunit_results_are_stored(sqlite_sessions: sessionmaker[Session],
+                                    tmp_path: Path) -> None:
+    code = (
+        "import os, subunit, datetime\n"
+        "log_dir = os.environ['HYPERV_CI_LOG_DIR']\n"
+        "out = open(os.path.join(log_dir, 'testrepository.subunit'), 'wb')\n"
+        "s = subunit.StreamResultToBytes(out)\n"
+        "now = datetime.datetime.now(datetime.timezone.utc)\n"
+        "s.status(test_id='tempest.api.compute.test_a', test_status='inprogress', timestamp=now)\n"
+        "s.status(test_id='tempest.api.compute.test_a', test_status='success', timestamp=now)\n"
+        "s.status(test_id='tempest.api.compute.test_b', test_status='inprogress', timestamp=now)\n"
+        "s.status(test_id='tempest.api.compute.test_b', test_status='fail', timestamp=now)\n"
+        "out.close()\n"
+    )
+    config = make_config(tmp_path, py(code))
+    build_id = enqueue(sqlite_sessions)
+    Worker(config, sqlite_sessions, name="w1").run_once()
+    build = load(sqlite_sessions, build_id)
+    assert build.state == BuildState.FAILED  # exit 0, but the stream has a failure
+    assert sorted((t.test_id, t.status) for t in build.tests) == [
+        ("tempest.api.compute.test_a", "success"), ("tempest.api.compute.test_b", "fail")]
+
+
+class BrokenRunner(Runner):
+    def run(self, ctx: BuildContext) -> JobResult:
+        raise InfraError("node unreachable")
+
+
+def test_error_is_retried_then_reported_without_a_vote(sqlite_sessions: sessionmaker[Session],
+                                                       tmp_path: Path) -> None:
+    config = make_config(tmp_path, ["true"])
+    first = enqueue(sqlite_sessions)
+    worker = Worker(config, sqlite_sessions, name="w1",
+                    runner_factory=lambda _c, _j: BrokenRunner())
+    assert worker.run_once()
+    assert load(sqlite_sessions, first).state == BuildState.ERROR
+    assert load(sqlite_sessions, first).report is None  # retried instead
+    assert worker.run_once()
+    with sqlite_sessions() as session:
+        second = session.scalar(select(Build).where(Build.id != first))
+        assert second is not None and second.attempt == 2 and second.state == BuildState.ERROR
+        report = session.scalar(select(Report))
+        assert report is not None and report.build_id == second.id and report.vote is None
+    assert not worker.run_once()  # max_attempts (2) reached: nothing more queued
+
+
+def test_superseded_while_running_stops_and_never_reports(
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, py("import time; print('started', flush=True); time.sleep(30)"))
+    build_id = enqueue(sqlite_sessions, ps=1)
+    worker = Worker(config, sqlite_sessions, name="w1")
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with sqlite_sessions() as session:
+            if session.scalar(select(BuildStep).where(BuildStep.build_id == build_id)):
+                break
+        time.sleep(0.1)
+    enqueue(sqlite_sessions, ps=2)  # the new patchset supersedes the running build
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    build = load(sqlite_sessions, build_id)
+    assert build.state == BuildState.SUPERSEDED
+    assert build.report is None
+    with sqlite_sessions() as session:
+        assert session.scalar(select(TestResult)) is None
