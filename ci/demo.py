@@ -1,0 +1,189 @@
+"""`hyperv-ci demo`: the whole CI on one machine against the simulators.
+
+Starts the simulated Gerrit (real SSH) and the simulated lab (a devstack
+node over SSH, Hyper-V nodes over WS-Management), fills their run-time
+facts (ports, keys, nodes, paths) into the demo's YAML, then runs the real
+listener, worker, reporter and dashboard in one process until SIGINT.
+The effective configuration is written to STATE_DIR/demo-config.yaml, so
+`hyperv-ci -c .demo/demo-config.yaml builds` works from a second shell.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ci.config import Config, parse_config
+
+logger = logging.getLogger(__name__)
+
+DEMO_PASSWORD_ENV = ("HYPERV_CI_DEMO_ADMIN_PASSWORD", "HYPERV_CI_DEMO_SERVICE_PASSWORD")
+
+
+def free_port(preferred: int, host: str = "127.0.0.1") -> int:
+    """`preferred` if it can be bound now, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free port")
+
+
+def demo_config(raw: dict[str, Any], *, state_dir: Path, gerrit_port: int, key_file: Path,
+                known_hosts: Path, git_root: str, nodes: list[dict[str, Any]],
+                job_overrides: dict[str, Any], dashboard_port: int) -> dict[str, Any]:
+    """The demo's YAML with the run-time facts filled in (pure)."""
+    data = copy.deepcopy(raw)
+    data["database"] = {"url": f"sqlite:///{(state_dir / 'hyperv-ci.db').resolve()}"}
+    data["gerrit"].update(host="127.0.0.1", port=gerrit_port, key_file=str(key_file),
+                          known_hosts=str(known_hosts), git_url=git_root + "/{project}.git")
+    data["nodes"] = nodes
+    for job in data["jobs"].values():
+        if job.get("type") == "devstack-hyperv":
+            job.update(job_overrides)
+    data.setdefault("logs", {})
+    data["logs"].update(dir=str((state_dir / "logs").resolve()),
+                        url=f"http://127.0.0.1:{dashboard_port}/logs/")
+    data.setdefault("dashboard", {})
+    data["dashboard"].update(host="127.0.0.1", port=dashboard_port)
+    return data
+
+
+class Demo:
+    """The running demo; `start` then `stop` (tests drive it this way too)."""
+
+    def __init__(self, config_path: Path, state_dir: Path, *, dashboard_port: int | None = None,
+                 hyperv_nodes: int | None = None) -> None:
+        self.config_path = config_path
+        self.state_dir = state_dir.resolve()
+        self.dashboard_port = dashboard_port
+        self.hyperv_nodes = hyperv_nodes
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._cleanups: list[Callable[[], None]] = []
+        self.config: Config | None = None
+        self.url = ""
+        self.gerrit: Any = None
+        self.lab: Any = None
+
+    def start(self) -> Config:
+        from sim.lab import SimLab
+
+        from sim.gerrit import SimGerrit, make_client_identity
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        for name in DEMO_PASSWORD_ENV:
+            # The demo invents its lab's passwords; redaction hides them in logs.
+            os.environ.setdefault(name, "demo-" + secrets.token_urlsafe(12))
+        key_file, public_key = make_client_identity(self.state_dir, "ci")
+        username = raw["gerrit"]["username"]
+        self.gerrit = SimGerrit(self.state_dir, port=0, users={username: public_key})
+        self.gerrit.start()
+        self._cleanups.append(self.gerrit.stop)
+        known_hosts = self.state_dir / "known_hosts"
+        known_hosts.write_text(self.gerrit.host_key_line() + "\n", encoding="utf-8")
+
+        job_raw = next((j for j in raw["jobs"].values() if j.get("type") == "devstack-hyperv"),
+                       None)
+        hv_count = self.hyperv_nodes or (job_raw or {}).get("hyperv_nodes", 2)
+        if job_raw is not None and self.hyperv_nodes:
+            for job in raw["jobs"].values():
+                if job.get("type") == "devstack-hyperv":
+                    job["hyperv_nodes"] = self.hyperv_nodes
+        self.lab = SimLab(self.state_dir / "lab", hyperv_nodes=hv_count)
+        self.lab.start()
+        self._cleanups.append(self.lab.stop)
+
+        port = self.dashboard_port
+        if port is None:
+            port = free_port(int(raw.get("dashboard", {}).get("port", 8080)))
+        git_root = (self.gerrit.state.root / "git").resolve().as_uri()
+        data = demo_config(raw, state_dir=self.state_dir, gerrit_port=self.gerrit.port,
+                           key_file=key_file, known_hosts=known_hosts, git_root=git_root,
+                           nodes=self.lab.node_configs(), job_overrides=self.lab.job_overrides(),
+                           dashboard_port=port)
+        (self.state_dir / "demo-config.yaml").write_text(
+            yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        config = parse_config(data)
+        self.config = config
+        self._start_services(config, port)
+        return config
+
+    def _start_services(self, config: Config, port: int) -> None:
+        from listener.stream import run_listener
+
+        from ci.db import ensure_schema, make_engine, make_sessionmaker
+        from ci.gerrit import GerritClient
+        from ci.report import send_pending
+        from dashboard import create_app
+        from dashboard.server import start_in_thread
+        from runners.worker import Worker
+
+        engine = make_engine(config.database.url)
+        ensure_schema(engine)
+        sessions = make_sessionmaker(engine)
+        self._cleanups.append(engine.dispose)
+
+        def report() -> None:
+            send_pending(sessions, lambda: GerritClient(config.gerrit), config)
+
+        worker = Worker(config, sessions, name="demo-worker")
+        self._spawn("listener", run_listener, config, self.stop_event)
+        self._spawn("worker", worker.run, self.stop_event, report)
+        app = create_app(config, sessions=sessions)
+        server, _thread, actual = start_in_thread(app, "127.0.0.1", port)
+        self._cleanups.append(server.close)
+        self.url = f"http://127.0.0.1:{actual}/"
+
+    def _spawn(self, name: str, target: Callable[..., object], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        for cleanup in reversed(self._cleanups):
+            try:
+                cleanup()
+            except Exception:
+                logger.exception("demo: error while stopping")
+        self._cleanups.clear()
+
+
+def run_demo(config_path: Path, state_dir: Path, stop: threading.Event) -> None:
+    """Run the demo until `stop` is set (SIGINT/SIGTERM)."""
+    demo = Demo(config_path, state_dir)
+    try:
+        demo.start()
+        hv = "nova/virt/hyperv/vmops.py"
+        print(
+            f"\nhyperv-ci demo is running.\n"
+            f"  dashboard:  {demo.url}\n"
+            f"  state:      {demo.state_dir}\n\n"
+            f"From a second shell, push a change to the simulated Gerrit:\n"
+            f"  .venv/bin/hyperv-ci sim push --project openstack/nova --file {hv} "
+            f"--subject 'Fix VHD format'\n"
+            f"  .venv/bin/hyperv-ci sim reviews\n"
+            f"  .venv/bin/hyperv-ci sim comment CHANGE,1 recheck\n"
+            f"  .venv/bin/hyperv-ci -c {demo.state_dir / 'demo-config.yaml'} builds\n\n"
+            f"Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        demo.stop()
