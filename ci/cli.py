@@ -50,7 +50,7 @@ def _load(path: str) -> Config:
 def _sessions(config: Config) -> sessionmaker[Session]:
     from ci.db import ensure_schema, make_engine, make_sessionmaker
 
-    engine = make_engine(config.database.url)
+    engine = make_engine(config.database.sqlalchemy_url())
     ensure_schema(engine)
     return make_sessionmaker(engine)
 
@@ -102,7 +102,7 @@ def db_upgrade(obj: _Ctx) -> None:
     """Upgrade the database schema to the newest migration."""
     from ci.db import make_engine, upgrade
 
-    engine = make_engine(obj.config.database.url)
+    engine = make_engine(obj.config.database.sqlalchemy_url())
     upgrade(engine)
     click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
 

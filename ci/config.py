@@ -52,6 +52,19 @@ class Secret(_Strict):
 
 class DatabaseConfig(_Strict):
     url: str = "sqlite:///.demo/hyperv-ci.db"
+    # The password of a server database, by reference (never in the URL in the YAML).
+    password_env: str | None = None
+
+    def sqlalchemy_url(self) -> str:
+        """The URL with the referenced password filled in."""
+        if not self.password_env:
+            return self.url
+        from sqlalchemy.engine import make_url
+
+        password = os.environ.get(self.password_env)
+        if password is None:
+            raise ConfigError(f"environment variable {self.password_env} is not set")
+        return make_url(self.url).set(password=password).render_as_string(hide_password=False)
 
 
 class GerritConfig(_Strict):

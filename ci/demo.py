@@ -132,7 +132,7 @@ class Demo:
         from dashboard.server import start_in_thread
         from runners.worker import Worker
 
-        engine = make_engine(config.database.url)
+        engine = make_engine(config.database.sqlalchemy_url())
         ensure_schema(engine)
         sessions = make_sessionmaker(engine)
         self._cleanups.append(engine.dispose)

@@ -116,6 +116,11 @@ class Worker:
             job_name = build.job
         log_dir = self.config.logs.dir / rel
         log_url = self.config.logs.url.rstrip("/") + "/" + rel + "/"
+        with self.sessions() as session, session.begin():
+            # Known from the start, so the dashboard links a running build's step logs.
+            running = session.get(Build, build_id)
+            assert running is not None
+            running.log_url, running.log_path = log_url, str(log_dir)
         redact = make_redactor(self.config.secrets())
         abort = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(build_id, abort),

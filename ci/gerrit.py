@@ -1,0 +1,255 @@
+"""Our Gerrit client: `gerrit query|review|version|stream-events` over paramiko.
+
+The server's host key must be in the configured known_hosts file
+(`RejectPolicy`); only the configured key is offered (no agent, no ~/.ssh).
+Gerrit re-parses the command line, so every command is an argument list
+joined with `shlex.join`: a review message is data, whatever it holds.
+Every failure surfaces as `GerritError`, with the exit status and stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shlex
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import paramiko
+
+from ci.config import GerritConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16000
+_READ_SIZE = 1 << 20
+_SPECIAL_FILES = ("/COMMIT_MSG", "/MERGE_LIST", "/PATCHSET_LEVEL")
+
+
+class GerritError(Exception):
+    """A Gerrit command or connection failed."""
+
+    def __init__(self, message: str, *, exit_status: int | None = None, stderr: str = "") -> None:
+        detail = f" (exit status {exit_status})" if exit_status is not None else ""
+        super().__init__(f"{message}{detail}" + (f": {stderr.strip()}" if stderr.strip() else ""))
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+def truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`message` cut to at most `limit` UTF-8 bytes, never inside a character."""
+    data = message.encode("utf-8")
+    if len(data) <= limit:
+        return message
+    return data[:limit].decode("utf-8", "ignore")
+
+
+def _label_arg(name: str, value: int) -> str:
+    return f"{name}={value:+d}" if value else f"{name}=0"
+
+
+class GerritClient:
+    """One Gerrit server. Commands share a cached connection; each stream has its own."""
+
+    def __init__(self, config: GerritConfig, *, timeout: float = 30.0) -> None:
+        self.config = config
+        self.timeout = timeout
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    # -- connections --------------------------------------------------------------------------
+
+    def connect(self) -> paramiko.SSHClient:
+        """A new authenticated SSH connection (the host key checked against known_hosts)."""
+        cfg = self.config
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(cfg.known_hosts))
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            client.connect(cfg.host, port=cfg.port, username=cfg.username,
+                           key_filename=str(cfg.key_file), allow_agent=False,
+                           look_for_keys=False, timeout=self.timeout,
+                           banner_timeout=self.timeout, auth_timeout=self.timeout)
+        except (paramiko.SSHException, OSError) as exc:
+            client.close()
+            raise GerritError(f"cannot connect to {cfg.host}:{cfg.port}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        transport = client.get_transport()
+        if transport is not None and cfg.keepalive:
+            transport.set_keepalive(cfg.keepalive)
+        return client
+
+    def _transport(self) -> paramiko.Transport:
+        with self._lock:
+            transport = self._client.get_transport() if self._client else None
+            if transport is None or not transport.is_active():
+                if self._client is not None:
+                    self._client.close()
+                self._client = self.connect()
+                transport = self._client.get_transport()
+            assert transport is not None
+            return transport
+
+    def close(self) -> None:
+        """Drop the cached connection."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None) -> str:
+        """Run one command (argv, quoted for Gerrit's parser) and return its stdout.
+
+        Raises GerritError on a non-zero exit status, with stderr.
+        """
+        command = shlex.join(argv)
+        try:
+            channel = self._transport().open_session(timeout=self.timeout)
+            channel.settimeout(self.timeout)
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin)
+                channel.shutdown_write()
+            out = channel.makefile("rb").read()
+            err = channel.makefile_stderr("rb").read()
+            status = channel.recv_exit_status()
+            channel.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise GerritError(f"{argv[:2]} failed: {type(exc).__name__}: {exc}") from exc
+        if status != 0:
+            raise GerritError(f"{shlex.join(argv[:2])} failed", exit_status=status,
+                              stderr=err.decode("utf-8", "replace"))
+        return out.decode("utf-8")
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def version(self) -> str:
+        """The server's version, e.g. "3.9.1"."""
+        out = self.run(["gerrit", "version"]).strip()
+        return out.removeprefix("gerrit version ").strip()
+
+    def query(self, query: str, *, current_patch_set: bool = False, patch_sets: bool = False,
+              files: bool = False, comments: bool = False) -> list[dict[str, Any]]:
+        """Every change matching `query`, following paging; stats rows dropped."""
+        argv = ["gerrit", "query", "--format=JSON"]
+        for flag, on in (("--current-patch-set", current_patch_set),
+                         ("--patch-sets", patch_sets), ("--files", files),
+                         ("--comments", comments)):
+            if on:
+                argv.append(flag)
+        changes: list[dict[str, Any]] = []
+        page_args: list[str] = []
+        page_query = query
+        while True:
+            rows, stats = self._query_page([*argv, *page_args, page_query])
+            changes.extend(rows)
+            if stats.get("moreChanges"):
+                page_args = ["--start", str(len(changes))]
+            elif "moreChanges" not in stats and rows and "sortKey" in rows[-1]:
+                # Gerrit < 2.9: resume after the last row's sortKey until a page is empty.
+                page_query = f"{query} resume_sortkey:{rows[-1]['sortKey']}"
+            else:
+                return changes
+
+    def _query_page(self, argv: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        stats: dict[str, Any] = {}
+        for line in self.run(argv).splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            kind = row.get("type")
+            if kind == "error":
+                raise GerritError(f"query failed: {row.get('message', '')}")
+            if kind == "stats":
+                stats = row
+            else:
+                rows.append(row)
+        return rows, stats
+
+    def changed_files(self, change: int, patchset: int) -> list[str]:
+        """The files a patch set touches (Gerrit's magic files left out)."""
+        rows = self.query(f"change:{int(change)}", patch_sets=True, files=True)
+        for row in rows:
+            for ps in row.get("patchSets", []):
+                if str(ps.get("number")) == str(patchset):
+                    return [f["file"] for f in ps.get("files", [])
+                            if f.get("file") not in _SPECIAL_FILES]
+        raise GerritError(f"change {change} has no patch set {patchset}")
+
+    def review(self, project: str, change: int, patchset: int, *, message: str,
+               labels: dict[str, int] | None = None, tag: str | None = None) -> None:
+        """Post a comment and votes on CHANGE,PATCHSET."""
+        argv = ["gerrit", "review", "--project", project,
+                "--message", truncate_message(message)]
+        for name, value in (labels or {}).items():
+            argv += ["--label", _label_arg(name, value)]
+        if tag:
+            argv += ["--tag", tag]
+        argv.append(f"{int(change)},{int(patchset)}")
+        self.run(argv)
+        logger.info("review posted on %s,%s (%s)", change, patchset, labels)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def stream_events(self, stop: threading.Event, *, poll_timeout: float = 1.0,
+                      tick: float = 0.2) -> Iterator[bytes | None]:
+        """Yield raw event lines from `gerrit stream-events` as they come.
+
+        Yields None when the stream has been quiet for `poll_timeout` seconds
+        (so the caller can flush a batch) and again every `poll_timeout` while
+        it stays quiet. Returns when `stop` is set (checked every `tick`).
+        Raises GerritError when the connection drops or the command ends, or
+        when nothing arrived for `config.silence_timeout` seconds (if set):
+        the caller reconnects and catches up by query.
+        """
+        client = self.connect()
+        try:
+            transport = client.get_transport()
+            assert transport is not None
+            channel = transport.open_session(timeout=self.timeout)
+            channel.exec_command(shlex.join(["gerrit", "stream-events"]))
+            channel.settimeout(tick)
+            yield from self._read_lines(channel, stop, poll_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise GerritError(f"event stream lost: {type(exc).__name__}: {exc}") from exc
+        finally:
+            client.close()
+
+    def _read_lines(self, channel: paramiko.Channel, stop: threading.Event,
+                    poll_timeout: float) -> Iterator[bytes | None]:
+        silence = self.config.silence_timeout
+        partial = b""
+        last_data = last_yield = time.monotonic()
+        while not stop.is_set():
+            try:
+                data = channel.recv(_READ_SIZE)
+            except TimeoutError:
+                now = time.monotonic()
+                if silence and now - last_data > silence:
+                    raise GerritError(f"no event for {silence} s; reconnecting") from None
+                if now - last_yield >= poll_timeout:
+                    last_yield = now
+                    yield None
+                continue
+            if not data:
+                # The exit status travels just before the close; a dropped link has none.
+                status = channel.recv_exit_status() if channel.status_event.wait(0.5) else None
+                err = b""
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+                raise GerritError("event stream ended", exit_status=status,
+                                  stderr=err.decode("utf-8", "replace"))
+            last_data = last_yield = time.monotonic()
+            lines = (partial + data).split(b"\n")
+            partial = lines.pop()
+            for line in lines:
+                if line.strip():
+                    yield line
+        # Ask Gerrit to end the command, as Zuul does, then close.
+        with contextlib.suppress(OSError, EOFError):
+            channel.sendall(b"\x03")

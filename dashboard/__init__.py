@@ -1,0 +1,118 @@
+"""The dashboard: a Flask app over the same database the listener and workers use.
+
+`create_app` is the factory; pages, the JSON API, POST actions and the log
+tree are separate blueprints. Everything shown comes from Gerrit or from
+build output, so it is untrusted: Jinja autoescapes it and nothing is ever
+marked safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response
+from jinja2 import StrictUndefined
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci.config import Config
+from ci.db import ensure_schema, make_engine, make_sessionmaker
+from dashboard.context import EXTENSION, DashboardState, close_db, csrf_token
+
+logger = logging.getLogger(__name__)
+
+SECRET_KEY_ENV = "HYPERV_CI_SECRET_KEY"  # noqa: S105 - a variable name, not a key
+# Without a configured key, every app of this process shares one random key:
+# sessions (and so CSRF tokens) then last as long as the process.
+_PROCESS_KEY = secrets.token_hex(32)
+
+# Pages load only our own script and stylesheet: an injected <script> would not run.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def create_app(
+    config: Config,
+    *,
+    sessions: sessionmaker[Session] | None = None,
+    test_config: dict[str, Any] | None = None,
+) -> Flask:
+    """Build the dashboard app; opens (and upgrades) its own database unless given sessions."""
+    app = Flask(__name__)
+    app.config.from_mapping(
+        SECRET_KEY=os.environ.get(SECRET_KEY_ENV) or _PROCESS_KEY,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=64 * 1024,  # the forms are a token and a field or two
+        REFRESH_SECONDS=5,  # status page auto-refresh
+        LIVE_POLL_SECONDS=2,  # a running build's page polls its JSON this often
+    )
+    if test_config:
+        app.config.from_mapping(test_config)
+    if sessions is None:
+        engine = make_engine(config.database.sqlalchemy_url())
+        ensure_schema(engine)
+        sessions = make_sessionmaker(engine)
+    app.extensions[EXTENSION] = DashboardState(config=config, sessions=sessions)
+
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]  # UTF-8 JSON, not \u escapes
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep test counts in order
+    app.jinja_env.undefined = StrictUndefined
+    app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.filters["duration"] = format_duration
+    app.jinja_env.filters["when"] = format_when
+    app.jinja_env.filters["web_url"] = web_url
+    app.teardown_appcontext(close_db)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    from dashboard import actions, api, logs, pages
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(actions.bp)
+    app.register_blueprint(logs.bp)
+    bind = sessions.kw.get("bind")
+    logger.info("dashboard app created (database %s)",
+                bind.url.render_as_string(hide_password=True) if bind is not None else "?")
+    return app
+
+
+def format_duration(seconds: float | None) -> str:
+    """1h 02m 03s / 4m 05s / 6s; an empty string for no value."""
+    if seconds is None:
+        return ""
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_when(value: str | None) -> str:
+    """An ISO timestamp as `YYYY-MM-DD HH:MM:SS UTC`."""
+    if not value:
+        return ""
+    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def web_url(value: str | None) -> str:
+    """An http(s) URL from Gerrit as a link target; anything else (javascript:) becomes '#'."""
+    if value and urlsplit(value).scheme in ("http", "https"):
+        return value
+    return "#"

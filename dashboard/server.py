@@ -1,0 +1,83 @@
+"""Serving the dashboard with waitress: in the foreground for `hyperv-ci dashboard`,
+or on a background thread for the demo and the tests."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from flask import Flask
+from waitress import wasyncore
+from waitress.server import BaseWSGIServer, create_server
+
+from ci.config import Config
+from dashboard import create_app
+
+logger = logging.getLogger(__name__)
+
+THREADS = 8
+
+
+class RunningServer:
+    """A waitress server running on its own thread; `close()` stops it and waits."""
+
+    def __init__(self, server: BaseWSGIServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.effective_port)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting, close every connection, stop the worker threads."""
+        # Sockets must be closed by the loop's own thread (closing them under
+        # its select() fails with EBADF): the trigger runs the thunk there.
+        # An empty socket map ends waitress's loop.
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
+        self.thread.join(timeout)
+        self.server.task_dispatcher.shutdown(timeout=timeout)
+
+
+def _make_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
+    server: Any = create_server(app, host=host, port=port, threads=THREADS,
+                                ident="hyperv-ci", clear_untrusted_proxy_headers=True,
+                                asyncore_loop_timeout=0.2)
+    return server
+
+
+def start_in_thread(app: Flask, host: str = "127.0.0.1",
+                    port: int = 0) -> tuple[RunningServer, threading.Thread, int]:
+    """Serve `app` on a daemon thread; port 0 picks a free port. Returns (server, thread, port)."""
+    server = _make_server(app, host, port)
+    thread = threading.Thread(target=server.run, name="dashboard-server", daemon=True)
+    thread.start()
+    running = RunningServer(server, thread)
+    logger.info("dashboard serving on http://%s:%s/", host, running.port)
+    return running, thread, running.port
+
+
+def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
+    """Serve the dashboard until SIGINT or SIGTERM (the `hyperv-ci dashboard` command)."""
+    host = host if host is not None else config.dashboard.host
+    port = port if port is not None else config.dashboard.port
+    app = create_app(config)
+    server = _make_server(app, host, port)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        # waitress's run() catches SystemExit and shuts its task threads down.
+        logger.info("dashboard stopping (signal %s)", signum)
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    logger.info("dashboard serving on http://%s:%s/", host, server.effective_port)
+    try:
+        server.run()
+    finally:
+        wasyncore.close_all(server._map)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("dashboard stopped")

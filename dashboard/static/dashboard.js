@@ -1,0 +1,81 @@
+// hyperv-ci dashboard: auto-refresh, the live build page, confirm prompts.
+// Server text is only ever set with textContent, or as HTML the server
+// rendered with autoescaping (the refreshed fragments).
+"use strict";
+
+function refreshFragment(el) {
+  const seconds = Number(el.dataset.interval || 5);
+  const tick = async () => {
+    try {
+      const response = await fetch(el.dataset.refresh, { headers: { Accept: "text/html" } });
+      if (response.ok) el.innerHTML = await response.text();
+    } catch (err) {
+      // The dashboard restarting is not fatal: try again on the next tick.
+    }
+    setTimeout(tick, seconds * 1000);
+  };
+  setTimeout(tick, seconds * 1000);
+}
+
+function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const total = Math.floor(seconds);
+  const h = Math.floor(total / 3600), m = Math.floor((total % 3600) / 60), s = total % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  if (h) return `${h}h ${pad(m)}m ${pad(s)}s`;
+  if (m) return `${m}m ${pad(s)}s`;
+  return `${s}s`;
+}
+
+function setBadge(cell, state) {
+  const badge = cell.querySelector(".state");
+  if (!badge || badge.textContent === state) return;
+  badge.textContent = state;
+  badge.className = "state state-" + state;
+}
+
+function liveBuild(root) {
+  const every = Number(root.dataset.poll || 2) * 1000;
+  const poll = async () => {
+    let build;
+    try {
+      const response = await fetch(root.dataset.api, { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(String(response.status));
+      build = await response.json();
+    } catch (err) {
+      setTimeout(poll, 2 * every);
+      return;
+    }
+    // A new step or a finished build changes the page's shape: reload it whole.
+    if (build.state !== root.dataset.state || build.steps.length !== Number(root.dataset.steps)) {
+      window.location.reload();
+      return;
+    }
+    document.getElementById("build-duration").textContent = formatDuration(build.duration);
+    for (const step of build.steps) {
+      const body = root.querySelector(`tbody.step[data-step-id="${step.id}"]`);
+      if (!body) continue;
+      setBadge(body.querySelector(".step-state"), step.state);
+      body.querySelector(".step-duration").textContent = formatDuration(step.duration);
+      body.querySelector(".step-exit").textContent = step.exit_code === null ? "" : String(step.exit_code);
+      const tail = body.querySelector("pre.tail");
+      if (tail.textContent !== step.output_tail) {
+        const atBottom = tail.scrollTop + tail.clientHeight >= tail.scrollHeight - 4;
+        tail.textContent = step.output_tail;
+        if (atBottom) tail.scrollTop = tail.scrollHeight;
+      }
+    }
+    setTimeout(poll, every);
+  };
+  setTimeout(poll, every);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-refresh]").forEach(refreshFragment);
+  const build = document.getElementById("build");
+  if (build && build.dataset.live === "1") liveBuild(build);
+  document.addEventListener("submit", (event) => {
+    const message = event.target.dataset.confirm;
+    if (message && !window.confirm(message)) event.preventDefault();
+  });
+});
