@@ -1,0 +1,356 @@
+"""The devstack-hyperv job's rendered files: complete, parseable, and safe
+against hostile Gerrit text. The shell scripts that can run here run for real
+(bash, git); only the OpenStack CLIs are stand-ins at the PATH seam."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+from ci.config import Config, parse_config
+from runners.base import ChangeRef
+from runners.powershell import ps_quote, syntax_errors
+from runners.render import (
+    LINUX_TEMPLATES,
+    TEMPLATES,
+    WINDOWS_TEMPLATES,
+    RenderedJob,
+    RenderError,
+    make_environment,
+    render_command,
+    render_job,
+    tempest_serial_regex,
+)
+
+SECRETS = {
+    "admin_password": "adm1n-Pässword",
+    "service_password": "s3rv%ce@pw/1",
+    "rabbit_password": "r@bbit:pw%2F",
+    "database_password": "db-pw",
+}
+
+HOSTILE_SUBJECT = (
+    "Fix it'; rm -rf / #\n$(touch pwned) `touch pwned2` \"dq\" ‘smart’ ${HOME} "
+    "修复 Hyper-V 驱动 Zoë & | > out.txt"
+)
+HOSTILE_OWNER = "Zoë O'Brien $(id) <zoe@example.org>\r\n; Remove-Item C:\\ -Recurse"
+HOSTILE_BRANCH = "stable/2023.1'; rm -rf ~; echo '$(whoami)"
+MARKERS = ["rm -rf / #", "rm -rf ~", "touch pwned", "修复", "Zoë", "Remove-Item C:", "whoami",
+           "$(id)", "‘smart’"]
+
+
+def make_config(tmp: Path | None = None, **job: Any) -> Config:
+    job_data: dict[str, Any] = {"type": "devstack-hyperv", **job}
+    if tmp is not None:
+        job_data.update(
+            devstack_dir=str(tmp / "stack" / "devstack"),
+            tempest_dir=str(tmp / "stack" / "tempest"),
+            workspace=str(tmp / "ws"),
+        )
+    winrm = {"username": "Administrator", "password": {"password_env": "HV_PW"}}
+    ssh = {"username": "stack", "key_file": "/k", "known_hosts": "/kh"}
+    return parse_config({
+        "gerrit": {"host": "127.0.0.1", "username": "ci", "key_file": "/k", "known_hosts": "/kh"},
+        "projects": [{"name": "openstack/nova", "jobs": ["hyperv"]}],
+        "jobs": {"hyperv": job_data},
+        "nodes": [
+            {"name": "devstack-1", "label": "devstack", "address": "10.0.0.5", "ssh": ssh},
+            {"name": "hv-1", "label": "hyperv", "address": "10.0.0.11", "winrm": winrm},
+            {"name": "hv-2", "label": "hyperv", "address": "10.0.0.12", "winrm": winrm},
+        ],
+    })
+
+
+def make_change(**fields: Any) -> ChangeRef:
+    data: dict[str, Any] = {
+        "project": "openstack/nova",
+        "branch": "master",
+        "number": 12345,
+        "patchset": 3,
+        "ref": "refs/changes/45/12345/3",
+        "revision": "a" * 40,
+        "subject": "Hyper-V: fix resize",
+        "owner": "Jane Doe <jane@example.org>",
+    }
+    data.update(fields)
+    return ChangeRef(**data)
+
+
+def render(config: Config | None = None, change: ChangeRef | None = None) -> RenderedJob:
+    config = config or make_config()
+    return render_job(config, "hyperv", change or make_change(), config.nodes, SECRETS, 7)
+
+
+def test_file_names_cover_every_node_and_template() -> None:
+    rendered = render()
+    expected = {f"devstack-1-{name}" for name in LINUX_TEMPLATES}
+    expected |= {f"devstack-1-{n}" for n in
+                 ("hyperv-hosts.txt", "tempest-exclude.txt", "tempest-exclude-parallel.txt")}
+    for node in ("hv-1", "hv-2"):
+        expected |= {f"{node}-{name}" for name in WINDOWS_TEMPLATES}
+    assert set(rendered) == expected
+    assert "devstack-1-local.conf" in rendered
+    assert "hv-1-teardown.ps1" in rendered
+    assert "hv-2-nova.conf" in rendered
+    assert rendered.for_node("hv-1", "teardown") == rendered["hv-1-teardown.ps1"]
+    assert rendered.for_node("hv-2", "nova.conf") == rendered["hv-2-nova.conf"]
+    install = rendered.file_for("hv-1", "install")
+    assert install.remote_path == "C:\\OpenStack\\hyperv-ci\\install.ps1"
+    assert rendered.path("devstack-1", "bundle") == "/opt/stack/hyperv-ci/change.bundle"
+    assert rendered["devstack-1-hyperv-hosts.txt"] == "hv-1\nhv-2\n"
+
+
+def test_every_template_file_is_rendered() -> None:
+    on_disk = {p.name.removesuffix(".j2") for p in TEMPLATES.glob("*.j2")
+               if not p.name.startswith("_")}
+    assert on_disk == set(LINUX_TEMPLATES) | set(WINDOWS_TEMPLATES)
+
+
+def test_environment_is_strict() -> None:
+    env = make_environment()
+    with pytest.raises(jinja2.UndefinedError):
+        env.from_string("{{ missing }}").render()
+    text = env.from_string("{{ a | sh }} {{ a | ps }}\n").render(a="it's")
+    assert text == "'it'\"'\"'s' 'it''s'\n"
+
+
+def test_powershell_scripts_parse_and_name_their_step() -> None:
+    rendered = render()
+    scripts = [f for f in rendered.files.values() if f.name.endswith(".ps1")]
+    assert len(scripts) == 2 * 9
+    for item in scripts:
+        step = item.step.removesuffix(".ps1")
+        assert item.text.splitlines()[0] == f"# hyperv-ci-step: {step}"
+        assert "$ErrorActionPreference = 'Stop'" in item.text
+        assert syntax_errors(item.text) == [], item.name
+        # Windows PowerShell 5.1 has none of PowerShell 7's pipeline chains.
+        assert not re.search(r"\s(&&|\|\|)\s", item.text), item.name
+        assert item.payload().startswith(b"\xef\xbb\xbf")
+
+
+def test_shell_scripts_pass_bash_syntax_check() -> None:
+    rendered = render()
+    for item in rendered.files.values():
+        if item.name.endswith(".sh"):
+            assert item.text.startswith("#!/bin/bash\n")
+            assert "set -euo pipefail" in item.text
+            proc = subprocess.run(["bash", "-n"], input=item.text, text=True,
+                                  capture_output=True, check=False)
+            assert proc.returncode == 0, (item.name, proc.stderr)
+
+
+def test_local_conf_disables_compute_on_the_controller() -> None:
+    text = render()["devstack-1-local.conf"]
+    lines = text.splitlines()
+    assert "disable_service n-cpu" in lines
+    assert not any(re.match(r"enable_service\b.*\bn-cpu\b", line) for line in lines)
+    assert "Q_ML2_PLUGIN_MECHANISM_DRIVERS=openvswitch,hyperv" in lines
+    assert "Q_ML2_TENANT_NETWORK_TYPE=vlan" in lines
+    assert "ML2_VLAN_RANGES=physnet1:500:2000" in lines
+    assert "NOVA_REPO=/opt/stack/nova" in lines
+    assert "NOVA_BRANCH=hyperv-ci-12345-3" in lines
+    assert "ADMIN_PASSWORD=" + shlex.quote(SECRETS["admin_password"]) in lines
+    assert "min_compute_nodes = 2" in lines
+    assert any(line.startswith("IMAGE_URLS=") and ".vhdx" in line for line in lines)
+
+
+def test_configs_point_at_the_controller_and_carry_encoded_secrets() -> None:
+    rendered = render()
+    nova = rendered["hv-2-nova.conf"]
+    assert "host = hv-2" in nova
+    assert "compute_driver = compute_hyperv.driver.HyperVDriver" in nova
+    assert "transport_url = rabbit://stackrabbit:r%40bbit%3Apw%252F@10.0.0.5:5672/" in nova
+    assert "auth_url = http://10.0.0.5/identity" in nova
+    agent = rendered["hv-2-neutron_hyperv_agent.conf"]
+    assert "physical_network_vswitch_mappings = physnet1:external" in agent
+    assert "firewall_driver = hyperv" in agent
+
+
+def test_placeholders_when_no_secrets_are_given(tmp_path: Path) -> None:
+    written = render_command(make_config(), "hyperv", "12345,3", tmp_path / "out")
+    assert len(written) == 32
+    text = "".join(p.read_text(encoding="utf-8-sig") for p in written)
+    assert "PLACEHOLDER-admin-password" in text
+    for secret in SECRETS.values():
+        assert secret not in text
+    assert "EXAMPLE change" in (tmp_path / "out" / "hv-1-bootstrap.ps1").read_text("utf-8-sig")
+
+
+def test_secrets_must_be_complete() -> None:
+    config = make_config()
+    with pytest.raises(RenderError, match="rabbit_password"):
+        render_job(config, "hyperv", make_change(), config.nodes,
+                   {"admin_password": "a", "service_password": "b", "database_password": "c"})
+
+
+def _without_literals(text: str, values: list[str], quote: Any) -> str:
+    for value in values:
+        text = text.replace(quote(value), "")
+    return text
+
+
+def test_hostile_change_text_is_only_ever_a_quoted_literal() -> None:
+    change = make_change(subject=HOSTILE_SUBJECT, owner=HOSTILE_OWNER, branch=HOSTILE_BRANCH)
+    rendered = render(change=change)
+    values = [HOSTILE_SUBJECT, HOSTILE_OWNER, HOSTILE_BRANCH]
+    seen_in_sh = seen_in_ps = False
+    for item in rendered.files.values():
+        if item.name.endswith(".sh"):
+            seen_in_sh |= shlex.quote(HOSTILE_SUBJECT) in item.text
+            rest = _without_literals(item.text, values, shlex.quote)
+            bash = subprocess.run(["bash", "-n"], input=item.text, text=True,
+                                  capture_output=True, check=False)
+            assert bash.returncode == 0, bash.stderr
+        elif item.name.endswith(".ps1"):
+            seen_in_ps |= ps_quote(HOSTILE_SUBJECT) in item.text
+            rest = _without_literals(item.text, values, ps_quote)
+            assert syntax_errors(item.text) == [], item.name
+        else:
+            rest = item.text  # configs and data files never carry Gerrit text
+        for marker in MARKERS:
+            assert marker not in rest, (item.name, marker)
+    assert seen_in_sh and seen_in_ps
+
+
+def test_hostile_project_names_are_refused() -> None:
+    for project in ("openstack/../../etc", "openstack/nova; rm -rf /", "-rf", "a/b\nc"):
+        with pytest.raises(RenderError):
+            render(change=make_change(project=project))
+    with pytest.raises(RenderError):
+        render(change=make_change(revision="HEAD; rm -rf /"))
+
+
+def test_node_counts_must_match_the_job() -> None:
+    config = make_config()
+    with pytest.raises(RenderError, match="2 hyperv"):
+        render_job(config, "hyperv", make_change(), config.nodes[:2], SECRETS)
+
+
+def test_compute_driver_follows_branch_and_project() -> None:
+    in_tree = make_config(compute_driver="hyperv.driver.HyperVDriver")
+    nova = render(in_tree, make_change(branch="stable/2023.1"))["hv-1-nova.conf"]
+    assert "compute_driver = hyperv.driver.HyperVDriver" in nova
+    with pytest.raises(RenderError, match="in-tree"):
+        render(in_tree, make_change(branch="master"))
+    with pytest.raises(RenderError, match="in-tree"):
+        render(in_tree, make_change(branch="stable/2024.1"))
+    hyperv = render(in_tree, make_change(project="openstack/compute-hyperv"))
+    assert "compute_driver = compute_hyperv.driver.HyperVDriver" in hyperv["hv-1-nova.conf"]
+    assert "_REPO=" not in hyperv["devstack-1-local.conf"]
+    with pytest.raises(RenderError, match="not a Hyper-V driver"):
+        render(make_config(compute_driver="libvirt.LibvirtDriver"))
+
+
+def test_serial_regex_selects_included_serial_tests_only() -> None:
+    job = make_config().jobs["hyperv"]
+    pattern = re.compile(tempest_serial_regex(job))  # type: ignore[arg-type]
+    assert pattern.search("tempest.api.compute.servers.test_resize.T.test_x[id-1]")
+    assert not pattern.search("tempest.api.compute.servers.test_list.T.test_x")
+    assert not pattern.search("neutron_tempest.api.test_resize.T.test_x")
+    rendered = render()
+    assert rendered["devstack-1-tempest-exclude-parallel.txt"].splitlines() == [
+        r"\.test_resize", r"\.test_shelve", r"\.test_snapshot"]
+
+
+# ------------------------------------------------------------ scripts, run
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, text=True,
+                          capture_output=True).stdout.strip()
+
+
+def _write(rendered: RenderedJob, name: str) -> Path:
+    item = rendered.files[name]
+    path = Path(item.remote_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(item.payload())
+    return path
+
+
+def test_prepare_checkout_unpacks_the_bundle(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    _git("init", "-q", "-b", "main", cwd=source)
+    (source / "README").write_text("nova\n")
+    _git("add", "README", cwd=source)
+    _git("-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", "x", cwd=source)
+    revision = _git("rev-parse", "HEAD", cwd=source)
+    change = make_change(revision=revision, subject=HOSTILE_SUBJECT, owner=HOSTILE_OWNER,
+                         branch=HOSTILE_BRANCH)
+    rendered = render(make_config(tmp_path), change)
+    (tmp_path / "ws").mkdir()
+    _git("bundle", "create", "-q", rendered.path("devstack-1", "bundle"), "main", cwd=source)
+    script = _write(rendered, "devstack-1-prepare-checkout.sh")
+    proc = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, encoding="utf-8", check=False)
+    assert proc.returncode == 0, proc.stderr
+    target = tmp_path / "stack" / "nova"
+    assert _git("rev-parse", "HEAD", cwd=target) == revision
+    assert _git("branch", "--show-current", cwd=target) == "hyperv-ci-12345-3"
+    assert f"subject: {HOSTILE_SUBJECT}\n" in proc.stdout
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+
+
+def _fake_openstack(bin_dir: Path, services: list[dict], agents: list[dict]) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "services.json").write_text(json.dumps(services))
+    (bin_dir / "agents.json").write_text(json.dumps(agents))
+    fake = bin_dir / "openstack"
+    fake.write_text(
+        "#!/bin/bash\n"
+        f"case \"$1 $2\" in\n"
+        f"  'compute service') cat {shlex.quote(str(bin_dir / 'services.json'))} ;;\n"
+        f"  'network agent') cat {shlex.quote(str(bin_dir / 'agents.json'))} ;;\n"
+        "  *) exit 2 ;;\n"
+        "esac\n"
+    )
+    manage = bin_dir / "nova-manage"
+    manage.write_text(f"#!/bin/bash\necho \"$@\" > {shlex.quote(str(bin_dir / 'discovered'))}\n")
+    fake.chmod(0o755)
+    manage.chmod(0o755)
+
+
+def _run_check(tmp_path: Path, services: list[dict], agents: list[dict]) -> tuple[int, Path]:
+    config = make_config(tmp_path, services_timeout=1)
+    rendered = render(config)
+    for name in ("devstack-1-check-services.sh", "devstack-1-hyperv-hosts.txt"):
+        _write(rendered, name)
+    devstack = tmp_path / "stack" / "devstack"
+    devstack.mkdir(parents=True)
+    (devstack / "openrc").write_text("export OS_CLOUD=devstack-admin\n")
+    bin_dir = tmp_path / "bin"
+    _fake_openstack(bin_dir, services, agents)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(tmp_path / "ws" / "check-services.sh")], env=env,
+                          capture_output=True, text=True, check=False)
+    return proc.returncode, bin_dir
+
+
+def _up(host: str) -> tuple[dict, dict]:
+    return (
+        {"Binary": "nova-compute", "Host": host, "State": "up", "Status": "enabled"},
+        {"Agent Type": "HyperV agent", "Host": host, "Alive": True, "State": True},
+    )
+
+
+def test_check_services_passes_when_every_host_is_up(tmp_path: Path) -> None:
+    (s1, a1), (s2, a2) = _up("hv-1"), _up("hv-2")
+    rc, bin_dir = _run_check(tmp_path, [s1, s2], [a1, a2])
+    assert rc == 0
+    assert (bin_dir / "discovered").read_text().strip() == "cell_v2 discover_hosts --verbose"
+
+
+def test_check_services_fails_on_a_dead_agent(tmp_path: Path) -> None:
+    (s1, a1), (s2, a2) = _up("hv-1"), _up("hv-2")
+    rc, bin_dir = _run_check(tmp_path, [s1, s2], [a1, {**a2, "Alive": False}])
+    assert rc == 1
+    assert not (bin_dir / "discovered").exists()
