@@ -1,0 +1,442 @@
+"""The WinRM executor: run PowerShell on a Windows Hyper-V node, copy files both ways.
+
+Built on pywinrm's `Protocol`, not `Session.run_ps`, for three reasons
+(research/ws-management.md, DESIGN.md):
+- shells are opened with code page 65001 and output is decoded as UTF-8, so
+  non-ASCII text (Gerrit names, localized Windows messages) survives;
+- a script is staged: uploaded in chunks (base64 lines on the command's stdin)
+  to a .ps1 file and run with `-File`, because an inlined `-EncodedCommand`
+  breaks cmd.exe's 8,191-character line past ~3,000 characters;
+- output is streamed to the caller after every Receive, and the whole command
+  has a deadline after which it is signalled to terminate.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import html
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import requests
+from winrm.exceptions import WinRMError, WinRMOperationTimeoutError, WinRMTransportError
+from winrm.protocol import Protocol
+
+from runners.base import CommandResult, CommandTimeout, ExecutorError, OutputSink
+from runners.powershell import ps_quote
+
+if TYPE_CHECKING:
+    from ci.config import NodeConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SCRIPTS_DIR = "C:\\OpenStack\\hyperv-ci\\scripts"
+CMD_LINE_LIMIT = 8191  # cmd.exe runs every WinRM command line (WINRS_SKIP_CMD_SHELL=FALSE)
+PUT_CHUNK_BYTES = 48 * 1024  # raw bytes per Send: ~64 KiB of base64, well inside MaxEnvelopeSize
+TRANSFER_TIMEOUT = 900.0
+EXIT_NOT_FOUND = 2  # the get helper's exit code for a missing file
+_CLIXML = "#< CLIXML"
+_CLIXML_STRING = re.compile(
+    r'<S S="(?:Error|Warning|Verbose|Debug|Information)">(.*?)</S>', re.DOTALL | re.IGNORECASE
+)
+_CLIXML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+_STEP = re.compile(r"^\s*#\s*hyperv-ci-step:\s*([A-Za-z0-9_.-]+)")
+# Everything pywinrm or the HTTP stack raises when the node or the network misbehaves.
+_TRANSPORT_ERRORS = (
+    WinRMError,
+    WinRMTransportError,
+    WinRMOperationTimeoutError,
+    requests.RequestException,
+    OSError,
+    StopIteration,  # pywinrm's reaction to a reply missing a mandatory element
+    AssertionError,  # pywinrm's RelatesTo check
+    ValueError,  # an unparseable reply
+)
+
+_PUT_SCRIPT = """# hyperv-ci-step: winrm-put
+$ErrorActionPreference = 'Stop'
+$Path = {path}
+$Parent = Split-Path -Parent $Path
+if ($Parent -and -not (Test-Path -LiteralPath $Parent)) {{
+    New-Item -ItemType Directory -Force -Path $Parent | Out-Null
+}}
+$Stream = [System.IO.File]::Open($Path, [System.IO.FileMode]::Create)
+try {{
+    while ($null -ne ($Line = [Console]::In.ReadLine())) {{
+        if ($Line.Length -gt 0) {{
+            $Bytes = [Convert]::FromBase64String($Line)
+            $Stream.Write($Bytes, 0, $Bytes.Length)
+        }}
+    }}
+}} finally {{
+    $Stream.Dispose()
+}}
+"""
+
+_GET_SCRIPT = """# hyperv-ci-step: winrm-get
+$ErrorActionPreference = 'Stop'
+$Path = {path}
+if (-not (Test-Path -LiteralPath $Path -PathType Leaf)) {{
+    [Console]::Error.WriteLine("No such file: $Path")
+    exit 2
+}}
+$Stream = [System.IO.File]::OpenRead($Path)
+try {{
+    $Buffer = New-Object byte[] 49152
+    while (($Read = $Stream.Read($Buffer, 0, $Buffer.Length)) -gt 0) {{
+        [Console]::Out.WriteLine([Convert]::ToBase64String($Buffer, 0, $Read))
+    }}
+}} finally {{
+    $Stream.Dispose()
+}}
+"""
+
+
+def clixml_to_text(text: str) -> str:
+    """The readable text of PowerShell's CLIXML error stream (the input if it is not CLIXML)."""
+    if not text.startswith(_CLIXML):
+        return text
+    strings = _CLIXML_STRING.findall(text)
+    if not strings:
+        return text
+    decoded = "".join(
+        _CLIXML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), html.unescape(s)) for s in strings
+    )
+    return decoded.replace("\r\n", "\n")
+
+
+def encoded_command(script: str) -> str:
+    """`powershell -EncodedCommand ...` for a short helper script (within cmd.exe's limit)."""
+    encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+    line = " ".join(["powershell", "-NoProfile", "-NonInteractive", "-EncodedCommand", encoded])
+    if len(line) > CMD_LINE_LIMIT:
+        raise ValueError(
+            f"helper script too long to inline ({len(line)} > {CMD_LINE_LIMIT} characters)"
+        )
+    return line
+
+
+def windows_command_line(args: list[str]) -> str:
+    """Join arguments for cmd.exe + the C runtime: quote any with spaces or cmd metacharacters."""
+    parts = []
+    for arg in args:
+        if any(c in arg for c in '"%\r\n'):
+            raise ValueError(f"argument cannot be passed safely through cmd.exe: {arg!r}")
+        parts.append(f'"{arg}"' if not arg or re.search(r"[\s&|<>^(),;=!]", arg) else arg)
+    return " ".join(parts)
+
+
+def step_of(script: str) -> str:
+    """The script's step name from its `# hyperv-ci-step: NAME` first line ('script' if none)."""
+    for line in script.lstrip("\ufeff").splitlines():
+        if line.strip():
+            match = _STEP.match(line)
+            return match.group(1) if match else "script"
+    return "script"
+
+
+class _Output:
+    """Decodes a command's streams as they arrive and forwards them to the live view."""
+
+    def __init__(
+        self, sink: OutputSink | None, stdout_bytes: Callable[[bytes], None] | None
+    ) -> None:
+        self._sink = sink
+        self._stdout_bytes = stdout_bytes
+        self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._err = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stdout: list[str] = []
+        self.stderr = ""
+        self._err_mode = (
+            ""  # "" undecided, "plain" streamed as it comes, "clixml" cleaned at the end
+        )
+
+    def _emit(self, text: str) -> None:
+        if text and self._sink is not None:
+            self._sink(text)
+
+    def feed(self, out: bytes, err: bytes, *, final: bool = False) -> None:
+        if self._stdout_bytes is not None:
+            if out:
+                self._stdout_bytes(out)
+        else:
+            text = self._out.decode(out, final)
+            self.stdout.append(text)
+            self._emit(text)
+        new = self._err.decode(err, final)
+        self.stderr += new
+        if self._err_mode == "plain":
+            self._emit(new)
+        elif self._err_mode == "" and self.stderr:
+            if self.stderr.startswith(_CLIXML):
+                self._err_mode = "clixml"
+            elif not _CLIXML.startswith(self.stderr):
+                self._err_mode = "plain"
+                self._emit(self.stderr)
+        if final and self._err_mode != "plain" and self.stderr:
+            # CLIXML is only readable whole; an undecided short stderr is plain text.
+            self.stderr = clixml_to_text(self.stderr)
+            self._emit(self.stderr if self.stderr.endswith("\n") else self.stderr + "\n")
+
+
+class _Base64Lines:
+    """Writes base64 lines (the get helper's stdout) to a file as they arrive."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._write(line)
+
+    def close(self) -> None:
+        self._write(self._pending)
+        self._pending = b""
+
+    def _write(self, line: bytes) -> None:
+        line = line.strip()
+        if line:
+            self._fh.write(base64.b64decode(line, validate=True))
+
+
+class WinRMExecutor:
+    """Runs commands on one Windows node over WinRM (one command at a time)."""
+
+    def __init__(
+        self,
+        node: NodeConfig,
+        *,
+        operation_timeout: int | None = None,
+        read_timeout: int | None = None,
+        scripts_dir: str = DEFAULT_SCRIPTS_DIR,
+        backoff: float = 2.0,
+    ) -> None:
+        if node.winrm is None:
+            raise ValueError(f"node {node.name} has no winrm section")
+        access = node.winrm
+        self.node_name = node.name
+        self.scripts_dir = scripts_dir.rstrip("\\")
+        self.backoff = backoff
+        self._operation_timeout = operation_timeout or access.operation_timeout
+        host = f"[{node.address}]" if ":" in node.address else node.address
+        self.endpoint = f"{access.scheme}://{host}:{access.endpoint_port}/{access.path.lstrip('/')}"
+        validate = access.verify_certificate
+        try:
+            self._protocol = Protocol(
+                self.endpoint,
+                transport=access.transport,
+                username=access.username,
+                password=access.password.resolve(),
+                server_cert_validation="validate" if validate else "ignore",
+                # None: the system CA store, never a CA bundle picked from the environment.
+                ca_trust_path=str(access.ca_file) if (validate and access.ca_file) else None,
+                read_timeout_sec=read_timeout or access.read_timeout,
+                operation_timeout_sec=self._operation_timeout,
+                proxy=None,
+            )
+        except (WinRMError, ValueError) as exc:
+            raise ExecutorError(f"{node.name}: cannot set up WinRM: {exc}") from None
+        self._lock = threading.RLock()
+
+    # -- the Executor interface --
+    def run_powershell(
+        self,
+        script: str,
+        *,
+        timeout: float,
+        on_output: OutputSink | None = None,
+        idempotent: bool = False,
+        retries: int = 2,
+    ) -> CommandResult:
+        """Stage `script` as a .ps1 on the node and run it; stream output to `on_output`.
+
+        Raises CommandTimeout past `timeout` seconds (the command is terminated on the node)
+        and ExecutorError when the transport fails; an `idempotent` script is first retried
+        up to `retries` times with exponential backoff.
+        """
+        attempts = 1 + max(0, retries) if idempotent else 1
+        step = step_of(script)
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._run_staged(script, step, timeout, on_output)
+            except CommandTimeout:
+                raise
+            except ExecutorError as exc:
+                if attempt >= attempts:
+                    raise
+                delay = self.backoff * 2 ** (attempt - 1)
+                logger.warning(
+                    "%s: step %s failed (%s); retry %d of %d in %.1f s",
+                    self.node_name,
+                    step,
+                    exc,
+                    attempt,
+                    attempts - 1,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def put(self, data: bytes, remote_path: str) -> None:
+        """Write `data` to `remote_path` on the node (binary-safe, chunked, parents created)."""
+        with self._lock, self._shell() as shell_id:
+            self._put_in_shell(shell_id, data, remote_path, time.monotonic() + TRANSFER_TIMEOUT)
+
+    def get(self, remote_path: str, local_path: Path) -> None:
+        """Copy `remote_path` from the node to `local_path` (FileNotFoundError if it is absent)."""
+        local_path = Path(local_path)
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = local_path.with_name(local_path.name + ".part")
+        try:
+            with self._lock, self._shell() as shell_id, partial.open("wb") as fh:
+                script = _GET_SCRIPT.format(path=ps_quote(remote_path))
+                command_id = self._call(
+                    self._protocol.run_command, shell_id, encoded_command(script)
+                )
+                lines = _Base64Lines(fh)
+                result = self._receive(
+                    shell_id, command_id, time.monotonic() + TRANSFER_TIMEOUT, None, lines.feed
+                )
+                lines.close()
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if result.exit_code == EXIT_NOT_FOUND:
+            partial.unlink(missing_ok=True)
+            raise FileNotFoundError(f"{self.node_name}: {remote_path}")
+        if not result.ok:
+            partial.unlink(missing_ok=True)
+            raise ExecutorError(
+                f"{self.node_name}: reading {remote_path} failed "
+                f"(exit {result.exit_code}): {result.stderr.strip()}"
+            )
+        partial.replace(local_path)
+
+    def close(self) -> None:
+        """Drop the HTTP connection pool (shells are closed after every command)."""
+        self._protocol.transport.close_session()
+
+    # -- internals --
+    def _run_staged(
+        self, script: str, step: str, timeout: float, on_output: OutputSink | None
+    ) -> CommandResult:
+        deadline = time.monotonic() + timeout
+        path = f"{self.scripts_dir}\\{uuid.uuid4().hex[:12]}-{step}.ps1"
+        command = windows_command_line(
+            [
+                "powershell",
+                "-NoProfile",
+                "-NonInteractive",
+                "-ExecutionPolicy",
+                "Bypass",
+                "-File",
+                path,
+            ]
+        )
+        with self._lock, self._shell() as shell_id:
+            # A BOM, or Windows PowerShell 5.1 reads the file in the ANSI code page.
+            self._put_in_shell(shell_id, ("\ufeff" + script).encode("utf-8"), path, deadline)
+            logger.info(
+                "%s: running step %s (%d characters) from %s",
+                self.node_name,
+                step,
+                len(script),
+                path,
+            )
+            command_id = self._call(self._protocol.run_command, shell_id, command)
+            result = self._receive(shell_id, command_id, deadline, on_output)
+        logger.info("%s: step %s exited %d", self.node_name, step, result.exit_code)
+        return result
+
+    def _put_in_shell(self, shell_id: str, data: bytes, remote_path: str, deadline: float) -> None:
+        script = _PUT_SCRIPT.format(path=ps_quote(remote_path))
+        command_id = self._call(self._protocol.run_command, shell_id, encoded_command(script))
+        chunks = [data[i : i + PUT_CHUNK_BYTES] for i in range(0, len(data), PUT_CHUNK_BYTES)] or [
+            b""
+        ]
+        for index, chunk in enumerate(chunks):
+            line = base64.b64encode(chunk) + b"\r\n" if chunk else b""
+            self._call(
+                self._protocol.send_command_input,
+                shell_id,
+                command_id,
+                line,
+                index == len(chunks) - 1,
+            )
+        result = self._receive(shell_id, command_id, deadline, None)
+        if not result.ok:
+            raise ExecutorError(
+                f"{self.node_name}: writing {remote_path} failed "
+                f"(exit {result.exit_code}): {result.stderr.strip()}"
+            )
+
+    @contextmanager
+    def _shell(self) -> Iterator[str]:
+        shell_id = self._call(self._protocol.open_shell, codepage=65001, noprofile=True)
+        try:
+            yield shell_id
+        finally:
+            try:
+                self._protocol.close_shell(shell_id)
+            except _TRANSPORT_ERRORS as exc:
+                # The node may be gone; its shell dies with it or at its idle timeout.
+                logger.debug("%s: closing shell failed: %s", self.node_name, exc)
+                self._protocol.transport.close_session()
+
+    def _call(self, fn: Callable[..., object], *args: object, **kwargs: object) -> str:
+        try:
+            return fn(*args, **kwargs)  # type: ignore[return-value]
+        except _TRANSPORT_ERRORS as exc:
+            raise ExecutorError(
+                f"{self.node_name}: WinRM {fn.__name__} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _receive(
+        self,
+        shell_id: str,
+        command_id: str,
+        deadline: float,
+        on_output: OutputSink | None,
+        stdout_bytes: Callable[[bytes], None] | None = None,
+    ) -> CommandResult:
+        output = _Output(on_output, stdout_bytes)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._terminate(shell_id, command_id)
+                raise CommandTimeout(f"{self.node_name}: command timed out; it was terminated")
+            # A Receive is held by the node up to OperationTimeout: keep it inside the deadline.
+            self._protocol.operation_timeout_sec = max(
+                1, min(self._operation_timeout, math.ceil(remaining))
+            )
+            try:
+                out, err, code, done = self._protocol.get_command_output_raw(shell_id, command_id)
+            except WinRMOperationTimeoutError:
+                continue  # no output yet: ask again
+            except _TRANSPORT_ERRORS as exc:
+                raise ExecutorError(
+                    f"{self.node_name}: WinRM receive failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            finally:
+                self._protocol.operation_timeout_sec = self._operation_timeout
+            output.feed(out, err, final=done)
+            if done:
+                return CommandResult(code, "".join(output.stdout), output.stderr)
+
+    def _terminate(self, shell_id: str, command_id: str) -> None:
+        try:
+            self._protocol.cleanup_command(shell_id, command_id)  # Signal terminate
+        except _TRANSPORT_ERRORS as exc:
+            logger.warning("%s: could not signal the timed-out command: %s", self.node_name, exc)

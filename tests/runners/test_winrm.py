@@ -1,0 +1,235 @@
+"""The WinRM executor (real pywinrm) against the simulated Hyper-V node on loopback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ci.config import NodeConfig
+from runners.base import CommandTimeout, ExecutorError
+from runners.winrm import (
+    WinRMExecutor,
+    clixml_to_text,
+    encoded_command,
+    step_of,
+    windows_command_line,
+)
+from sim.winrm import SimWinRMServer, make_tls_files
+
+USER, PASSWORD = "Administrator", "pw-Zoë-7f3a"
+
+
+@pytest.fixture
+def password_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("HYPERV_CI_TEST_WINRM_PW", PASSWORD)
+    return "HYPERV_CI_TEST_WINRM_PW"
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimWinRMServer]:
+    server = SimWinRMServer("hv-1", tmp_path / "lab", USER, PASSWORD, max_hold=0.3).start()
+    yield server
+    server.stop()
+
+
+def node_for(sim: SimWinRMServer, password_env: str, **winrm: object) -> NodeConfig:
+    access = {
+        "scheme": "http",
+        "port": sim.port,
+        "transport": "basic",
+        "username": USER,
+        "password": {"password_env": password_env},
+        "operation_timeout": 1,
+        "read_timeout": 3,
+        **winrm,
+    }
+    return NodeConfig.model_validate(
+        {"name": sim.node_name, "label": "hyperv", "address": "127.0.0.1", "winrm": access}
+    )
+
+
+@pytest.fixture
+def executor(sim: SimWinRMServer, password_env: str) -> Iterator[WinRMExecutor]:
+    ex = WinRMExecutor(node_for(sim, password_env), backoff=0.01)
+    yield ex
+    ex.close()
+
+
+def test_output_is_streamed_before_the_command_ends(
+    sim: SimWinRMServer, executor: WinRMExecutor
+) -> None:
+    sim.faults.set("install", slow=0.05, hang=True)
+    chunks: list[str] = []
+    with pytest.raises(CommandTimeout):
+        executor.run_powershell("# hyperv-ci-step: install\n", timeout=2, on_output=chunks.append)
+    # The command never finished, yet its lines arrived, over several Receives.
+    assert len(chunks) >= 2
+    assert "Installation réussie : 安装完成\r\n" in "".join(chunks)
+
+
+def test_result_collects_streamed_pieces(sim: SimWinRMServer, executor: WinRMExecutor) -> None:
+    sim.faults.set("bootstrap", slow=0.05)
+    chunks: list[str] = []
+    result = executor.run_powershell(
+        "# hyperv-ci-step: bootstrap\n", timeout=10, on_output=chunks.append
+    )
+    assert result.ok and len(chunks) >= 3
+    assert "".join(chunks) == result.stdout
+    assert result.stdout.endswith("Amorçage terminé — 节点就绪\r\n")
+
+
+def test_non_ascii_output_survives_receive_boundaries(
+    sim: SimWinRMServer, executor: WinRMExecutor
+) -> None:
+    text = "实例 Zoë 中" * 20000  # ~280 KB of UTF-8: split mid-character across Receives
+    sim.faults.set("service-stderr", stdout=text)
+    result = executor.run_powershell("# hyperv-ci-step: service-stderr\n", timeout=20)
+    assert result.stdout.endswith(text + "\r\n")
+    assert "\ufffd" not in result.stdout
+
+
+def test_scripts_are_staged_not_inlined(sim: SimWinRMServer, executor: WinRMExecutor) -> None:
+    script = "# hyperv-ci-step: configure-services\n" + "Write-Output 'Zoë 中文'\n" * 600
+    result = executor.run_powershell(script, timeout=10)
+    assert result.ok, result.stderr
+    assert set(sim.model.services) == {"nova-compute", "neutron-hyperv-agent"}
+    steps = [step for _, step, _ in sim.scripts]
+    assert steps == ["winrm-put", "configure-services"]
+    assert sim.scripts[-1][2] == script  # arrived whole, non-ASCII intact (UTF-8 with BOM)
+    staged = sim.model.files_under("C:\\OpenStack\\hyperv-ci\\scripts")
+    assert len(staged) == 1 and staged[0].endswith("-configure-services.ps1")
+
+
+def test_powershell_errors_come_back_as_text(sim: SimWinRMServer, executor: WinRMExecutor) -> None:
+    broken = executor.run_powershell("# hyperv-ci-step: install\nif ($x) {\n", timeout=10)
+    assert broken.exit_code == 1 and "ParserError" in broken.stderr
+    assert "#< CLIXML" not in broken.stderr
+    sim.faults.set("start-services", exit_code=1, stderr="échec: 服务 nova-compute")
+    failed = executor.run_powershell("# hyperv-ci-step: start-services\n", timeout=10)
+    assert failed.exit_code == 1
+    assert "échec: 服务 nova-compute" in failed.stderr
+
+
+def test_hanging_command_is_terminated_at_its_timeout(
+    sim: SimWinRMServer, executor: WinRMExecutor
+) -> None:
+    sim.faults.set("start-services", hang=True)
+    with pytest.raises(CommandTimeout):
+        executor.run_powershell("# hyperv-ci-step: start-services\n", timeout=1.5)
+    assert sim.signals == [("start-services", "terminate")]
+    assert sim.stats["Delete"] >= 1  # the shell was cleaned up too
+
+
+def test_idempotent_step_is_retried_after_a_dropped_connection(
+    sim: SimWinRMServer, executor: WinRMExecutor
+) -> None:
+    sim.faults.set("install", drop=True, times=1)
+    result = executor.run_powershell("# hyperv-ci-step: install\n", timeout=10, idempotent=True)
+    assert result.ok
+    assert sim.stats["Receive.dropped"] == 1
+    assert [s for _, s, _ in sim.scripts].count("install") == 2
+
+
+def test_no_retry_when_not_idempotent(sim: SimWinRMServer, executor: WinRMExecutor) -> None:
+    sim.faults.set("install", drop=True, times=1)
+    with pytest.raises(ExecutorError) as info:
+        executor.run_powershell("# hyperv-ci-step: install\n", timeout=10)
+    assert not isinstance(info.value, CommandTimeout)
+    assert [s for _, s, _ in sim.scripts].count("install") == 1
+
+
+def test_put_get_round_trip_binary_large_non_ascii(
+    sim: SimWinRMServer, executor: WinRMExecutor, tmp_path: Path
+) -> None:
+    data = os.urandom(700 * 1024) + b"\x00\r\n\xff" + "实例 Zoë".encode()
+    remote = "C:\\OpenStack\\logs\\实例 Zoë's\\blob.bin"
+    executor.put(data, remote)
+    assert sim.model.read_file(remote) == data
+    assert sim.stats["Send"] >= 10  # chunked
+    executor.get(remote.upper(), tmp_path / "out" / "blob.bin")  # Windows paths ignore case
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == data
+    executor.put(b"", "C:\\empty.txt")
+    executor.get("C:\\empty.txt", tmp_path / "empty.txt")
+    assert (tmp_path / "empty.txt").read_bytes() == b""
+
+
+def test_get_missing_file(executor: WinRMExecutor, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        executor.get("C:\\nope\\missing.log", tmp_path / "dl" / "missing.log")
+    assert list((tmp_path / "dl").iterdir()) == []  # no partial file left behind
+
+
+def test_collected_logs_download(
+    sim: SimWinRMServer, executor: WinRMExecutor, tmp_path: Path
+) -> None:
+    assert executor.run_powershell("# hyperv-ci-step: collect-logs\n", timeout=10).ok
+    executor.get("C:\\OpenStack\\logs\\nova-compute.log", tmp_path / "nova-compute.log")
+    assert "实例 Zoë" in (tmp_path / "nova-compute.log").read_text(encoding="utf-8")
+
+
+def test_https_with_validated_certificate(tmp_path: Path, password_env: str) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    other = make_tls_files(tmp_path / "other")
+    server = SimWinRMServer("hv-tls", tmp_path / "lab", USER, PASSWORD, tls=(tls.cert, tls.key))
+    server.start()
+    try:
+        good = WinRMExecutor(node_for(server, password_env, scheme="https", ca_file=tls.ca_cert))
+        assert good.run_powershell("# hyperv-ci-step: bootstrap\n", timeout=10).ok
+        untrusted = WinRMExecutor(
+            node_for(server, password_env, scheme="https", ca_file=other.ca_cert)
+        )
+        with pytest.raises(ExecutorError, match=r"SSL|certificate"):
+            untrusted.run_powershell("# hyperv-ci-step: bootstrap\n", timeout=10)
+        unchecked = WinRMExecutor(
+            node_for(server, password_env, scheme="https", verify_certificate=False)
+        )
+        assert unchecked.run_powershell("# hyperv-ci-step: bootstrap\n", timeout=10).ok
+        for ex in (good, untrusted, unchecked):
+            ex.close()
+    finally:
+        server.stop()
+
+
+def test_killed_node_raises_executor_error(sim: SimWinRMServer, executor: WinRMExecutor) -> None:
+    sim.kill()
+    with pytest.raises(ExecutorError):
+        executor.run_powershell("# hyperv-ci-step: teardown\n", timeout=10, idempotent=True)
+    with pytest.raises(ExecutorError):
+        executor.put(b"x", "C:\\x.txt")
+    sim.revive()
+    assert executor.run_powershell("# hyperv-ci-step: teardown\n", timeout=10).ok
+
+
+def test_bad_password_is_an_executor_error_and_never_logged(
+    sim: SimWinRMServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("WRONG_PW", "wrong-Zoë-secret")
+    caplog.set_level(logging.DEBUG)
+    ex = WinRMExecutor(node_for(sim, "WRONG_PW"), backoff=0.01)
+    with pytest.raises(ExecutorError, match="credentials"):
+        ex.run_powershell("# hyperv-ci-step: teardown\n", timeout=10, idempotent=True, retries=1)
+    assert "wrong-Zoë-secret" not in caplog.text and PASSWORD not in caplog.text
+    assert sim.scripts == []
+
+
+def test_helpers() -> None:
+    assert step_of("\ufeff\n# hyperv-ci-step: collect-logs\n") == "collect-logs"
+    assert step_of("Get-Service") == "script"
+    assert windows_command_line(["powershell", "-File", "C:\\a b\\x&y.ps1"]) == (
+        'powershell -File "C:\\a b\\x&y.ps1"'
+    )
+    with pytest.raises(ValueError):
+        windows_command_line(['C:\\"x'])
+    with pytest.raises(ValueError):
+        encoded_command("# x\n" + "a" * 4000)
+    clixml = (
+        '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+        '<Obj S="progress" RefId="0"><MS><S N="Activity">Preparing</S></MS></Obj>'
+        '<S S="Error">Zo&#xEB; &lt;x&gt; a_x005F_x0041_b_x000D__x000A_</S></Objs>'
+    )
+    assert clixml_to_text(clixml) == "Zoë <x> a_x0041_b\n"
+    assert clixml_to_text("plain error\r\n") == "plain error\r\n"

@@ -1,0 +1,302 @@
+"""The simulated WinRM node against real, unmodified pywinrm over loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import winrm
+from winrm.exceptions import (
+    InvalidCredentialsError,
+    WinRMOperationTimeoutError,
+    WSManFaultError,
+)
+from winrm.protocol import Protocol
+
+from sim.hyperv_host import HyperVHost, script_parameters, split_command_line, step_name
+from sim.winrm import FAULT_SHELL_NOT_FOUND, FAULT_TIMEOUT, SimWinRMServer, make_tls_files
+
+USER, PASSWORD = "Administrator", "s3cret-pw"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[SimWinRMServer]:
+    sim = SimWinRMServer("hv-1", tmp_path / "lab", USER, PASSWORD, max_hold=0.3).start()
+    yield sim
+    sim.stop()
+
+
+def session(sim: SimWinRMServer, password: str = PASSWORD) -> winrm.Session:
+    return winrm.Session(
+        sim.url,
+        auth=(USER, password),
+        transport="basic",
+        server_cert_validation="ignore",
+        operation_timeout_sec=1,
+        read_timeout_sec=3,
+    )
+
+
+def protocol(sim: SimWinRMServer) -> Protocol:
+    return Protocol(
+        sim.url,
+        transport="basic",
+        username=USER,
+        password=PASSWORD,
+        server_cert_validation="ignore",
+        operation_timeout_sec=1,
+        read_timeout_sec=3,
+    )
+
+
+def encoded(script: str) -> str:
+    return "powershell -encodedcommand " + base64.b64encode(script.encode("utf-16-le")).decode()
+
+
+def test_run_ps_full_exchange_and_recorded_script(server: SimWinRMServer) -> None:
+    result = session(server).run_ps("# hyperv-ci-step: bootstrap\nWrite-Output 'ready'\n")
+    assert result.status_code == 0
+    assert b"Hyper-V role: Installed" in result.std_out
+    for action in ("Create", "Command", "Receive", "Signal", "Delete"):
+        assert server.stats[action] >= 1, action
+    assert server.scripts == [
+        ("hv-1", "bootstrap", "# hyperv-ci-step: bootstrap\nWrite-Output 'ready'\n")
+    ]
+
+
+def test_output_streams_over_several_receives(server: SimWinRMServer) -> None:
+    server.faults.set("slow", slow=0.1, stdout="one\ntwo\nthree")
+    proto = protocol(server)
+    shell = proto.open_shell()
+    command = proto.run_command(shell, encoded("# hyperv-ci-step: slow\n"))
+    pieces: list[bytes] = []
+    done = False
+    while not done:
+        try:
+            out, _err, code, done = proto.get_command_output_raw(shell, command)
+        except WinRMOperationTimeoutError:
+            continue
+        if out:
+            pieces.append(out)
+    proto.cleanup_command(shell, command)
+    proto.close_shell(shell)
+    assert code == 0
+    assert len(pieces) >= 2
+    assert b"".join(pieces) == b"one\r\ntwo\r\nthree\r\n"
+
+
+def test_relates_to_echoes_message_id_verbatim(server: SimWinRMServer) -> None:
+    message_id = f"uuid:{uuid.uuid4()}"
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+        'xmlns:wsa="http://schemas.xmlsoap.org/ws/2004/08/addressing" '
+        'xmlns:wsman="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"><s:Header>'
+        "<wsa:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Create</wsa:Action>"
+        f"<wsa:MessageID>{message_id}</wsa:MessageID>"
+        "<wsman:ResourceURI>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
+        "</wsman:ResourceURI></s:Header><s:Body/></s:Envelope>"
+    )
+    reply = requests.post(
+        server.url,
+        data=body.encode(),
+        auth=(USER, PASSWORD),
+        headers={"Content-Type": "application/soap+xml;charset=UTF-8"},
+        timeout=5,
+    )
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"].startswith("application/soap+xml")
+    assert f"RelatesTo>{message_id}</" in reply.text
+    assert 'Name="ShellId"' in reply.text and "ShellId>" in reply.text
+
+
+def test_operation_timeout_fault_is_retried_by_pywinrm(server: SimWinRMServer) -> None:
+    server.faults.set("quiet", slow=0.5, stdout="late")
+    result = session(server).run_ps("# hyperv-ci-step: quiet\n")
+    assert result.status_code == 0 and result.std_out == b"late\r\n"
+    assert server.stats["Receive.timeout"] >= 1
+    assert server.stats[f"Receive.fault.{FAULT_TIMEOUT}"] == server.stats["Receive.timeout"]
+
+
+def test_bad_credentials_get_401(server: SimWinRMServer) -> None:
+    with pytest.raises(InvalidCredentialsError):
+        session(server, password="wrong").run_ps("# hyperv-ci-step: x\n")
+    assert server.scripts == []
+
+
+def test_unknown_shell_is_a_soap_fault_with_500(server: SimWinRMServer) -> None:
+    with pytest.raises(WSManFaultError) as info:
+        protocol(server).run_command("00000000-DEAD-BEEF-0000-000000000000", "hostname")
+    assert info.value.code == 500
+    assert info.value.wsman_fault_code == FAULT_SHELL_NOT_FOUND
+
+
+def test_codepage_437_by_default_and_65001_on_request(server: SimWinRMServer) -> None:
+    server.faults.set("hello", stdout="héllo 中文")
+    assert session(server).run_ps("# hyperv-ci-step: hello\n").std_out == b"h\x82llo ??\r\n"
+    proto = protocol(server)
+    shell = proto.open_shell(codepage=65001)
+    command = proto.run_command(shell, encoded("# hyperv-ci-step: hello\n"))
+    out, _err, code = proto.get_command_output(shell, command)
+    proto.close_shell(shell)
+    assert (out.decode("utf-8"), code) == ("héllo 中文\r\n", 0)
+
+
+def test_inlined_long_script_fails_like_cmd_exe(server: SimWinRMServer) -> None:
+    body = "# hyperv-ci-step: install\n" + "Write-Output 'padding line'\n" * 150
+    assert len(body) > 3100
+    result = session(server).run_ps(body)
+    assert (result.status_code, result.std_out) == (1, b"")
+    assert result.std_err == b"The command line is too long.\r\n"
+    assert server.scripts == []  # cmd.exe refused it: PowerShell never saw the script
+    assert session(server).run_ps(body[:2500]).status_code == 0
+
+
+def test_syntax_error_is_rejected_as_powershell_would(server: SimWinRMServer) -> None:
+    result = session(server).run_ps("# hyperv-ci-step: configure-services\nif ($x) {\n")
+    assert result.status_code == 1
+    assert b"ParserError" in result.std_err and b"At line:2" in result.std_err
+    assert server.model.services == {}  # the step did not run
+    assert server.scripts[0][1] == "configure-services"
+
+
+def test_fault_exit_code_and_stderr(server: SimWinRMServer) -> None:
+    server.faults.set("start-services", exit_code=3, stderr="service failed: Zoë", times=1)
+    sess = session(server)
+    first = sess.run_ps("# hyperv-ci-step: configure-services\n")
+    failed = sess.run_ps("# hyperv-ci-step: start-services\n")
+    assert first.status_code == 0
+    assert failed.status_code == 3 and b"service failed: Zo" in failed.std_err
+    assert sess.run_ps("# hyperv-ci-step: start-services\n").status_code == 0  # times=1
+
+
+def test_hang_until_terminate_signal(server: SimWinRMServer) -> None:
+    server.faults.set("teardown", hang=True)
+    proto = protocol(server)
+    shell = proto.open_shell()
+    command = proto.run_command(shell, encoded("# hyperv-ci-step: teardown\n"))
+    with pytest.raises(WinRMOperationTimeoutError):
+        while True:
+            proto.get_command_output_raw(shell, command)
+    proto.cleanup_command(shell, command)
+    proto.close_shell(shell)
+    assert server.signals == [("teardown", "terminate")]
+
+
+def test_dropped_connection_resets_tcp(server: SimWinRMServer) -> None:
+    server.faults.set("install", drop=True, times=1)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        session(server).run_ps("# hyperv-ci-step: install\n")
+    assert session(server).run_ps("# hyperv-ci-step: install\n").status_code == 0
+
+
+def test_kill_refuses_connections_and_revive_restores(server: SimWinRMServer) -> None:
+    server.model.add_vm("instance-0001")
+    server.kill()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        session(server).run_ps("# hyperv-ci-step: bootstrap\n")
+    assert json.loads(server.model.state_file.read_text())["alive"] is False
+    server.revive()
+    assert session(server).run_ps("# hyperv-ci-step: bootstrap\n").status_code == 0
+    assert server.model.vms == {"instance-0001": "Running"}
+
+
+def test_job_steps_change_the_model_and_publish_services(server: SimWinRMServer) -> None:
+    sess = session(server)
+    server.model.add_vm("instance-0001")
+    server.model.add_vm("migrating", planned=True)
+    for step in ("configure-services", "start-services"):
+        assert sess.run_ps(f"# hyperv-ci-step: {step}\n").status_code == 0
+    state = json.loads((server.model.state_file).read_text(encoding="utf-8"))
+    assert state["node"] == "hv-1"
+    assert state["services"] == {"nova-compute": "Running", "neutron-hyperv-agent": "Running"}
+    assert sess.run_ps("# hyperv-ci-step: collect-logs\n").status_code == 0
+    log = server.model.read_file("c:\\openstack\\LOGS\\nova-compute.log")
+    assert log is not None and "实例 Zoë" in log.decode("utf-8")
+    assert server.model.read_file("C:\\OpenStack\\logs.zip") is not None
+    assert sess.run_ps("# hyperv-ci-step: teardown\n").status_code == 0
+    assert (server.model.services, server.model.vms, server.model.planned_vms) == ({}, {}, set())
+    assert server.model.files_under("C:\\OpenStack\\logs") == []
+    published = json.loads((server.model.state_file).read_text(encoding="utf-8"))
+    assert published["services"] == {}
+
+
+def test_start_services_fails_when_services_are_missing(server: SimWinRMServer) -> None:
+    result = session(server).run_ps("# hyperv-ci-step: start-services\n")
+    assert result.status_code == 1
+    assert b"Cannot find any service with service name 'nova-compute'" in result.std_err
+
+
+def test_file_script_without_bom_is_read_as_ansi(tmp_path: Path) -> None:
+    host = HyperVHost("hv-x", tmp_path)
+    text = "# hyperv-ci-step: install\n$Name = 'Zoë'\n"
+    host.write_file("C:\\s\\a.ps1", text.encode("utf-8"))
+    host.write_file("C:\\s\\b.ps1", b"\xef\xbb\xbf" + text.encode("utf-8"))
+
+    class Sink:
+        step = ""
+
+        def write(self, text: str, *, stderr: bool = False) -> None:
+            pass
+
+        def wait(self, seconds: float | None) -> bool:
+            return False
+
+        def read_stdin(self) -> bytes | None:
+            return b""
+
+        def drop_connection(self) -> None:
+            pass
+
+    for path in ("C:\\s\\a.ps1", "c:\\S\\B.ps1"):
+        assert host.execute(f'powershell -NoProfile -File "{path}"', Sink()) == 0
+    assert [script_parameters(s)["name"] for _, _, s in host.scripts] == ["ZoÃ«", "Zoë"]
+    assert host.execute("powershell -File C:\\missing.ps1", Sink()) == -196608
+
+
+def test_command_line_helpers() -> None:
+    assert split_command_line('powershell -File "C:\\a b\\x.ps1" -x') == [
+        "powershell",
+        "-File",
+        "C:\\a b\\x.ps1",
+        "-x",
+    ]
+    assert step_name("\ufeff\n# hyperv-ci-step: collect-logs\nfoo") == "collect-logs"
+    assert step_name("Write-Output 1") == ""
+    assert script_parameters("$Path = 'C:\\it''s 中文'\n$x = 1\n") == {"path": "C:\\it's 中文"}
+
+
+def test_https_with_validated_certificate(tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    sim = SimWinRMServer("hv-tls", tmp_path, USER, PASSWORD, tls=(tls.cert, tls.key)).start()
+    try:
+        assert sim.url.startswith("https://127.0.0.1:")
+        sess = winrm.Session(
+            sim.url,
+            auth=(USER, PASSWORD),
+            transport="ssl",
+            server_cert_validation="validate",
+            ca_trust_path=str(tls.ca_cert),
+            operation_timeout_sec=1,
+            read_timeout_sec=3,
+        )
+        assert sess.run_ps("# hyperv-ci-step: bootstrap\n").status_code == 0
+    finally:
+        sim.stop()
+
+
+def test_stop_leaves_no_threads(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    sim = SimWinRMServer("hv-t", tmp_path, USER, PASSWORD, max_hold=0.2).start()
+    sim.faults.set("hang", hang=True)
+    proto = protocol(sim)
+    shell = proto.open_shell()
+    proto.run_command(shell, encoded("# hyperv-ci-step: hang\n"))
+    sim.stop()
+    assert set(threading.enumerate()) <= before
