@@ -1,0 +1,1 @@
+"""A small tempest-shaped test suite the simulated devstack node runs for real (with stestr)."""

@@ -1,0 +1,1 @@
+"""Bundled tempest-like suite for the simulated lab."""
