@@ -79,9 +79,8 @@ class Demo:
         self.lab: Any = None
 
     def start(self) -> Config:
-        from sim.lab import SimLab
-
         from sim.gerrit import SimGerrit, make_client_identity
+        from sim.lab import SimLab
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
@@ -123,13 +122,12 @@ class Demo:
         return config
 
     def _start_services(self, config: Config, port: int) -> None:
-        from listener.stream import run_listener
-
         from ci.db import ensure_schema, make_engine, make_sessionmaker
         from ci.gerrit import GerritClient
         from ci.report import send_pending
         from dashboard import create_app
         from dashboard.server import start_in_thread
+        from listener.stream import run_listener
         from runners.worker import Worker
 
         engine = make_engine(config.database.sqlalchemy_url())

@@ -25,7 +25,7 @@ def pg_server() -> str:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
+    except Exception as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}; "
                     "start it with: pg_ctlcluster --skip-systemctl-redirect "
                     "$(ls /etc/postgresql) main start")

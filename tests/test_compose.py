@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from sqlalchemy.engine import make_url
 from click.testing import CliRunner
+from sqlalchemy.engine import make_url
 
 from ci.cli import main
 from ci.config import load_config
