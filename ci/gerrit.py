@@ -119,7 +119,8 @@ class GerritClient:
             channel.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
-            raise GerritError(f"{argv[:2]} failed: {type(exc).__name__}: {exc}") from exc
+            raise GerritError(
+                f"{shlex.join(argv[:2])} failed: {type(exc).__name__}: {exc}") from exc
         if status != 0:
             raise GerritError(f"{shlex.join(argv[:2])} failed", exit_status=status,
                               stderr=err.decode("utf-8", "replace"))

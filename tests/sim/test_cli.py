@@ -1,0 +1,149 @@
+"""`hyperv-ci sim ...` against a running simulated Gerrit, through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ci.config import GerritConfig
+from ci.gerrit import GerritClient
+from sim.cli import sim as sim_group
+from sim.gerrit import SimGerrit, make_client_identity
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> tuple[Path, str]:
+    return make_client_identity(tmp_path / "client", "hyperv-ci")
+
+
+@pytest.fixture
+def running(tmp_path: Path, identity: tuple[Path, str]) -> Iterator[SimGerrit]:
+    server = SimGerrit(tmp_path / "demo", users={"hyperv-ci": identity[1]})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def runner(running: SimGerrit, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    # No flag: the commands find the sim through $HYPERV_CI_STATE_DIR.
+    monkeypatch.setenv("HYPERV_CI_STATE_DIR", str(running.state_dir))
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str) -> str:
+    result = runner.invoke(sim_group, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_push_comment_merge_abandon(runner: CliRunner, running: SimGerrit) -> None:
+    events: list[str] = []
+    running.state.subscribe(events.append)
+    out = invoke(runner, "push", "--project", "openstack/compute-hyperv", "--file",
+                 "compute_hyperv/nova/vmops.py", "--file", "doc/说明.rst", "--subject",
+                 "Fix Zoë's “VM” 名字", "--owner", "Zoë Ünal")
+    assert out == "10001,1 refs/changes/01/10001/1\n"
+    out = invoke(runner, "push", "--project", "openstack/compute-hyperv", "--file", "x.py",
+                 "--subject", "v2", "--change", "10001")
+    assert out.startswith("10001,2 ")
+    invoke(runner, "comment", "10001,2", "recheck hyper-v", "--author", "张伟")
+    created = [json.loads(e) for e in events if '"patchset-created"' in e]
+    assert created[0]["change"]["subject"] == "Fix Zoë's “VM” 名字"
+    assert created[0]["change"]["owner"]["name"] == "Zoë Ünal"
+    added = json.loads(events[-1])
+    assert added["comment"] == "Patch Set 2:\n\nrecheck hyper-v"
+    assert added["author"]["name"] == "张伟"
+    rev = invoke(runner, "merge", "10001").strip()
+    merged = json.loads(events[-1])
+    assert merged["type"] == "change-merged" and merged["newRev"] == rev
+    invoke(runner, "push", "--project", "openstack/nova", "--file", "a", "--subject", "s")
+    invoke(runner, "abandon", "10002")
+    assert json.loads(events[-1])["type"] == "change-abandoned"
+
+
+def test_refusals_are_clean_errors(runner: CliRunner) -> None:
+    result = runner.invoke(sim_group, ["abandon", "424242"])
+    assert result.exit_code == 1 and "no such change" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    result = runner.invoke(sim_group, ["comment", "10001", "x"])
+    assert result.exit_code == 2 and "CHANGE,PATCHSET" in result.output
+
+
+def test_replay_emits_lines_verbatim(runner: CliRunner, running: SimGerrit,
+                                     tmp_path: Path) -> None:
+    fixture = (Path(__file__).parents[1] / "fixtures" / "gerrit"
+               / "events__ferrit__gerrit_fake_ssh_server_e547a9a_events.jsonl")
+    lines = fixture.read_text(encoding="utf-8").splitlines()[:3]
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text("\n".join([*lines, "", '{"type":"comment-added","comment":"中文"}']) + "\n",
+                      encoding="utf-8")
+    events: list[str] = []
+    running.state.subscribe(events.append)
+    assert invoke(runner, "replay", str(replay)) == "4 events emitted\n"
+    assert events == [*lines, '{"type":"comment-added","comment":"中文"}']
+
+
+def test_reviews_lists_what_was_posted(runner: CliRunner, running: SimGerrit,
+                                       identity: tuple[Path, str]) -> None:
+    assert invoke(runner, "reviews") == "no reviews yet\n"
+    running.state.push("openstack/nova", files=["a.py"], subject="s")
+    gerrit = GerritClient(running.client_config("hyperv-ci", identity[0]))
+    gerrit.review("openstack/nova", 10001, 1, message="Build failed: 测试\nlogs: http://x",
+                  labels={"Verified": -1})
+    gerrit.close()
+    [row] = json.loads(invoke(runner, "reviews", "--json"))
+    assert {k: row[k] for k in ("change", "patchset", "labels", "message", "author")} == {
+        "change": 10001, "patchset": 1, "labels": {"Verified": -1},
+        "message": "Build failed: 测试\nlogs: http://x", "author": "hyperv-ci"}
+    table = invoke(runner, "reviews")
+    assert "10001,1" in table and "Verified-1" in table and "Build failed: 测试" in table
+
+
+def test_no_running_sim_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(sim_group, ["reviews", "--state-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "no simulated Gerrit is running" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_stale_advert_is_a_clear_error(tmp_path: Path, identity: tuple[Path, str]) -> None:
+    with SimGerrit(tmp_path / "demo", users={"hyperv-ci": identity[1]}) as server:
+        advert = (tmp_path / "demo" / "sim-gerrit.json").read_text(encoding="utf-8")
+        port = server.port
+    (tmp_path / "demo" / "sim-gerrit.json").write_text(advert, encoding="utf-8")
+    result = CliRunner().invoke(sim_group, ["reviews", "--state-dir", str(tmp_path / "demo")])
+    assert result.exit_code == 1
+    assert f"no simulated Gerrit answers at 127.0.0.1:{port}" in result.output
+
+
+def test_serve_runs_until_terminated(tmp_path: Path, identity: tuple[Path, str]) -> None:
+    state_dir = tmp_path / "served"
+    pub = identity[0].with_suffix(".pub")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from sim.cli import sim; sim()", "serve", "--state-dir",
+         str(state_dir), "--port", "0", "--user", f"hyperv-ci={pub}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "simulated Gerrit on 127.0.0.1:" in (proc.stdout.readline() if proc.stdout else "")
+        out = invoke(CliRunner(), "push", "--state-dir", str(state_dir), "--project", "p",
+                     "--file", "f", "--subject", "s")
+        assert out.startswith("10001,1 ")
+        advert = json.loads((state_dir / "sim-gerrit.json").read_text(encoding="utf-8"))
+        gerrit = GerritClient(GerritConfig(host="127.0.0.1", port=advert["port"],
+                                           username="hyperv-ci", key_file=identity[0],
+                                           known_hosts=Path(advert["known_hosts"])))
+        assert gerrit.changed_files(10001, 1) == ["f"]
+        gerrit.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert not (state_dir / "sim-gerrit.json").exists()
