@@ -241,6 +241,8 @@ class WorkerConfig(_Strict):
     poll_interval: float = Field(1.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     health_interval: int = Field(60, ge=1)
+    # The worker's git cache of the projects it prepares changes from.
+    git_cache_dir: Path | None = None
 
 
 class ReporterConfig(_Strict):
@@ -356,11 +358,12 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
             update["winrm"] = node.winrm.model_copy(update={"ca_file": fix(node.winrm.ca_file)})
         nodes.append(node.model_copy(update=update))
     logs = config.logs.model_copy(update={"dir": fix(config.logs.dir)})
+    worker = config.worker.model_copy(update={"git_cache_dir": fix(config.worker.git_cache_dir)})
     db = config.database
     if db.url.startswith("sqlite:///") and not db.url.startswith("sqlite:////"):
         rel = db.url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":
             db = db.model_copy(update={"url": f"sqlite:///{fix(Path(rel))}"})
     return config.model_copy(
-        update={"gerrit": gerrit, "nodes": nodes, "logs": logs, "database": db}
+        update={"gerrit": gerrit, "nodes": nodes, "logs": logs, "database": db, "worker": worker}
     )

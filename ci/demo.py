@@ -56,6 +56,8 @@ def demo_config(raw: dict[str, Any], *, state_dir: Path, gerrit_port: int, key_f
     data.setdefault("logs", {})
     data["logs"].update(dir=str((state_dir / "logs").resolve()),
                         url=f"http://127.0.0.1:{dashboard_port}/logs/")
+    data.setdefault("worker", {})
+    data["worker"]["git_cache_dir"] = str((state_dir / "git-cache").resolve())
     data.setdefault("dashboard", {})
     data["dashboard"].update(host="127.0.0.1", port=dashboard_port)
     return data

@@ -16,7 +16,7 @@ def make_runner(config: Config, job_name: str) -> Runner:
     if isinstance(job, DevstackHypervJob):
         from runners.devstack_hyperv import DevstackHypervRunner
 
-        return DevstackHypervRunner(job)
+        return DevstackHypervRunner(job, cache_dir=config.worker.git_cache_dir)
     raise ValueError(f"job {job_name!r} has an unknown type")
 
 

@@ -63,6 +63,9 @@ class Worker:
         logger.info("worker %s started", self.name)
         with self.sessions() as session, session.begin():
             pool.sync_nodes(session, self.config.nodes)
+        if self.config.nodes:
+            threading.Thread(target=self._health_loop, args=(stop,), name="health",
+                             daemon=True).start()
         while not stop.is_set():
             try:
                 ran = self.run_once()
@@ -90,6 +93,16 @@ class Worker:
             return False
         self.execute(build_id)
         return True
+
+    def _health_loop(self, stop: threading.Event) -> None:
+        """Check idle nodes every `health_interval` (offline after failures, back after success)."""
+        from runners.health import run_health_checks
+
+        while not stop.wait(self.config.worker.health_interval):
+            try:
+                run_health_checks(self.config, self.sessions)
+            except Exception:
+                logger.exception("health checks failed")
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune < 3600:

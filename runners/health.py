@@ -1,0 +1,95 @@
+"""Node health checks: can the CI still reach and drive each idle node?
+
+A check is the cheapest real round trip over the node's own protocol: `true`
+over SSH for a Linux node, `$PSVersionTable.PSVersion` over WinRM for a
+Windows node. Results go through `runners.pool.record_health`, which takes a
+node offline after repeated failures and brings it back after a success.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci.config import Config, ConfigError, NodeConfig
+from ci.models import Node
+from runners.base import ExecutorError
+from runners.pool import record_health
+
+logger = logging.getLogger(__name__)
+
+CHECK_TIMEOUT = 30.0
+# The first line names the step for the simulated node (and for anyone reading a transcript).
+PS_CHECK = "# hyperv-ci-step: health\n$v = $PSVersionTable.PSVersion\nWrite-Output \"$v\"\n"
+
+
+def _check_ssh(node: NodeConfig, timeout: float) -> tuple[bool, str]:
+    from runners.ssh import SSHExecutor
+
+    executor = SSHExecutor(node, connect_timeout=timeout)
+    try:
+        result = executor.run(["true"], timeout=timeout)
+    finally:
+        executor.close()
+    if not result.ok:
+        return False, f"ssh: `true` exited {result.exit_code}"
+    return True, "ssh ok"
+
+
+def _check_winrm(node: NodeConfig, timeout: float) -> tuple[bool, str]:
+    from runners.winrm import WinRMExecutor
+
+    executor = WinRMExecutor(node)
+    try:
+        result = executor.run_powershell(PS_CHECK, timeout=timeout, idempotent=False, retries=0)
+    finally:
+        executor.close()
+    if not result.ok:
+        detail = result.stderr.strip().splitlines()[-1:] or [""]
+        return False, f"winrm: PowerShell exited {result.exit_code} {detail[0]}".strip()
+    version = result.stdout.strip().splitlines()[-1:] or ["?"]
+    return True, f"winrm ok, PowerShell {version[0]}"
+
+
+def check_node(node: NodeConfig, timeout: float = CHECK_TIMEOUT) -> tuple[bool, str]:
+    """One round trip to `node`; (healthy, a short message for the operator). Never raises."""
+    try:
+        if node.winrm is not None:
+            return _check_winrm(node, timeout)
+        if node.ssh is not None:
+            return _check_ssh(node, timeout)
+        return False, "no ssh or winrm section"
+    except (ExecutorError, ConfigError, OSError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a health check must report, not crash the worker's loop
+        logger.exception("health check of %s crashed", node.name)
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def _idle_nodes(sessions: sessionmaker[Session], nodes: Sequence[NodeConfig]) -> list[NodeConfig]:
+    """Nodes not held by a build: a running job must not share its node with a check."""
+    with sessions() as session:
+        busy = set(session.scalars(select(Node.name).where(Node.build_id.is_not(None))))
+    return [n for n in nodes if n.name not in busy]
+
+
+def run_health_checks(config: Config, sessions: sessionmaker[Session],
+                      timeout: float = CHECK_TIMEOUT) -> dict[str, tuple[bool, str]]:
+    """Check every idle configured node in parallel and record each result; returns them."""
+    nodes = _idle_nodes(sessions, config.nodes)
+    if not nodes:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(nodes)),
+                            thread_name_prefix="health") as pool:
+        results = dict(zip([n.name for n in nodes],
+                           pool.map(lambda n: check_node(n, timeout), nodes), strict=True))
+    with sessions() as session, session.begin():
+        for name, (healthy, message) in results.items():
+            record_health(session, name, healthy, message)
+            if not healthy:
+                logger.warning("node %s failed its health check: %s", name, message)
+    return results

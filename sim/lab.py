@@ -1,0 +1,180 @@
+"""The simulated lab: one devstack controller over SSH and N Hyper-V nodes over WinRM.
+
+Everything listens on 127.0.0.1 and lives under one state directory:
+
+    state_dir/lab/                 the lab dir shared by the simulated nodes
+    state_dir/lab/faults/          files that make the controller misbehave
+                                   (`stack`, `stack-hang`, `tempest-fail`; see sim/devstack.py)
+    state_dir/lab/hyperv/<n>.json  each Windows node's services, read by the controller
+    state_dir/devstack/            the controller's tree (devstack, tempest, workspace)
+    state_dir/sshd/                keys, known_hosts and the SSH server's files
+
+The controller is served by OpenSSH's real sshd when it is installed, else by
+the paramiko exec server. Windows nodes' faults: `lab.winrm[name].faults`.
+
+`node_configs()` and `job_overrides()` give the YAML-shaped pieces a config
+needs to point the devstack-hyperv job at this lab.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from ci.config import NodeConfig
+from sim import sshd
+from sim.devstack import make_devstack_node
+from sim.winrm import SimWinRMServer
+
+logger = logging.getLogger(__name__)
+
+WINRM_USER = "Administrator"
+# The lab's secrets travel as environment variables, as the config expects them.
+WINRM_PASSWORD_ENV = "HYPERV_CI_SIM_WINRM_PASSWORD"
+ADMIN_PASSWORD_ENV = "HYPERV_CI_SIM_ADMIN_PASSWORD"
+SERVICE_PASSWORD_ENV = "HYPERV_CI_SIM_SERVICE_PASSWORD"
+DEVSTACK_NODE = "devstack-1"
+WINDOWS_ROOT = "C:\\OpenStack"
+
+
+# The job's scripts map the computes into the cell with nova-manage; sim/devstack.py
+# has no stand-in for it, so the lab adds one (unless the node already has one).
+NOVA_MANAGE = """#!/bin/sh
+# nova-manage stand-in (sim/lab.py): only `cell_v2 discover_hosts` is modelled.
+if [ "$1" = cell_v2 ] && [ "$2" = discover_hosts ]; then
+    echo "Found 2 cell mappings."
+    echo "Checking host mapping for compute hosts in cell 'cell1'"
+    exit 0
+fi
+echo "nova-manage stand-in: not modelled: $*" >&2
+exit 2
+"""
+
+
+class _SSHServer(Protocol):
+    port: int
+    username: str
+    client_key_file: Path
+    known_hosts_file: Path
+
+    def stop(self) -> None: ...
+
+
+def _start_ssh_server(workdir: Path, use_sshd: bool | None) -> _SSHServer:
+    if use_sshd is None:
+        use_sshd = sshd.available()
+    if use_sshd:
+        return sshd.OpenSSHServer(workdir).start()
+    from sim.exec_server import ParamikoExecServer
+
+    server = ParamikoExecServer(workdir)
+    server.start()
+    return server
+
+
+class SimLab:
+    """Start with `.start()` (or `with SimLab(...) as lab:`), stop with `.stop()`."""
+
+    def __init__(self, state_dir: Path, hyperv_nodes: int = 2, *, use_sshd: bool | None = None,
+                 winrm_timeouts: tuple[int, int] = (2, 5)) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.lab_dir = self.state_dir / "lab"
+        self.hyperv_nodes = hyperv_nodes
+        self.use_sshd = use_sshd
+        self.winrm_timeouts = winrm_timeouts  # (operation, read) seconds for the node configs
+        self.winrm: dict[str, SimWinRMServer] = {}
+        self.ssh: _SSHServer | None = None
+        self.devstack: Any = None  # sim.devstack's paths of the controller tree
+        self._passwords: dict[str, str] = {}
+
+    @property
+    def faults_dir(self) -> Path:
+        """Where the controller's fault files go (`stack`, `stack-hang`, `tempest-fail`)."""
+        return self.lab_dir / "faults"
+
+    def start(self) -> SimLab:
+        """Create the lab and start every node; sets the lab's password variables."""
+        (self.lab_dir / "faults").mkdir(parents=True, exist_ok=True)
+        (self.lab_dir / "hyperv").mkdir(parents=True, exist_ok=True)
+        for env in (WINRM_PASSWORD_ENV, ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV):
+            # Reuse a password the environment already holds (a restarted demo keeps its config).
+            value = os.environ.get(env) or secrets.token_urlsafe(18)
+            os.environ[env] = value
+            self._passwords[env] = value
+        try:
+            self.devstack = make_devstack_node(self.state_dir / "devstack", self.lab_dir)
+            nova_manage = Path(self.devstack.bin_dir) / "nova-manage"
+            if not nova_manage.exists():
+                nova_manage.write_text(NOVA_MANAGE, encoding="utf-8")
+                nova_manage.chmod(0o755)
+            self.ssh = _start_ssh_server(self.state_dir / "sshd", self.use_sshd)
+            for index in range(1, self.hyperv_nodes + 1):
+                name = f"hv-{index}"
+                server = SimWinRMServer(name, self.lab_dir, WINRM_USER,
+                                        self._passwords[WINRM_PASSWORD_ENV])
+                self.winrm[name] = server.start()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("simulated lab up: %s + %d Hyper-V nodes", DEVSTACK_NODE, self.hyperv_nodes)
+        return self
+
+    def stop(self) -> None:
+        """Stop every node (idempotent)."""
+        for server in self.winrm.values():
+            server.stop()
+        self.winrm.clear()
+        if self.ssh is not None:
+            self.ssh.stop()
+            self.ssh = None
+
+    def __enter__(self) -> SimLab:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- what a config needs -------------------------------------------------------------------
+    def node_configs(self) -> list[dict[str, Any]]:
+        """The `nodes:` entries of a config reaching this lab (YAML-shaped, absolute paths)."""
+        if self.ssh is None:
+            raise RuntimeError("the lab is not started")
+        operation, read = self.winrm_timeouts
+        nodes: list[dict[str, Any]] = [{
+            "name": DEVSTACK_NODE, "label": "devstack", "address": "127.0.0.1",
+            "ssh": {"port": self.ssh.port, "username": self.ssh.username,
+                    "key_file": str(self.ssh.client_key_file),
+                    "known_hosts": str(self.ssh.known_hosts_file)},
+        }]
+        for name, server in self.winrm.items():
+            nodes.append({
+                "name": name, "label": "hyperv", "address": server.host,
+                "winrm": {"scheme": "http", "port": server.port, "transport": "basic",
+                          "username": WINRM_USER,
+                          "password": {"password_env": WINRM_PASSWORD_ENV},
+                          "operation_timeout": operation, "read_timeout": read},
+            })
+        return nodes
+
+    def nodes(self) -> list[NodeConfig]:
+        """`node_configs()` validated, for code that takes NodeConfig objects."""
+        return [NodeConfig.model_validate(entry) for entry in self.node_configs()]
+
+    def job_overrides(self) -> dict[str, Any]:
+        """Fields of a devstack-hyperv job that point it at this lab's sandbox paths."""
+        if self.devstack is None:
+            raise RuntimeError("the lab is not started")
+        return {
+            "hyperv_nodes": self.hyperv_nodes,
+            "devstack_dir": str(self.devstack.devstack_dir),
+            "tempest_dir": str(self.devstack.tempest_dir),
+            "workspace": str(self.state_dir / "devstack" / "workspace"),
+            "windows_root": WINDOWS_ROOT,
+            "admin_password": {"password_env": ADMIN_PASSWORD_ENV},
+            "service_password": {"password_env": SERVICE_PASSWORD_ENV},
+        }

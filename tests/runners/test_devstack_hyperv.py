@@ -1,0 +1,380 @@
+"""The devstack-hyperv job end to end against the simulated lab and the simulated Gerrit's git."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci.config import Config, DevstackHypervJob, parse_config
+from ci.models import Build, BuildStep, Change, Patchset, StepState
+from runners.base import BuildContext, ChangeRef, JobResult, Outcome
+from runners.devstack_hyperv import DevstackHypervRunner, extract_zip
+from runners.powershell import syntax_errors
+from runners.steps import StepRecorder, make_redactor
+from sim.gerrit_state import GerritState
+from sim.lab import ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV, WINRM_PASSWORD_ENV, SimLab
+
+PROJECT = "openstack/nova"
+SUBJECT = "Fix the Hyper-V driver for 实例 names with quotes ' \" and $(rm -rf /)"
+OWNER = "Zoë Åström"
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimLab]:
+    monkeypatch.setenv(WINRM_PASSWORD_ENV, "winrm-Secret-123")
+    monkeypatch.setenv(ADMIN_PASSWORD_ENV, "admin-Secret-456")
+    monkeypatch.setenv(SERVICE_PASSWORD_ENV, "service-Secret-789")
+    with SimLab(tmp_path / "lab", hyperv_nodes=2) as started:
+        yield started
+
+
+@pytest.fixture
+def gerrit(tmp_path: Path) -> GerritState:
+    return GerritState(tmp_path / "gerrit")
+
+
+def make_config(lab: SimLab, gerrit: GerritState, **job: Any) -> Config:
+    data = {
+        "gerrit": {"host": "127.0.0.1", "username": "ci", "key_file": "/nonexistent/key",
+                   "known_hosts": "/nonexistent/known_hosts",
+                   "git_url": gerrit.root.resolve().as_uri() + "/git/{project}.git"},
+        "projects": [{"name": PROJECT, "jobs": ["hyperv"]}],
+        "jobs": {"hyperv": {
+            "type": "devstack-hyperv", **lab.job_overrides(),
+            "stack_timeout": 60, "services_timeout": 5, "command_timeout": 30,
+            "tempest": {"concurrency": 2, "timeout": 120}, **job}},
+        "nodes": lab.node_configs(),
+    }
+    return parse_config(data)
+
+
+def push(gerrit: GerritState, files: dict[str, str], subject: str = SUBJECT) -> ChangeRef:
+    pushed = gerrit.push(PROJECT, files=files, subject=subject, owner=OWNER)
+    return ChangeRef(project=PROJECT, branch="master", number=int(pushed["change"]),
+                     patchset=int(pushed["patchset"]), ref=str(pushed["ref"]),
+                     revision=str(pushed["revision"]), subject=subject, owner=OWNER)
+
+
+@dataclass
+class BuildRun:
+    result: JobResult
+    failed_nodes: list[str]
+    ctx: BuildContext
+    runner: DevstackHypervRunner
+
+
+def run_build(config: Config, change: ChangeRef, sessions: sessionmaker[Session],
+              tmp_path: Path, should_abort: Callable[[], bool] = lambda: False) -> BuildRun:
+    """Drive the runner the way the worker does: prepare, run, then collect and cleanup always."""
+    with sessions() as session, session.begin():
+        row = Change(number=change.number, project=change.project, branch=change.branch,
+                     subject=change.subject, owner_name=change.owner)
+        patchset = Patchset(change=row, number=change.patchset, ref=change.ref,
+                            revision=change.revision)
+        build = Build(patchset=patchset, job="hyperv")
+        session.add_all([row, patchset, build])
+        session.flush()
+        build_id = build.id
+    log_dir = tmp_path / "logs" / str(build_id)
+    ctx = BuildContext(
+        build_id=build_id, job_name="hyperv", change=change, config=config, log_dir=log_dir,
+        log_url="http://logs.example/", nodes=list(config.nodes), should_abort=should_abort,
+        steps=StepRecorder(sessions, build_id, log_dir, make_redactor(config.secrets())),
+    )
+    job = config.jobs["hyperv"]
+    assert isinstance(job, DevstackHypervJob)
+    runner = DevstackHypervRunner(job, cache_dir=tmp_path / "git-cache", winrm_backoff=0.1)
+    try:
+        runner.prepare(ctx)
+        result = runner.run(ctx)
+    finally:
+        runner.collect(ctx)
+        failed = runner.cleanup(ctx)
+    return BuildRun(result, failed, ctx, runner)
+
+
+def steps_of(sessions: sessionmaker[Session], build_id: int) -> list[BuildStep]:
+    with sessions() as session:
+        rows = list(session.scalars(select(BuildStep).where(BuildStep.build_id == build_id)
+                                    .order_by(BuildStep.id)))
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def step(rows: list[BuildStep], name: str, node: str | None = None) -> BuildStep:
+    found = [r for r in rows if r.name == name and (node is None or r.node == node)]
+    assert len(found) == 1, [(r.name, r.node, r.state) for r in rows]
+    return found[0]
+
+
+def step_log(out: BuildRun, row: BuildStep) -> str:
+    assert row.log_name
+    return (out.ctx.log_dir / row.log_name).read_text(encoding="utf-8")
+
+
+def assert_cleaned_everywhere(rows: list[BuildStep]) -> None:
+    cleaned = {r.node for r in rows if r.name == "cleanup"}
+    assert cleaned == {"devstack-1", "hv-1", "hv-2"}
+
+
+def assert_scripts_parsed(lab: SimLab) -> None:
+    for server in lab.winrm.values():
+        assert server.scripts, f"{server.node_name} received no script"
+        for node, name, text in server.scripts:
+            assert syntax_errors(text) == [], (node, name)
+
+
+def test_whole_job_succeeds(lab: SimLab, gerrit: GerritState, tmp_path: Path,
+                            sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    change = push(gerrit, {"nova/virt/hyperv/驱动 é.py": "print('你好')\n"})
+
+    out = run_build(config, change, sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
+    assert out.failed_nodes == []
+    statuses = {status for _id, status, _d, _t in out.result.tests}
+    assert "success" in statuses
+    assert all(test_id.startswith("tempest.") for test_id, *_ in out.result.tests)
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    names = {r.name for r in rows}
+    assert names == {"prepare-change", "windows-teardown", "windows-bootstrap", "devstack",
+                     "hyperv-compute", "wait-services", "tempest", "collect-logs", "cleanup"}
+    assert all(r.state == StepState.SUCCEEDED for r in rows), [(r.name, r.node, r.state)
+                                                               for r in rows]
+    assert {r.node for r in rows if r.name == "windows-bootstrap"} == {"hv-1", "hv-2"}
+    assert_cleaned_everywhere(rows)
+    assert_scripts_parsed(lab)
+    # Logs from both operating systems, and what was sent.
+    controller_files = list((out.ctx.log_dir / "controller").rglob("*"))
+    assert any(p.name == "stack.sh.log" for p in controller_files)
+    for node in ("hv-1", "hv-2"):
+        logs = list((out.ctx.log_dir / node).rglob("nova-compute.log"))
+        assert logs and "实例 Zoë" in logs[0].read_text(encoding="utf-8")
+    assert (out.ctx.log_dir / "rendered" / "hv-2-nova.conf").is_file()
+    # The merged change (not the bare patchset) was checked out on the controller.
+    prepared = out.runner.prepared
+    assert prepared is not None and prepared.merge_commit != change.revision
+    assert f"at {prepared.merge_commit}" in step_log(out, step(rows, "devstack"))
+    install = [t for _n, name, t in lab.winrm["hv-1"].scripts if name == "install"]
+    assert install and prepared.merge_commit in install[0]
+    # Step logs are redacted as they are written.
+    for row in rows:
+        assert "admin-Secret-456" not in step_log(out, row)
+
+
+def test_merge_conflict_is_reported_without_touching_nodes(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    first = push(gerrit, {"nova/driver.py": "value = 'first'\n"}, "First")
+    second = push(gerrit, {"nova/driver.py": "value = 'second'\n"}, "Second 第二")
+    gerrit.merge(first.number)
+
+    out = run_build(config, second, sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.MERGE_CONFLICT
+    assert "nova/driver.py" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    assert step(rows, "prepare-change").state == StepState.FAILED
+    assert step(rows, "tempest").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+    assert not [s for s in lab.winrm["hv-1"].scripts if s[1] in ("teardown", "install")]
+
+
+def test_windows_bootstrap_failure_is_an_error(lab: SimLab, gerrit: GerritState,
+                                               tmp_path: Path,
+                                               sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    lab.winrm["hv-2"].faults.set("bootstrap", exit_code=1,
+                                 stderr="Install-WindowsFeature : Hyper-V 安装失败")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert "bootstrap.ps1 failed on hv-2" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    bootstrap = step(rows, "windows-bootstrap", "hv-2")
+    assert bootstrap.state == StepState.ERROR
+    assert "Hyper-V 安装失败" in step_log(out, bootstrap)
+    assert step(rows, "windows-bootstrap", "hv-1").state == StepState.SUCCEEDED
+    assert step(rows, "tempest").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+    assert_scripts_parsed(lab)
+
+
+def test_stack_failure_is_an_error(lab: SimLab, gerrit: GerritState, tmp_path: Path,
+                                   sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    (lab.faults_dir / "stack").write_text("mysql did not start: 数据库错误\n", encoding="utf-8")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert "stack.sh failed" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    devstack = step(rows, "devstack")
+    assert devstack.state == StepState.ERROR
+    assert "数据库错误" in step_log(out, devstack)
+    assert step(rows, "hyperv-compute").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+
+
+def test_service_not_starting_is_an_error_with_its_stderr(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    lab.winrm["hv-1"].faults.set(
+        "start-services", exit_code=1,
+        stderr="Start-Service : Service 'nova-compute' cannot be started")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert "did not start on hv-1" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    compute = step(rows, "hyperv-compute", "hv-1")
+    assert compute.state == StepState.ERROR
+    text = step_log(out, compute)
+    assert "cannot be started" in text
+    assert "service-stderr.ps1 on hv-1" in text
+    assert "计算节点启动 (Zoë)" in text  # what the service printed when run by hand
+    assert step(rows, "wait-services").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert_scripts_parsed(lab)
+
+
+def test_services_never_up_is_an_error_with_their_stderr(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit, services_timeout=1)
+    # start-services.ps1 reports success, but the services never run (they die at once).
+    monkeypatch.setattr(lab.winrm["hv-2"].model, "_start_services", lambda script, out: 0)
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert "not up within 1s" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    wait = step(rows, "wait-services")
+    assert wait.state == StepState.ERROR
+    text = step_log(out, wait)
+    assert "hv-2: nova-compute is not up" in text
+    assert "service-stderr.ps1 on hv-2" in text and "计算节点启动 (Zoë)" in text
+    assert step(rows, "tempest").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+
+
+def test_tempest_failures_fail_the_build_with_per_test_results(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    (lab.faults_dir / "tempest-fail").write_text("test_list_servers\n", encoding="utf-8")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.FAILED, out.result.summary
+    failed = [t for t in out.result.tests if t[1] == "fail"]
+    assert failed and all("test_list_servers" in t[0] for t in failed)
+    assert all(t[3] for t in failed)  # each failure carries its traceback
+    assert any(t[1] == "success" for t in out.result.tests)
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    assert step(rows, "tempest").state == StepState.FAILED
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+
+
+def test_hanging_windows_command_times_out_as_an_error(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit, command_timeout=2)
+    lab.winrm["hv-1"].faults.set("teardown", hang=True, times=1)
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    teardown = step(rows, "windows-teardown", "hv-1")
+    assert teardown.state == StepState.ERROR
+    assert [s for s, _code in lab.winrm["hv-1"].signals] == ["teardown"]
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []  # the node itself is fine: it only ran a slow command
+
+
+def test_node_killed_mid_build(lab: SimLab, gerrit: GerritState, tmp_path: Path,
+                               sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    victim = lab.winrm["hv-2"]
+    victim.faults.set("install", hang=True)
+
+    def kill_when_installing() -> None:
+        while not any(name == "install" for _n, name, _t in victim.scripts):
+            threading.Event().wait(0.05)
+        victim.kill()
+
+    killer = threading.Thread(target=kill_when_installing, daemon=True)
+    killer.start()
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+    killer.join(timeout=30)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert out.failed_nodes == ["hv-2"]
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    assert step(rows, "hyperv-compute", "hv-2").state == StepState.ERROR
+    assert step(rows, "hyperv-compute", "hv-1").state == StepState.SUCCEEDED
+    assert step(rows, "cleanup", "hv-1").state == StepState.SUCCEEDED
+    assert step(rows, "cleanup", "devstack-1").state == StepState.SUCCEEDED
+    assert step(rows, "cleanup", "hv-2").state == StepState.ERROR
+    assert step(rows, "collect-logs", "hv-2").state == StepState.SKIPPED
+
+
+def test_abort_stops_between_steps_and_still_cleans(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    aborted = threading.Event()
+    change = push(gerrit, {"a.py": "a\n"})
+
+    def should_abort() -> bool:
+        # Abort as soon as the change is prepared (the first step has finished).
+        return aborted.is_set() or bool(list((tmp_path / "git-cache").glob("*.git")))
+
+    out = run_build(config, change, sqlite_sessions, tmp_path, should_abort)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert "aborted" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    assert step(rows, "prepare-change").state == StepState.SUCCEEDED
+    assert step(rows, "devstack").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+
+
+def test_extract_zip_refuses_paths_leaving_the_target(tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "logs.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("eventlog/System.html", "<html>实例</html>")
+        zipped.writestr("../escape.txt", "no")
+        zipped.writestr("/abs.txt", "no")
+    count = extract_zip(archive, tmp_path / "out")
+    assert count == 1
+    assert (tmp_path / "out" / "eventlog" / "System.html").read_text() == "<html>实例</html>"
+    assert not (tmp_path / "escape.txt").exists()
+    assert not Path("/abs.txt").exists()
+
+
+def test_registry_builds_this_runner(lab: SimLab, gerrit: GerritState) -> None:
+    from runners.registry import make_runner, node_labels_for
+
+    config = make_config(lab, gerrit)
+    runner = make_runner(config, "hyperv")
+    assert isinstance(runner, DevstackHypervRunner)
+    assert runner.node_labels() == node_labels_for(config, "hyperv") == [
+        "devstack", "hyperv", "hyperv"]
