@@ -1,0 +1,253 @@
+"""Typed Gerrit stream events, parsed from one raw `stream-events` line.
+
+Gerrit's JSON changed across eras (research/gerrit-protocol.md §1): numbers
+were strings before 2.14 and integers after, `project` is a string over SSH
+but `{"name": ...}` from the events-log plugin or webhooks, and "any field may
+be missing". `parse_event` absorbs all of that and never raises: a line that
+is not a JSON object becomes a `ParseError`, an unknown type an `OtherEvent`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ci.queue import ChangeInfo
+
+logger = logging.getLogger(__name__)
+
+# The marker the catch-up writes into the raw JSON of the events it makes up.
+CATCH_UP_SOURCE = "catch-up"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A Gerrit user as events show it (any part may be empty)."""
+
+    name: str = ""
+    email: str = ""
+    username: str = ""
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One label of a comment-added event; values are strings on the wire."""
+
+    label: str
+    value: int | None
+    old_value: int | None = None
+
+
+@dataclass(frozen=True)
+class GerritEvent:
+    """What every event has: its type and (usually) when Gerrit created it."""
+
+    type: str
+    created_on: int | None = None
+    source: str = "stream"  # "catch-up" for events made up after downtime
+    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ChangeEvent(GerritEvent):
+    """An event about a change; `change` is set when it names a patchset too."""
+
+    number: int | None = None
+    project: str = ""
+    branch: str = ""
+    change: ChangeInfo | None = None
+
+
+@dataclass(frozen=True)
+class PatchsetCreated(ChangeEvent):
+    uploader: Account = field(default_factory=Account)
+
+
+@dataclass(frozen=True)
+class CommentAdded(ChangeEvent):
+    author: Account = field(default_factory=Account)
+    comment: str = ""
+    approvals: tuple[Approval, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChangeAbandoned(ChangeEvent):
+    abandoner: Account = field(default_factory=Account)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ChangeMerged(ChangeEvent):
+    submitter: Account = field(default_factory=Account)
+
+
+@dataclass(frozen=True)
+class ChangeRestored(ChangeEvent):
+    restorer: Account = field(default_factory=Account)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DroppedOutput(GerritEvent):
+    """Gerrit's per-connection queue overflowed: events were lost (catch up)."""
+
+
+@dataclass(frozen=True)
+class OtherEvent(ChangeEvent):
+    """Any type the CI does not act on (ref-updated, reviewer-added, plugins...)."""
+
+
+@dataclass(frozen=True)
+class ParseError:
+    """A line that is not a JSON object; kept so nothing is silently lost."""
+
+    line: str
+    error: str
+    type: str = "invalid"
+
+
+Parsed = GerritEvent | ParseError
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):  # {"name": ...} in events-log / webhook transports
+        return _text(value.get("name") or value.get("key") or value.get("id"))
+    return str(value)
+
+
+def _int(value: object) -> int | None:
+    """Gerrit numbers are strings before 2.14, integers after; anything else is None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _account(value: object) -> Account:
+    data = _dict(value)
+    return Account(_text(data.get("name")), _text(data.get("email")),
+                   _text(data.get("username")))
+
+
+def _approvals(value: object) -> tuple[Approval, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        Approval(_text(a.get("type")), _int(a.get("value")), _int(a.get("oldValue")))
+        for a in value if isinstance(a, dict)
+    )
+
+
+def _change_fields(data: dict[str, Any]) -> dict[str, Any]:
+    change = _dict(data.get("change"))
+    patchset = _dict(data.get("patchSet"))
+    number = _int(change.get("number"))
+    project = _text(change.get("project")) or _text(data.get("project"))
+    branch = _text(change.get("branch"))
+    if not branch:
+        branch = _text(data.get("refName")).removeprefix("refs/heads/")
+    ps_number = _int(patchset.get("number"))
+    info = None
+    if number is not None and ps_number is not None:
+        owner = _account(change.get("owner"))
+        uploader = _account(patchset.get("uploader") or data.get("uploader"))
+        info = ChangeInfo(
+            number=number,
+            project=project,
+            branch=branch,
+            patchset=ps_number,
+            subject=_text(change.get("subject")),
+            owner_name=owner.name or owner.username,
+            owner_email=owner.email,
+            url=_text(change.get("url")),
+            status=_text(change.get("status")) or "NEW",
+            revision=_text(patchset.get("revision")),
+            ref=_text(patchset.get("ref")),
+            uploader_name=uploader.name or uploader.username,
+        )
+    return {"number": number, "project": project, "branch": branch, "change": info}
+
+
+def event_from_dict(data: dict[str, Any]) -> GerritEvent:
+    """The typed event for an already-decoded stream-events object."""
+    kind = _text(data.get("type")) or "unknown"
+    common: dict[str, Any] = {
+        "type": kind,
+        "created_on": _int(data.get("eventCreatedOn")),
+        "source": _text(data.get("source")) or "stream",
+        "data": data,
+    }
+    if kind == "dropped-output":
+        return DroppedOutput(**common)
+    common.update(_change_fields(data))
+    if kind == "patchset-created":
+        return PatchsetCreated(**common, uploader=_account(data.get("uploader")))
+    if kind == "comment-added":
+        return CommentAdded(**common, author=_account(data.get("author")),
+                            comment=_text(data.get("comment")),
+                            approvals=_approvals(data.get("approvals")))
+    if kind == "change-abandoned":
+        return ChangeAbandoned(**common, abandoner=_account(data.get("abandoner")),
+                               reason=_text(data.get("reason")))
+    if kind == "change-merged":
+        return ChangeMerged(**common, submitter=_account(data.get("submitter")))
+    if kind == "change-restored":
+        return ChangeRestored(**common, restorer=_account(data.get("restorer")),
+                              reason=_text(data.get("reason")))
+    return OtherEvent(**common)
+
+
+def decode(line: bytes | str) -> dict[str, Any] | ParseError:
+    """The JSON object of one line, or a ParseError (never raises)."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        return ParseError(text, str(exc))
+    if not isinstance(data, dict):
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        return ParseError(text, f"not a JSON object but {type(data).__name__}")
+    return data
+
+
+def parse_event(line: bytes | str) -> Parsed:
+    """Parse one raw stream-events line into a typed event (never raises)."""
+    data = decode(line)
+    if isinstance(data, ParseError):
+        return data
+    return event_from_dict(data)
+
+
+DedupKey = tuple[str, int, int | None, int | None, str]
+
+
+def dedup_key(event: GerritEvent) -> DedupKey | None:
+    """Events with the same key are the same event seen twice (after a reconnect).
+
+    Only change events have an identity worth comparing: type, change,
+    patchset, eventCreatedOn and who acted (two people may comment on one
+    patchset within the same second). Anything else is never de-duplicated,
+    because two ref-updated events of one second are two real events.
+    """
+    if not isinstance(event, ChangeEvent) or event.number is None:
+        return None
+    ps = event.change.patchset if event.change else None
+    actor = ""
+    for key in ("author", "uploader", "abandoner", "submitter", "restorer"):
+        if key in event.data:
+            actor = _account(event.data[key]).username or _account(event.data[key]).name
+            break
+    return (event.type, event.number, ps, event.created_on, actor)

@@ -1,0 +1,303 @@
+"""The trigger: stored events → builds, one event at a time, in id order.
+
+The listener only stores raw lines; this decides. Each event is handled in
+two steps: first whatever Gerrit must tell us (the changed files, a change
+we have never seen) is fetched *outside* any database transaction, so a slow
+Gerrit never holds SQLite's write lock; then one transaction creates the
+builds and marks the event processed (acknowledge = act). A Gerrit failure
+leaves the event unprocessed and retries it with backoff; later events of
+the same change wait behind it, so an abandon is never applied before the
+upload it follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci.config import Config
+from ci.db import transaction
+from ci.enqueue import change_info_from_query
+from ci.models import Build, Change, Event, Patchset, utcnow
+from ci.queue import ACTIVE, ChangeInfo, abort_change, enqueue, request_abort, upsert_patchset
+from listener.events import (
+    ChangeAbandoned,
+    ChangeEvent,
+    ChangeMerged,
+    ChangeRestored,
+    CommentAdded,
+    GerritEvent,
+    Parsed,
+    ParseError,
+    PatchsetCreated,
+    parse_event,
+)
+from listener.filters import is_ignored_author, is_recheck, jobs_for, needs_files, watched_projects
+
+logger = logging.getLogger(__name__)
+
+
+class GerritLookup(Protocol):
+    """The part of ci.gerrit.GerritClient the trigger uses (a seam for tests)."""
+
+    def changed_files(self, change: int, patchset: int) -> list[str]: ...
+
+    def query(self, q: str, *, current_patch_set: bool = ...,
+              files: bool = ...) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """The patchset an event asks us to build (files filled in when needed), or why not."""
+
+    info: ChangeInfo | None = None
+    note: str = ""
+
+
+@dataclass
+class _Retry:
+    failures: int
+    due: float
+    change: int | None
+
+
+class Scheduler:
+    """Processes stored events; `run` loops until stopped, `run_once` is one pass."""
+
+    def __init__(self, config: Config, sessions: sessionmaker[Session], lookup: GerritLookup,
+                 *, batch: int = 200, backoff: float = 2.0, max_backoff: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.lookup = lookup
+        self.batch = batch
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.clock = clock
+        self._retry: dict[int, _Retry] = {}
+        self._wake = threading.Event()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New events were stored: look now instead of at the next poll."""
+        self._wake.set()
+
+    def run(self, stop: threading.Event, poll_interval: float = 1.0) -> None:
+        """Process events until `stop` is set (a database outage is waited out)."""
+        while not stop.is_set():
+            try:
+                done = self.run_once()
+            except SQLAlchemyError:
+                logger.exception("scheduler: database error; retrying in %s s", poll_interval)
+                done = 0
+            if not done:
+                self._wake.wait(poll_interval)
+                self._wake.clear()
+
+    def run_once(self) -> int:
+        """One pass over the pending events that are due; returns how many were processed."""
+        now = self.clock()
+        waiting = {eid: r for eid, r in self._retry.items() if r.due > now}
+        blocked = {r.change for r in waiting.values() if r.change is not None}
+        query = select(Event.id, Event.raw).where(Event.processed_at.is_(None))
+        if waiting:
+            query = query.where(Event.id.not_in(list(waiting)))
+        with transaction(self.sessions) as session:
+            rows = session.execute(query.order_by(Event.id).limit(self.batch)).all()
+        done = 0
+        for event_id, raw in rows:
+            event = parse_event(raw)
+            number = event.number if isinstance(event, ChangeEvent) else None
+            if number is not None and number in blocked:
+                continue
+            if self.process(event_id, event):
+                done += 1
+            elif number is not None:
+                blocked.add(number)
+        return done
+
+    def process(self, event_id: int, event: Parsed) -> bool:
+        """Handle one stored event; False if it stays pending (retried later)."""
+        try:
+            target = self._gather(event)
+        except Exception:
+            # Any failure to ask Gerrit (connection, timeout, error answer) is
+            # transient from here: keep the event, never drop it.
+            delay = self._failed(event_id, event)
+            logger.warning("event %s: Gerrit lookup failed; retry in %.0f s", event_id, delay,
+                           exc_info=True)
+            return False
+        handler = self._handler(event)
+        try:
+            with transaction(self.sessions) as session:
+                row = session.get(Event, event_id, with_for_update=True)
+                if row is None or row.processed_at is not None:
+                    return True
+                outcome = handler(session, event, target)
+                row.processed_at = utcnow()
+                row.outcome = outcome[:500]
+        except SQLAlchemyError:
+            delay = self._failed(event_id, event)
+            logger.exception("event %s: database error; retry in %.0f s", event_id, delay)
+            return False
+        self._retry.pop(event_id, None)
+        logger.info("event %s (%s): %s", event_id, event.type, outcome)
+        return True
+
+    def _failed(self, event_id: int, event: Parsed) -> float:
+        previous = self._retry.get(event_id)
+        failures = previous.failures + 1 if previous else 1
+        delay = min(self.backoff * 2 ** (failures - 1), self.max_backoff)
+        number = event.number if isinstance(event, ChangeEvent) else None
+        self._retry[event_id] = _Retry(failures, self.clock() + delay, number)
+        return delay
+
+    def _handler(self, event: Parsed) -> Callable[[Session, Any, Target], str]:
+        """Dispatch by type name: `patchset-created` → `on_patchset_created`."""
+        if isinstance(event, ParseError):
+            return self.on_invalid
+        name = "on_" + event.type.replace("-", "_")
+        handler = getattr(self, name, None) if name.isidentifier() else None
+        return handler if callable(handler) else self.on_other
+
+    # -- step 1: what Gerrit must tell us (no transaction open) --------------------------------
+
+    def _target(self, event: Parsed) -> Target:
+        """The patchset to build, from the event alone (pure filters)."""
+        if isinstance(event, CommentAdded):
+            if is_ignored_author(self.config.gerrit, event.author):
+                return Target(note="ignored: comment by our own or an ignored account")
+            if not is_recheck(self.config.gerrit, event.comment):
+                return Target(note="ignored: not a recheck")
+        elif not isinstance(event, PatchsetCreated):
+            return Target()
+        info = event.change
+        if info is None:
+            return Target(note="ignored: the event names no change and patchset")
+        if not watched_projects(self.config, info.project, info.branch):
+            return Target(note=f"ignored: {info.project} {info.branch} is not watched")
+        return Target(info)
+
+    def _gather(self, event: Parsed) -> Target:
+        target = self._target(event)
+        info = target.info
+        if info is None:
+            return target
+        known, files = self._known(info)
+        if isinstance(event, CommentAdded) and not known:
+            rows = self.lookup.query(f"change:{info.number}", current_patch_set=True, files=True)
+            if rows:
+                current = change_info_from_query(rows[0], None)
+                if current.patchset > info.patchset:
+                    return Target(note=f"ignored: recheck of patchset {info.patchset}, "
+                                       f"current is {current.patchset}")
+                info = current
+        if info.files is None and files is not None:
+            info = replace(info, files=tuple(files))
+        if info.files is None and needs_files(self.config, info.project, info.branch):
+            info = replace(info, files=tuple(self.lookup.changed_files(info.number,
+                                                                       info.patchset)))
+        return Target(info)
+
+    def _known(self, info: ChangeInfo) -> tuple[bool, list[str] | None]:
+        """Whether the patchset is in the database, and its cached file list."""
+        with transaction(self.sessions) as session:
+            files = session.execute(
+                select(Patchset.files).join(Change)
+                .where(Change.number == info.number, Patchset.number == info.patchset)
+            ).first()
+        return (files is not None, files[0] if files is not None else None)
+
+    # -- step 2: the handlers, each inside the event's transaction -----------------------------
+
+    def on_patchset_created(self, session: Session, event: PatchsetCreated,
+                            target: Target) -> str:
+        """Queue every job whose project, branch and files match."""
+        if target.info is None:
+            return target.note
+        return self._enqueue(session, target.info,
+                             "catch-up" if event.source == "catch-up" else "patchset-created")
+
+    def on_comment_added(self, session: Session, event: CommentAdded, target: Target) -> str:
+        """A recheck queues the matching jobs again."""
+        if target.info is None:
+            return target.note
+        return self._enqueue(session, target.info, "recheck")
+
+    def on_change_abandoned(self, session: Session, event: ChangeAbandoned,
+                            target: Target) -> str:
+        """Abandoned: stop its builds."""
+        return self._close(session, event, "ABANDONED", "change abandoned")
+
+    def on_change_merged(self, session: Session, event: ChangeMerged, target: Target) -> str:
+        """Merged: testing it further is moot; stop its builds."""
+        return self._close(session, event, "MERGED", "change merged")
+
+    def on_change_restored(self, session: Session, event: ChangeRestored,
+                           target: Target) -> str:
+        """Nothing to build (a recheck asks for that); the change is open again."""
+        self._set_status(session, event.number, "NEW")
+        return "change restored"
+
+    def on_dropped_output(self, session: Session, event: GerritEvent, target: Target) -> str:
+        """Recorded for the operator; the listener already ran the catch-up."""
+        return "events were dropped by Gerrit; the listener catches up by query"
+
+    def on_other(self, session: Session, event: GerritEvent, target: Target) -> str:
+        """Every type without its own handler."""
+        return f"ignored: {event.type}"
+
+    def on_invalid(self, session: Session, event: ParseError, target: Target) -> str:
+        """A stored line that is not JSON: kept for inspection, acknowledged."""
+        return f"ignored: not a JSON object ({event.error})"
+
+    def _enqueue(self, session: Session, info: ChangeInfo, reason: str) -> str:
+        patchset = upsert_patchset(session, info)
+        jobs = jobs_for(self.config, info, info.files)
+        if not jobs:
+            stopped = self._stop_older(session, info)
+            extra = f"; stopped {stopped} build(s) of older patchsets" if stopped else ""
+            return "no job matches the changed files" + extra
+        if reason != "recheck":
+            # An upload is built once: a duplicate (a catch-up racing the
+            # stream) must not rebuild a patchset whose build already finished.
+            built = set(session.scalars(select(Build.job).where(Build.patchset_id == patchset.id)))
+            if built.issuperset(jobs):
+                return f"already built: {', '.join(jobs)}"
+            jobs = [job for job in jobs if job not in built]
+        queued = [job for job in jobs if enqueue(session, patchset, job, reason) is not None]
+        if not queued:
+            return f"already queued or outdated: {', '.join(jobs)}"
+        return f"queued {', '.join(queued)} for {info.number},{info.patchset} ({reason})"
+
+    def _stop_older(self, session: Session, info: ChangeInfo) -> int:
+        """A new patchset that no longer touches watched files still ends older runs."""
+        builds = session.scalars(
+            select(Build.id).join(Patchset).join(Change)
+            .where(Change.number == info.number, Patchset.number < info.patchset,
+                   Build.state.in_(ACTIVE))
+        ).all()
+        why = f"superseded by patchset {info.patchset} (no watched files changed)"
+        return sum(request_abort(session, build_id, why) for build_id in builds)
+
+    def _close(self, session: Session, event: ChangeEvent, status: str, why: str) -> str:
+        if event.number is None:
+            return "ignored: the event names no change"
+        aborted = abort_change(session, event.number, why)
+        self._set_status(session, event.number, status)
+        return f"{why}: aborted {len(aborted)} build(s)"
+
+    @staticmethod
+    def _set_status(session: Session, number: int | None, status: str) -> None:
+        change = session.scalar(select(Change).where(Change.number == number))
+        if change is not None:
+            change.status = status
