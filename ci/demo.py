@@ -108,9 +108,11 @@ class Demo:
         self.lab.start()
         self._cleanups.append(self.lab.stop)
 
-        port = self.dashboard_port
-        if port is None:
-            port = free_port(int(raw.get("dashboard", {}).get("port", 8080)))
+        # The port is fixed before the config is written: log URLs carry it.
+        wanted = self.dashboard_port
+        if wanted is None:
+            wanted = int(raw.get("dashboard", {}).get("port", 8080))
+        port = free_port(wanted)
         git_root = (self.gerrit.state.root / "git").resolve().as_uri()
         data = demo_config(raw, state_dir=self.state_dir, gerrit_port=self.gerrit.port,
                            key_file=key_file, known_hosts=known_hosts, git_root=git_root,
@@ -147,6 +149,9 @@ class Demo:
         server, _thread, actual = start_in_thread(app, "127.0.0.1", port)
         self._cleanups.append(server.close)
         self.url = f"http://127.0.0.1:{actual}/"
+        # Ready means the listener follows the stream: a push from now on is seen.
+        if not self.gerrit.wait_for_streams(1, timeout=30):
+            raise RuntimeError("the listener did not connect to the simulated Gerrit")
 
     def _spawn(self, name: str, target: Callable[..., object], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
