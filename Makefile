@@ -29,7 +29,7 @@ $(OSLO_STAMP): etc/oslo-check-requirements.txt
 oslo-venv: $(OSLO_STAMP)
 
 deps-test:
-	@scripts/ensure-debian-packages openssh-server chromium fonts-noto-cjk git
+	@scripts/ensure-debian-packages openssh-server chromium git
 
 deps-demo:
 	@scripts/ensure-debian-packages git
