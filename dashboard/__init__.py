@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
+from ci.report import format_duration as report_duration
 from dashboard.context import EXTENSION, DashboardState, close_db, csrf_token
 
 logger = logging.getLogger(__name__)
@@ -91,17 +92,8 @@ def create_app(
 
 
 def format_duration(seconds: float | None) -> str:
-    """1h 02m 03s / 4m 05s / 6s; an empty string for no value."""
-    if seconds is None:
-        return ""
-    total = int(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
+    """The reports' `1h 02m 03s` shape; an empty string for no value."""
+    return "" if seconds is None else report_duration(seconds)
 
 
 def format_when(value: str | None) -> str:

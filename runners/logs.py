@@ -26,29 +26,26 @@ def _is_text(data: bytes) -> bool:
 
 
 def redact_file(path: Path, redact: Callable[[str], str]) -> bool:
-    """Rewrite a text file with secrets masked; True if it changed. Binary files are left."""
+    """Rewrite a text file (plain or .gz) with secrets masked; True if it changed.
+
+    Binary files are left as they are.
+    """
+    compressed = path.suffix == ".gz"
     data = path.read_bytes()
-    if path.suffix == ".gz":
+    if compressed:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError):
             return False
-        if not _is_text(data):
-            return False
-        text = data.decode("utf-8", errors="replace")
-        clean = redact(text)
-        if clean != text:
-            path.write_bytes(gzip.compress(clean.encode("utf-8")))
-            return True
-        return False
     if not _is_text(data):
         return False
     text = data.decode("utf-8", errors="replace")
     clean = redact(text)
-    if clean != text:
-        path.write_text(clean, encoding="utf-8")
-        return True
-    return False
+    if clean == text:
+        return False
+    encoded = clean.encode("utf-8")
+    path.write_bytes(gzip.compress(encoded) if compressed else encoded)
+    return True
 
 
 def gzip_file(path: Path) -> Path:
