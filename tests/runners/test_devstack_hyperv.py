@@ -378,3 +378,117 @@ def test_registry_builds_this_runner(lab: SimLab, gerrit: GerritState) -> None:
     assert isinstance(runner, DevstackHypervRunner)
     assert runner.node_labels() == node_labels_for(config, "hyperv") == [
         "devstack", "hyperv", "hyperv"]
+
+
+def test_windows_teardown_failure_is_an_error_and_still_cleans_everywhere(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    lab.winrm["hv-1"].faults.set("teardown", exit_code=1,
+                                 stderr="Remove-VM : 实例 'Zoë' est verrouillé")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert "teardown.ps1 failed on hv-1" in out.result.summary
+    assert "实例 'Zoë' est verrouillé" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    teardown = step(rows, "windows-teardown", "hv-1")
+    assert teardown.state == StepState.ERROR
+    assert "实例 'Zoë' est verrouillé" in step_log(out, teardown)
+    # hv-1 stops at its teardown; hv-2 and the controller finish their half of the stage.
+    assert not [r for r in rows if r.name == "windows-bootstrap" and r.node == "hv-1"]
+    assert step(rows, "windows-bootstrap", "hv-2").state == StepState.SUCCEEDED
+    assert step(rows, "devstack").state == StepState.SUCCEEDED
+    assert step(rows, "hyperv-compute").state == StepState.SKIPPED
+    assert step(rows, "tempest").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert all(r.state == StepState.SUCCEEDED for r in rows if r.name == "cleanup")
+    assert out.failed_nodes == []
+    assert [name for _n, name, _t in lab.winrm["hv-1"].scripts].count("cleanup") == 1
+    assert_scripts_parsed(lab)
+
+
+def test_install_failure_is_an_error(lab: SimLab, gerrit: GerritState, tmp_path: Path,
+                                     sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    lab.winrm["hv-2"].faults.set("install", exit_code=1,
+                                 stderr="pip : ERROR: 依赖冲突 os-win (Zoë)")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert "install.ps1 failed on hv-2" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    compute = step(rows, "hyperv-compute", "hv-2")
+    assert compute.state == StepState.ERROR
+    text = step_log(out, compute)
+    assert "install.ps1 on hv-2" in text and "依赖冲突 os-win (Zoë)" in text
+    assert "configure-services.ps1" not in text  # nothing runs after a failed install
+    assert step(rows, "hyperv-compute", "hv-1").state == StepState.SUCCEEDED
+    assert step(rows, "wait-services").state == StepState.SKIPPED
+    assert step(rows, "tempest").state == StepState.SKIPPED
+    # The node answered (it only failed a script): its logs are still collected.
+    assert step(rows, "collect-logs", "hv-2").state == StepState.SUCCEEDED
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+
+
+def test_windows_log_collection_failure_leaves_the_verdict_alone(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    lab.winrm["hv-1"].faults.set("collect-logs", exit_code=5,
+                                 stderr="Compress-Archive : 访问被拒绝 C:\\OpenStack\\logs")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    assert step(rows, "tempest").state == StepState.SUCCEEDED
+    collect = step(rows, "collect-logs", "hv-1")
+    assert collect.state == StepState.ERROR
+    assert collect.exit_code == 5
+    text = step_log(out, collect)
+    assert "collect-logs.ps1 failed on hv-1 (exit 5)" in text
+    assert "访问被拒绝" in text
+    assert step(rows, "collect-logs", "hv-2").state == StepState.SUCCEEDED
+    assert step(rows, "collect-logs", "devstack-1").state == StepState.SUCCEEDED
+    assert not (out.ctx.log_dir / "hv-1").exists()
+    assert list((out.ctx.log_dir / "hv-2").rglob("nova-compute.log"))
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+
+
+def test_cleanup_failure_on_one_windows_node_is_reported(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    lab.winrm["hv-2"].faults.set("cleanup", exit_code=1,
+                                 stderr="Remove-VM : la VM « 实例 » est introuvable")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
+    assert out.failed_nodes == ["hv-2"]
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    cleanup = step(rows, "cleanup", "hv-2")
+    assert cleanup.state == StepState.ERROR
+    assert "la VM « 实例 » est introuvable" in step_log(out, cleanup)
+    assert step(rows, "cleanup", "hv-1").state == StepState.SUCCEEDED
+    assert step(rows, "cleanup", "devstack-1").state == StepState.SUCCEEDED
+
+
+def test_non_ascii_windows_output_reaches_the_step_log_decoded(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    text = "Get-VM : 实例 Zoë « naïve » — Ωmega ✓"
+    lab.winrm["hv-1"].faults.set("bootstrap", stdout=text)
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    bootstrap = step(rows, "windows-bootstrap", "hv-1")
+    log = step_log(out, bootstrap)
+    assert text in log
+    assert "Amorçage terminé — 节点就绪" in log  # the node's own non-ASCII output too
+    assert "\ufffd" not in log and "?????" not in log
+    # The live tail the dashboard shows is the same text.
+    assert bootstrap.output_tail is not None and text in bootstrap.output_tail

@@ -1,0 +1,218 @@
+"""`hyperv-ci` as an operator runs it: subprocesses, a real SQLite file, the simulated Gerrit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import inspect, select
+
+from ci.db import make_engine, make_sessionmaker
+from ci.models import Base, Node
+from runners.powershell import syntax_errors
+from sim.gerrit import SimGerrit, make_client_identity
+
+CLI = str(Path(sys.executable).with_name("hyperv-ci"))
+SUBJECT = "修复 Hyper-V 实例名 « Zoë » 'quoted' $(rm -rf /)"
+OWNER = "张伟"
+PASSWORD_ENVS = ("HYPERV_CI_TEST_ADMIN_PASSWORD", "HYPERV_CI_TEST_SERVICE_PASSWORD",
+                 "HYPERV_CI_TEST_WINRM_PASSWORD")
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> tuple[Path, str]:
+    return make_client_identity(tmp_path / "client", "hyperv-ci")
+
+
+@pytest.fixture
+def gerrit(tmp_path: Path, identity: tuple[Path, str]) -> Iterator[SimGerrit]:
+    server = SimGerrit(tmp_path / "sim", users={"hyperv-ci": identity[1]}).start()
+    yield server
+    server.stop()
+
+
+def write_config(tmp_path: Path, gerrit: SimGerrit | None = None,
+                 key_file: Path | None = None) -> Path:
+    """A valid config: nova runs a two-node devstack-hyperv job; nodes need not answer."""
+    winrm = {"scheme": "http", "transport": "basic", "username": "Administrator",
+             "password": {"password_env": PASSWORD_ENVS[2]}}
+    data: dict[str, Any] = {
+        "database": {"url": f"sqlite:///{tmp_path / 'ci.db'}"},
+        "gerrit": {"host": "127.0.0.1", "port": gerrit.port if gerrit else 29418,
+                   "username": "hyperv-ci", "keepalive": 5,
+                   "key_file": str(key_file or tmp_path / "no-key"),
+                   "known_hosts": str(gerrit.known_hosts_file if gerrit
+                                      else tmp_path / "no-known-hosts")},
+        "projects": [{"name": "openstack/nova", "jobs": ["hyperv-tempest"]}],
+        "jobs": {"hyperv-tempest": {
+            "type": "devstack-hyperv", "hyperv_nodes": 2,
+            "admin_password": {"password_env": PASSWORD_ENVS[0]},
+            "service_password": {"password_env": PASSWORD_ENVS[1]}}},
+        "nodes": [
+            {"name": "ctl-01", "label": "devstack", "address": "192.0.2.10",
+             "ssh": {"username": "stack", "key_file": str(tmp_path / "no-key"),
+                     "known_hosts": str(tmp_path / "no-known-hosts")}},
+            {"name": "hv-a", "label": "hyperv", "address": "192.0.2.21", "winrm": winrm},
+            {"name": "hv-b", "label": "hyperv", "address": "192.0.2.22", "winrm": winrm},
+        ],
+        "logs": {"dir": str(tmp_path / "logs"), "url": "http://logs.example.org/"},
+        "worker": {"poll_interval": 0.2, "git_cache_dir": str(tmp_path / "git-cache")},
+    }
+    path = tmp_path / "hyperv-ci.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({name: f"secret-{i}-value" for i, name in enumerate(PASSWORD_ENVS)})
+    return env
+
+
+def cli(config: Path, *args: str, status: int = 0) -> subprocess.CompletedProcess[str]:
+    """Run one short command to the end; check its exit status."""
+    done = subprocess.run([CLI, "-c", str(config), *args], capture_output=True, text=True,
+                          encoding="utf-8", env=environment(), cwd=config.parent, timeout=60,
+                          check=False)
+    assert done.returncode == status, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def test_db_upgrade_creates_the_schema_in_an_empty_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "ci.db").touch()
+
+    out = cli(config, "db", "upgrade").stdout
+    assert "is up to date" in out
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert set(Base.metadata.tables) <= tables
+    assert "alembic_version" in tables
+    cli(config, "db", "upgrade")  # again: nothing to do, still fine
+
+
+def test_enqueue_fetches_an_unknown_change_and_builds_lists_it(
+        tmp_path: Path, gerrit: SimGerrit, identity: tuple[Path, str]) -> None:
+    pushed = gerrit.state.push("openstack/nova", files={"nova/virt/hyperv/vmops.py": "# 实例\n"},
+                               subject=SUBJECT, owner=OWNER)
+    spec = f"{pushed['change']},{pushed['patchset']}"
+    config = write_config(tmp_path, gerrit, identity[0])
+
+    out = cli(config, "enqueue", "openstack/nova", spec).stdout
+    assert out == "queued build 1: hyperv-tempest\n"
+    [row] = json.loads(cli(config, "builds", "--json").stdout)
+    assert row["subject"] == SUBJECT
+    assert row["owner"] == OWNER
+    assert (row["change"], row["patchset"]) == (int(pushed["change"]), int(pushed["patchset"]))
+    assert (row["job"], row["state"], row["reason"]) == ("hyperv-tempest", "queued", "manual")
+    assert SUBJECT in cli(config, "builds").stdout
+    # A second request for the same waiting patchset queues nothing.
+    assert "nothing queued" in cli(config, "enqueue", "openstack/nova", spec).stdout
+    missing = cli(config, "enqueue", "openstack/nova", "424242,1", status=2)
+    assert "424242" in missing.stderr and "not found" in missing.stderr
+
+
+def test_render_writes_each_file_named_for_its_node_and_step(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    out_dir = tmp_path / "rendered 文件"
+
+    out = cli(config, "render", "hyperv-tempest", "--change", "10001,3", "--out", str(out_dir))
+    printed = [Path(line) for line in out.stdout.splitlines()]
+    assert printed and all(p.parent == out_dir and p.is_file() for p in printed)
+    names = {p.name for p in out_dir.iterdir()}
+    assert names == {p.name for p in printed}
+    for name in ("ctl-01-stack.sh", "ctl-01-tempest.sh", "ctl-01-local.conf",
+                 "hv-a-install.ps1", "hv-b-cleanup.ps1", "hv-a-nova.conf",
+                 "hv-b-neutron_hyperv_agent.conf"):
+        assert name in names, sorted(names)
+    assert {n.rsplit(".", 1)[-1] for n in names} >= {"ps1", "sh", "conf"}
+    for node in ("ctl-01", "hv-a", "hv-b"):
+        assert any(n.startswith(node + "-") for n in names)
+    for path in printed:
+        if path.suffix == ".ps1":
+            assert syntax_errors(path.read_text(encoding="utf-8-sig")) == [], path.name
+    # Secrets are never rendered into a preview.
+    text = "".join(p.read_text(encoding="utf-8-sig", errors="replace") for p in printed)
+    assert "secret-0-value" not in text and "secret-1-value" not in text
+    assert "change 10001,3 of" in (out_dir / "ctl-01-local.conf").read_text(encoding="utf-8")
+    assert "$LocalBranch = 'hyperv-ci-10001-3'" in (
+        out_dir / "hv-b-install.ps1").read_text(encoding="utf-8-sig")
+    unknown = cli(config, "render", "nope", "--change", "1,1", "--out", str(out_dir), status=2)
+    assert "unknown job 'nope'" in unknown.stderr
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("command", ["worker", "listen"])
+def test_long_running_commands_stop_cleanly_on_a_signal(
+        tmp_path: Path, gerrit: SimGerrit, identity: tuple[Path, str], command: str,
+        signum: signal.Signals) -> None:
+    config = write_config(tmp_path, gerrit, identity[0])
+    args = ["worker", "--name", "cli-worker"] if command == "worker" else ["listen"]
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w", encoding="utf-8") as stderr:
+        proc = subprocess.Popen([CLI, "-c", str(config), *args], stdout=subprocess.DEVNULL,
+                                stderr=stderr, env=environment(), cwd=tmp_path)
+    try:
+        if command == "worker":
+            ready = wait_for(lambda: "worker cli-worker started" in
+                             stderr_path.read_text(encoding="utf-8"))
+        else:
+            ready = gerrit.wait_for_streams(1, timeout=20)
+        assert ready, stderr_path.read_text(encoding="utf-8")
+        assert proc.poll() is None
+        proc.send_signal(signum)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = stderr_path.read_text(encoding="utf-8")
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"signal {int(signum)}: stopping" in err
+    if command == "worker":
+        assert "worker cli-worker stopped" in err
+
+
+def test_nodes_drain_and_undo(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+
+    listed = cli(config, "nodes", "list").stdout
+    assert [line.split()[0] for line in listed.splitlines()] == ["ctl-01", "hv-a", "hv-b"]
+    assert "(drained)" not in listed
+    assert cli(config, "nodes", "drain", "hv-a").stdout == "hv-a drained\n"
+    listed = cli(config, "nodes", "list").stdout
+    assert [line.split()[0] for line in listed.splitlines() if "(drained)" in line] == ["hv-a"]
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    try:
+        with make_sessionmaker(engine)() as session:
+            drained = {n.name: n.drained for n in session.scalars(select(Node))}
+    finally:
+        engine.dispose()
+    assert drained == {"ctl-01": False, "hv-a": True, "hv-b": False}
+    assert cli(config, "nodes", "drain", "hv-a", "--undo").stdout == "hv-a undrained\n"
+    assert "(drained)" not in cli(config, "nodes", "list").stdout
+    missing = cli(config, "nodes", "drain", "nope", status=2)
+    assert "no node 'nope'" in missing.stderr

@@ -1,0 +1,224 @@
+"""The real Worker running the devstack-hyperv job against the simulated lab and Gerrit's git."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci import queue
+from ci.config import Config, DevstackHypervJob, parse_config
+from ci.models import Build, BuildState, Node, NodeState, Report, ReportState, TestResult
+from runners import pool
+from runners.devstack_hyperv import DevstackHypervRunner
+from runners.steps import REDACTED
+from runners.worker import Worker
+from sim.gerrit_state import GerritState
+from sim.lab import ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV, WINRM_PASSWORD_ENV, SimLab
+
+PROJECT = "openstack/nova"
+SUBJECT = "Hyper-V: 修复实例 Zoë's VHD « quoted » $(rm -rf /)"
+OWNER = "张伟"
+SECRETS = {
+    WINRM_PASSWORD_ENV: "winrm-Secret-123",
+    ADMIN_PASSWORD_ENV: "admin-Secret-456",
+    SERVICE_PASSWORD_ENV: "service-Secret-789",
+}
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimLab]:
+    for env, value in SECRETS.items():
+        monkeypatch.setenv(env, value)
+    with SimLab(tmp_path / "lab", hyperv_nodes=2) as started:
+        yield started
+
+
+@pytest.fixture
+def gerrit(tmp_path: Path) -> GerritState:
+    return GerritState(tmp_path / "gerrit")
+
+
+def make_config(lab: SimLab, gerrit: GerritState, tmp_path: Path, **job: Any) -> Config:
+    return parse_config({
+        "gerrit": {"host": "127.0.0.1", "username": "ci", "key_file": "/nonexistent/key",
+                   "known_hosts": "/nonexistent/known_hosts",
+                   "git_url": gerrit.root.resolve().as_uri() + "/git/{project}.git"},
+        "projects": [{"name": PROJECT, "jobs": ["hyperv"]}],
+        "jobs": {"hyperv": {
+            "type": "devstack-hyperv", **lab.job_overrides(),
+            "stack_timeout": 60, "services_timeout": 5, "command_timeout": 30,
+            "tempest": {"concurrency": 2, "timeout": 120}, **job}},
+        "nodes": lab.node_configs(),
+        # Small files are gzipped too, so the secrets check also reads compressed logs.
+        "logs": {"dir": str(tmp_path / "logs"), "url": "http://logs.example.org/",
+                 "gzip_over_bytes": 2048},
+        "worker": {"lease_seconds": 30, "max_attempts": 3,
+                   "git_cache_dir": str(tmp_path / "git-cache")},
+    })
+
+
+def enqueue_change(sessions: sessionmaker[Session], gerrit: GerritState) -> int:
+    """Push a change to the simulated Gerrit and queue the job for it, as the listener would."""
+    pushed = gerrit.push(PROJECT, files={"nova/virt/hyperv/vmops.py": "# 实例\n"},
+                         subject=SUBJECT, owner=OWNER)
+    with sessions() as session, session.begin():
+        patchset = queue.upsert_patchset(session, queue.ChangeInfo(
+            number=int(pushed["change"]), project=PROJECT, branch="master",
+            patchset=int(pushed["patchset"]), subject=SUBJECT, owner_name=OWNER,
+            ref=str(pushed["ref"]), revision=str(pushed["revision"])))
+        build = queue.enqueue(session, patchset, "hyperv", "patchset-created")
+        assert build is not None
+        return build.id
+
+
+def sync_pool(config: Config, sessions: sessionmaker[Session]) -> None:
+    # What `Worker.run` does first; `run_once` (driven here) does not.
+    with sessions() as session, session.begin():
+        pool.sync_nodes(session, config.nodes)
+
+
+def node_states(sessions: sessionmaker[Session]) -> dict[str, tuple[str, int | None]]:
+    with sessions() as session:
+        return {n.name: (n.state, n.build_id) for n in session.scalars(select(Node))}
+
+
+def builds(sessions: sessionmaker[Session]) -> list[Build]:
+    with sessions() as session:
+        rows = list(session.scalars(select(Build).order_by(Build.id)))
+        for row in rows:
+            row.report, row.tests  # noqa: B018 - load before the session closes
+            session.expunge(row)
+        return rows
+
+
+def published_files(log_dir: Path) -> dict[Path, bytes]:
+    """Every published file's content, gunzipped."""
+    found = {}
+    for path in log_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found[path] = gzip.decompress(data) if path.suffix == ".gz" else data
+    return found
+
+
+def test_success_publishes_logs_without_secrets(lab: SimLab, gerrit: GerritState,
+                                                tmp_path: Path,
+                                                sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit, tmp_path)
+    sync_pool(config, sqlite_sessions)
+    build_id = enqueue_change(sqlite_sessions, gerrit)
+
+    assert Worker(config, sqlite_sessions, name="w1").run_once()
+
+    (build,) = builds(sqlite_sessions)
+    assert build.id == build_id
+    assert build.state == BuildState.SUCCEEDED, build.summary
+    assert node_states(sqlite_sessions) == {
+        "devstack-1": (NodeState.READY, None), "hv-1": (NodeState.READY, None),
+        "hv-2": (NodeState.READY, None)}
+    assert build.report is not None
+    assert build.report.vote == 1 and build.report.state == ReportState.PENDING
+    assert build.tests and all(t.test_id.startswith("tempest.") for t in build.tests)
+    assert any(t.status == "success" for t in build.tests)
+
+    assert build.log_path is not None
+    log_dir = Path(build.log_path)
+    rel = log_dir.relative_to(tmp_path / "logs")
+    assert rel.name == f"hyperv-{build_id}"
+    assert build.log_url == f"http://logs.example.org/{rel.as_posix()}/"
+    files = published_files(log_dir)
+    names = {p.relative_to(log_dir).as_posix() for p in files}
+    # The rendered configs (which hold the passwords before redaction) are published...
+    for name in ("rendered/devstack-1-local.conf", "rendered/hv-1-nova.conf",
+                 "rendered/hv-2-neutron_hyperv_agent.conf"):
+        assert name in names or name + ".gz" in names, sorted(names)
+    assert any(p.suffix == ".gz" for p in files)
+    assert any(p.name == "stack.sh.log" for p in files)
+    assert any(p.parts[-2:] == ("hv-1", "nova-compute.log") for p in files)
+    rendered = b"".join(data for path, data in files.items() if "rendered" in path.parts)
+    assert REDACTED.encode() in rendered  # ...masked, not merely missing
+    # ...and no published file, text or binary, holds a configured secret.
+    for path, data in files.items():
+        for secret in SECRETS.values():
+            assert secret.encode() not in data, (path, secret)
+    # Nor does what the dashboard shows from the database.
+    with sqlite_sessions() as session:
+        shown = [build.summary, build.report.message]
+        shown += [t.details or "" for t in session.scalars(select(TestResult))]
+    for secret in SECRETS.values():
+        assert all(secret not in text for text in shown)
+
+
+def test_node_killed_mid_build_goes_offline_and_the_retry_runs_elsewhere(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit, tmp_path, hyperv_nodes=1)
+    sync_pool(config, sqlite_sessions)
+    first_id = enqueue_change(sqlite_sessions, gerrit)
+    # The pool hands out free nodes by name: the first build gets hv-1.
+    victim = lab.winrm["hv-1"]
+    victim.faults.set("install", hang=True)
+    killed = threading.Event()
+    mid_build: dict[Path, bytes] = {}
+
+    def kill_when_installing() -> None:
+        while not any(name == "install" for _n, name, _t in victim.scripts):
+            if killed.wait(0.05):
+                return
+        # What the dashboard's /logs/ would serve while the build runs.
+        mid_build.update(published_files(tmp_path / "logs"))
+        victim.kill()
+        killed.set()
+
+    def runner(cfg: Config, job_name: str) -> DevstackHypervRunner:
+        job = cfg.jobs[job_name]
+        assert isinstance(job, DevstackHypervJob)
+        # A short backoff: the dead node's retries are refused at once anyway.
+        return DevstackHypervRunner(job, cache_dir=cfg.worker.git_cache_dir, winrm_backoff=0.05)
+
+    worker = Worker(config, sqlite_sessions, name="w1", runner_factory=runner)
+    killer = threading.Thread(target=kill_when_installing, daemon=True)
+    killer.start()
+    try:
+        assert worker.run_once()
+    finally:
+        killed.set()
+        killer.join(timeout=30)
+
+    # The log tree is browsable from the start (log_url is set when the build starts).
+    assert any(p.parent.name == "rendered" for p in mid_build), sorted(mid_build)
+    for path, data in mid_build.items():
+        for secret in SECRETS.values():
+            assert secret.encode() not in data, (path, secret)
+    first, retry = builds(sqlite_sessions)
+    assert first.id == first_id
+    assert first.state == BuildState.ERROR, first.summary
+    assert "hv-1" in first.summary
+    assert first.report is None  # an error is retried, never voted on
+    assert retry.state == BuildState.QUEUED and retry.attempt == 2
+    assert retry.retry_of_id == first.id
+    states = node_states(sqlite_sessions)
+    assert states["hv-1"][0] == NodeState.OFFLINE
+    assert states["hv-2"] == (NodeState.READY, None)
+    assert states["devstack-1"] == (NodeState.READY, None)
+
+    # The retry takes the healthy node and is not affected by the dead one.
+    assert worker.run_once()
+    first, retry = builds(sqlite_sessions)
+    assert retry.state == BuildState.SUCCEEDED, retry.summary
+    assert retry.report is not None and retry.report.vote == 1
+    assert retry.tests
+    assert any(name == "install" for _n, name, _t in lab.winrm["hv-2"].scripts)
+    states = node_states(sqlite_sessions)
+    assert states["hv-1"][0] == NodeState.OFFLINE
+    assert states["hv-2"] == (NodeState.READY, None)
+    with sqlite_sessions() as session:
+        assert [r.build_id for r in session.scalars(select(Report))] == [retry.id]
+    assert not worker.run_once()  # nothing left in the queue
