@@ -218,13 +218,21 @@ def builds(obj: _Ctx, as_json: bool, limit: int) -> None:
 @click.pass_obj
 def render(obj: _Ctx, job: str, change_spec: str, out_dir: str) -> None:
     """Write every script and config JOB would send, one file each."""
+    from ci.enqueue import known_change_ref, parse_change_spec
     from runners.render import render_command
 
     config = obj.config
     if job not in config.jobs:
         click.echo(f"error: unknown job {job!r}", err=True)
         raise SystemExit(2)
-    for path in render_command(config, job, change_spec, Path(out_dir)):
+    try:
+        number, patchset = parse_change_spec(change_spec)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    # The real change when the database knows it; otherwise an example one.
+    change = known_change_ref(_sessions(config), number, patchset)
+    for path in render_command(config, job, change_spec, Path(out_dir), change=change):
         click.echo(str(path))
 
 
@@ -255,9 +263,10 @@ def nodes_list(obj: _Ctx) -> None:
 @click.pass_obj
 def nodes_drain(obj: _Ctx, name: str, undo: bool) -> None:
     """Stop giving NAME new builds (a running build finishes)."""
-    from runners.pool import set_drained
+    from runners.pool import set_drained, sync_nodes
 
     with _sessions(obj.config)() as session, session.begin():
+        sync_nodes(session, obj.config.nodes)  # a fresh database knows no node yet
         if not set_drained(session, name, not undo):
             click.echo(f"error: no node {name!r}", err=True)
             raise SystemExit(2)

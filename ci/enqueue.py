@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ci import queue
 from ci.config import Config
 from ci.models import Change, Patchset
+from runners.base import ChangeRef
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,19 @@ def manual_enqueue(
             if build is not None:
                 created.append((build.id, job))
     return created
+
+
+def known_change_ref(sessions: sessionmaker[Session], change: int,
+                     patchset: int | None) -> ChangeRef | None:
+    """The change as the database knows it (for `hyperv-ci render`), or None."""
+    with sessions() as session:
+        ps = _known_patchset(session, change, patchset)
+        if ps is None or (patchset is not None and ps.number != patchset):
+            return None
+        row = ps.change
+        return ChangeRef(project=row.project, branch=row.branch, number=row.number,
+                         patchset=ps.number, ref=ps.ref, revision=ps.revision,
+                         subject=row.subject, owner=row.owner_name, url=row.url)
 
 
 def _gerrit_query(config: Config) -> Callable[[int], list[dict[str, Any]]]:

@@ -392,7 +392,7 @@ def _synthetic_patchset_created(row: dict[str, Any], current: dict[str, Any]) ->
 
 def run_listener(config: Config, stop: threading.Event) -> None:
     """`hyperv-ci listen`: the stream listener plus the scheduler, until `stop` is set."""
-    engine = make_engine(config.database.url)
+    engine = make_engine(config.database.sqlalchemy_url())
     ensure_schema(engine)
     sessions = make_sessionmaker(engine)
     scheduler = Scheduler(config, sessions, GerritClient(config.gerrit))

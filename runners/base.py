@@ -99,6 +99,8 @@ class BuildContext:
     job_name: str
     change: ChangeRef
     config: Config
+    # Where the job writes what it collects: private until the worker has
+    # redacted it and moved it into the browsable log tree.
     log_dir: Path
     log_url: str
     steps: StepRecorder

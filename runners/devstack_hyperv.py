@@ -44,8 +44,9 @@ from runners.base import (
     Outcome,
     Runner,
 )
+from runners.job_values import job_secrets
 from runners.merger import MergeConflict, PreparedChange, expand_git_url, prepare_change
-from runners.render import RenderedJob, RenderError, job_secrets, render_job
+from runners.render import RenderedJob, RenderError, render_job
 from runners.ssh import SSHExecutor
 from runners.steps import StepHandle
 from runners.subunit import parse_subunit, summarize
@@ -318,7 +319,8 @@ class DevstackHypervRunner(Runner):
         out = ctx.log_dir / "rendered"
         out.mkdir(parents=True, exist_ok=True)
         for name, text in self.rendered.items():
-            (out / name).write_text(text, encoding="utf-8")
+            # Redacted now: the log tree is browsable while the build runs, before publishing.
+            (out / name).write_text(ctx.steps.redact(text), encoding="utf-8")
 
     def collect(self, ctx: BuildContext) -> None:
         """Step 6: logs of every node that was touched into ctx.log_dir."""

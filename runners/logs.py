@@ -82,8 +82,26 @@ def write_index(directory: Path) -> None:
         (here / INDEX).write_text(page, encoding="utf-8")
 
 
-def publish_logs(log_dir: Path, redact: Callable[[str], str], gzip_over: int) -> None:
-    """Make a collected log tree safe and browsable: redact, compress, index."""
+def move_tree(source: Path, target: Path) -> None:
+    """Move every file of `source` into `target` (merging directories), then remove `source`."""
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        dest = target / path.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, dest)
+    shutil.rmtree(source, ignore_errors=True)
+
+
+def publish_logs(log_dir: Path, redact: Callable[[str], str], gzip_over: int,
+                 staging: Path | None = None) -> None:
+    """Make a collected log tree safe and browsable: redact, compress, index.
+
+    Files collected in a private `staging` tree are redacted there first and
+    only then moved into the browsable `log_dir`.
+    """
+    if staging is not None and staging.is_dir():
+        for path in (p for p in staging.rglob("*") if p.is_file()):
+            redact_file(path, redact)
+        move_tree(staging, log_dir)
     for path in sorted(p for p in log_dir.rglob("*") if p.is_file() and p.name != INDEX):
         if redact_file(path, redact):
             logger.info("redacted secrets in %s", path)

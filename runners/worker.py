@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -129,6 +131,9 @@ class Worker:
             job_name = build.job
         log_dir = self.config.logs.dir / rel
         log_url = self.config.logs.url.rstrip("/") + "/" + rel + "/"
+        # Step logs are redacted as they are written and browsable at once;
+        # what the job collects waits in a private tree until it is redacted.
+        staging = Path(tempfile.mkdtemp(prefix=f"hyperv-ci-build-{build_id}-"))
         with self.sessions() as session, session.begin():
             # Known from the start, so the dashboard links a running build's step logs.
             running = session.get(Build, build_id)
@@ -142,7 +147,7 @@ class Worker:
         nodes = [n for n in self.config.nodes if n.name in node_names]
         ctx = BuildContext(
             build_id=build_id, job_name=job_name, change=ref, config=self.config,
-            log_dir=log_dir, log_url=log_url,
+            log_dir=staging, log_url=log_url,
             steps=StepRecorder(self.sessions, build_id, log_dir, redact),
             nodes=nodes, should_abort=abort.is_set,
         )
@@ -150,7 +155,7 @@ class Worker:
         abort.set()  # also stops the heartbeat
         heartbeat.join(timeout=5)
         try:
-            publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes)
+            publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes, staging=staging)
         except OSError:
             logger.exception("build %s: publishing logs failed", build_id)
         self._record(build_id, result, failed_nodes, log_url, str(log_dir))

@@ -1,11 +1,12 @@
-"""A small model of one Windows Hyper-V host, and of what its command line does.
+"""A small model of one Windows Hyper-V host, and of what its steps do to it.
 
-`SimWinRMServer` (sim/winrm.py) hands every command line here. The model plays
-cmd.exe (its 8,191-character line limit) and powershell.exe (decoding
--EncodedCommand, reading a -File, rejecting syntax errors with
-`runners.powershell.syntax_errors`), then answers each script from its state,
-dispatching on the script's first comment line `# hyperv-ci-step: NAME`. It
-never runs PowerShell: it models what the CI's steps would change on Windows.
+`SimWinRMServer` (sim/winrm.py) hands every command line here. Windows' own
+rules (cmd.exe's line limit, powershell.exe's -EncodedCommand and -File, the
+syntax check) are played by sim/windows_shell.py; this model records each
+script, applies its scripted fault (sim/faults.py), and answers it from the
+node's state, dispatching on the script's first comment line
+`# hyperv-ci-step: NAME`. It never runs PowerShell: it models what the CI's
+steps would change on Windows.
 """
 
 from __future__ import annotations
@@ -15,170 +16,29 @@ import binascii
 import io
 import json
 import logging
-import re
 import threading
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 from xml.sax.saxutils import escape
 
-from runners.powershell import syntax_errors
+from sim.faults import Faults, FaultyConsole
+from sim.windows_shell import (
+    Console,
+    clixml,
+    parser_error,
+    run_command_line,
+    script_parameters,
+    step_name,
+)
 
 logger = logging.getLogger(__name__)
 
-CMD_LINE_LIMIT = 8191  # cmd.exe's maximum command-line length (research/ws-management.md §7)
 SERVICES = ("nova-compute", "neutron-hyperv-agent")
-STEP_HEADER = re.compile(r"^\s*#\s*hyperv-ci-step:\s*([^\s]+)")
-# `$Name = 'literal'`: how the executor's internal scripts pass parameters (ps_quote'd).
-_QUOTES = "'\u2018\u2019\u201a\u201b"
-_ASSIGNMENT = re.compile(
-    rf"^[ \t]*\$(\w+)[ \t]*=[ \t]*[{_QUOTES}]"
-    rf"((?:[^{_QUOTES}]|[{_QUOTES}]{{2}})*)[{_QUOTES}][ \t]*\r?$",
-    re.MULTILINE,
-)
-EXIT_BAD_ARGUMENT = -196608  # powershell.exe's exit code for a bad -File argument
 DEFAULT_LOG_DIR = "C:\\OpenStack\\logs"
 DEFAULT_LOG_ARCHIVE = "C:\\OpenStack\\logs.zip"
 CLEARED_FOLDERS = ("C:\\OpenStack\\build", "C:\\OpenStack\\logs", "C:\\OpenStack\\instances")
-
-
-class Console(Protocol):
-    """The running command as a step sees it (implemented by the WinRM server)."""
-
-    step: str  # set by the model once it knows which step the command runs
-
-    def write(self, text: str, *, stderr: bool = False) -> None:
-        """Emit text on stdout or stderr (encoded in the shell's code page)."""
-
-    def wait(self, seconds: float | None) -> bool:
-        """Sleep (None: until signalled); True if the command was terminated meanwhile."""
-
-    def read_stdin(self) -> bytes | None:
-        """All of stdin once the client closes it; None if terminated first."""
-
-    def drop_connection(self) -> None:
-        """Reset the client's TCP connection at its next Receive."""
-
-
-@dataclass
-class Fault:
-    """A scripted misbehaviour of one step (see `Faults.set`)."""
-
-    exit_code: int | None = None
-    stdout: str | None = None
-    stderr: str | None = None
-    hang: bool = False
-    slow: float | None = None
-    drop: bool = False
-    times: int | None = None
-
-
-class Faults:
-    """Faults per step name, settable from tests and the demo. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: dict[str, Fault] = {}
-
-    def set(
-        self,
-        step: str,
-        *,
-        exit_code: int | None = None,
-        stdout: str | None = None,
-        stderr: str | None = None,
-        hang: bool = False,
-        slow: float | None = None,
-        drop: bool = False,
-        times: int | None = None,
-    ) -> None:
-        """Make `step` misbehave: a replacement exit code / stdout / stderr, `hang` until
-        signalled, `slow` (seconds between output lines), `drop` the TCP connection mid-command;
-        `times` limits how many runs the fault applies to (None: every run)."""
-        fault = Fault(exit_code, stdout, stderr, hang, slow, drop, times)
-        with self._lock:
-            self._faults[step] = fault
-
-    def clear(self, step: str | None = None) -> None:
-        """Remove one step's fault, or all of them."""
-        with self._lock:
-            if step is None:
-                self._faults.clear()
-            else:
-                self._faults.pop(step, None)
-
-    def take(self, step: str) -> Fault | None:
-        """The fault for this run of `step`, counting it down."""
-        with self._lock:
-            fault = self._faults.get(step)
-            if fault is None:
-                return None
-            if fault.times is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    del self._faults[step]
-            return fault
-
-
-def clixml(text: str) -> str:
-    """PowerShell's serialized error stream, as powershell.exe writes it when redirected."""
-    lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
-    # Non-ASCII as character references: CLIXML must stay valid XML whatever the code page.
-    body = "".join(
-        '<S S="Error">'
-        + escape(line).replace("_x", "_x005F_x").encode("ascii", "xmlcharrefreplace").decode()
-        + "_x000D__x000A_</S>"
-        for line in lines
-    )
-    return (
-        '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
-        + body
-        + "</Objs>"
-    )
-
-
-def split_command_line(line: str) -> list[str]:
-    """Split a Windows command line the way the C runtime does (double quotes group)."""
-    args: list[str] = []
-    current: list[str] = []
-    quoted = in_arg = False
-    for char in line:
-        if char == '"':
-            quoted = not quoted
-            in_arg = True
-        elif char in " \t" and not quoted:
-            if in_arg:
-                args.append("".join(current))
-                current, in_arg = [], False
-        else:
-            current.append(char)
-            in_arg = True
-    if in_arg:
-        args.append("".join(current))
-    return args
-
-
-def script_parameters(script: str) -> dict[str, str]:
-    """The script's `$Name = '...'` single-quoted assignments (names lower-cased)."""
-    found: dict[str, str] = {}
-    for name, raw in _ASSIGNMENT.findall(script):
-        value = raw
-        for quote in _QUOTES:
-            value = value.replace(quote * 2, quote)
-        found.setdefault(name.lower(), value)
-    return found
-
-
-def step_name(script: str) -> str:
-    """NAME from the script's first non-blank line `# hyperv-ci-step: NAME` ('' if none)."""
-    for line in script.lstrip("\ufeff").splitlines():
-        if line.strip():
-            match = STEP_HEADER.match(line)
-            return match.group(1) if match else ""
-    return ""
 
 
 def _key(path: str) -> str:
@@ -260,89 +120,13 @@ class HyperVHost:
     # -- cmd.exe and powershell.exe --
     def execute(self, command_line: str, console: Console) -> int:
         """Run one WinRM command line; output goes to `console`; returns the exit code."""
-        if len(command_line) > CMD_LINE_LIMIT:
-            console.write("The command line is too long.\r\n", stderr=True)
-            return 1
-        args = split_command_line(command_line)
-        if not args:
-            return 0
-        program = args[0].casefold().removesuffix(".exe")
-        if program == "powershell":
-            return self._powershell(args[1:], console)
-        if program == "hostname":
-            console.write(self.node_name + "\r\n")
-            return 0
-        if program == "echo":
-            console.write(
-                command_line.split(None, 1)[1] + "\r\n" if len(args) > 1 else "ECHO is on.\r\n"
-            )
-            return 0
-        console.write(
-            f"'{args[0]}' is not recognized as an internal or external command,\r\n"
-            "operable program or batch file.\r\n",
-            stderr=True,
+        return run_command_line(
+            command_line,
+            console,
+            hostname=self.node_name,
+            read_file=self.read_file,
+            run_script=self.run_script,
         )
-        return 1
-
-    def _powershell(self, args: list[str], console: Console) -> int:
-        script: str | None = None
-        i = 0
-        while i < len(args):
-            name = args[i].lstrip("-/").casefold()
-            value = args[i + 1] if i + 1 < len(args) else None
-            if name in ("e", "ec") or (len(name) >= 3 and "encodedcommand".startswith(name)):
-                try:
-                    script = base64.b64decode(value or "", validate=True).decode("utf-16-le")
-                except (binascii.Error, UnicodeDecodeError):
-                    console.write(
-                        "Cannot process the command because the value specified with "
-                        "-EncodedCommand is not properly encoded.\r\n",
-                        stderr=True,
-                    )
-                    return EXIT_BAD_ARGUMENT
-                break
-            if name in ("f", "file"):
-                data = self.read_file(value or "")
-                if data is None or not (value or "").casefold().endswith(".ps1"):
-                    console.write(
-                        f"The argument '{value}' to the -File parameter does not exist. Provide "
-                        "the path to an existing '.ps1' file as an argument to the -File "
-                        "parameter.\r\n",
-                        stderr=True,
-                    )
-                    return EXIT_BAD_ARGUMENT
-                # Windows PowerShell 5.1 reads a BOM-less .ps1 in the ANSI code page.
-                script = (
-                    data.decode("utf-8-sig")
-                    if data.startswith(b"\xef\xbb\xbf")
-                    else (
-                        data.decode("utf-16")
-                        if data[:2] in (b"\xff\xfe", b"\xfe\xff")
-                        else data.decode("cp1252", "replace")
-                    )
-                )
-                break
-            if name in ("c", "command"):
-                script = " ".join(args[i + 1 :])
-                break
-            i += (
-                2
-                if name
-                in (
-                    "executionpolicy",
-                    "ex",
-                    "ep",
-                    "inputformat",
-                    "outputformat",
-                    "windowstyle",
-                    "version",
-                )
-                else 1
-            )
-        if script is None:
-            console.write("Windows PowerShell\r\nCopyright (C) Microsoft Corporation.\r\n")
-            return 0
-        return self.run_script(script, console)
 
     def run_script(self, script: str, console: Console) -> int:
         """Syntax-check, record and answer one PowerShell script."""
@@ -350,30 +134,12 @@ class HyperVHost:
         console.step = step
         with self._lock:
             self.scripts.append((self.node_name, step, script))
-        errors = syntax_errors(script)
-        if errors:
-            line_no = (
-                int(m.group(1)) if (m := re.match(r"line (\d+), column (\d+)", errors[0])) else 1
-            )
-            column = int(m.group(2)) if m else 1
-            lines = script.splitlines() or [""]
-            line_no = min(line_no, len(lines))  # the checker's `$null` suffix lies past the end
-            source = lines[line_no - 1]
-            console.write(
-                clixml(
-                    f"At line:{line_no} char:{column}\n+ {source}\n+ {' ' * (column - 1)}~\n"
-                    "Unexpected token or missing element in the statement ("
-                    + "; ".join(errors)
-                    + ").\n"
-                    "    + CategoryInfo          : ParserError: (:) [], "
-                    "ParentContainsErrorRecordException\n"
-                    "    + FullyQualifiedErrorId : ParseError"
-                ),
-                stderr=True,
-            )
+        error = parser_error(script)
+        if error is not None:
+            console.write(error, stderr=True)
             return 1
         fault = self.faults.take(step)
-        out = _FaultyConsole(console, fault)
+        out = FaultyConsole(console, fault)
         if fault and fault.drop:
             console.drop_connection()
         handler = self._steps().get(step)
@@ -388,7 +154,7 @@ class HyperVHost:
             return fault.exit_code
         return code
 
-    def _steps(self) -> dict[str, Callable[[str, _FaultyConsole], int]]:
+    def _steps(self) -> dict[str, Callable[[str, FaultyConsole], int]]:
         return {
             "teardown": self._teardown,
             "bootstrap": self._bootstrap,
@@ -407,7 +173,7 @@ class HyperVHost:
     def _log_event(self, log: str, level: str, message: str) -> None:
         self.event_log.append((log, level, message))
 
-    def _stop_all(self, out: _FaultyConsole, *, remove: bool) -> None:
+    def _stop_all(self, out: FaultyConsole, *, remove: bool) -> None:
         with self._lock:
             for name in list(self.services):
                 out.line(f"Stopping service '{name}' ({self.services[name]})")
@@ -417,7 +183,7 @@ class HyperVHost:
                     out.line(f"Removed service '{name}'")
         self.publish()
 
-    def _remove_vms(self, out: _FaultyConsole) -> None:
+    def _remove_vms(self, out: FaultyConsole) -> None:
         with self._lock:
             for name in sorted(self.vms):
                 out.line(f"Stop-VM -Name '{name}' -TurnOff; Remove-VM '{name}'")
@@ -426,7 +192,7 @@ class HyperVHost:
             self.vms.clear()
             self.planned_vms.clear()
 
-    def _teardown(self, script: str, out: _FaultyConsole) -> int:
+    def _teardown(self, script: str, out: FaultyConsole) -> int:
         self._stop_all(out, remove=True)
         self._remove_vms(out)
         for folder in CLEARED_FOLDERS:
@@ -437,7 +203,7 @@ class HyperVHost:
         out.line(f"Cleared event logs Application, System ({count} entries)")
         return 0
 
-    def _bootstrap(self, script: str, out: _FaultyConsole) -> int:
+    def _bootstrap(self, script: str, out: FaultyConsole) -> int:
         with self._lock:
             self.features.update(("python", "git", "hyper-v", "vswitch:external"))
         for line in (
@@ -450,7 +216,7 @@ class HyperVHost:
             out.line(line)
         return 0
 
-    def _install(self, script: str, out: _FaultyConsole) -> int:
+    def _install(self, script: str, out: FaultyConsole) -> int:
         for line in (
             "Cloning into 'C:\\OpenStack\\build\\nova'...",
             "HEAD is now at the change under test",
@@ -463,7 +229,7 @@ class HyperVHost:
         self.write_file("C:\\OpenStack\\build\\nova\\setup.cfg", b"[metadata]\nname = nova\n")
         return 0
 
-    def _configure_services(self, script: str, out: _FaultyConsole) -> int:
+    def _configure_services(self, script: str, out: FaultyConsole) -> int:
         with self._lock:
             for name in SERVICES:
                 self.services[name] = "Stopped"
@@ -473,7 +239,7 @@ class HyperVHost:
             out.line(f"Created service '{name}' (StartType: Manual, Status: Stopped)")
         return 0
 
-    def _start_services(self, script: str, out: _FaultyConsole) -> int:
+    def _start_services(self, script: str, out: FaultyConsole) -> int:
         with self._lock:
             missing = [name for name in SERVICES if name not in self.services]
             for name in SERVICES:
@@ -491,16 +257,16 @@ class HyperVHost:
             return 1
         return 0
 
-    def _stop_services(self, script: str, out: _FaultyConsole) -> int:
+    def _stop_services(self, script: str, out: FaultyConsole) -> int:
         self._stop_all(out, remove=False)
         return 0
 
-    def _service_stderr(self, script: str, out: _FaultyConsole) -> int:
+    def _service_stderr(self, script: str, out: FaultyConsole) -> int:
         out.line("2024-05-01 10:00:00.000 4242 INFO nova.virt.hyperv.driver [-] Hyper-V host ready")
         out.line("2024-05-01 10:00:01.000 4242 INFO nova.compute.manager [-] 计算节点启动 (Zoë)")
         return 0
 
-    def _collect_logs(self, script: str, out: _FaultyConsole) -> int:
+    def _collect_logs(self, script: str, out: FaultyConsole) -> int:
         params = script_parameters(script)
         log_dir = params.get("logdir", DEFAULT_LOG_DIR).rstrip("\\")
         archive = params.get("logarchive", DEFAULT_LOG_ARCHIVE)
@@ -538,14 +304,14 @@ class HyperVHost:
         out.line(archive)
         return 0
 
-    def _cleanup(self, script: str, out: _FaultyConsole) -> int:
+    def _cleanup(self, script: str, out: FaultyConsole) -> int:
         self._stop_all(out, remove=False)
         self._remove_vms(out)
         out.line("Node cleaned")
         return 0
 
     # -- the WinRM executor's own helpers (runners/winrm.py) --
-    def _put(self, script: str, out: _FaultyConsole) -> int:
+    def _put(self, script: str, out: FaultyConsole) -> int:
         path = script_parameters(script).get("path", "")
         data = out.console.read_stdin()
         if data is None:
@@ -562,7 +328,7 @@ class HyperVHost:
         self.write_file(path, content)
         return 0
 
-    def _get(self, script: str, out: _FaultyConsole) -> int:
+    def _get(self, script: str, out: FaultyConsole) -> int:
         path = script_parameters(script).get("path", "")
         data = self.read_file(path)
         if data is None:
@@ -573,20 +339,3 @@ class HyperVHost:
                 base64.b64encode(data[start : start + 49152]).decode("ascii") + "\r\n"
             )
         return 0
-
-
-class _FaultyConsole:
-    """Line output for steps, slowed down when the step's fault says so."""
-
-    def __init__(self, console: Console, fault: Fault | None) -> None:
-        self.console = console
-        self.delay = fault.slow if fault else None
-
-    def line(self, text: str) -> None:
-        for part in text.splitlines() or [""]:
-            if self.delay and self.console.wait(self.delay):
-                return
-            self.console.write(part + "\r\n")
-
-    def err(self, text: str) -> None:
-        self.console.write(clixml(text), stderr=True)

@@ -17,6 +17,7 @@ import pytest
 
 from ci.config import Config, parse_config
 from runners.base import ChangeRef
+from runners.job_values import tempest_serial_regex
 from runners.powershell import ps_quote, syntax_errors
 from runners.render import (
     LINUX_TEMPLATES,
@@ -27,7 +28,6 @@ from runners.render import (
     make_environment,
     render_command,
     render_job,
-    tempest_serial_regex,
 )
 
 SECRETS = {

@@ -18,7 +18,8 @@ from runners.winrm import (
     step_of,
     windows_command_line,
 )
-from sim.winrm import SimWinRMServer, make_tls_files
+from sim.tls import make_tls_files
+from sim.winrm import SimWinRMServer
 
 USER, PASSWORD = "Administrator", "pw-Zoë-7f3a"
 

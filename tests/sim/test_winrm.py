@@ -19,8 +19,11 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
-from sim.hyperv_host import HyperVHost, script_parameters, split_command_line, step_name
-from sim.winrm import FAULT_SHELL_NOT_FOUND, FAULT_TIMEOUT, SimWinRMServer, make_tls_files
+from sim.hyperv_host import HyperVHost
+from sim.tls import make_tls_files
+from sim.windows_shell import script_parameters, split_command_line, step_name
+from sim.winrm import SimWinRMServer
+from sim.wsman_xml import FAULT_SHELL_NOT_FOUND, FAULT_TIMEOUT
 
 USER, PASSWORD = "Administrator", "s3cret-pw"
 

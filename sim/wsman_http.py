@@ -1,0 +1,130 @@
+"""The HTTP(S) transport of the simulated WinRM endpoint.
+
+POST /wsman with Basic auth, optional TLS, and the ways a real node's
+connection ends: a 401 challenge, a reset (`DropConnection`), or every open
+connection cut when the node stops. It is separate from sim/winrm.py so the
+server there reads as the WS-Management shell state machine only; this
+module knows nothing about SOAP and hands each request body to `dispatch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+logger = logging.getLogger(__name__)
+
+#: request body → (HTTP status, reply body); may raise DropConnection.
+Dispatch = Callable[[bytes], tuple[int, bytes]]
+
+
+class DropConnection(Exception):
+    """Raised by a dispatcher: reset the TCP connection instead of answering."""
+
+
+class WSManHTTPServer(ThreadingHTTPServer):
+    """Serves POST /wsman; tracks every accepted connection so `reset_connections` can end it."""
+
+    daemon_threads = False  # handler threads are joined on close: no leaked threads
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        dispatch: Dispatch,
+        authorized: Callable[[str], bool],
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.dispatch = dispatch
+        self.authorized = authorized
+        self.ssl_context = ssl_context
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        super().__init__(address, _Handler)
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            (self._conns.add if add else self._conns.discard)(conn)
+
+    def reset_connections(self) -> None:
+        """Shut down every connection still open (the clients see them end)."""
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, addr = self.socket.accept()
+        # Tracked here, in the accept loop, so stop() sees every connection ever accepted.
+        self._track(sock, add=True)
+        if self.ssl_context is not None:
+            # The handshake happens in the handler's thread, never in the accept loop.
+            ssl_sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+            self._track(sock, add=False)
+            self._track(ssl_sock, add=True)
+            return ssl_sock, addr
+        return sock, addr
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        self._track(request, add=False)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        logger.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: WSManHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.settimeout(10)
+            self.connection.do_handshake()
+            self.connection.settimeout(None)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug("%s " + format, self.address_string(), *args)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.split("?")[0].rstrip("/") != "/wsman":
+            self._reply(404, b"", "text/plain")
+            return
+        if not self.server.authorized(self.headers.get("Authorization", "")):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        try:
+            status, reply = self.server.dispatch(body)
+        except DropConnection:
+            # SO_LINGER 0 makes close() send a RST: the client sees "connection reset".
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        self._reply(status, reply, "application/soap+xml;charset=UTF-8")
+
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
