@@ -5,10 +5,20 @@
 
 function refreshFragment(el) {
   const seconds = Number(el.dataset.interval || 5);
+  // Swapping the table while a button is held would eat the click (its
+  // mouseup lands on a new element): hold the swap until the press ends.
+  let pressed = false;
+  el.addEventListener("pointerdown", () => { pressed = true; });
+  document.addEventListener("pointerup", () => setTimeout(() => { pressed = false; }, 0));
+  document.addEventListener("pointercancel", () => { pressed = false; });
   const tick = async () => {
     try {
       const response = await fetch(el.dataset.refresh, { headers: { Accept: "text/html" } });
-      if (response.ok) el.innerHTML = await response.text();
+      if (response.ok) {
+        const html = await response.text();
+        while (pressed) await new Promise((resolve) => setTimeout(resolve, 50));
+        if (html !== el.innerHTML) el.innerHTML = html;
+      }
     } catch (err) {
       // The dashboard restarting is not fatal: try again on the next tick.
     }
