@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,11 @@ SECRETS = {
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimLab]:
     for env, value in SECRETS.items():
         monkeypatch.setenv(env, value)
+    # Inside another git work tree with an origin, as `make demo` puts its lab
+    # inside the project's clone: the job must not mistake it for devstack's.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin",
+                    str(tmp_path / "no-such-repo")], check=True)
     with SimLab(tmp_path / "lab", hyperv_nodes=2) as started:
         yield started
 
