@@ -79,6 +79,8 @@ def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # Alembic narrates every schema check; ci.db says when it really upgrades.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
     ctx.obj = _Ctx(config_path)
 
 
