@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ci.config import NodeConfig
+from sim.ssh_logging import quiet_client_hangups
 from sim.sshd import HOST, node_config
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,7 @@ class ParamikoExecServer:
             conn.settimeout(None)
             transport = paramiko.Transport(conn)
             transport.add_server_key(self.host_key)
+            quiet_client_hangups(transport, "sim.exec_server.ssh")
             transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _SFTPServer)
             self._transports.append(transport)
             # With an event, the handshake runs in the transport's thread, not here.

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ci.config import GerritConfig
 from sim.gerrit_commands import run_command
 from sim.gerrit_state import GerritState
+from sim.ssh_logging import quiet_client_hangups
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,7 @@ class SimGerrit:
         transport = paramiko.Transport(conn)
         transport.local_version = f"SSH-2.0-GerritCodeReview_{VERSION}"
         transport.add_server_key(self._host_key)
+        quiet_client_hangups(transport, "sim.gerrit.ssh")
         with self._lock:
             if self._stopping.is_set():
                 transport.close()

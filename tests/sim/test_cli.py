@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -105,6 +106,18 @@ def test_reviews_lists_what_was_posted(runner: CliRunner, running: SimGerrit,
         "message": "Build failed: 测试\nlogs: http://x", "author": "hyperv-ci"}
     table = invoke(runner, "reviews")
     assert "10001,1" in table and "Verified-1" in table and "Build failed: 测试" in table
+
+
+def test_cli_calls_leave_no_error_in_the_sims_log(runner: CliRunner, running: SimGerrit,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # Each call hangs up on the server; the demo's console must not fill with ERRORs.
+    caplog.set_level(logging.DEBUG)
+    running.state.push("openstack/nova", files=["a.py"], subject="s")
+    for _ in range(10):
+        invoke(runner, "reviews")
+    running.stop()  # joins the server's transports: everything they log is in
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
 
 
 def test_no_running_sim_is_a_clear_error(tmp_path: Path) -> None:
