@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import requests
+import winrm.transport
 from winrm.exceptions import WinRMError, WinRMOperationTimeoutError, WinRMTransportError
 from winrm.protocol import Protocol
 
@@ -211,6 +212,24 @@ class _Base64Lines:
             self._fh.write(base64.b64decode(line, validate=True))
 
 
+def missing_transport_support(transport: str) -> str | None:
+    """Why this host cannot use a WinRM `transport`, or None when it can.
+
+    pywinrm only finds out at the first request; saying so up front names the fix.
+    """
+    needs = {
+        "kerberos": (winrm.transport.HAVE_KERBEROS,
+                     "install hyperv-ci's 'kerberos' extra (pip install -e '.[kerberos]', "
+                     "which builds against Debian's libkrb5-dev)"),
+        "credssp": (winrm.transport.HAVE_CREDSSP, "pip install 'pywinrm[credssp]'"),
+        "ntlm": (winrm.transport.HAVE_NTLM, "pip install 'pywinrm'"),
+    }
+    if transport not in needs or needs[transport][0]:
+        return None
+    return (f"WinRM transport {transport!r} is not available on this host: "
+            f"{needs[transport][1]}")
+
+
 class WinRMExecutor:
     """Runs commands on one Windows node over WinRM (one command at a time)."""
 
@@ -233,6 +252,9 @@ class WinRMExecutor:
         host = f"[{node.address}]" if ":" in node.address else node.address
         self.endpoint = f"{access.scheme}://{host}:{access.endpoint_port}/{access.path.lstrip('/')}"
         validate = access.verify_certificate
+        missing = missing_transport_support(access.transport)
+        if missing:
+            raise ExecutorError(f"{node.name}: {missing}")
         try:
             self._protocol = Protocol(
                 self.endpoint,

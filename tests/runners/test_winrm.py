@@ -15,6 +15,7 @@ from runners.winrm import (
     WinRMExecutor,
     clixml_to_text,
     encoded_command,
+    missing_transport_support,
     step_of,
     windows_command_line,
 )
@@ -215,6 +216,19 @@ def test_bad_password_is_an_executor_error_and_never_logged(
         ex.run_powershell("# hyperv-ci-step: teardown\n", timeout=10, idempotent=True, retries=1)
     assert "wrong-Zoë-secret" not in caplog.text and PASSWORD not in caplog.text
     assert sim.scripts == []
+
+
+def test_transport_without_its_library_is_a_clear_error(
+    sim: SimWinRMServer, password_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import winrm.transport
+
+    monkeypatch.setattr(winrm.transport, "HAVE_KERBEROS", False)
+    with pytest.raises(ExecutorError, match=r"'kerberos' is not available.*'kerberos' extra"):
+        WinRMExecutor(node_for(sim, password_env, transport="kerberos"))
+    # CredSSP ships with hyperv-ci (requests-credssp): set up without complaint.
+    assert missing_transport_support("credssp") is None
+    WinRMExecutor(node_for(sim, password_env, transport="credssp"))
 
 
 def test_helpers() -> None:
