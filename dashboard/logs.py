@@ -18,8 +18,11 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, send_file, url_for
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
 
-from dashboard.context import config
+from ci.models import Build
+from dashboard.context import config, db
+from runners.results import RESULTS_FILE
 
 bp = Blueprint("logs", __name__, url_prefix="/logs")
 
@@ -132,9 +135,21 @@ def _listing(subpath: str, directory: Path) -> str:
             size=info.st_size,
             modified=datetime.fromtimestamp(info.st_mtime, UTC).strftime("%Y-%m-%d %H:%M:%S"),
         ))
-    entries.sort(key=lambda e: (not e.is_dir, e.name))
+    # The test report first: it is where a reviewer learns why a build failed.
+    entries.sort(key=lambda e: (e.name != RESULTS_FILE, not e.is_dir, e.name))
     crumbs = []
     parts = [p for p in subpath.split("/") if p]
     for i, part in enumerate(parts):
         crumbs.append((part, url_for("logs.serve", subpath="/".join(parts[: i + 1]) + "/")))
-    return render_template("logs.html", entries=entries, crumbs=crumbs, at_root=not parts)
+    return render_template("logs.html", entries=entries, crumbs=crumbs, at_root=not parts,
+                           build=_build_of(parts, directory), results_file=RESULTS_FILE)
+
+
+def _build_of(parts: list[str], directory: Path) -> Build | None:
+    """The build whose log tree `directory` is (they sit at `<change>/<ps>/<dir>`), if any."""
+    if len(parts) != 3:
+        return None
+    # log_path is what the worker wrote: the configured log dir joined with the tree's path.
+    paths = {str(config().logs.dir / "/".join(parts)), str(directory)}
+    return db().scalars(select(Build).where(Build.log_path.in_(paths))
+                        .order_by(Build.id.desc()).limit(1)).first()

@@ -47,6 +47,7 @@ from runners.base import (
 from runners.job_values import job_secrets
 from runners.merger import MergeConflict, PreparedChange, expand_git_url, prepare_change
 from runners.render import RenderedJob, RenderError, render_job
+from runners.results import format_failures, short_name
 from runners.ssh import SSHExecutor
 from runners.steps import StepHandle
 from runners.subunit import parse_subunit, summarize
@@ -302,13 +303,17 @@ class DevstackHypervRunner(Runner):
         results = parse_subunit(local.read_bytes())
         summary = summarize(results)
         step.log(summary.line())
+        if summary.failed:
+            step.log(format_failures(results))
         tests = [r.as_tuple() for r in results]
         if summary.executed == 0:
             step.finish(StepState.ERROR, "no tests ran", run.exit_code)
             return JobResult(Outcome.ERROR, f"tempest ran no tests (exit {run.exit_code})", tests)
         if summary.failed:
             step.finish(StepState.FAILED, summary.line(), run.exit_code)
-            names = ", ".join(t.rsplit(".", 1)[-1] for t in summary.failed[:5])
+            names = ", ".join(short_name(t) for t in summary.failed[:5])
+            if len(summary.failed) > 5:
+                names += f" and {len(summary.failed) - 5} more"
             return JobResult(Outcome.FAILED, f"{summary.line()}; failed: {names}", tests)
         step.finish(StepState.SUCCEEDED, summary.line(), run.exit_code)
         return JobResult(Outcome.SUCCEEDED, summary.line(), tests)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from runners.results import RESULTS_FILE
+
 logger = logging.getLogger(__name__)
 
 INDEX = "index.html"
@@ -68,7 +70,8 @@ def write_index(directory: Path) -> None:
             rows.append('<li><a href="../index.html">../</a></li>')
         for name in sorted(dirs):
             rows.append(f'<li><a href="{quote(name)}/index.html">{html.escape(name)}/</a></li>')
-        for name in sorted(files):
+        # The test report first: it is where a reviewer learns why a build failed.
+        for name in sorted(files, key=lambda n: (n != RESULTS_FILE, n)):
             if name == INDEX:
                 continue
             size = (here / name).stat().st_size

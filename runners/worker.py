@@ -26,7 +26,9 @@ from runners import pool
 from runners.base import BuildContext, ChangeRef, ExecutorError, InfraError, JobResult, Outcome
 from runners.logs import prune_logs, publish_logs
 from runners.registry import make_runner
+from runners.results import RESULTS_FILE, format_results
 from runners.steps import StepRecorder, make_redactor
+from runners.subunit import TestOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +156,12 @@ class Worker:
         result, failed_nodes = self._run_job(ctx)
         abort.set()  # also stops the heartbeat
         heartbeat.join(timeout=5)
+        if result.tests:
+            heading = (f"{job_name} for change {ref.number},{ref.patchset} ({ref.project} "
+                       f"{ref.branch}): {result.outcome.value}")
+            outcomes = [TestOutcome(*t) for t in result.tests]
+            (staging / RESULTS_FILE).write_text(format_results(outcomes, heading),
+                                                encoding="utf-8")
         try:
             publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes, staging=staging)
         except OSError:

@@ -21,6 +21,17 @@ def test_listing(client: FlaskClient, world: Any) -> None:
     assert 'href="1001/"' in root and 'href="../"' not in root
 
 
+def test_build_tree_says_which_build_and_puts_the_test_report_first(
+        client: FlaskClient, world: Any) -> None:
+    (world.build_log_dir / "test-results.txt").write_text("FAIL: test_名前\n", encoding="utf-8")
+    html = client.get(f"/logs/1001/1/{world.finished_id}/").get_data(as_text=True)
+    assert f'<a href="/builds/{world.finished_id}">Build #{world.finished_id}</a>' in html
+    assert "1 test failed" in html  # the build's summary
+    assert html.index('href="test-results.txt"') < html.index('href="01-prepare.log"')
+    # Directories that are not a build's tree have no banner.
+    assert "Build #" not in client.get("/logs/1001/").get_data(as_text=True)
+
+
 def test_directory_without_slash_redirects(client: FlaskClient, world: Any) -> None:
     response = client.get("/logs/1001")
     assert response.status_code == 308 and response.headers["Location"] == "/logs/1001/"

@@ -285,8 +285,16 @@ def test_tempest_failures_fail_the_build_with_per_test_results(
     assert failed and all("test_list_servers" in t[0] for t in failed)
     assert all(t[3] for t in failed)  # each failure carries its traceback
     assert any(t[1] == "success" for t in out.result.tests)
+    # The summary (the vote's detail) names Class.test, not a bare method.
+    assert "failed: ServersTestJSON.test_list_servers" in out.result.summary
     rows = steps_of(sqlite_sessions, out.ctx.build_id)
-    assert step(rows, "tempest").state == StepState.FAILED
+    tempest = step(rows, "tempest")
+    assert tempest.state == StepState.FAILED
+    # The step's own log says why: each failure with its traceback.
+    assert tempest.output_tail is not None
+    assert f"FAIL: {failed[0][0]}" in tempest.output_tail
+    assert "BuildErrorException" in tempest.output_tail and "could not be scheduled" in (
+        tempest.output_tail)
     assert_cleaned_everywhere(rows)
     assert out.failed_nodes == []
 

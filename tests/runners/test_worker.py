@@ -103,7 +103,9 @@ def test_subunit_results_are_stored(sqlite_sessions: sessionmaker[Session],
         "s.status(test_id='tempest.api.compute.test_a', test_status='inprogress', timestamp=now)\n"
         "s.status(test_id='tempest.api.compute.test_a', test_status='success', timestamp=now)\n"
         "s.status(test_id='tempest.api.compute.test_b', test_status='inprogress', timestamp=now)\n"
-        "s.status(test_id='tempest.api.compute.test_b', test_status='fail', timestamp=now)\n"
+        "s.status(test_id='tempest.api.compute.test_b', test_status='fail', timestamp=now,\n"
+        "         file_name='traceback', mime_type='text/plain;charset=utf8',\n"
+        "         file_bytes='Traceback: 实例 boom'.encode())\n"
         "out.close()\n"
     )
     config = make_config(tmp_path, py(code))
@@ -113,6 +115,13 @@ def test_subunit_results_are_stored(sqlite_sessions: sessionmaker[Session],
     assert build.state == BuildState.FAILED  # exit 0, but the stream has a failure
     assert sorted((t.test_id, t.status) for t in build.tests) == [
         ("tempest.api.compute.test_a", "success"), ("tempest.api.compute.test_b", "fail")]
+    # Published beside the logs, listed first: why it failed, in one click.
+    assert build.log_path is not None
+    report = (Path(build.log_path) / "test-results.txt").read_text(encoding="utf-8")
+    assert "FAIL: tempest.api.compute.test_b\n" in report and "实例 boom" in report
+    assert report.index("FAIL:") < report.index("ALL TESTS")
+    index = (Path(build.log_path) / "index.html").read_text(encoding="utf-8")
+    assert index.index("test-results.txt") < index.index(".log")
 
 
 class BrokenRunner(Runner):
