@@ -421,6 +421,9 @@ class WinRMExecutor:
         try:
             return fn(*args, **kwargs)  # type: ignore[return-value]
         except _TRANSPORT_ERRORS as exc:
+            # Start the next call on a new session: pywinrm keeps a session whose
+            # encryption set-up failed and would then speak to the node unsealed.
+            self._protocol.transport.close_session()
             raise ExecutorError(
                 f"{self.node_name}: WinRM {fn.__name__} failed: {type(exc).__name__}: {exc}"
             ) from exc

@@ -152,9 +152,10 @@ class SimLab:
                     "known_hosts": str(self.ssh.known_hosts_file)},
         }]
         for name, server in self.winrm.items():
+            # NTLM, hyperv-ci's default: the handshake and sealed messages operators run.
             nodes.append({
                 "name": name, "label": "hyperv", "address": server.host,
-                "winrm": {"scheme": "http", "port": server.port, "transport": "basic",
+                "winrm": {"scheme": "http", "port": server.port, "transport": "ntlm",
                           "username": WINRM_USER,
                           "password": {"password_env": WINRM_PASSWORD_ENV},
                           "operation_timeout": operation, "read_timeout": read},

@@ -28,6 +28,7 @@ from sim import wsman_xml
 from sim.faults import Faults
 from sim.hyperv_host import HyperVHost
 from sim.wsman_http import DropConnection, WSManHTTPServer
+from sim.wsman_ntlm import CREDENTIALS
 from sim.wsman_xml import (
     FAULT_ACTION,
     FAULT_INVALID_CODEPAGE,
@@ -127,6 +128,7 @@ class SimWinRMServer:
             tuple[str, str]
         ] = []  # (step, signal code) that stopped a running command
         self.max_hold = max_hold
+        self.username, self._password = username, password
         # requests encodes Basic credentials in Latin-1 when it can, other clients in UTF-8.
         pair = f"{username}:{password}"
         self._auth = {
@@ -154,9 +156,16 @@ class SimWinRMServer:
 
     def start(self) -> SimWinRMServer:
         """Listen (on `port`, or a free one) and serve in a background thread."""
-        self._httpd = WSManHTTPServer(
-            (self.host, self.port), self._dispatch, self._authorized, self.ssl_context
-        )
+        # Basic and NTLM both, as a node with Service/Auth/Basic turned on answers.
+        CREDENTIALS.add(self.username, self._password)
+        try:
+            self._httpd = WSManHTTPServer(
+                (self.host, self.port), self._dispatch, self._authorized, self.ssl_context,
+                ntlm=True, stats=self.stats,
+            )
+        except BaseException:
+            CREDENTIALS.remove(self.username)
+            raise
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -174,6 +183,7 @@ class SimWinRMServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        CREDENTIALS.remove(self.username)
         httpd.shutdown()
         with self._lock:
             shells = list(self._shells.values())

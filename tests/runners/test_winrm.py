@@ -54,11 +54,15 @@ def node_for(sim: SimWinRMServer, password_env: str, **winrm: object) -> NodeCon
     )
 
 
-@pytest.fixture
-def executor(sim: SimWinRMServer, password_env: str) -> Iterator[WinRMExecutor]:
-    ex = WinRMExecutor(node_for(sim, password_env), backoff=0.01)
+# NTLM (hyperv-ci's default) seals every message over http; Basic sends them as they are.
+@pytest.fixture(params=["ntlm", "basic"])
+def executor(sim: SimWinRMServer, password_env: str,
+             request: pytest.FixtureRequest) -> Iterator[WinRMExecutor]:
+    ex = WinRMExecutor(node_for(sim, password_env, transport=request.param), backoff=0.01)
     yield ex
     ex.close()
+    if sim.stats["Create"]:  # the node answered at all
+        assert (sim.stats["sealed"] > 0) == (request.param == "ntlm")
 
 
 def test_output_is_streamed_before_the_command_ends(

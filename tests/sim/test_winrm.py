@@ -133,6 +133,39 @@ def test_bad_credentials_get_401(server: SimWinRMServer) -> None:
     assert server.scripts == []
 
 
+def test_ntlm_authenticates_and_seals_every_message(server: SimWinRMServer) -> None:
+    # pywinrm's "ntlm" over http: a Negotiate handshake, then MS-WSMV encryption.
+    ntlm = winrm.Session(server.url, auth=(USER, PASSWORD), transport="ntlm",
+                         server_cert_validation="ignore", operation_timeout_sec=1,
+                         read_timeout_sec=3)
+    result = ntlm.run_ps("# hyperv-ci-step: bootstrap\nWrite-Output 'prêt 就绪'\n")
+    assert result.status_code == 0 and b"Hyper-V role: Installed" in result.std_out
+    assert server.stats["ntlm"] == 1
+    # Create, Command, Receive.., Signal, Delete: every one sealed both ways.
+    assert server.stats["sealed"] >= 5
+    assert server.scripts == [
+        ("hv-1", "bootstrap", "# hyperv-ci-step: bootstrap\nWrite-Output 'prêt 就绪'\n")]
+
+
+def test_ntlm_with_a_wrong_password_is_refused(server: SimWinRMServer) -> None:
+    wrong = winrm.Session(server.url, auth=(USER, "wrong"), transport="ntlm",
+                          server_cert_validation="ignore", operation_timeout_sec=1,
+                          read_timeout_sec=3)
+    with pytest.raises(InvalidCredentialsError):
+        wrong.run_ps("# hyperv-ci-step: x\n")
+    assert server.scripts == [] and server.stats["ntlm"] == 0
+
+
+def test_ntlm_user_cannot_have_two_passwords_at_once(server: SimWinRMServer,
+                                                     tmp_path: Path) -> None:
+    # pyspnego reads one process-wide credential file: a clash is refused, not guessed.
+    other = SimWinRMServer("hv-2", tmp_path / "lab2", USER, "another-password")
+    with pytest.raises(ValueError, match="different password"):
+        other.start()
+    with SimWinRMServer("hv-3", tmp_path / "lab3", USER, PASSWORD):
+        pass  # the same password is fine
+
+
 def test_unknown_shell_is_a_soap_fault_with_500(server: SimWinRMServer) -> None:
     with pytest.raises(WSManFaultError) as info:
         protocol(server).run_command("00000000-DEAD-BEEF-0000-000000000000", "hostname")
