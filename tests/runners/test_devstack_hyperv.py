@@ -299,6 +299,37 @@ def test_tempest_failures_fail_the_build_with_per_test_results(
     assert out.failed_nodes == []
 
 
+def test_tempest_selection_include_exclude_and_concurrency(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    # Only network tests: the serial pass (resize, shelve, snapshot) selects nothing.
+    config = make_config(lab, gerrit, tempest={
+        "include_regex": r"^tempest\.api\.network\.", "exclude": [r"test_list_networks"],
+        "concurrency": 3, "timeout": 120})
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
+    ids = [t[0] for t in out.result.tests]
+    assert ids and all(i.startswith("tempest.api.network.") for i in ids), ids
+    assert not any("test_list_networks" in i for i in ids)
+    log = step_log(out, step(steps_of(sqlite_sessions, out.ctx.build_id), "tempest"))
+    assert "parallel pass exited 0" in log and "serial pass exited 0" not in log
+    assert "CONCURRENCY=3" in (out.ctx.log_dir / "rendered" / "devstack-1-tempest.sh").read_text(
+        encoding="utf-8")
+
+
+def test_tempest_selecting_no_test_is_an_error(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit, tempest={"include_regex": r"^tempest\.nothing\.",
+                                               "serial": [], "timeout": 120})
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR  # the CI's configuration, not the change
+    assert "ran no tests" in out.result.summary
+    assert step(steps_of(sqlite_sessions, out.ctx.build_id), "tempest").state == StepState.ERROR
+
+
 def test_hanging_windows_command_times_out_as_an_error(
         lab: SimLab, gerrit: GerritState, tmp_path: Path,
         sqlite_sessions: sessionmaker[Session]) -> None:
