@@ -9,6 +9,7 @@ turns its build into an `error` with a retry.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import tempfile
 import threading
@@ -60,7 +61,7 @@ class Worker:
         self.sessions = sessions
         self.name = name or config.worker.name or f"{socket.gethostname()}-{id(self):x}"
         self.runner_factory = runner_factory
-        self._last_prune = 0.0
+        self._last_prune = -math.inf  # prune at start; monotonic() may be small after a boot
 
     def run(self, stop: threading.Event, on_idle: Callable[[], None] | None = None) -> None:
         """Loop until `stop` is set: reap, claim, run; `on_idle` runs between builds."""

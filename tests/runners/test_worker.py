@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -169,3 +171,18 @@ def test_superseded_while_running_stops_and_never_reports(
     assert build.report is None
     with sqlite_sessions() as session:
         assert session.scalar(select(TestResult)) is None
+
+
+def test_worker_prunes_old_log_trees_when_it_starts(sqlite_sessions: sessionmaker[Session],
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config(tmp_path, ["true"])
+    old = config.logs.dir / "10001" / "1" / "unit-1"
+    old.mkdir(parents=True)
+    past = time.time() - (config.logs.retention_days + 1) * 86400
+    os.utime(old, (past, past))
+    # However recently the host booted (monotonic time starts near zero).
+    monkeypatch.setattr(time, "monotonic", lambda: 5.0)
+    stop = threading.Event()
+    Worker(config, sqlite_sessions, name="w1").run(stop, on_idle=stop.set)
+    assert not old.exists()
