@@ -7,6 +7,7 @@ variable that holds it (`password_env`), a key by its file (`key_file`).
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from pathlib import Path
@@ -140,6 +141,19 @@ class TempestConfig(_Strict):
         return [_check_regex(v) for v in values]
 
 
+class WindowsPrerequisites(_Strict):
+    """How bootstrap makes a Hyper-V node ready when something is missing.
+
+    Installers are paths as the node sees them (a local file or a UNC share);
+    without one, a missing tool is reported instead of installed.
+    """
+
+    python_installer: str | None = None  # python.org's installer, run quietly
+    git_installer: str | None = None  # Git for Windows' installer, run silently
+    # The network adapter an external vSwitch is created on, when none exists yet.
+    vswitch_adapter: str | None = None
+
+
 class DevstackHypervJob(_Strict):
     """The mixed Linux devstack controller + Windows Hyper-V compute job."""
 
@@ -165,6 +179,7 @@ class DevstackHypervJob(_Strict):
     workspace: str = "/opt/stack/hyperv-ci"
     # Paths on the Windows nodes.
     windows_root: str = "C:\\OpenStack"
+    windows: WindowsPrerequisites = Field(default_factory=WindowsPrerequisites)
     admin_password: Secret = Field(default_factory=Secret)
     service_password: Secret = Field(default_factory=Secret)
     tempest: TempestConfig = Field(default_factory=TempestConfig)
@@ -199,6 +214,18 @@ class WinRMAccess(_Strict):
     verify_certificate: bool = True
     operation_timeout: int = Field(20, ge=1)
     read_timeout: int = Field(30, ge=2)
+    # What native tools that ignore the shell's UTF-8 code page write in (the
+    # node's OEM code page: cp437 for en-US, cp850 for much of Western Europe).
+    oem_codepage: str = "cp437"
+
+    @field_validator("oem_codepage")
+    @classmethod
+    def _codepage(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown code page {value!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _timeouts(self) -> WinRMAccess:

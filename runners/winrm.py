@@ -145,16 +145,72 @@ def step_of(script: str) -> str:
     return "script"
 
 
+def _oem_fallback(codepage: str) -> str:
+    """The name of a decode error handler that reads non-UTF-8 bytes in `codepage`."""
+    name = f"hyperv-ci-oem-{codepage}"
+    try:
+        codecs.lookup_error(name)
+    except LookupError:
+        def handler(exc: UnicodeError) -> tuple[str, int]:
+            assert isinstance(exc, UnicodeDecodeError)
+            return exc.object[exc.start:exc.end].decode(codepage, errors="replace"), exc.end
+
+        codecs.register_error(name, handler)
+    return name
+
+
+class OutputDecoder:
+    """Decodes one stream of a command as it arrives, whatever wrote it.
+
+    The shell runs in code page 65001, so PowerShell writes UTF-8; native tools
+    may not: a stream that starts as UTF-16 (a BOM, or Latin text's zero high
+    bytes) is read as UTF-16, bytes that are not UTF-8 are read in the node's
+    OEM code page, and stray NULs of UTF-16 text mid-stream are dropped.
+    """
+
+    def __init__(self, oem_codepage: str = "cp437") -> None:
+        self._oem = oem_codepage
+        self._head = b""
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._utf8 = True
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        """The text of `data` (more may be held back until the next call or `final`)."""
+        if self._decoder is None:
+            self._head += data
+            # Enough to tell UTF-16 from UTF-8: 16 bytes or a line, whichever comes first.
+            if len(self._head) < 16 and b"\n" not in self._head and not final:
+                return ""
+            data, self._head = self._head, b""
+            self._decoder = self._pick(data)
+        text = self._decoder.decode(data, final)
+        return text.replace("\x00", "") if self._utf8 else text
+
+    def _pick(self, head: bytes) -> codecs.IncrementalDecoder:
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            self._utf8 = False
+            return codecs.getincrementaldecoder("utf-16")(errors="replace")
+        pairs = len(head) // 2
+        odd_nuls = head[1:2 * pairs:2].count(0)
+        # UTF-16LE text has zero high bytes wherever it is Latin; UTF-8 has no NUL at all.
+        if pairs and odd_nuls * 4 >= pairs and not head[0:2 * pairs:2].count(0):
+            self._utf8 = False
+            return codecs.getincrementaldecoder("utf-16-le")(errors="replace")
+        return codecs.getincrementaldecoder("utf-8-sig")(errors=_oem_fallback(self._oem))
+
+
 class _Output:
     """Decodes a command's streams as they arrive and forwards them to the live view."""
 
     def __init__(
-        self, sink: OutputSink | None, stdout_bytes: Callable[[bytes], None] | None
+        self, sink: OutputSink | None, stdout_bytes: Callable[[bytes], None] | None,
+        oem_codepage: str = "cp437",
     ) -> None:
         self._sink = sink
         self._stdout_bytes = stdout_bytes
-        self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._err = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._out = OutputDecoder(oem_codepage)
+        # stderr is PowerShell's own (CLIXML, UTF-8); only the OEM fallback applies.
+        self._err = codecs.getincrementaldecoder("utf-8")(errors=_oem_fallback(oem_codepage))
         self.stdout: list[str] = []
         self.stderr = ""
         self._err_mode = (
@@ -249,6 +305,7 @@ class WinRMExecutor:
         self.scripts_dir = scripts_dir.rstrip("\\")
         self.backoff = backoff
         self._operation_timeout = operation_timeout or access.operation_timeout
+        self._oem_codepage = access.oem_codepage
         host = f"[{node.address}]" if ":" in node.address else node.address
         self.endpoint = f"{access.scheme}://{host}:{access.endpoint_port}/{access.path.lstrip('/')}"
         validate = access.verify_certificate
@@ -436,7 +493,7 @@ class WinRMExecutor:
         on_output: OutputSink | None,
         stdout_bytes: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
-        output = _Output(on_output, stdout_bytes)
+        output = _Output(on_output, stdout_bytes, self._oem_codepage)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

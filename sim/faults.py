@@ -26,6 +26,9 @@ class Fault:
     slow: float | None = None
     drop: bool = False
     times: int | None = None
+    # A native tool's output ignores the shell's code page: stdout in this encoding
+    # (e.g. "utf-16" with its BOM, or an OEM code page such as "cp437").
+    stdout_encoding: str | None = None
 
 
 class Faults:
@@ -46,11 +49,13 @@ class Faults:
         slow: float | None = None,
         drop: bool = False,
         times: int | None = None,
+        stdout_encoding: str | None = None,
     ) -> None:
         """Make `step` misbehave: a replacement exit code / stdout / stderr, `hang` until
         signalled, `slow` (seconds between output lines), `drop` the TCP connection mid-command;
-        `times` limits how many runs the fault applies to (None: every run)."""
-        fault = Fault(exit_code, stdout, stderr, hang, slow, drop, times)
+        `times` limits how many runs the fault applies to (None: every run); `stdout_encoding`
+        writes stdout in that encoding instead of the shell's code page."""
+        fault = Fault(exit_code, stdout, stderr, hang, slow, drop, times, stdout_encoding)
         with self._lock:
             self._faults[step] = fault
 

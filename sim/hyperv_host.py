@@ -144,7 +144,10 @@ class HyperVHost:
             console.drop_connection()
         handler = self._steps().get(step)
         code = handler(script, out) if handler else 0
-        if fault and fault.stdout is not None:
+        if fault and fault.stdout is not None and fault.stdout_encoding:
+            text = fault.stdout.replace("\r\n", "\n").replace("\n", "\r\n") + "\r\n"
+            console.write_bytes(text.encode(fault.stdout_encoding))
+        elif fault and fault.stdout is not None:
             out.line(fault.stdout)
         if fault and fault.stderr is not None:
             console.write(clixml(fault.stderr), stderr=True)

@@ -50,6 +50,9 @@ class Console(Protocol):
     def write(self, text: str, *, stderr: bool = False) -> None:
         """Emit text on stdout or stderr (encoded in the shell's code page)."""
 
+    def write_bytes(self, data: bytes) -> None:
+        """Emit raw bytes on stdout, as a native tool that ignores the code page does."""
+
     def wait(self, seconds: float | None) -> bool:
         """Sleep (None: until signalled); True if the command was terminated meanwhile."""
 

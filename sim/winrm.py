@@ -64,7 +64,12 @@ class SimCommand:
 
     # -- the Console protocol of sim.hyperv_host --
     def write(self, text: str, *, stderr: bool = False) -> None:
-        data = self.encoder.encode(text)
+        self._append(self.encoder.encode(text), stderr)
+
+    def write_bytes(self, data: bytes) -> None:
+        self._append(data, False)
+
+    def _append(self, data: bytes, stderr: bool) -> None:
         with self.cond:
             if not self.terminated:
                 (self.stderr if stderr else self.stdout).extend(data)

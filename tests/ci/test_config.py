@@ -43,6 +43,9 @@ def test_minimal_config_loads_with_defaults() -> None:
         (lambda d: d["jobs"]["unit"].update(command=[]), "jobs.unit.local.command"),
         (lambda d: d.update(nodes=[{"name": "hv", "label": "hyperv", "address": "x"}]),
          "a hyperv node needs a 'winrm' section"),
+        (lambda d: d.update(nodes=[{"name": "hv", "label": "hyperv", "address": "x", "winrm": {
+            "username": "u", "password": {"password_env": "P"}, "oem_codepage": "cp9999"}}]),
+         "nodes.0.winrm.oem_codepage: Value error, unknown code page 'cp9999'"),
     ],
 )
 def test_bad_config_names_the_key(mutate, expected: str) -> None:

@@ -31,7 +31,8 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimLab]:
     monkeypatch.setenv(WINRM_PASSWORD_ENV, "winrm-Secret-123")
     monkeypatch.setenv(ADMIN_PASSWORD_ENV, "admin-Secret-456")
     monkeypatch.setenv(SERVICE_PASSWORD_ENV, "service-Secret-789")
-    with SimLab(tmp_path / "lab", hyperv_nodes=2) as started:
+    # OpenSSH's own sshd (make test installs it): never the paramiko stand-in here.
+    with SimLab(tmp_path / "lab", hyperv_nodes=2, use_sshd=True) as started:
         yield started
 
 

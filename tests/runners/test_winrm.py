@@ -12,6 +12,7 @@ import pytest
 from ci.config import NodeConfig
 from runners.base import CommandTimeout, ExecutorError
 from runners.winrm import (
+    OutputDecoder,
     WinRMExecutor,
     clixml_to_text,
     encoded_command,
@@ -96,6 +97,33 @@ def test_non_ascii_output_survives_receive_boundaries(
     result = executor.run_powershell("# hyperv-ci-step: service-stderr\n", timeout=20)
     assert result.stdout.endswith(text + "\r\n")
     assert "\ufffd" not in result.stdout
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "cp437"])
+def test_native_tool_output_in_its_own_encoding_is_decoded(
+    sim: SimWinRMServer, executor: WinRMExecutor, encoding: str
+) -> None:
+    # A native tool ignores the shell's UTF-8 code page: UTF-16 (with or without a
+    # BOM) or the OEM code page; the seed's bug was exactly such text turned to '?'.
+    text = "Zoë's VM état: Running ±" if encoding == "cp437" else "实例 Zoë état"
+    sim.faults.set("native-tool", stdout=text, stdout_encoding=encoding)
+    result = executor.run_powershell("# hyperv-ci-step: native-tool\n", timeout=20)
+    assert text in result.stdout, ascii(result.stdout)
+    assert "\ufffd" not in result.stdout and "\x00" not in result.stdout
+
+
+def test_output_decoder_pieces() -> None:
+    decoder = OutputDecoder("cp850")
+    # Split anywhere, even inside the BOM or a character.
+    data = "Ñandú — 节点".encode("utf-16")
+    assert "".join(decoder.decode(data[i:i + 1]) for i in range(len(data))) + decoder.decode(
+        b"", final=True) == "Ñandú — 节点"
+    oem = OutputDecoder("cp850")
+    assert oem.decode(b"ok " + "Ñ".encode("cp850"), final=True) == "ok Ñ"
+    mixed = OutputDecoder()
+    # UTF-8 first, then a tool's UTF-16 text: readable, without NULs.
+    assert mixed.decode(b"PS ok\r\n" + "sc ok".encode("utf-16-le"), final=True) == (
+        "PS ok\r\nsc ok")
 
 
 def test_scripts_are_staged_not_inlined(sim: SimWinRMServer, executor: WinRMExecutor) -> None:
