@@ -275,6 +275,31 @@ def nodes_drain(obj: _Ctx, name: str, undo: bool) -> None:
     click.echo(f"{name} {'undrained' if undo else 'drained'}")
 
 
+@nodes.command("enable")
+@click.argument("name")
+@click.pass_obj
+def nodes_enable(obj: _Ctx, name: str) -> None:
+    """Put an offline node back into the pool (after its cleanup failed or its worker died).
+
+    Health checks revive only the nodes they took offline; any other offline
+    node needs an operator to say it is clean again.
+    """
+    from runners.pool import NodeBusy, enable, sync_nodes
+
+    with _sessions(obj.config)() as session, session.begin():
+        sync_nodes(session, obj.config.nodes)  # a fresh database knows no node yet
+        try:
+            node = enable(session, name)
+        except NodeBusy as exc:
+            # Its state belongs to that build: release or the reaper decides it.
+            click.echo(f"error: {exc}; enable it after that build ends", err=True)
+            raise SystemExit(1) from None
+        if node is None:
+            click.echo(f"error: no node {name!r}", err=True)
+            raise SystemExit(2)
+    click.echo(f"{name} enabled")
+
+
 def _mount_sim() -> None:
     from sim.cli import sim
 

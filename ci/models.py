@@ -91,6 +91,14 @@ class NodeState(enum.StrEnum):
     OFFLINE = "offline"
 
 
+class OfflineCause(enum.StrEnum):
+    """Why a node is offline: decides who may bring it back."""
+
+    HEALTH_CHECK = "health-check"  # failed health checks: a passing check revives it
+    CLEANUP_FAILED = "cleanup-failed"  # left dirty by a build: only an operator revives it
+    WORKER_LOST = "worker-lost"  # its build's worker died mid-way: only an operator revives it
+
+
 class ReportState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
@@ -231,6 +239,8 @@ class Node(Base):
     label: Mapped[str] = mapped_column(String(64), index=True)
     address: Mapped[str] = mapped_column(String(255), default="")
     state: Mapped[str] = mapped_column(String(32), default=NodeState.READY)
+    # An OfflineCause while offline, else None: health checks revive only their own offlines.
+    offline_cause: Mapped[str | None] = mapped_column(String(32))
     drained: Mapped[bool] = mapped_column(Boolean, default=False)
     build_id: Mapped[int | None] = mapped_column(ForeignKey("builds.id", ondelete="SET NULL"))
     health_failures: Mapped[int] = mapped_column(Integer, default=0)

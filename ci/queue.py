@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ci.models import Build, BuildState, Change, Patchset, utcnow
+from ci.models import Build, BuildState, Change, Node, NodeState, OfflineCause, Patchset, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,12 @@ def expired_builds(session: Session, now: datetime | None = None) -> list[Build]
 
 
 def reap_expired(session: Session, max_attempts: int, now: datetime | None = None) -> list[Build]:
-    """Mark builds of dead workers `error` and queue their retry; returns the reaped builds."""
+    """Mark builds of dead workers `error`, free their nodes and queue their retry.
+
+    Returns the reaped builds. The nodes go offline (cause worker-lost) in the
+    same transaction: the build stopped mid-way, so what is left on them is
+    unknown and only an operator may put them back (`hyperv-ci nodes enable`).
+    """
     reaped = []
     for build in expired_builds(session, now):
         result = session.execute(
@@ -268,9 +273,21 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
         )
         if result.rowcount == 1:
             session.refresh(build)
+            # Without this the nodes keep build_id forever: health checks skip
+            # them and the retry may wait on a pool that never frees up.
+            freed = session.scalars(
+                update(Node)
+                .where(Node.build_id == build.id)
+                .values(state=NodeState.OFFLINE, offline_cause=OfflineCause.WORKER_LOST,
+                        build_id=None, updated_at=utcnow(),
+                        message=f"worker {build.worker} lost during build {build.id}: "
+                                "node state unknown")
+                .returning(Node.name)
+            ).all()
             retry_after_error(session, build, max_attempts)
             reaped.append(build)
-            logger.warning("build %s reaped: worker %s lost", build.id, build.worker)
+            logger.warning("build %s reaped: worker %s lost; nodes offline: %s", build.id,
+                           build.worker, ", ".join(sorted(freed)) or "none")
     return reaped
 
 

@@ -1,4 +1,4 @@
-"""POST actions: abort a build, recheck a patchset, drain or undrain a node.
+"""POST actions: abort a build, recheck a patchset, drain, undrain or enable a node.
 
 Every form carries the session's CSRF token; each action commits in its own
 transaction and redirects back with a flash message.
@@ -15,6 +15,7 @@ from werkzeug.wrappers import Response
 from ci import queue
 from ci.models import Build, Change, Node, Patchset
 from dashboard.context import check_csrf, config, db
+from runners import pool
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +114,22 @@ def drain(name: str) -> Response:
 def undrain(name: str) -> Response:
     """Put a drained node back into service."""
     return _set_drained(name, False)
+
+
+@bp.post("/nodes/<name>/enable")
+def enable(name: str) -> Response:
+    """Put an offline node back into the pool: the operator vouches that it is clean."""
+    session = db()
+    busy = False
+    with session.begin():
+        try:
+            if pool.enable(session, name) is None:
+                abort(404, description=f"no node {name}")
+        except pool.NodeBusy:
+            busy = True  # refused before any change: its build decides its state
+    if busy:
+        flash(f"Node {name} holds a build: enable it after that build ends.", "error")
+    else:
+        logger.info("node %s enabled from the dashboard", name)
+        flash(f"Node {name} enabled.", "ok")
+    return _back(url_for("pages.nodes"))

@@ -117,6 +117,7 @@ def node_dict(node: Node) -> dict[str, Any]:
         "label": node.label,
         "address": node.address,
         "state": node.state,
+        "offline_cause": node.offline_cause,
         "drained": node.drained,
         "build_id": node.build_id,
         "health_failures": node.health_failures,

@@ -3,7 +3,9 @@
 A check is the cheapest real round trip over the node's own protocol: `true`
 over SSH for a Linux node, `$PSVersionTable.PSVersion` over WinRM for a
 Windows node. Results go through `runners.pool.record_health`, which takes a
-node offline after repeated failures and brings it back after a success.
+node offline after repeated failures and brings it back after a success, but
+only if health checks took it offline: a node whose cleanup failed or whose
+worker was lost stays offline until an operator enables it.
 """
 
 from __future__ import annotations

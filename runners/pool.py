@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ci.config import Config, NodeConfig
-from ci.models import Build, Node, NodeState, utcnow
+from ci.models import Build, Node, NodeState, OfflineCause, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -91,45 +91,86 @@ def nodes_of(session: Session, build_id: int) -> list[Node]:
 
 
 def release(session: Session, build_id: int, failed: Sequence[str] = ()) -> None:
-    """Return a build's nodes to the pool; nodes whose cleanup failed go offline."""
+    """Return a build's nodes to the pool; nodes whose cleanup failed go offline.
+
+    A node left dirty stays offline until an operator enables it: passing a
+    health check says nothing about the leftovers of a build.
+    """
     for node in nodes_of(session, build_id):
         node.build_id = None
         if node.name in failed:
-            node.state = NodeState.OFFLINE
-            node.message = f"cleanup failed after build {build_id}"
-            logger.warning("node %s offline: cleanup failed after build %s", node.name, build_id)
+            _take_offline(node, OfflineCause.CLEANUP_FAILED,
+                          f"cleanup failed after build {build_id}")
         else:
             node.state = NodeState.READY
+            node.offline_cause = None
             node.message = ""
 
 
-def mark_offline(session: Session, name: str, message: str) -> None:
+def _take_offline(node: Node, cause: OfflineCause, message: str) -> None:
+    node.state = NodeState.OFFLINE
+    node.offline_cause = cause
+    node.message = message
+    logger.warning("node %s offline (%s): %s", node.name, cause, message)
+
+
+def mark_offline(session: Session, name: str, message: str, *, cause: OfflineCause) -> None:
+    """Take a node offline for `cause` (which decides whether health checks may revive it)."""
     node = session.scalar(select(Node).where(Node.name == name))
     if node is not None:
-        node.state = NodeState.OFFLINE
-        node.message = message
-        logger.warning("node %s offline: %s", name, message)
+        _take_offline(node, cause, message)
 
 
 def record_health(session: Session, name: str, healthy: bool, message: str = "") -> Node | None:
-    """Apply one health-check result: failures take a node offline, success brings it back."""
+    """Apply one health-check result: failures take a node offline, success brings it back.
+
+    Only nodes that health checks took offline come back on a success; a node
+    offline for another cause (cleanup failed, worker lost) waits for `enable`.
+    """
     node = session.scalar(select(Node).where(Node.name == name))
     if node is None:
         return None
     node.last_checked_at = utcnow()
+    held = node.state == NodeState.OFFLINE and node.offline_cause != OfflineCause.HEALTH_CHECK
     if healthy:
         node.health_failures = 0
-        if node.state == NodeState.OFFLINE:
+        if node.state == NodeState.OFFLINE and not held:
             node.state = NodeState.READY
+            node.offline_cause = None
             node.message = "back online after a health check"
             logger.info("node %s back online", name)
         return node
     node.health_failures += 1
-    node.message = message
+    if not held:  # keep the message naming the build or worker the operator must look at
+        node.message = message
     if node.health_failures >= OFFLINE_AFTER and node.state == NodeState.READY:
         node.state = NodeState.OFFLINE
+        node.offline_cause = OfflineCause.HEALTH_CHECK
         logger.warning("node %s offline after %s failed checks: %s", name,
                        node.health_failures, message)
+    return node
+
+
+class NodeBusy(Exception):
+    """The node holds a build: it cannot be enabled under that build's feet."""
+
+
+def enable(session: Session, name: str) -> Node | None:
+    """An operator brings a node back into the pool, whatever took it offline.
+
+    Returns None for an unknown node; raises NodeBusy if it holds a build.
+    Draining is separate and left as it is.
+    """
+    node = session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        return None
+    if node.build_id is not None:
+        raise NodeBusy(f"node {name!r} holds build {node.build_id}")
+    node.state = NodeState.READY
+    node.offline_cause = None
+    node.health_failures = 0
+    node.message = "enabled by an operator"
+    logger.info("node %s enabled by an operator", name)
     return node
 
 

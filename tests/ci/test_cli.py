@@ -16,8 +16,10 @@ import pytest
 import yaml
 from sqlalchemy import inspect, select
 
+from ci import queue
 from ci.db import make_engine, make_sessionmaker
-from ci.models import Base, Node
+from ci.models import Base, Node, NodeState
+from runners import pool
 from runners.powershell import syntax_errors
 from sim.gerrit import SimGerrit, make_client_identity
 
@@ -216,3 +218,39 @@ def test_nodes_drain_and_undo(tmp_path: Path) -> None:
     assert "(drained)" not in cli(config, "nodes", "list").stdout
     missing = cli(config, "nodes", "drain", "nope", status=2)
     assert "no node 'nope'" in missing.stderr
+
+
+def test_nodes_enable(tmp_path: Path) -> None:
+    """An operator brings back a node only an operator may bring back; never a busy one."""
+    config = write_config(tmp_path)
+    cli(config, "nodes", "list")
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions() as session, session.begin():
+            patchset = queue.upsert_patchset(session, queue.ChangeInfo(
+                number=1, project="openstack/nova", branch="master", patchset=1))
+            build = queue.enqueue(session, patchset, "hyperv-tempest", "test")
+            assert build is not None
+            assert pool.reserve(session, build.id, ["hyperv", "hyperv"])
+            pool.release(session, build.id, failed=["hv-a"])
+            pool.record_health(session, "hv-a", False, "WinRM refused")
+            assert pool.reserve(session, build.id, ["devstack"])
+            build_id = build.id
+
+        assert cli(config, "nodes", "enable", "hv-a").stdout == "hv-a enabled\n"
+        busy = cli(config, "nodes", "enable", "ctl-01", status=1)
+        assert f"node 'ctl-01' holds build {build_id}" in busy.stderr
+        missing = cli(config, "nodes", "enable", "nope", status=2)
+        assert "no node 'nope'" in missing.stderr
+        with sessions() as session:
+            nodes = {n.name: (n.state, n.offline_cause, n.health_failures, n.build_id, n.message)
+                     for n in session.scalars(select(Node))}
+    finally:
+        engine.dispose()
+    assert nodes == {
+        "hv-a": (NodeState.READY, None, 0, None, "enabled by an operator"),
+        "hv-b": (NodeState.READY, None, 0, None, ""),
+        "ctl-01": (NodeState.RESERVED, None, 0, build_id, ""),
+    }
+    assert "enabled by an operator" in cli(config, "nodes", "list").stdout

@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from alembic import command
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
-from ci.models import Build, BuildState, Change, utcnow
+from ci.db import alembic_config, ensure_schema, make_engine, make_sessionmaker
+from ci.models import Build, BuildState, Change, Node, NodeState, OfflineCause, utcnow
+from runners import pool
 
 
 def info(change: int = 10001, ps: int = 1, **kw: object) -> queue.ChangeInfo:
@@ -144,6 +147,102 @@ def test_reaper_turns_a_dead_workers_build_into_error_and_retries(
         assert retry is not None
         assert retry.state == BuildState.QUEUED
         assert retry.attempt == 2 and retry.retry_of_id == build_id
+
+
+def add_nodes(sessions: sessionmaker[Session], *names: str) -> None:
+    with sessions() as session, session.begin():
+        session.add_all(Node(name=name, label="hyperv") for name in names)
+
+
+def two_nodes(session: Session, build: Build) -> bool:
+    return pool.reserve(session, build.id, ["hyperv", "hyperv"]) is not None
+
+
+def test_reaper_frees_the_dead_workers_nodes_as_worker_lost(
+    sessions: sessionmaker[Session],
+) -> None:
+    add_nodes(sessions, "hv-1", "hv-2", "hv-3", "hv-4")
+    build_id = enqueue(sessions)
+    with sessions() as session, session.begin():
+        assert queue.claim_next(session, "dead", 5, reserve=two_nodes) is not None
+    with sessions() as session, session.begin():
+        reaped = queue.reap_expired(session, 3, now=utcnow() + timedelta(seconds=10))
+        assert [b.id for b in reaped] == [build_id]
+    with sessions() as session:
+        nodes = {n.name: (n.state, n.offline_cause, n.build_id, n.message)
+                 for n in session.scalars(select(Node))}
+    lost = (NodeState.OFFLINE, OfflineCause.WORKER_LOST, None,
+            f"worker dead lost during build {build_id}: node state unknown")
+    assert nodes == {"hv-1": lost, "hv-2": lost,
+                     "hv-3": (NodeState.READY, None, None, ""),
+                     "hv-4": (NodeState.READY, None, None, "")}
+
+    # The retry runs on the free nodes; the lost ones wait for an operator.
+    with sessions() as session, session.begin():
+        retry = queue.claim_next(session, "alive", 60, reserve=two_nodes)
+        assert retry is not None and retry.retry_of_id == build_id
+        assert [n.name for n in pool.nodes_of(session, retry.id)] == ["hv-3", "hv-4"]
+        assert pool.record_health(session, "hv-1", True) is not None
+    with sessions() as session:
+        assert session.scalar(select(Node.state).where(Node.name == "hv-1")) == NodeState.OFFLINE
+
+
+def test_reaped_retry_gets_the_nodes_back_once_enabled(sessions: sessionmaker[Session]) -> None:
+    """A two-node pool: the retry waits for the operator, not forever."""
+    add_nodes(sessions, "hv-1", "hv-2")
+    build_id = enqueue(sessions)
+    with sessions() as session, session.begin():
+        assert queue.claim_next(session, "dead", 5, reserve=two_nodes) is not None
+    with sessions() as session, session.begin():
+        assert queue.reap_expired(session, 3, now=utcnow() + timedelta(seconds=10))
+    with sessions() as session, session.begin():
+        assert queue.claim_next(session, "alive", 60, reserve=two_nodes) is None
+        assert pool.enable(session, "hv-1") is not None
+        assert pool.enable(session, "hv-2") is not None
+    with sessions() as session, session.begin():
+        retry = queue.claim_next(session, "alive", 60, reserve=two_nodes)
+        assert retry is not None and retry.retry_of_id == build_id
+        assert [n.name for n in pool.nodes_of(session, retry.id)] == ["hv-1", "hv-2"]
+
+
+def test_upgrade_0002_classifies_offline_nodes_and_frees_reaped_ones(db_url: str) -> None:
+    """Rows written before offline_cause existed, including nodes a reaper stranded."""
+    engine = make_engine(db_url)
+    try:
+        cfg = alembic_config(db_url)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        enqueue(make_sessionmaker(engine))  # builds 1 (reaped) and 2 (running)
+        enqueue(make_sessionmaker(engine), change=10002)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE builds SET state = 'error', worker = 'w-1' WHERE id = 1"))
+            conn.execute(text("UPDATE builds SET state = 'running', worker = 'w-2' WHERE id = 2"))
+            rows = [("hv-1", "offline", None, "cleanup failed after build 3"),
+                    ("hv-2", "offline", None, "WinRM refused"),
+                    ("hv-3", "reserved", 1, ""), ("hv-4", "reserved", 2, ""),
+                    ("hv-5", "ready", None, "")]
+            for name, state, build, message in rows:
+                conn.execute(text(
+                    "INSERT INTO nodes (name, label, address, state, drained, build_id,"
+                    " health_failures, message, updated_at) VALUES (:n, 'hyperv', '', :s,"
+                    " false, :b, 0, :m, CURRENT_TIMESTAMP)"), {"n": name, "s": state, "b": build,
+                                                               "m": message})
+        ensure_schema(engine)
+        with make_sessionmaker(engine)() as session:
+            nodes = {n.name: (n.state, n.offline_cause, n.build_id)
+                     for n in session.scalars(select(Node))}
+            hv3 = session.scalar(select(Node).where(Node.name == "hv-3"))
+            assert hv3 is not None and hv3.message.startswith("worker w-1 lost during build 1")
+    finally:
+        engine.dispose()
+    assert nodes == {
+        "hv-1": (NodeState.OFFLINE, OfflineCause.CLEANUP_FAILED, None),
+        "hv-2": (NodeState.OFFLINE, OfflineCause.HEALTH_CHECK, None),
+        "hv-3": (NodeState.OFFLINE, OfflineCause.WORKER_LOST, None),
+        "hv-4": (NodeState.RESERVED, None, 2),
+        "hv-5": (NodeState.READY, None, None),
+    }
 
 
 def test_retry_stops_at_max_attempts(sessions: sessionmaker[Session]) -> None:

@@ -1,4 +1,4 @@
-"""POST actions: abort, recheck, drain/undrain, and the CSRF check on each."""
+"""POST actions: abort, recheck, drain/undrain, enable, and the CSRF check on each."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci.models import Build, BuildState, Node
+from ci.models import Build, BuildState, Node, NodeState
 
 Csrf = Callable[[str], str]
 
@@ -88,9 +88,33 @@ def test_drain_and_undrain(client: FlaskClient, world: Any, csrf: Csrf,
     assert client.post("/nodes/nope/drain", data={"csrf_token": token}).status_code == 404
 
 
+def test_enable_an_offline_node(client: FlaskClient, world: Any, csrf: Csrf,
+                               dash_sessions: sessionmaker[Session]) -> None:
+    token = csrf("/nodes")
+
+    def row(name: str) -> tuple[Any, ...]:
+        with dash_sessions() as s:
+            node = s.scalar(select(Node).where(Node.name == name))
+            return (node.state, node.offline_cause, node.health_failures, node.build_id,
+                    node.message, node.drained)
+
+    response = client.post("/nodes/hv-2/enable", data={"csrf_token": token, "next": "/nodes"})
+    assert response.status_code == 303 and response.headers["Location"] == "/nodes"
+    # Enabling is not undraining: the operator drained it for a reason of its own.
+    assert row("hv-2") == (NodeState.READY, None, 0, None, "enabled by an operator", True)
+    assert "Node hv-2 enabled." in flashes(client, "/nodes")
+
+    response = client.post("/nodes/devstack-1/enable", data={"csrf_token": token})
+    assert response.status_code == 303 and response.headers["Location"] == "/nodes"
+    assert row("devstack-1") == (NodeState.RESERVED, None, 0, world.running_id, "", False)
+    assert "Node devstack-1 holds a build" in flashes(client, "/nodes")
+    assert client.post("/nodes/nope/enable", data={"csrf_token": token}).status_code == 404
+
+
 def test_missing_or_wrong_csrf_is_400(client: FlaskClient, world: Any, csrf: Csrf,
                                       dash_sessions: sessionmaker[Session]) -> None:
-    posts = [f"/builds/{world.running_id}/abort", "/changes/1001/2/recheck", "/nodes/hv-1/drain"]
+    posts = [f"/builds/{world.running_id}/abort", "/changes/1001/2/recheck", "/nodes/hv-1/drain",
+             "/nodes/hv-2/enable"]
     for path in posts:
         assert client.post(path).status_code == 400, path
     csrf("/nodes")  # the session now has a token, but a forged form does not carry it
@@ -100,6 +124,7 @@ def test_missing_or_wrong_csrf_is_400(client: FlaskClient, world: Any, csrf: Csr
         assert s.get(Build, world.running_id).state == BuildState.RUNNING
         assert s.scalar(select(Build.id).where(Build.reason == "manual recheck")) is None
         assert not s.scalar(select(Node.drained).where(Node.name == "hv-1"))
+        assert s.scalar(select(Node.state).where(Node.name == "hv-2")) == NodeState.OFFLINE
 
 
 def test_token_of_another_session_is_refused(app: Any, world: Any, csrf: Csrf) -> None:

@@ -9,7 +9,8 @@ from markupsafe import escape
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
-from ci.models import BuildStep
+from ci.models import BuildStep, OfflineCause
+from runners import pool
 
 
 def page(client: FlaskClient, path: str) -> str:
@@ -114,9 +115,22 @@ def test_nodes_page(client: FlaskClient, world: Any) -> None:
     hv2 = html.split('data-node="hv-2"', 1)[1].split("</tr>", 1)[0]
     assert "drained" in hv2 and "/nodes/hv-2/undrain" in hv2 and "state-offline" in hv2
     assert "3 failed: WinRM: connection refused &lt;x&gt;" in hv2
+    assert 'action="/nodes/hv-2/enable"' in hv2 and ">Enable</button>" in hv2
     devstack = html.split('data-node="devstack-1"', 1)[1].split("</tr>", 1)[0]
     assert f'href="/builds/{world.running_id}"' in devstack
     assert "/nodes/devstack-1/drain" in devstack
+    # Only offline nodes can be enabled.
+    assert html.count(">Enable</button>") == 1 and "/nodes/devstack-1/enable" not in html
+
+
+def test_nodes_page_shows_why_a_node_is_offline(client: FlaskClient, world: Any,
+                                               dash_sessions: sessionmaker[Session]) -> None:
+    with dash_sessions() as s, s.begin():
+        pool.mark_offline(s, "hv-1", "worker w-1 lost during build 7",
+                          cause=OfflineCause.WORKER_LOST)
+    html = page(client, "/nodes")
+    hv1 = html.split('data-node="hv-1"', 1)[1].split("</tr>", 1)[0]
+    assert "worker-lost" in hv1 and 'action="/nodes/hv-1/enable"' in hv1
 
 
 def test_empty_pages(client: FlaskClient) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config, NodeConfig, Secret, WinRMAccess, parse_config
-from ci.models import Build, Change, Node, NodeState, Patchset
+from ci.models import Build, Change, Node, NodeState, OfflineCause, Patchset
 from runners import pool
 from runners.health import check_node, run_health_checks
 from sim.sshd import OpenSSHServer, free_port
@@ -136,3 +136,36 @@ def test_nodes_held_by_a_build_are_not_checked(
 
     assert run_health_checks(config, sqlite_sessions, timeout=5) == {}
     assert node_row(sqlite_sessions, "devstack-1").health_failures == 0
+
+
+def test_health_checks_revive_only_their_own_offline_nodes(
+    sshd: OpenSSHServer, winrm_server: SimWinRMServer, tmp_path: Path,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    """Every node answers; only the one health checks took offline comes back."""
+    nodes = [sshd.node_config("devstack-1"), sshd.node_config("devstack-2"),
+             winrm_node("hv-1", winrm_server.port)]
+    config = make_config(nodes, tmp_path)
+    with sqlite_sessions() as session, session.begin():
+        pool.sync_nodes(session, config.nodes)
+        change = Change(number=10002, project="openstack/nova", branch="master")
+        build = Build(patchset=Patchset(change=change, number=1), job="unit")
+        session.add_all([change, build])
+        session.flush()
+        assert pool.reserve(session, build.id, ["devstack"])
+        pool.release(session, build.id, failed=["devstack-1"])
+        pool.mark_offline(session, "devstack-2", "unreachable", cause=OfflineCause.HEALTH_CHECK)
+        pool.mark_offline(session, "hv-1", "worker w-1 lost during build 7",
+                          cause=OfflineCause.WORKER_LOST)
+
+    results = run_health_checks(config, sqlite_sessions, timeout=10)
+    assert {name: ok for name, (ok, _msg) in results.items()} == {
+        "devstack-1": True, "devstack-2": True, "hv-1": True}
+    dirty, lost = node_row(sqlite_sessions, "devstack-1"), node_row(sqlite_sessions, "hv-1")
+    assert (dirty.state, dirty.offline_cause) == (NodeState.OFFLINE, OfflineCause.CLEANUP_FAILED)
+    assert dirty.message.startswith("cleanup failed after build")
+    assert (lost.state, lost.offline_cause) == (NodeState.OFFLINE, OfflineCause.WORKER_LOST)
+    assert lost.message == "worker w-1 lost during build 7"
+    revived = node_row(sqlite_sessions, "devstack-2")
+    assert (revived.state, revived.offline_cause) == (NodeState.READY, None)
+    assert revived.message == "back online after a health check"

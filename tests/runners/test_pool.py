@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
 from ci.config import parse_config
-from ci.models import Node, NodeState
+from ci.models import Node, NodeState, OfflineCause
 from runners import pool
 
 
@@ -69,9 +70,11 @@ def test_release_returns_nodes_or_takes_failed_ones_offline(
     with sessions() as session, session.begin():
         pool.release(session, build_id, failed=["hv-1"])
     with sessions() as session:
-        states = {n.name: n.state for n in session.scalars(select(Node))}
-    assert states["hv-1"] == NodeState.OFFLINE
-    assert states["devstack-1"] == NodeState.READY
+        states = {n.name: (n.state, n.offline_cause, n.message)
+                  for n in session.scalars(select(Node))}
+    assert states["hv-1"] == (NodeState.OFFLINE, OfflineCause.CLEANUP_FAILED,
+                              f"cleanup failed after build {build_id}")
+    assert states["devstack-1"] == (NodeState.READY, None, "")
 
 
 def test_drained_and_offline_nodes_are_not_handed_out(sessions: sessionmaker[Session]) -> None:
@@ -79,7 +82,7 @@ def test_drained_and_offline_nodes_are_not_handed_out(sessions: sessionmaker[Ses
     (build_id,) = builds(sessions, 1)
     with sessions() as session, session.begin():
         assert pool.set_drained(session, "hv-1", True)
-        pool.mark_offline(session, "hv-2", "unreachable")
+        pool.mark_offline(session, "hv-2", "unreachable", cause=OfflineCause.HEALTH_CHECK)
     with sessions() as session, session.begin():
         got = pool.reserve(session, build_id, ["hyperv"])
         assert got is not None and [n.name for n in got] == ["hv-3"]
@@ -92,9 +95,63 @@ def test_health_checks_take_a_node_offline_and_back(sessions: sessionmaker[Sessi
     with sessions() as session, session.begin():
         node = pool.record_health(session, "hv-1", False, "WinRM refused")
         assert node is not None and node.state == NodeState.OFFLINE
+        assert node.offline_cause == OfflineCause.HEALTH_CHECK
     with sessions() as session, session.begin():
         node = pool.record_health(session, "hv-1", True)
         assert node is not None and node.state == NodeState.READY
+        assert node.offline_cause is None and node.health_failures == 0
+
+
+def node_row(sessions: sessionmaker[Session], name: str) -> Node:
+    with sessions() as session:
+        node = session.scalar(select(Node).where(Node.name == name))
+        assert node is not None
+        session.expunge(node)
+        return node
+
+
+def test_health_checks_never_revive_a_node_they_did_not_take_offline(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A node left dirty by a build waits for an operator, however healthy it looks."""
+    synced(sessions)
+    (build_id,) = builds(sessions, 1)
+    with sessions() as session, session.begin():
+        pool.reserve(session, build_id, ["hyperv"])
+    with sessions() as session, session.begin():
+        pool.release(session, build_id, failed=["hv-1"])
+        pool.mark_offline(session, "hv-2", "worker w lost during build 9",
+                          cause=OfflineCause.WORKER_LOST)
+    for healthy in (True, False, False, True):
+        with sessions() as session, session.begin():
+            pool.record_health(session, "hv-1", healthy, "WinRM refused")
+            pool.record_health(session, "hv-2", healthy, "WinRM refused")
+    hv1, hv2 = node_row(sessions, "hv-1"), node_row(sessions, "hv-2")
+    assert (hv1.state, hv1.offline_cause) == (NodeState.OFFLINE, OfflineCause.CLEANUP_FAILED)
+    assert hv1.message == f"cleanup failed after build {build_id}"  # not a check's message
+    assert (hv2.state, hv2.offline_cause) == (NodeState.OFFLINE, OfflineCause.WORKER_LOST)
+    with sessions() as session, session.begin():
+        assert [n.name for n in pool.reserve(session, build_id, ["hyperv"]) or []] == ["hv-3"]
+
+
+def test_enable_brings_any_offline_node_back(sessions: sessionmaker[Session]) -> None:
+    synced(sessions)
+    first, second = builds(sessions, 2)
+    with sessions() as session, session.begin():
+        pool.reserve(session, first, ["hyperv"])
+        pool.reserve(session, second, ["hyperv"])
+    with sessions() as session, session.begin():
+        pool.release(session, first, failed=["hv-1"])
+        pool.record_health(session, "hv-1", False, "WinRM refused")
+        assert pool.enable(session, "nope") is None
+        with pytest.raises(pool.NodeBusy, match=f"node 'hv-2' holds build {second}"):
+            pool.enable(session, "hv-2")
+        node = pool.enable(session, "hv-1")
+        assert node is not None
+    hv1, hv2 = node_row(sessions, "hv-1"), node_row(sessions, "hv-2")
+    assert (hv1.state, hv1.offline_cause, hv1.health_failures, hv1.message) == (
+        NodeState.READY, None, 0, "enabled by an operator")
+    assert (hv2.state, hv2.build_id) == (NodeState.RESERVED, second)
 
 
 def test_a_node_is_never_handed_to_two_builds(sessions: sessionmaker[Session]) -> None:
