@@ -12,10 +12,10 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from runners.redaction import Redactor
 from runners.results import RESULTS_FILE
 
 logger = logging.getLogger(__name__)
@@ -23,30 +23,57 @@ logger = logging.getLogger(__name__)
 INDEX = "index.html"
 
 
-def _is_text(data: bytes) -> bool:
-    return b"\x00" not in data[:8192]
+#: What a binary file holding a secret is replaced with: it cannot be
+#: rewritten without corrupting it, and it must never be published.
+WITHHELD = "hyperv-ci withheld this file: it contained a configured secret\n"
+
+_UTF16_BOMS = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
 
 
-def redact_file(path: Path, redact: Callable[[str], str]) -> bool:
-    """Rewrite a text file (plain or .gz) with secrets masked; True if it changed.
+def _decode(data: bytes) -> tuple[str, bytes, str] | None:
+    """(text, BOM, codec) when `data` is UTF-16 with a BOM or strict UTF-8; None if binary."""
+    bom = data[:2]
+    codec = _UTF16_BOMS.get(bom)
+    if codec is not None:
+        try:
+            return data[2:].decode(codec), bom, codec
+        except UnicodeDecodeError:
+            return None
+    try:
+        # Strict: a binary stream that merely lacks NUL bytes (subunit) is not text.
+        return data.decode("utf-8"), b"", "utf-8"
+    except UnicodeDecodeError:
+        return None
 
-    Binary files are left as they are.
+
+def redact_file(path: Path, redact: Redactor) -> bool:
+    """Mask secrets in a file (plain or .gz); True if it changed.
+
+    UTF-8 text and UTF-16 text with a BOM are rewritten in their own encoding
+    with every secret masked. A binary file that holds a secret (in UTF-8,
+    UTF-16-LE or ANSI bytes) is replaced with the `WITHHELD` notice; other
+    binary files are left byte for byte.
     """
     compressed = path.suffix == ".gz"
-    data = path.read_bytes()
+    raw = path.read_bytes()
+    data = raw
     if compressed:
         try:
-            data = gzip.decompress(data)
+            data = gzip.decompress(raw)
         except (OSError, EOFError):
-            return False
-    if not _is_text(data):
+            compressed = False  # not really gzip: judge its bytes as they are
+    out = data
+    decoded = _decode(data)
+    if decoded is not None:
+        text, bom, codec = decoded
+        out = bom + redact(text).encode(codec)
+    # Also after redacting text: "UTF-8" full of NULs can hide a UTF-16 secret.
+    if redact.found_in(out):
+        logger.warning("withholding %s: it holds a secret that cannot be masked in place", path)
+        out = WITHHELD.encode("utf-8")
+    if out == data:
         return False
-    text = data.decode("utf-8", errors="replace")
-    clean = redact(text)
-    if clean == text:
-        return False
-    encoded = clean.encode("utf-8")
-    path.write_bytes(gzip.compress(encoded) if compressed else encoded)
+    path.write_bytes(gzip.compress(out) if compressed else out)
     return True
 
 
@@ -94,7 +121,7 @@ def move_tree(source: Path, target: Path) -> None:
     shutil.rmtree(source, ignore_errors=True)
 
 
-def publish_logs(log_dir: Path, redact: Callable[[str], str], gzip_over: int,
+def publish_logs(log_dir: Path, redact: Redactor, gzip_over: int,
                  staging: Path | None = None) -> None:
     """Make a collected log tree safe and browsable: redact, compress, index.
 

@@ -4,9 +4,9 @@ One devstack controller and `job.hyperv_nodes` Hyper-V nodes each get their
 scripts and configs, named `{node}-{step}.{ext}` (`devstack-1-local.conf`,
 `hv-1-teardown.ps1`). Gerrit text reaches a script only through the `sh` and
 `ps` filters; config values go through the `ini` filter, which refuses
-anything that could break out of its line. The values the templates are
-given (compute driver, tempest lists, projects) come from
-runners/job_values.py; this module owns the files, their paths on each node
+anything that could break out of its line and escapes oslo.config's `$`.
+The values the templates are given (compute driver, tempest lists, projects)
+come from runners/job_values.py; this module owns the files, their paths on each node
 and the `hyperv-ci render` preview.
 
 Secrets (`job_values.SECRET_KEYS`) are passed in at run time; without them the
@@ -144,13 +144,14 @@ def _sh(value: object) -> str:
 
 
 def _ini(value: object) -> str:
-    """A config value that cannot break out of its line or be unquoted."""
+    """A config value that cannot break out of its line or be unquoted, with
+    `$` escaped as `$$` (oslo.config would read `$name` as another option)."""
     text = str(value)
     if any(c in text for c in "\r\n\x00") or text != text.strip():
         raise RenderError(f"value {text!r} cannot go into a config file")
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         raise RenderError(f"value {text!r} would lose its quotes in a config file")
-    return text
+    return text.replace("$", "$$")
 
 
 def make_environment() -> jinja2.Environment:

@@ -18,21 +18,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.models import BuildStep, StepState, utcnow
 from runners.base import ExecutorError, InfraError
+from runners.redaction import REDACTED, Redactor
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["REDACTED", "StepHandle", "StepRecorder", "make_redactor", "safe_name"]
+
 TAIL_CHARS = 8000
 FLUSH_SECONDS = 1.0
-REDACTED = "********"
 
 
-def make_redactor(secrets: Iterable[str]) -> Callable[[str], str]:
-    """A function replacing every secret (longest first) with a fixed mask."""
-    values = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
-    if not values:
-        return lambda text: text
-    pattern = re.compile("|".join(re.escape(v) for v in values))
-    return lambda text: pattern.sub(REDACTED, text)
+def make_redactor(secrets: Iterable[str]) -> Redactor:
+    """A callable masking every secret, in every form the job writes it
+    (raw, percent-encoded, quoted, escaped: see runners/redaction.py)."""
+    return Redactor(secrets)
 
 
 def safe_name(text: str) -> str:
@@ -51,6 +50,9 @@ class StepHandle:
         self._partial = ""
         self._tail = ""
         self._last_flush = 0.0
+        self._dirty = False  # the tail holds text the database row does not
+        self._timer: threading.Timer | None = None
+        self._closed = False
         self._file = path.open("a", encoding="utf-8", errors="replace")
         self.state: StepState | None = None
         self.exit_code: int | None = None
@@ -63,8 +65,17 @@ class StepHandle:
             complete, sep, self._partial = data.rpartition("\n")
             if sep:
                 self._emit(complete + "\n")
-            if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            if not self._dirty:
+                return
+            wait = FLUSH_SECONDS - (time.monotonic() - self._last_flush)
+            if wait <= 0:
                 self._flush_tail()
+            elif self._timer is None and not self._closed:
+                # Push the tail later even if no more output comes: a command
+                # that prints a line and then goes quiet must not look stale.
+                self._timer = threading.Timer(wait, self._flush_later)
+                self._timer.daemon = True
+                self._timer.start()
 
     def log(self, line: str) -> None:
         """Write one line of the CI's own narration into the step's log."""
@@ -75,10 +86,22 @@ class StepHandle:
         self._file.write(clean)
         self._file.flush()
         self._tail = (self._tail + clean)[-TAIL_CHARS:]
+        self._dirty = True
 
     def _flush_tail(self) -> None:
         self._last_flush = time.monotonic()
+        self._dirty = False
         self._recorder.update(self.step_id, output_tail=self._tail)
+
+    def _flush_later(self) -> None:
+        """The timer's flush: push whatever the tail gained since the last push."""
+        with self._lock:
+            self._timer = None
+            if self._dirty and not self._closed:
+                try:
+                    self._flush_tail()
+                except Exception:  # a live-tail hiccup must not kill the timer thread noisily
+                    logger.exception("could not update the live tail of step %s", self.step_id)
 
     def finish(self, state: StepState, message: str = "", exit_code: int | None = None) -> None:
         """Record how the step ended (the context manager calls this if you do not)."""
@@ -88,6 +111,14 @@ class StepHandle:
             self.exit_code = exit_code
 
     def close(self) -> None:
+        """Write the last partial line and record the final state; stops the flush timer."""
+        with self._lock:
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            # Outside the lock: a timer already firing waits for it, then sees _closed.
+            timer.cancel()
+            timer.join()
         with self._lock:
             if self._partial:
                 self._emit(self._partial + "\n")

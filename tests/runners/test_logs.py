@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import time
 from pathlib import Path
+from urllib.parse import quote
 
-from runners.logs import prune_logs, publish_logs
+import subunit
+
+from runners.logs import WITHHELD, prune_logs, publish_logs, redact_file
 from runners.steps import REDACTED, make_redactor
+from runners.subunit import parse_subunit
 
 SECRET = "Pa55-w0rd!"
 
@@ -37,13 +42,96 @@ def test_publish_redacts_compresses_and_indexes(tmp_path: Path) -> None:
     index = (root / "index.html").read_text(encoding="utf-8")
     assert 'href="controller/index.html"' in index and 'href="hv-1/index.html"' in index
     assert "big.log.gz" in (root / "controller" / "index.html").read_text(encoding="utf-8")
-    # Every published text file is clean.
+    # Every published file is clean.
     for path in root.rglob("*"):
-        if path.is_file() and path.suffix != ".bin":
+        if path.is_file():
             data = path.read_bytes()
             if path.suffix == ".gz":
                 data = gzip.decompress(data)
             assert SECRET.encode() not in data, path
+
+
+def test_utf16_text_is_redacted_and_stays_utf16(tmp_path: Path) -> None:
+    # Windows writes many logs as UTF-16LE with a BOM: NUL bytes everywhere.
+    path = tmp_path / "hv-1" / "setup.log"
+    path.parent.mkdir()
+    text = f"Zoë 实例 line\r\nrabbit://u:{quote(SECRET, safe='')}@h/\r\npassword={SECRET}\r\n"
+    path.write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))
+
+    publish_logs(tmp_path, make_redactor([SECRET]), gzip_over=10_000)
+
+    data = path.read_bytes()
+    assert data.startswith(b"\xff\xfe")
+    clean = data[2:].decode("utf-16-le")  # strict: still valid UTF-16
+    assert SECRET not in clean and quote(SECRET, safe="") not in clean
+    assert clean == (f"Zoë 实例 line\r\nrabbit://u:{REDACTED}@h/\r\n"
+                     f"password={REDACTED}\r\n")
+
+
+def test_big_endian_utf16_is_redacted_too(tmp_path: Path) -> None:
+    path = tmp_path / "be.log"
+    path.write_bytes(b"\xfe\xff" + f"token {SECRET}\n".encode("utf-16-be"))
+    assert redact_file(path, make_redactor([SECRET]))
+    assert path.read_bytes() == b"\xfe\xff" + f"token {REDACTED}\n".encode("utf-16-be")
+
+
+def test_binary_with_a_secret_is_withheld(tmp_path: Path) -> None:
+    redact = make_redactor([SECRET])
+    # No NUL byte, not UTF-8: the old text path would have rewritten it.
+    utf8 = tmp_path / "dump.bin"
+    utf8.write_bytes(b"\xb3\x29\x01" + SECRET.encode() + b"\xff\xfe\x80")
+    evtx = tmp_path / "System.evtx"
+    evtx.write_bytes(b"ElfFile\x00\x80\xf3" + bytes(100) + SECRET.encode("utf-16-le") + bytes(50))
+    # Strictly UTF-8 (NULs are), yet the secret in it is UTF-16: masking text cannot see it.
+    padded = tmp_path / "padded.log"
+    padded.write_bytes(b"log line\n" + bytes(64) + SECRET.encode("utf-16-le"))
+    packed = tmp_path / "blob.bin.gz"
+    packed.write_bytes(gzip.compress(b"\x00\x9f" + SECRET.encode()))
+
+    publish_logs(tmp_path, redact, gzip_over=10_000)
+
+    assert utf8.read_text(encoding="utf-8") == WITHHELD
+    assert evtx.read_text(encoding="utf-8") == WITHHELD
+    assert padded.read_text(encoding="utf-8") == WITHHELD
+    assert gzip.decompress(packed.read_bytes()).decode("utf-8") == WITHHELD
+
+
+def test_binary_without_a_secret_is_untouched(tmp_path: Path) -> None:
+    blob = bytes(range(256)) * 40 + "no secret, Zoë".encode("utf-16-le")
+    path = tmp_path / "disk.vhdx"
+    path.write_bytes(blob)
+    publish_logs(tmp_path, make_redactor([SECRET]), gzip_over=1_000_000)
+    assert path.read_bytes() == blob
+
+
+def _subunit_stream(details: str) -> bytes:
+    out = io.BytesIO()
+    writer = subunit.StreamResultToBytes(out)
+    for index in range(20):
+        test_id = f"tempest.api.compute.test_servers.ServersTest.test_{index}"
+        writer.status(test_id=test_id, test_status="inprogress")
+        writer.status(test_id=test_id, test_status="fail" if index == 3 else "success",
+                      file_name="traceback", file_bytes=details.encode("utf-8"),
+                      mime_type="text/plain; charset=utf8")
+    return out.getvalue()
+
+
+def test_subunit_stream_survives_publishing(tmp_path: Path) -> None:
+    stream = _subunit_stream("no secret here: Zoë 实例")
+    path = tmp_path / "tempest.subunit"
+    path.write_bytes(stream)
+    publish_logs(tmp_path, make_redactor([SECRET]), gzip_over=1_000_000)
+    assert path.read_bytes() == stream
+    results = parse_subunit(path.read_bytes())
+    assert len(results) == 20 and all(r.test_id != "subunit.parser" for r in results)
+    assert [r.status for r in results].count("fail") == 1
+
+
+def test_subunit_stream_with_a_secret_is_withheld_not_corrupted(tmp_path: Path) -> None:
+    path = tmp_path / "tempest.subunit"
+    path.write_bytes(_subunit_stream(f"auth failed for password {SECRET}"))
+    assert redact_file(path, make_redactor([SECRET]))
+    assert path.read_text(encoding="utf-8") == WITHHELD
 
 
 def test_prune_removes_only_trees_past_retention(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ configs pass, and known-bad control files fail (so the check can fail)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +52,13 @@ def make_config(**job: Any) -> Config:
     })
 
 
-def rendered_job(branch: str = "master", **job: Any) -> RenderedJob:
+def rendered_job(branch: str = "master", secrets: dict[str, str] | None = None,
+                 **job: Any) -> RenderedJob:
     config = make_config(**job)
     change = ChangeRef(project="openstack/nova", branch=branch, number=1, patchset=1,
                        ref="refs/changes/01/1/1", revision="b" * 40,
                        subject="Zoë's 修复", owner="Zoë")
-    return render_job(config, "hyperv", change, config.nodes, SECRETS)
+    return render_job(config, "hyperv", change, config.nodes, secrets or SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +80,32 @@ def test_in_tree_driver_config_passes(oslo_venv: Path, tmp_path: Path) -> None:
     path = tmp_path / "nova.conf"
     path.write_text(job["hv-1-nova.conf"], encoding="utf-8")
     assert check_config_file(path, "nova", python=oslo_venv) == []
+
+
+# Reads [neutron] password back the way nova would: through oslo.config's
+# interpolation, which takes `$name` for another option's value.
+READ_BACK = """
+import json, sys
+from oslo_config import cfg
+conf = cfg.ConfigOpts()
+conf.register_opts([cfg.StrOpt("password", secret=True)], group="neutron")
+conf(args=[], default_config_files=[sys.argv[1]], use_env=False)
+print(json.dumps(conf.neutron.password))
+"""
+
+
+def test_password_with_dollar_signs_passes_and_reads_back(
+        oslo_venv: Path, tmp_path: Path) -> None:
+    password = "s3rv$ce$$pw${host}é"
+    job = rendered_job(secrets={**SECRETS, "service_password": password,
+                                "rabbit_password": password})
+    results = check_rendered(job, python=oslo_venv)
+    assert results == {name: [] for name in results} and len(results) == 4
+    path = tmp_path / "nova.conf"
+    path.write_text(job["hv-1-nova.conf"], encoding="utf-8")
+    proc = subprocess.run([str(oslo_venv), "-I", "-c", READ_BACK, str(path)],
+                          capture_output=True, text=True, encoding="utf-8", check=True)
+    assert json.loads(proc.stdout) == password
 
 
 def _mutate(text: str, old: str, new: str) -> str:

@@ -122,6 +122,12 @@ def test_environment_is_strict() -> None:
     assert text == "'it'\"'\"'s' 'it''s'\n"
 
 
+def test_ini_filter_escapes_oslo_interpolation() -> None:
+    env = make_environment()
+    text = env.from_string("password = {{ a | ini }}\n").render(a="ab$cd${x}$$")
+    assert text == "password = ab$$cd$${x}$$$$\n"
+
+
 def test_powershell_scripts_parse_and_name_their_step() -> None:
     rendered = render()
     scripts = [f for f in rendered.files.values() if f.name.endswith(".ps1")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
 from ci.models import BuildStep, StepState
+from runners import steps as steps_module
 from runners.base import InfraError
 from runners.steps import REDACTED, StepRecorder, make_redactor
 
@@ -57,3 +60,55 @@ def test_exceptions_mark_error_or_failed(sqlite_sessions: sessionmaker[Session],
     assert states == [("bootstrap", StepState.ERROR), ("tempest", StepState.FAILED),
                       ("cleanup", StepState.SKIPPED)]
     assert steps(sqlite_sessions)[0].message == "WinRM refused"
+
+
+def _tail_of(sessions: sessionmaker[Session], step_id: int) -> str:
+    with sessions() as session:
+        row = session.get(BuildStep, step_id)
+        assert row is not None
+        return row.output_tail or ""
+
+
+def _timers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
+
+
+def test_tail_reaches_the_database_when_the_command_goes_quiet(
+        sqlite_sessions: sessionmaker[Session], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(steps_module, "FLUSH_SECONDS", 0.2)
+    rec = recorder(sqlite_sessions, tmp_path)
+    before = _timers()
+    handle = rec.start("stack", node="devstack-1")
+    try:
+        handle.write("cloning nova\n")  # the first line is pushed at once
+        handle.write("installing 依赖 with hunter2-secret\n")  # inside the window: no push yet
+        # The command is quiet now: the step is still open and nothing else is written.
+        deadline = time.monotonic() + 10
+        while "installing" not in _tail_of(sqlite_sessions, handle.step_id):
+            assert time.monotonic() < deadline, "the live tail stayed stale"
+            time.sleep(0.05)
+        tail = _tail_of(sqlite_sessions, handle.step_id)
+        assert "cloning nova" in tail and "installing 依赖" in tail
+        assert "hunter2-secret" not in tail and REDACTED in tail
+    finally:
+        handle.close()
+    assert _timers() <= before  # no flush timer outlives its step
+
+
+def test_close_stops_a_pending_flush_timer(sqlite_sessions: sessionmaker[Session],
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(steps_module, "FLUSH_SECONDS", 60.0)
+    rec = recorder(sqlite_sessions, tmp_path)
+    before = _timers()
+    handle = rec.start("tempest")
+    handle.write("one\n")
+    handle.write("two\n")  # arms a timer a minute out
+    assert _timers() - before
+    started = time.monotonic()
+    handle.close()
+    assert time.monotonic() - started < 5  # cancelled, not waited out
+    assert _timers() <= before
+    (row,) = steps(sqlite_sessions)
+    assert row.output_tail == "one\ntwo\n" and row.state == StepState.SUCCEEDED

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import shlex
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import select
@@ -15,7 +17,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
 from ci.config import Config, DevstackHypervJob, parse_config
-from ci.models import Build, BuildState, Node, NodeState, Report, ReportState, TestResult
+from ci.models import (
+    Build,
+    BuildState,
+    BuildStep,
+    Node,
+    NodeState,
+    Report,
+    ReportState,
+    TestResult,
+)
 from runners import pool
 from runners.devstack_hyperv import DevstackHypervRunner
 from runners.steps import REDACTED
@@ -26,11 +37,24 @@ from sim.lab import ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV, WINRM_PASSWORD_ENV
 PROJECT = "openstack/nova"
 SUBJECT = "Hyper-V: 修复实例 Zoë's VHD « quoted » $(rm -rf /)"
 OWNER = "张伟"
+# Characters that every encoding the job uses changes: `@ / %` (transport_url's
+# percent-encoding), `'` (local.conf's shell quoting), `$` (oslo.config's `$$`),
+# `é` (UTF-8 and UTF-16 bytes differ from the text).
 SECRETS = {
-    WINRM_PASSWORD_ENV: "winrm-Secret-123",
-    ADMIN_PASSWORD_ENV: "admin-Secret-456",
-    SERVICE_PASSWORD_ENV: "service-Secret-789",
+    WINRM_PASSWORD_ENV: "winrm-Sé'cret/1@$x%",
+    ADMIN_PASSWORD_ENV: "admin-Sé'cret/2@$y%",
+    SERVICE_PASSWORD_ENV: "service-Sé'cret/3@$z%",
 }
+
+
+def secret_texts(secret: str) -> list[str]:
+    """The forms a secret takes in the job's files (an oracle independent of runners/)."""
+    return [secret, quote(secret, safe=""), shlex.quote(secret), secret.replace("$", "$$")]
+
+
+def secret_bytes(secret: str) -> list[bytes]:
+    """Those forms as a published file may hold them: UTF-8 and UTF-16-LE."""
+    return [t.encode(enc) for t in secret_texts(secret) for enc in ("utf-8", "utf-16-le")]
 
 
 @pytest.fixture
@@ -150,16 +174,20 @@ def test_success_publishes_logs_without_secrets(lab: SimLab, gerrit: GerritState
     assert any(p.parts[-2:] == ("hv-1", "nova-compute.log") for p in files)
     rendered = b"".join(data for path, data in files.items() if "rendered" in path.parts)
     assert REDACTED.encode() in rendered  # ...masked, not merely missing
-    # ...and no published file, text or binary, holds a configured secret.
+    # ...and no published file, text or binary, holds a configured secret in any form.
     for path, data in files.items():
         for secret in SECRETS.values():
-            assert secret.encode() not in data, (path, secret)
+            for form in secret_bytes(secret):
+                assert form not in data, (path, form)
     # Nor does what the dashboard shows from the database.
     with sqlite_sessions() as session:
         shown = [build.summary, build.report.message]
         shown += [t.details or "" for t in session.scalars(select(TestResult))]
+        shown += [s.output_tail or "" for s in session.scalars(select(BuildStep))]
+        shown += [s.message or "" for s in session.scalars(select(BuildStep))]
     for secret in SECRETS.values():
-        assert all(secret not in text for text in shown)
+        for form in secret_texts(secret):
+            assert all(form not in text for text in shown), form
 
 
 def test_node_killed_mid_build_goes_offline_and_the_retry_runs_elsewhere(
@@ -204,7 +232,8 @@ def test_node_killed_mid_build_goes_offline_and_the_retry_runs_elsewhere(
     assert not any(p.parent.name == "rendered" for p in mid_build), sorted(mid_build)
     for path, data in mid_build.items():
         for secret in SECRETS.values():
-            assert secret.encode() not in data, (path, secret)
+            for form in secret_bytes(secret):
+                assert form not in data, (path, form)
     first, retry = builds(sqlite_sessions)
     assert first.id == first_id
     assert first.state == BuildState.ERROR, first.summary
