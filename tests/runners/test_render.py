@@ -128,6 +128,63 @@ def test_ini_filter_escapes_oslo_interpolation() -> None:
     assert text == "password = ab$$cd$${x}$$$$\n"
 
 
+def _in_order(text: str, *needles: str) -> bool:
+    at = 0
+    for needle in needles:
+        at = text.find(needle, at)
+        if at < 0:
+            return False
+    return True
+
+
+def test_windows_scripts_do_what_their_step_promises() -> None:
+    rendered = render()
+    teardown = rendered.for_node("hv-1", "teardown")
+    # Services stopped before they are deleted; VMs and planned VMs removed;
+    # folders and the event logs cleared.
+    assert _in_order(teardown, "Stop-Service -Name $svc.Name", "sc.exe' -Arguments @('delete'")
+    for needle in ("Stop-VM -VM $vm -TurnOff", "Remove-VM -VM $vm -Force",
+                   "Msvm_PlannedComputerSystem", "'DestroySystem'",
+                   "Remove-Tree -Path $path", "@('cl', $log)"):
+        assert needle in teardown, needle
+    for name in ("$Build", "$Logs", "$Instances"):
+        assert name in teardown.split("foreach ($path in @(", 1)[1].split(")", 1)[0]
+    cleanup = rendered.for_node("hv-1", "cleanup")
+    for needle in ("Stop-Service", "Remove-VM -VM $vm -Force", "'DestroySystem'",
+                   "Disconnect-IscsiTarget"):
+        assert needle in cleanup, needle
+    collect = rendered.for_node("hv-1", "collect-logs")
+    assert "@('epl', $log" in collect  # event logs exported as .evtx ...
+    assert "Get-WinEvent -LogName $log" in collect  # ... and as text
+
+
+def test_bootstrap_installs_only_what_is_missing() -> None:
+    plain = render().for_node("hv-1", "bootstrap")
+    # Without installers configured a missing tool is reported, never guessed at.
+    assert "$PythonInstaller = ''" in plain and "$GitInstaller = ''" in plain
+    assert "set windows.python_installer to install it" in plain
+    config = make_config(windows={
+        "python_installer": "\\\\deploy\\share\\python 3.11'.exe",
+        "git_installer": "C:\\installers\\Git.exe", "vswitch_adapter": "Ethernet 2"})
+    text = render(config).for_node("hv-1", "bootstrap")
+    assert syntax_errors(text) == []
+    # Each install sits behind its check, so a second run changes nothing.
+    assert _in_order(text, "Get-WindowsFeature -Name 'Hyper-V'", "if (-not $role.Installed)",
+                     "Install-WindowsFeature -Name 'Hyper-V'", "restart the node")
+    assert _in_order(text, "Get-VMSwitch -Name $VSwitch", "if (-not $switch)",
+                     "New-VMSwitch -Name $VSwitch -NetAdapterName $VSwitchAdapter",
+                     "SwitchType -ne 'External'")
+    assert _in_order(text, "if (-not (Test-Path -LiteralPath $Python))",
+                     "Invoke-Installer -Installer $PythonInstaller",
+                     "Invoke-Native -FilePath $Python -Arguments @('--version')")
+    assert _in_order(text, "Get-Command -Name 'git.exe'",
+                     "Invoke-Installer -Installer $GitInstaller",
+                     "'git.exe' -Arguments @('--version')")
+    # Configured paths are data: quoted literals, the quote inside doubled.
+    assert "$PythonInstaller = '\\\\deploy\\share\\python 3.11''.exe'" in text
+    assert "$VSwitchAdapter = 'Ethernet 2'" in text
+
+
 def test_powershell_scripts_parse_and_name_their_step() -> None:
     rendered = render()
     scripts = [f for f in rendered.files.values() if f.name.endswith(".ps1")]
