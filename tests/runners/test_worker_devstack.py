@@ -66,7 +66,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimLab]:
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin",
                     str(tmp_path / "no-such-repo")], check=True)
-    with SimLab(tmp_path / "lab", hyperv_nodes=2) as started:
+    with SimLab(tmp_path / "lab", hyperv_nodes=2, use_sshd=True) as started:
         yield started
 
 
