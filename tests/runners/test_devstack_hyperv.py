@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,43 @@ def test_stack_failure_is_an_error(lab: SimLab, gerrit: GerritState, tmp_path: P
     assert devstack.state == StepState.ERROR
     assert "数据库错误" in step_log(out, devstack)
     assert step(rows, "hyperv-compute").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+
+
+def test_stack_sh_past_its_time_cap_is_an_error(lab: SimLab, gerrit: GerritState,
+                                                tmp_path: Path,
+                                                sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit, stack_timeout=3)
+    (lab.faults_dir / "stack-hang").write_text("\n", encoding="utf-8")
+    started = time.monotonic()
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR, out.result.summary
+    assert "timed out" in out.result.summary
+    assert time.monotonic() - started < 60  # capped, not the sim's hour-long hang
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    assert step(rows, "devstack").state == StepState.ERROR
+    assert step(rows, "tempest").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+
+
+def test_configure_services_failure_is_an_error(lab: SimLab, gerrit: GerritState,
+                                                tmp_path: Path,
+                                                sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit)
+    lab.winrm["hv-1"].faults.set("configure-services", exit_code=1,
+                                 stderr="New-Service : 服务已存在 nova-compute")
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR
+    assert "configure-services.ps1 failed on hv-1" in out.result.summary
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    compute = step(rows, "hyperv-compute", "hv-1")
+    assert compute.state == StepState.ERROR
+    text = step_log(out, compute)
+    assert "服务已存在 nova-compute" in text and "start-services.ps1" not in text
+    assert step(rows, "tempest").state == StepState.SKIPPED
     assert_cleaned_everywhere(rows)
     assert out.failed_nodes == []
 
