@@ -228,6 +228,31 @@ def test_https_with_validated_certificate(tmp_path: Path, password_env: str) -> 
         server.stop()
 
 
+def test_defaults_are_https_on_5986_with_the_certificate_checked(
+    tmp_path: Path, password_env: str
+) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    server = SimWinRMServer("hv-tls", tmp_path / "lab", USER, PASSWORD, tls=(tls.cert, tls.key))
+    server.start()
+    try:
+        bare = NodeConfig.model_validate({
+            "name": "hv-1", "label": "hyperv", "address": "127.0.0.1",
+            "winrm": {"username": USER, "password": {"password_env": password_env}}})
+        assert WinRMExecutor(bare).endpoint == "https://127.0.0.1:5986/wsman"
+        assert bare.winrm is not None and bare.winrm.transport == "ntlm"
+        plain = bare.model_copy(update={"winrm": bare.winrm.model_copy(update={"scheme": "http"})})
+        assert WinRMExecutor(plain).endpoint == "http://127.0.0.1:5985/wsman"
+        # No ca_file: the system's trust store, which does not know the node's CA.
+        access = bare.winrm.model_copy(update={"port": server.port})
+        default = WinRMExecutor(bare.model_copy(update={"winrm": access}))
+        with pytest.raises(ExecutorError, match=r"SSL|certificate"):
+            default.run_powershell("# hyperv-ci-step: bootstrap\n", timeout=10)
+        default.close()
+        assert server.scripts == []
+    finally:
+        server.stop()
+
+
 def test_killed_node_raises_executor_error(sim: SimWinRMServer, executor: WinRMExecutor) -> None:
     sim.kill()
     with pytest.raises(ExecutorError):
