@@ -47,6 +47,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.listener_throughput
+	$(BIN)/python -m bench.winrm_transfer
 
 clean:
 	rm -rf $(VENV) $(OSLO_VENV) .demo

@@ -75,6 +75,9 @@ class WSManHTTPServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, object]:
         sock, addr = self.socket.accept()
+        # Headers and body go out as two writes: without this, Nagle holds the body
+        # for the client's delayed ACK (~40 ms a reply), which no real node does.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Tracked here, in the accept loop, so stop() sees every connection ever accepted.
         self._track(sock, add=True)
         if self.ssl_context is not None:
