@@ -75,7 +75,13 @@ class Redactor:
         )
 
     def __call__(self, text: str) -> str:
-        """`text` with every secret form masked."""
+        """`text` with every secret form masked, and without NUL characters.
+
+        Everything bound for the database passes through here, and PostgreSQL
+        refuses NUL in text: one stray byte of a tool's output would turn the
+        change's verdict into an error of the CI's own.
+        """
+        text = text.replace("\x00", "")
         if self._pattern is None:
             return text
         return self._pattern.sub(REDACTED, text)

@@ -112,3 +112,15 @@ def test_close_stops_a_pending_flush_timer(sqlite_sessions: sessionmaker[Session
     assert _timers() <= before
     (row,) = steps(sqlite_sessions)
     assert row.output_tail == "one\ntwo\n" and row.state == StepState.SUCCEEDED
+
+
+def test_nul_in_output_is_dropped_on_every_engine(sessions: sessionmaker[Session],
+                                                  tmp_path: Path) -> None:
+    # PostgreSQL refuses NUL in text; a tool printing one must not fail the build.
+    rec = recorder(sessions, tmp_path)
+    with rec.step("tempest", node="devstack-1") as step:
+        step.write("binary\x00junk 中\n")
+        step.finish(StepState.FAILED, "exit\x00 1", 1)
+    (row,) = steps(sessions)
+    assert row.output_tail == "binaryjunk 中\n" and row.message == "exit 1"
+    assert (tmp_path / str(row.log_name)).read_text(encoding="utf-8") == "binaryjunk 中\n"
