@@ -169,6 +169,7 @@ def demo(demo_config: str, state_dir: str | None) -> None:
 def enqueue(obj: _Ctx, project: str, change: str, jobs: tuple[str, ...]) -> None:
     """Queue builds for CHANGE[,PATCHSET] of PROJECT (a manual recheck)."""
     from ci.enqueue import manual_enqueue
+    from ci.gerrit import GerritError
 
     config = obj.config
     try:
@@ -176,10 +177,14 @@ def enqueue(obj: _Ctx, project: str, change: str, jobs: tuple[str, ...]) -> None
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
+    except GerritError as exc:  # looking the change up failed: say so, no traceback
+        click.echo(f"error: cannot look up {project} {change} in Gerrit: {exc}", err=True)
+        raise SystemExit(1) from None
     for build_id, job in created:
         click.echo(f"queued build {build_id}: {job}")
     if not created:
-        click.echo("nothing queued (a build of that patchset is already waiting)")
+        click.echo("nothing queued (a build of that patchset is already waiting, "
+                   "or a newer patchset replaced it)")
 
 
 def _build_dict(build: Any) -> dict[str, Any]:

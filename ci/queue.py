@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ci.models import Build, BuildState, Change, Node, NodeState, OfflineCause, Patchset, utcnow
@@ -114,9 +114,18 @@ def enqueue(session: Session, patchset: Patchset, job: str, reason: str) -> Buil
     """Queue `job` for `patchset`, superseding builds of older patchsets of the change.
 
     A second request while the same patchset's build is still queued is a
-    no-op (returns None): a burst of rechecks gives one build.
+    no-op (returns None): a burst of rechecks gives one build. So is a request
+    for a patchset that a newer one of the same change has replaced.
     """
     change = patchset.change
+    newest = session.scalar(select(func.max(Patchset.number))
+                            .where(Patchset.change_id == change.id))
+    if newest is not None and newest > patchset.number:
+        # A recheck (comment, dashboard, CLI) of an outdated patchset: reviewers
+        # need the verdict on the current one, and a vote on the old one misleads.
+        logger.info("not queuing %s for %s,%s: patchset %s is newer", job, change.number,
+                    patchset.number, newest)
+        return None
     for build in _active_builds(session, change.number, job):
         if build.patchset.number < patchset.number:
             _stop(session, build, BuildState.SUPERSEDED,

@@ -79,7 +79,8 @@ def recheck(number: int, patchset: int) -> Response:
         logger.info("manual recheck of %s,%s queued %s", number, patchset, queued)
         flash(f"Queued {', '.join(queued)} for {number},{patchset}.", "ok")
     if waiting:
-        flash(f"Already queued or newer patchset pending: {', '.join(waiting)}.", "warning")
+        flash(f"Not queued (already queued, or {number},{patchset} is not the current "
+              f"patchset): {', '.join(waiting)}.", "warning")
     return _back(url_for("pages.change", number=number))
 
 

@@ -125,6 +125,9 @@ def test_enqueue_fetches_an_unknown_change_and_builds_lists_it(
     assert "nothing queued" in cli(config, "enqueue", "openstack/nova", spec).stdout
     missing = cli(config, "enqueue", "openstack/nova", "424242,1", status=2)
     assert "424242" in missing.stderr and "not found" in missing.stderr
+    gerrit.stop()  # Gerrit down: a clear error, no traceback (cli() checks that)
+    down = cli(config, "enqueue", "openstack/nova", "424243,1", status=1)
+    assert "cannot look up openstack/nova 424243,1 in Gerrit" in down.stderr
 
 
 def test_render_writes_each_file_named_for_its_node_and_step(tmp_path: Path) -> None:

@@ -82,6 +82,20 @@ def test_new_patchset_supersedes_queued_and_running(sessions: sessionmaker[Sessi
     assert enqueue(sessions, ps=1, reason="recheck") is None
 
 
+def test_outdated_patchset_is_never_queued_even_when_nothing_runs(
+        sessions: sessionmaker[Session]) -> None:
+    first = enqueue(sessions, ps=1)
+    second = enqueue(sessions, ps=2)
+    assert first and second
+    with sessions() as session, session.begin():
+        finished = queue.claim_next(session, "w1", 60)
+        assert finished is not None and finished.id == second
+        assert queue.finish(session, second, "w1", BuildState.SUCCEEDED) is not None
+    # Patchset 2 is done and nothing is active: a recheck of 1 still must not run (or vote).
+    assert enqueue(sessions, ps=1, reason="recheck") is None
+    assert enqueue(sessions, ps=2, reason="recheck") is not None
+
+
 def test_other_jobs_are_not_superseded(sessions: sessionmaker[Session]) -> None:
     a = enqueue(sessions, job="a")
     b = enqueue(sessions, job="b")
