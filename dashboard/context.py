@@ -64,5 +64,6 @@ def check_csrf() -> None:
     """Refuse (400) a POST whose form token is missing or not this session's."""
     expected = session.get(CSRF_FIELD)
     sent = request.form.get(CSRF_FIELD, "")
-    if not expected or not sent or not hmac.compare_digest(expected, sent):
+    # As bytes: compare_digest refuses non-ASCII str (a forged token must be a 400, not a 500).
+    if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
         abort(400, description="missing or invalid CSRF token; reload the page and try again")

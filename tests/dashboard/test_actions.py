@@ -125,7 +125,8 @@ def test_missing_or_wrong_csrf_is_400(client: FlaskClient, world: Any, csrf: Csr
         assert client.post(path).status_code == 400, path
     csrf("/nodes")  # the session now has a token, but a forged form does not carry it
     for path in posts:
-        assert client.post(path, data={"csrf_token": "forged"}).status_code == 400, path
+        for forged in ("forged", "forgé 伪造"):
+            assert client.post(path, data={"csrf_token": forged}).status_code == 400, path
     with dash_sessions() as s:
         assert s.get(Build, world.running_id).state == BuildState.RUNNING
         assert s.scalar(select(Build.id).where(Build.reason == "manual recheck")) is None
