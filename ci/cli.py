@@ -133,7 +133,8 @@ def worker(obj: _Ctx, name: str | None) -> None:
     def report() -> None:
         send_pending(sessions, lambda: GerritClient(config.gerrit), config)
 
-    Worker(config, sessions, name=name).run(stop_event(), on_idle=report)
+    # The outbox has its own thread: a vote never waits behind a running build.
+    Worker(config, sessions, name=name).run(stop_event(), report=report)
 
 
 @main.command()

@@ -39,6 +39,17 @@ class Secret(_Strict):
     password_env: str | None = None
     password_file: Path | None = None
 
+    @model_validator(mode="after")
+    def _one_source(self) -> Secret:
+        if self.password_env and self.password_file:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+    @property
+    def given(self) -> bool:
+        """Whether the secret names a source at all."""
+        return bool(self.password_env or self.password_file)
+
     def resolve(self) -> str | None:
         """Read the secret now (never at load time, never into a log)."""
         if self.password_env:
@@ -55,6 +66,20 @@ class DatabaseConfig(_Strict):
     url: str = "sqlite:///.demo/hyperv-ci.db"
     # The password of a server database, by reference (never in the URL in the YAML).
     password_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL: {value!r}") from None
+        if url.password:
+            raise ValueError("the URL holds a password: give it by reference (password_env)")
+        return value
 
     def sqlalchemy_url(self) -> str:
         """The URL with the referenced password filled in."""
@@ -218,6 +243,13 @@ class WinRMAccess(_Strict):
     # node's OEM code page: cp437 for en-US, cp850 for much of Western Europe).
     oem_codepage: str = "cp437"
 
+    @field_validator("password")
+    @classmethod
+    def _password_given(cls, value: Secret) -> Secret:
+        if not value.given:
+            raise ValueError("name the password's source: password_env or password_file")
+        return value
+
     @field_validator("oem_codepage")
     @classmethod
     def _codepage(cls, value: str) -> str:
@@ -274,7 +306,13 @@ class WorkerConfig(_Strict):
 
 class ReporterConfig(_Strict):
     enabled: bool = True
-    max_attempts: int = Field(8, ge=1)
+    # A vote must survive a long Gerrit outage (maintenance can take hours), so
+    # the outbox retries for a time budget since the report was queued, not a
+    # number of attempts; only then is the report marked failed.
+    retry_seconds: int = Field(86400, ge=60, description="give up this long after queueing")
+    max_backoff_seconds: int = Field(600, ge=1, description="longest wait between attempts")
+    # How often each worker's reporter thread looks at the outbox.
+    poll_interval: float = Field(2.0, gt=0)
     report_errors: bool = True
 
 
@@ -356,6 +394,8 @@ def load_config(path: Path | str) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -371,6 +411,9 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
             return p
         return (base_dir / p).resolve()
 
+    def fix_secret(secret: Secret) -> Secret:
+        return secret.model_copy(update={"password_file": fix(secret.password_file)})
+
     gerrit = config.gerrit.model_copy(update={
         "key_file": fix(config.gerrit.key_file), "known_hosts": fix(config.gerrit.known_hosts),
     })
@@ -381,9 +424,17 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
             update["ssh"] = node.ssh.model_copy(update={
                 "key_file": fix(node.ssh.key_file), "known_hosts": fix(node.ssh.known_hosts),
             })
-        if node.winrm and node.winrm.ca_file:
-            update["winrm"] = node.winrm.model_copy(update={"ca_file": fix(node.winrm.ca_file)})
+        if node.winrm:
+            update["winrm"] = node.winrm.model_copy(update={
+                "ca_file": fix(node.winrm.ca_file), "password": fix_secret(node.winrm.password)})
+        update["secrets"] = [fix_secret(secret) for secret in node.secrets]
         nodes.append(node.model_copy(update=update))
+    jobs: dict[str, JobConfig] = {}
+    for name, job in config.jobs.items():
+        if isinstance(job, DevstackHypervJob):
+            job = job.model_copy(update={"admin_password": fix_secret(job.admin_password),
+                                         "service_password": fix_secret(job.service_password)})
+        jobs[name] = job
     logs = config.logs.model_copy(update={"dir": fix(config.logs.dir)})
     worker = config.worker.model_copy(update={"git_cache_dir": fix(config.worker.git_cache_dir)})
     db = config.database
@@ -392,5 +443,6 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
         if rel and rel != ":memory:":
             db = db.model_copy(update={"url": f"sqlite:///{fix(Path(rel))}"})
     return config.model_copy(
-        update={"gerrit": gerrit, "nodes": nodes, "logs": logs, "database": db, "worker": worker}
+        update={"gerrit": gerrit, "nodes": nodes, "logs": logs, "database": db, "worker": worker,
+                "jobs": jobs}
     )

@@ -144,7 +144,8 @@ class Demo:
 
         worker = Worker(config, sessions, name="demo-worker")
         self._spawn("listener", run_listener, config, self.stop_event)
-        self._spawn("worker", worker.run, self.stop_event, report)
+        # The worker sends the outbox from its own thread, within seconds of a build's end.
+        self._spawn("worker", worker.run, self.stop_event, None, report)
         app = create_app(config, sessions=sessions)
         server, _thread, actual = start_in_thread(app, "127.0.0.1", port)
         self._cleanups.append(server.close)

@@ -102,7 +102,7 @@ class OfflineCause(enum.StrEnum):
 class ReportState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
-    FAILED = "failed"  # gave up after the retry limit
+    FAILED = "failed"  # gave up after the retry time budget (reporter.retry_seconds)
 
 
 class Event(Base):

@@ -2,16 +2,18 @@
 
 A finished build queues one `Report` row in the transaction that finishes
 it (unique per build: never two votes for one build). The reporter claims
-pending rows, sends `gerrit review`, and retries with backoff; before a
-retry it asks Gerrit whether the earlier attempt landed after all, so a
-lost acknowledgement does not produce a second comment.
+pending rows, sends `gerrit review`, and retries with capped backoff for a
+time budget (a day by default: Gerrit maintenance must not cost a vote);
+before a retry it asks Gerrit whether the earlier attempt landed after all,
+so a lost acknowledgement does not produce a second comment. Every worker
+process sends the outbox from its own thread (`Worker.run(report=...)`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import select, update
@@ -36,7 +38,10 @@ HEADLINES = {
     "please rebase. No vote was given.",
 }
 # Sending a review claims its row for this long, so two reporters never send it twice.
-CLAIM_SECONDS = 120
+# Every worker runs a reporter, so the claim must outlast the slowest send:
+# GerritClient's 30 s timeouts for connect, banner, auth, the `already_posted`
+# query and the review add up to minutes in the worst case.
+CLAIM_SECONDS = 600
 
 
 def format_duration(seconds: float | None) -> str:
@@ -155,43 +160,87 @@ def send_pending(
     *,
     limit: int = 50,
 ) -> int:
-    """Send due reports; returns how many were sent. Failures back off exponentially."""
+    """Send due reports; returns how many were sent.
+
+    A failed attempt backs off exponentially (capped at
+    `reporter.max_backoff_seconds`) and is retried until
+    `reporter.retry_seconds` after the report was queued.
+    """
     sent = 0
     client: ReviewClient | None = None
-    for _ in range(limit):
-        with sessions() as session, session.begin():
-            report = _claim(session)
-        if report is None:
-            break
-        try:
-            client = client or client_factory()
-            if report.attempts > 1 and already_posted(client, report, config.gerrit.username):
-                logger.info("report %s was already posted by an earlier attempt", report.id)
-            else:
-                labels = {report.label: report.vote} if report.label and report.vote is not None \
-                    else {}
-                client.review(report.project, report.change_number, report.patchset_number,
-                              message=report.message, labels=labels, tag=config.gerrit.tag)
-        except Exception as exc:
-            client = None
-            _failed(sessions, report.id, report.attempts, config.reporter.max_attempts, str(exc))
-            continue
-        with sessions() as session, session.begin():
-            session.execute(update(Report).where(Report.id == report.id).values(
-                state=ReportState.SENT, sent_at=utcnow(), last_error=""))
-        sent += 1
-        logger.info("report %s sent: change %s,%s vote %s", report.id, report.change_number,
-                    report.patchset_number, report.vote)
+    try:
+        for _ in range(limit):
+            with sessions() as session, session.begin():
+                report = _claim(session)
+            if report is None:
+                break
+            try:
+                client = client or client_factory()
+                if report.attempts > 1 and already_posted(client, report,
+                                                          config.gerrit.username):
+                    logger.info("report %s was already posted by an earlier attempt", report.id)
+                else:
+                    labels = {report.label: report.vote} \
+                        if report.label and report.vote is not None else {}
+                    client.review(report.project, report.change_number, report.patchset_number,
+                                  message=report.message, labels=labels, tag=config.gerrit.tag)
+            except Exception as exc:
+                _close(client)
+                client = None
+                _failed(sessions, report, config, str(exc))
+                continue
+            with sessions() as session, session.begin():
+                session.execute(update(Report).where(Report.id == report.id).values(
+                    state=ReportState.SENT, sent_at=utcnow(), last_error=""))
+            sent += 1
+            logger.info("report %s sent: change %s,%s vote %s", report.id, report.change_number,
+                        report.patchset_number, report.vote)
+    finally:
+        # The reporter runs every few seconds: an unclosed client would leave
+        # an SSH connection (and paramiko's thread) behind each time.
+        _close(client)
     return sent
 
 
-def _failed(sessions: sessionmaker[Session], report_id: int, attempts: int, max_attempts: int,
+def _close(client: ReviewClient | None) -> None:
+    close = getattr(client, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            logger.debug("closing the Gerrit client failed", exc_info=True)
+
+
+def retry_delay(attempts: int, max_backoff: int) -> int:
+    """Seconds before the next attempt: 2, 4, 8, ... capped at `max_backoff`."""
+    return min(max_backoff, 2 ** min(attempts, 32))
+
+
+def _failed(sessions: sessionmaker[Session], report: Report, config: Config,
             error: str) -> None:
-    delay = min(600, 2 ** attempts)
+    now = utcnow()
+    give_up_at: datetime = report.created_at + timedelta(seconds=config.reporter.retry_seconds)
+    # The last retry lands on the deadline itself rather than past it.
+    next_at = min(now + timedelta(seconds=retry_delay(report.attempts,
+                                                      config.reporter.max_backoff_seconds)),
+                  give_up_at)
+    values: dict[str, object] = {"last_error": error[:2000], "next_attempt_at": next_at}
+    if now >= give_up_at:
+        values["state"] = ReportState.FAILED
     with sessions() as session, session.begin():
-        values: dict[str, object] = {"last_error": error[:2000],
-                                     "next_attempt_at": utcnow() + timedelta(seconds=delay)}
-        if attempts >= max_attempts:
-            values["state"] = ReportState.FAILED
-        session.execute(update(Report).where(Report.id == report_id).values(**values))
-    logger.warning("report %s attempt %s failed: %s", report_id, attempts, error)
+        # Only while our claim holds: if it ran out, another reporter owns the
+        # row now (it may even have sent it, and SENT must stay SENT).
+        result = session.execute(update(Report).where(
+            Report.id == report.id, Report.state == ReportState.PENDING,
+            Report.next_attempt_at == report.next_attempt_at).values(**values))
+    if result.rowcount != 1:
+        logger.warning("report %s attempt %s failed after its claim ran out: %s", report.id,
+                       report.attempts, error)
+    elif now >= give_up_at:
+        logger.error("GIVING UP on report %s (change %s,%s vote %s) after %s attempts over "
+                     "%s s; the vote was NOT posted; last error: %s", report.id,
+                     report.change_number, report.patchset_number, report.vote,
+                     report.attempts, config.reporter.retry_seconds, error)
+    else:
+        logger.warning("report %s attempt %s failed (retrying at %s): %s", report.id,
+                       report.attempts, next_at.isoformat(timespec="seconds"), error)

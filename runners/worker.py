@@ -63,14 +63,25 @@ class Worker:
         self.runner_factory = runner_factory
         self._last_prune = -math.inf  # prune at start; monotonic() may be small after a boot
 
-    def run(self, stop: threading.Event, on_idle: Callable[[], None] | None = None) -> None:
-        """Loop until `stop` is set: reap, claim, run; `on_idle` runs between builds."""
+    def run(self, stop: threading.Event, on_idle: Callable[[], None] | None = None,
+            report: Callable[[], object] | None = None) -> None:
+        """Loop until `stop` is set: reap, claim, run; `on_idle` runs between builds.
+
+        `report` (one pass over the report outbox) runs from its own thread
+        every `reporter.poll_interval` seconds, so a vote goes out within
+        seconds even while a build runs for hours.
+        """
         logger.info("worker %s started", self.name)
         with self.sessions() as session, session.begin():
             pool.sync_nodes(session, self.config.nodes)
         if self.config.nodes:
             threading.Thread(target=self._health_loop, args=(stop,), name="health",
                              daemon=True).start()
+        reporter = None
+        if report is not None:
+            reporter = threading.Thread(target=self._report_loop, args=(stop, report),
+                                        name="reporter", daemon=True)
+            reporter.start()
         while not stop.is_set():
             try:
                 ran = self.run_once()
@@ -82,6 +93,9 @@ class Worker:
                 ran = False
             if not ran:
                 stop.wait(self.config.worker.poll_interval)
+        if reporter is not None:
+            # Let a send in flight record its outcome (GerritClient times out in 30 s).
+            reporter.join(timeout=120)
         logger.info("worker %s stopped", self.name)
 
     def run_once(self) -> bool:
@@ -108,6 +122,16 @@ class Worker:
                 run_health_checks(self.config, self.sessions)
             except Exception:
                 logger.exception("health checks failed")
+
+    def _report_loop(self, stop: threading.Event, report: Callable[[], object]) -> None:
+        """Send the outbox now and every `reporter.poll_interval` seconds until `stop`."""
+        while True:
+            try:
+                report()
+            except Exception:
+                logger.exception("sending reports failed")
+            if stop.wait(self.config.reporter.poll_interval):
+                return
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune < 3600:
@@ -143,31 +167,39 @@ class Worker:
             assert running is not None
             running.log_url, running.log_path = log_url, str(log_dir)
         redact = make_redactor(self.config.secrets())
+        # `abort` asks the job to stop; `lease_done` stops the heartbeat. They
+        # are separate because the lease must outlive the job: until `_record`
+        # commits, a lapsed lease lets another worker's reaper turn the build
+        # into an error, drop its result and take its nodes offline.
         abort = threading.Event()
-        heartbeat = threading.Thread(target=self._heartbeat, args=(build_id, abort),
+        lease_done = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(build_id, abort, lease_done),
                                      name=f"lease-{build_id}", daemon=True)
         heartbeat.start()
-        nodes = [n for n in self.config.nodes if n.name in node_names]
-        ctx = BuildContext(
-            build_id=build_id, job_name=job_name, change=ref, config=self.config,
-            log_dir=staging, log_url=log_url,
-            steps=StepRecorder(self.sessions, build_id, log_dir, redact),
-            nodes=nodes, should_abort=abort.is_set,
-        )
-        result, failed_nodes = self._run_job(ctx)
-        abort.set()  # also stops the heartbeat
-        heartbeat.join(timeout=5)
-        if result.tests:
-            heading = (f"{job_name} for change {ref.number},{ref.patchset} ({ref.project} "
-                       f"{ref.branch}): {result.outcome.value}")
-            outcomes = [TestOutcome(*t) for t in result.tests]
-            (staging / RESULTS_FILE).write_text(format_results(outcomes, heading),
-                                                encoding="utf-8")
         try:
-            publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes, staging=staging)
-        except OSError:
-            logger.exception("build %s: publishing logs failed", build_id)
-        self._record(build_id, result, failed_nodes, log_url, str(log_dir))
+            nodes = [n for n in self.config.nodes if n.name in node_names]
+            ctx = BuildContext(
+                build_id=build_id, job_name=job_name, change=ref, config=self.config,
+                log_dir=staging, log_url=log_url,
+                steps=StepRecorder(self.sessions, build_id, log_dir, redact),
+                nodes=nodes, should_abort=abort.is_set,
+            )
+            result, failed_nodes = self._run_job(ctx)
+            abort.set()  # the job is over; the lease is still renewed
+            if result.tests:
+                heading = (f"{job_name} for change {ref.number},{ref.patchset} ({ref.project} "
+                           f"{ref.branch}): {result.outcome.value}")
+                outcomes = [TestOutcome(*t) for t in result.tests]
+                (staging / RESULTS_FILE).write_text(format_results(outcomes, heading),
+                                                    encoding="utf-8")
+            try:
+                publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes, staging=staging)
+            except OSError:
+                logger.exception("build %s: publishing logs failed", build_id)
+            self._record(build_id, result, failed_nodes, log_url, str(log_dir))
+        finally:
+            lease_done.set()
+            heartbeat.join(timeout=5)
 
     def _run_job(self, ctx: BuildContext) -> tuple[JobResult, list[str]]:
         failed_nodes: list[str] = []
@@ -194,9 +226,11 @@ class Worker:
             result = JobResult(Outcome.ERROR, f"internal error: {type(exc).__name__}: {exc}")
         return result, failed_nodes
 
-    def _heartbeat(self, build_id: int, abort: threading.Event) -> None:
+    def _heartbeat(self, build_id: int, abort: threading.Event,
+                   lease_done: threading.Event) -> None:
+        """Renew the lease until `lease_done`; set `abort` if the build is no longer ours."""
         interval = max(1.0, self.config.worker.lease_seconds / 3)
-        while not abort.wait(interval):
+        while not lease_done.wait(interval):
             try:
                 with self.sessions() as session, session.begin():
                     ours = queue.renew_lease(session, build_id, self.name,
@@ -205,8 +239,10 @@ class Worker:
                 logger.exception("build %s: lease renewal failed", build_id)
                 continue
             if not ours:
-                logger.info("build %s was superseded or aborted: stopping it", build_id)
+                if not lease_done.is_set():  # else `_record` just finished it
+                    logger.info("build %s was superseded or aborted: stopping it", build_id)
                 abort.set()
+                return
 
     def _record(self, build_id: int, result: JobResult, failed_nodes: list[str], log_url: str,
                 log_path: str) -> None:

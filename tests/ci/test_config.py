@@ -46,6 +46,14 @@ def test_minimal_config_loads_with_defaults() -> None:
         (lambda d: d.update(nodes=[{"name": "hv", "label": "hyperv", "address": "x", "winrm": {
             "username": "u", "password": {"password_env": "P"}, "oem_codepage": "cp9999"}}]),
          "nodes.0.winrm.oem_codepage: Value error, unknown code page 'cp9999'"),
+        (lambda d: d.update(nodes=[{"name": "hv", "label": "hyperv", "address": "x", "winrm": {
+            "username": "u", "password": {}}}]),
+         "nodes.0.winrm.password: Value error, name the password's source"),
+        (lambda d: d.update(nodes=[{"name": "hv", "label": "hyperv", "address": "x", "winrm": {
+            "username": "u", "password": {"password_env": "P", "password_file": "f"}}}]),
+         "not both"),
+        (lambda d: d.update(database={"url": "postgresql+psycopg://ci:hunter2@db/ci"}),
+         "database.url: Value error, the URL holds a password"),
     ],
 )
 def test_bad_config_names_the_key(mutate, expected: str) -> None:
@@ -115,3 +123,23 @@ def test_check_config_on_broken_yaml(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check-config", str(bad)])
     assert result.exit_code == 2
     assert "not valid YAML" in result.output
+
+
+def test_a_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ci.yaml"
+    path.write_bytes(yaml.safe_dump(minimal()).encode() + "# Zoë\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(path)
+
+
+def test_password_files_resolve_against_the_file(tmp_path: Path) -> None:
+    data = minimal()
+    data["nodes"] = [{"name": "hv-1", "label": "hyperv", "address": "10.0.0.2",
+                      "winrm": {"username": "u", "password": {"password_file": "pw.txt"}}}]
+    (tmp_path / "pw.txt").write_text("file-Zoë-pw\n", encoding="utf-8")
+    path = tmp_path / "ci.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    config = load_config(path)
+    assert config.nodes[0].winrm is not None
+    assert config.nodes[0].winrm.password.password_file == tmp_path / "pw.txt"
+    assert config.secrets() == ["file-Zoë-pw"]

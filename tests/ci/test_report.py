@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
 from ci.config import Config, parse_config
-from ci.models import Build, BuildState, Report, ReportState
+from ci.models import Build, BuildState, Report, ReportState, utcnow
 from ci.report import (
+    CLAIM_SECONDS,
     format_duration,
     format_job_line,
     format_message,
@@ -58,14 +63,15 @@ def make_config() -> Config:
         "gerrit": {"host": "h", "username": "hyperv-ci", "key_file": "k", "known_hosts": "kh"},
         "projects": [{"name": "openstack/nova", "jobs": ["hyperv-tempest"]}],
         "jobs": {"hyperv-tempest": {"type": "local", "command": ["true"]}},
-        "reporter": {"max_attempts": 2},
+        "reporter": {"retry_seconds": 3600 * 6, "max_backoff_seconds": 600},
     })
 
 
-def finished_build(sessions: sessionmaker[Session], state: BuildState) -> int:
+def finished_build(sessions: sessionmaker[Session], state: BuildState,
+                   number: int = 10001) -> int:
     with sessions() as session, session.begin():
         ps = queue.upsert_patchset(session, queue.ChangeInfo(
-            number=10001, project="openstack/nova", branch="master", patchset=2,
+            number=number, project="openstack/nova", branch="master", patchset=2,
             subject="Ünïcode 中文"))
         build = queue.enqueue(session, ps, "hyperv-tempest", "patchset-created")
         assert build is not None
@@ -127,26 +133,163 @@ def test_a_second_report_for_one_build_is_refused(sessions: sessionmaker[Session
             queue_report(session, build, make_config())
 
 
-def test_failed_send_backs_off_then_gives_up(sessions: sessionmaker[Session]) -> None:
-    finished_build(sessions, BuildState.FAILED)
-    gerrit = RecordingGerrit(fail_times=5)
-    assert send_pending(sessions, lambda: gerrit, make_config()) == 0
-    with sessions() as session:
-        report = session.scalar(select(Report))
-        assert report is not None
-        assert report.state == ReportState.PENDING and report.attempts == 1
-        assert "gerrit unreachable" in report.last_error
-        report_id = report.id
-    # Make it due again: the second failure reaches max_attempts (2).
+def make_due(sessions: sessionmaker[Session], report_id: int, *,
+             age: timedelta | None = None) -> None:
+    """Let time pass: the report is due now (and was queued `age` ago)."""
     with sessions() as session, session.begin():
         row = session.get(Report, report_id)
         assert row is not None
-        row.next_attempt_at = row.created_at
-    send_pending(sessions, lambda: gerrit, make_config())
+        if age is not None:
+            row.created_at = utcnow() - age
+        row.next_attempt_at = utcnow() - timedelta(seconds=1)
+
+
+def only_report(sessions: sessionmaker[Session]) -> Report:
     with sessions() as session:
-        report = session.get(Report, report_id)
-        assert report is not None and report.state == ReportState.FAILED
+        report = session.scalar(select(Report))
+        assert report is not None
+        return report
+
+
+def test_a_long_gerrit_outage_does_not_lose_the_vote(sessions: sessionmaker[Session]) -> None:
+    finished_build(sessions, BuildState.FAILED)
+    report_id = only_report(sessions).id
+    # Gerrit is down for about an hour: 20 attempts, the last one 60 minutes in.
+    gerrit = RecordingGerrit(fail_times=20)
+    for minutes in range(20):
+        make_due(sessions, report_id, age=timedelta(minutes=3 * (minutes + 1)))
+        before = utcnow()
+        assert send_pending(sessions, lambda: gerrit, make_config()) == 0
+        after = utcnow()
+        report = only_report(sessions)
+        assert report.state == ReportState.PENDING
+        assert "gerrit unreachable" in report.last_error
+        # The backoff doubles, then stays at the cap.
+        delay = min(600, 2 ** report.attempts)
+        assert before + timedelta(seconds=delay) <= report.next_attempt_at
+        assert report.next_attempt_at <= after + timedelta(seconds=delay)
+    assert report.attempts == 20 and delay == 600
+    make_due(sessions, report_id)
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 1
+    assert len(gerrit.reviews) == 1 and gerrit.reviews[0]["labels"] == {"Verified": -1}
+    assert only_report(sessions).state == ReportState.SENT
+
+
+def test_gives_up_loudly_only_after_the_time_budget(sessions: sessionmaker[Session],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    finished_build(sessions, BuildState.FAILED)
+    report_id = only_report(sessions).id
+    gerrit = RecordingGerrit(fail_times=5)
+    # Ten minutes before the budget (6 h) runs out: retried, but not past the deadline.
+    make_due(sessions, report_id, age=timedelta(hours=6) - timedelta(minutes=10))
+    with sessions() as session, session.begin():
+        row = session.get(Report, report_id)
+        assert row is not None
+        row.attempts = 40
+        deadline = row.created_at + timedelta(hours=6)
+    send_pending(sessions, lambda: gerrit, make_config())
+    report = only_report(sessions)
+    assert report.state == ReportState.PENDING
+    assert report.next_attempt_at <= deadline
+    make_due(sessions, report_id, age=timedelta(hours=6, seconds=1))
+    with caplog.at_level(logging.ERROR, logger="ci.report"):
+        send_pending(sessions, lambda: gerrit, make_config())
+    assert only_report(sessions).state == ReportState.FAILED
+    assert any(r.levelno == logging.ERROR and "GIVING UP" in r.getMessage()
+               for r in caplog.records)
     assert gerrit.reviews == []
+
+
+def test_a_report_queued_long_ago_still_gets_one_attempt(sessions: sessionmaker[Session]) -> None:
+    finished_build(sessions, BuildState.SUCCEEDED)
+    # The CI itself was down for two days: the budget counts failures, not downtime.
+    make_due(sessions, only_report(sessions).id, age=timedelta(days=2))
+    gerrit = RecordingGerrit()
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 1
+    assert only_report(sessions).state == ReportState.SENT
+
+
+class SentMeanwhile(RecordingGerrit):
+    """A send slower than its claim: another reporter sent the report meanwhile, then ours fails."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        super().__init__()
+        self.sessions = sessions
+
+    def review(self, project: str, change: int, patchset: int, *, message: str,
+               labels: dict[str, int], tag: str | None = None) -> None:
+        with self.sessions() as session, session.begin():
+            row = session.scalar(select(Report))
+            assert row is not None
+            row.next_attempt_at = utcnow()  # reclaimed by the other reporter ...
+            row.state, row.sent_at = ReportState.SENT, utcnow()  # ... which sent it
+        raise ConnectionError("gerrit unreachable")
+
+
+def test_a_failure_after_the_claim_ran_out_keeps_the_other_reporters_outcome(
+    sessions: sessionmaker[Session],
+) -> None:
+    finished_build(sessions, BuildState.SUCCEEDED)
+    make_due(sessions, only_report(sessions).id, age=timedelta(days=2))  # past the budget
+    send_pending(sessions, lambda: SentMeanwhile(sessions), make_config())
+    report = only_report(sessions)
+    assert report.state == ReportState.SENT and report.last_error == ""
+
+
+class SlowGerrit(RecordingGerrit):
+    """Thread-safe, and slow enough that concurrent reporters interleave."""
+
+    def __init__(self, fail_times: int = 0) -> None:
+        super().__init__(fail_times=fail_times)
+        self.lock = threading.Lock()
+
+    def review(self, project: str, change: int, patchset: int, *, message: str,
+               labels: dict[str, int], tag: str | None = None) -> None:
+        time.sleep(0.01)
+        with self.lock:
+            super().review(project, change, patchset, message=message, labels=labels, tag=tag)
+
+
+def test_concurrent_reporters_send_each_report_once(sessions: sessionmaker[Session]) -> None:
+    numbers = list(range(20001, 20013))
+    for number in numbers:
+        finished_build(sessions, BuildState.SUCCEEDED, number=number)
+    gerrit = SlowGerrit(fail_times=3)  # some attempts fail and come back later
+    config = make_config()
+    errors: list[BaseException] = []
+
+    def reporter() -> None:
+        # Like one worker process's reporter thread, until the outbox is empty.
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                send_pending(sessions, lambda: gerrit, config)
+                with sessions() as session:
+                    pending = session.scalars(select(Report).where(
+                        Report.state == ReportState.PENDING)).all()
+                if not pending:
+                    return
+                for row in pending:  # skip the backoff: retry at once
+                    if row.next_attempt_at > utcnow() + timedelta(seconds=CLAIM_SECONDS / 2):
+                        continue  # claimed by a reporter right now
+                    with sessions() as session, session.begin():
+                        # Only if nobody claimed it since: never break a live claim.
+                        session.execute(update(Report).where(
+                            Report.id == row.id, Report.state == ReportState.PENDING,
+                            Report.next_attempt_at == row.next_attempt_at,
+                        ).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reporter) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert not errors
+    assert sorted(r["change"] for r in gerrit.reviews) == numbers
+    with sessions() as session:
+        assert {r.state for r in session.scalars(select(Report))} == {ReportState.SENT}
 
 
 def test_retry_detects_an_earlier_attempt_that_landed(sessions: sessionmaker[Session]) -> None:

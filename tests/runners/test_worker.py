@@ -6,7 +6,9 @@ import os
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
 from ci.config import Config, parse_config
-from ci.models import Build, BuildState, BuildStep, Report, TestResult
+from ci.models import Build, BuildState, BuildStep, Report, ReportState, TestResult, utcnow
+from ci.report import queue_report, send_pending
+from runners import worker as worker_module
 from runners.base import BuildContext, InfraError, JobResult, Runner
 from runners.worker import Worker
 
@@ -186,3 +190,105 @@ def test_worker_prunes_old_log_trees_when_it_starts(sqlite_sessions: sessionmake
     stop = threading.Event()
     Worker(config, sqlite_sessions, name="w1").run(stop, on_idle=stop.set)
     assert not old.exists()
+
+
+def wait_for(predicate: Any, timeout: float = 30) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds passed (a bound, not a check)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())
+
+
+def test_lease_is_renewed_until_a_slow_publish_is_recorded(
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = make_config(tmp_path, ["true"])  # lease: 6 s
+    build_id = enqueue(sqlite_sessions)
+    # Another worker (of a job of its own, so it claims nothing here) reaps all along.
+    other_config = config.model_copy(update={"jobs": {"other": config.jobs["unit"]}})
+    other = Worker(other_config, sqlite_sessions, name="w2")
+    real_publish = worker_module.publish_logs
+    published = threading.Event()
+
+    def slow_publish(*args: Any, **kwargs: Any) -> None:
+        with sqlite_sessions() as session:
+            build = session.get(Build, build_id)
+            assert build is not None and build.lease_expires_at is not None
+            expiry = build.lease_expires_at
+        # Publish for longer than the lease the build had when the job ended.
+        while utcnow() < expiry + timedelta(seconds=2):
+            assert not other.run_once()
+            time.sleep(0.2)
+        assert not other.run_once()
+        real_publish(*args, **kwargs)
+        published.set()
+
+    monkeypatch.setattr(worker_module, "publish_logs", slow_publish)
+    assert Worker(config, sqlite_sessions, name="w1").run_once()
+    assert published.is_set()
+    build = load(sqlite_sessions, build_id)
+    assert build.state == BuildState.SUCCEEDED and build.worker == "w1"
+    assert build.report is not None and build.report.vote == 1
+    with sqlite_sessions() as session:
+        assert len(session.scalars(select(Build)).all()) == 1  # not reaped: no retry queued
+
+
+class RecordingGerrit:
+    """A thread-safe fake Gerrit at the reporter's I/O seam."""
+
+    def __init__(self) -> None:
+        self.reviews: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+
+    def review(self, project: str, change: int, patchset: int, *, message: str,
+               labels: dict[str, int], tag: str | None = None) -> None:
+        with self.lock:
+            self.reviews.append((change, patchset))
+
+    def query(self, query: str, **flags: bool) -> list[dict[str, Any]]:
+        return []
+
+
+def test_reports_go_out_while_a_build_runs(sqlite_sessions: sessionmaker[Session],
+                                          tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    code = (f"import pathlib, time\n"
+            f"while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.1)\n")
+    config = make_config(tmp_path, py(code))
+    config = config.model_copy(update={"reporter": config.reporter.model_copy(
+        update={"poll_interval": 0.2})})
+    running_id = enqueue(sqlite_sessions, ps=1)
+    gerrit = RecordingGerrit()
+    stop = threading.Event()
+    worker = Worker(config, sqlite_sessions, name="w1")
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={
+        "report": lambda: send_pending(sqlite_sessions, lambda: gerrit, config)})
+    thread.start()
+    try:
+        assert wait_for(lambda: load(sqlite_sessions, running_id).state == BuildState.RUNNING)
+        # A vote of another change is queued while the build runs (and runs on).
+        with sqlite_sessions() as session, session.begin():
+            patchset = queue.upsert_patchset(session, queue.ChangeInfo(
+                number=10002, project="openstack/nova", branch="master", patchset=1,
+                subject=SUBJECT))
+            done = queue.enqueue(session, patchset, "unit", "patchset-created")
+            assert done is not None
+            done.state, done.log_url = BuildState.SUCCEEDED, "http://logs.example.org/x/"
+            session.flush()
+            assert queue_report(session, done, config) is not None
+        assert wait_for(lambda: gerrit.reviews == [(10002, 1)])
+        assert load(sqlite_sessions, running_id).state == BuildState.RUNNING
+        # And the build's own vote follows its end.
+        release.write_text("go")
+        assert wait_for(lambda: (10001, 1) in gerrit.reviews)
+    finally:
+        release.write_text("go")
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert gerrit.reviews == [(10002, 1), (10001, 1)]
+    with sqlite_sessions() as session:
+        assert {r.state for r in session.scalars(select(Report))} == {ReportState.SENT}
