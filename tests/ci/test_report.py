@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
 from ci.config import Config, parse_config
+from ci.gerrit import GerritClient, GerritError
 from ci.models import Build, BuildState, Report, ReportState, utcnow
 from ci.report import (
     CLAIM_SECONDS,
@@ -25,6 +27,7 @@ from ci.report import (
     send_pending,
     vote_for,
 )
+from sim.gerrit import SimGerrit, make_client_identity
 
 
 @pytest.mark.parametrize(
@@ -307,3 +310,31 @@ def test_retry_detects_an_earlier_attempt_that_landed(sessions: sessionmaker[Ses
     with sessions() as session:
         report = session.scalar(select(Report).where(Report.build_id == build_id))
         assert report is not None and report.state == ReportState.SENT
+
+
+def test_lost_acknowledgement_against_the_simulated_gerrit(sessions: sessionmaker[Session],
+                                                           tmp_path: Path) -> None:
+    # The review lands, then the connection drops before we hear so: the retry must
+    # find Gerrit's own comment (as Gerrit words it) and not vote a second time.
+    key, public = make_client_identity(tmp_path / "id", "hyperv-ci")
+    with SimGerrit(tmp_path / "sim", users={"hyperv-ci": public}) as gerrit:
+        pushed = gerrit.state.push("openstack/nova", files=["nova/virt/hyperv/ü.py"],
+                                   subject="修复", owner="张伟")
+        number = int(pushed["change"])
+        gerrit.state.push("openstack/nova", files=["nova/virt/hyperv/ü.py"], change=number)
+        finished_build(sessions, BuildState.SUCCEEDED, number=number)
+        config = make_config().model_copy(update={
+            "gerrit": gerrit.client_config("hyperv-ci", key)})
+
+        class AckLost(GerritClient):
+            def review(self, *args: Any, **kwargs: Any) -> None:
+                super().review(*args, **kwargs)
+                raise GerritError("connection reset after the command ran")
+
+        assert send_pending(sessions, lambda: AckLost(config.gerrit), config) == 0
+        make_due(sessions, only_report(sessions).id)
+        assert send_pending(sessions, lambda: GerritClient(config.gerrit), config) == 1
+        report = only_report(sessions)
+        assert report.state == ReportState.SENT and report.attempts == 2
+        votes = [r for r in gerrit.state.reviews() if r["change"] == number]
+        assert [(r["patchset"], r["labels"]) for r in votes] == [(2, {"Verified": 1})]
