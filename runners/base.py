@@ -29,6 +29,18 @@ class CommandTimeout(ExecutorError):
     """A command outlived its timeout; the executor has stopped it on the node."""
 
 
+class CommandAborted(ExecutorError):
+    """The caller's `should_stop` turned true mid-command; the executor has stopped it.
+
+    Not a CommandTimeout: the build was superseded or aborted, so the command's
+    node is fine and nothing is to be retried.
+    """
+
+
+# Polled by an executor while a command runs: True means stop it now (abort, supersede).
+StopCheck = Callable[[], bool]
+
+
 @dataclass(frozen=True)
 class CommandResult:
     exit_code: int

@@ -15,7 +15,10 @@ Steps, each a recorded build step with its own log:
 7. cleanup (in `cleanup`): every node, whatever happened; nodes that fail it are returned.
 
 Anything the CI is to blame for (node unreachable, script failed, timeout)
-ends the build as ERROR: retried, never a -1.
+ends the build as ERROR: retried, never a -1. So does an abort (superseded,
+abandoned, operator): checked between steps, and inside every long command of
+`run` (the executors stop stack.sh, tempest or a Windows script mid-way), so
+the nodes are cleaned and freed at once rather than after the step's timeout.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ci.config import ConfigError, DevstackHypervJob, NodeConfig
 from ci.models import StepState
 from runners.base import (
     BuildContext,
+    CommandAborted,
     CommandResult,
     CommandTimeout,
     ExecutorError,
@@ -43,6 +47,7 @@ from runners.base import (
     JobResult,
     Outcome,
     Runner,
+    StopCheck,
 )
 from runners.job_values import job_secrets
 from runners.merger import MergeConflict, PreparedChange, expand_git_url, prepare_change
@@ -95,6 +100,9 @@ class DevstackHypervRunner(Runner):
         self._ssh: SSHExecutor | None = None
         self._winrm: dict[str, WinRMExecutor] = {}
         self._started: set[str] = set()  # step names `run` has begun
+        # The build's abort check, handed to every command `run` starts; never to
+        # collect or cleanup, which must still run once the build is aborted.
+        self._abort: StopCheck | None = None
 
     def node_labels(self) -> list[str]:
         return ["devstack"] + ["hyperv"] * self.job.hyperv_nodes
@@ -109,14 +117,17 @@ class DevstackHypervRunner(Runner):
             raise InfraError(f"cannot render the job's files: {exc}") from exc
 
     def _ps(self, step: StepHandle, node: str, name: str, timeout: float,
-            check: bool = True) -> CommandResult:
-        """Run one rendered PowerShell script on a Windows node, output into `step`."""
+            check: bool = True, should_stop: StopCheck | None = None) -> CommandResult:
+        """Run one rendered PowerShell script on a Windows node, output into `step`.
+
+        `should_stop` (the build's abort check) stops the script mid-way: CommandAborted.
+        """
         assert self.rendered is not None
         step.log(f"--- {name} on {node}")
         with self._watch(node):
             result = self._winrm[node].run_powershell(
                 self.rendered.for_node(node, name), timeout=timeout, on_output=step.write,
-                idempotent=True)
+                idempotent=True, should_stop=should_stop)
         if check and not result.ok:
             step.finish(StepState.ERROR, "", result.exit_code)
             raise InfraError(f"{name} failed on {node} (exit {result.exit_code})"
@@ -125,24 +136,28 @@ class DevstackHypervRunner(Runner):
 
     @contextmanager
     def _watch(self, node: str) -> Iterator[None]:
-        """Remember a node whose transport failed (a timeout is not that): no log collection."""
+        """Remember a node whose transport failed (a timeout or abort is not): no log collection."""
         try:
             yield
-        except CommandTimeout:
+        except (CommandTimeout, CommandAborted):
             raise
         except ExecutorError:
             self.dead.add(node)
             raise
 
-    def _sh(self, step: StepHandle, name: str, timeout: float, check: bool = True
-            ) -> CommandResult:
-        """Run one rendered bash script on the controller, output into `step`."""
+    def _sh(self, step: StepHandle, name: str, timeout: float, check: bool = True,
+            should_stop: StopCheck | None = None) -> CommandResult:
+        """Run one rendered bash script on the controller, output into `step`.
+
+        `should_stop` (the build's abort check) stops the script mid-way: CommandAborted.
+        """
         assert self.rendered is not None and self.controller is not None and self._ssh
         script = self.rendered.file_for(self.controller.name, name)
         step.log(f"--- {name} on {self.controller.name}")
         # Uploaded right before it runs: cleanup works even if the build never reached the node.
         self._ssh.put(script.payload(), script.remote_path, 0o755)
-        result = self._ssh.run(["bash", script.remote_path], timeout=timeout, on_output=step.write)
+        result = self._ssh.run(["bash", script.remote_path], timeout=timeout,
+                               on_output=step.write, should_stop=should_stop)
         if check and not result.ok:
             step.finish(StepState.ERROR, "", result.exit_code)
             raise InfraError(f"{name} failed on {self.controller.name} "
@@ -150,7 +165,7 @@ class DevstackHypervRunner(Runner):
         return result
 
     def _ps_step(self, step: StepHandle, node: str, name: str) -> None:
-        self._ps(step, node, name, self.job.command_timeout)
+        self._ps(step, node, name, self.job.command_timeout, should_stop=self._abort)
 
     def _step(self, ctx: BuildContext, name: str, node: str,
               body: Callable[[StepHandle], None]) -> None:
@@ -190,10 +205,14 @@ class DevstackHypervRunner(Runner):
         self.rendered = self._render(ctx, revision if _SHA.fullmatch(revision) else "0" * 40)
 
     def run(self, ctx: BuildContext) -> JobResult:
+        self._abort = ctx.should_abort
         try:
             return self._run(ctx)
         except _Stop as stop:
             result = stop.result
+        except CommandAborted as exc:
+            # Stopped mid-step: the same result as an abort between steps.
+            result = JobResult(Outcome.ERROR, f"aborted while running: {exc}")
         except (InfraError, ExecutorError) as exc:
             result = JobResult(Outcome.ERROR, f"infrastructure error: {exc}")
         for name in RUN_STEPS:
@@ -251,8 +270,8 @@ class DevstackHypervRunner(Runner):
                           0o755 if item.kind == "script" else 0o644)
         self._ssh.put(self.prepared.bundle.read_bytes(), self.rendered.path(name, "bundle"))
         step.log(f"uploaded {len(self.rendered.node_files(name))} files and the change bundle")
-        self._sh(step, "prepare-checkout.sh", self.job.command_timeout)
-        self._sh(step, "stack.sh", self.job.stack_timeout)
+        self._sh(step, "prepare-checkout.sh", self.job.command_timeout, should_stop=self._abort)
+        self._sh(step, "stack.sh", self.job.stack_timeout, should_stop=self._abort)
 
     def _compute(self, step: StepHandle, node: str) -> None:
         assert self.rendered and self.prepared
@@ -262,10 +281,11 @@ class DevstackHypervRunner(Runner):
             for item in self.rendered.node_files(node):
                 if item.kind != "script":
                     executor.put(item.payload(), item.remote_path)
-        timeout = self.job.command_timeout
-        self._ps(step, node, "install.ps1", timeout)
-        self._ps(step, node, "configure-services.ps1", timeout)
-        started = self._ps(step, node, "start-services.ps1", timeout, check=False)
+        timeout, stop = self.job.command_timeout, self._abort
+        self._ps(step, node, "install.ps1", timeout, should_stop=stop)
+        self._ps(step, node, "configure-services.ps1", timeout, should_stop=stop)
+        started = self._ps(step, node, "start-services.ps1", timeout, check=False,
+                           should_stop=stop)
         if not started.ok:
             self._service_stderr(step, node)
             step.finish(StepState.ERROR, "", started.exit_code)
@@ -275,13 +295,16 @@ class DevstackHypervRunner(Runner):
     def _service_stderr(self, step: StepHandle, node: str) -> None:
         """Run each service's executable by hand on `node`: its stderr says why it died."""
         try:
-            self._ps(step, node, "service-stderr.ps1", self.job.command_timeout, check=False)
+            self._ps(step, node, "service-stderr.ps1", self.job.command_timeout, check=False,
+                     should_stop=self._abort)
+        except CommandAborted:
+            raise  # the build is over, not just this diagnostic
         except ExecutorError as exc:
             step.log(f"could not capture the services' stderr on {node}: {exc}")
 
     def _wait_services(self, step: StepHandle) -> None:
         result = self._sh(step, "check-services.sh", self.job.services_timeout + SERVICES_MARGIN,
-                          check=False)
+                          check=False, should_stop=self._abort)
         if result.ok:
             return
         for node in self.hyperv:
@@ -292,7 +315,8 @@ class DevstackHypervRunner(Runner):
 
     def _tempest(self, ctx: BuildContext, step: StepHandle) -> JobResult:
         assert self.rendered and self.controller and self._ssh
-        run = self._sh(step, "tempest.sh", self.job.tempest.timeout, check=False)
+        run = self._sh(step, "tempest.sh", self.job.tempest.timeout, check=False,
+                       should_stop=self._abort)
         local = ctx.log_dir / "tempest.subunit"
         try:
             self._ssh.get(self.rendered.path(self.controller.name, "subunit"), local)

@@ -3,8 +3,9 @@
 Host keys are checked against the node's known_hosts file (`RejectPolicy`);
 no agent and no default keys are used. Commands are argument lists, sent as
 `shlex.join(argv)` inside a small fixed `sh` wrapper that reports the
-remote process group first (one line on stderr, stripped here), so a
-timeout can kill the whole remote process tree over a second channel.
+remote process group first (one line on stdout, stripped here), so a
+timeout, or the caller's `should_stop` turning true, can kill the whole
+remote process tree over a second channel.
 
 Output is text (UTF-8, bad bytes replaced): a command whose output is
 binary, such as `tempest run --subunit`, should redirect it to a file on the
@@ -28,7 +29,14 @@ from pathlib import Path, PurePosixPath
 import paramiko
 
 from ci.config import NodeConfig
-from runners.base import CommandResult, CommandTimeout, ExecutorError, OutputSink
+from runners.base import (
+    CommandAborted,
+    CommandResult,
+    CommandTimeout,
+    ExecutorError,
+    OutputSink,
+    StopCheck,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,10 @@ _KILLER = (
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRANSPORT_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, socket.timeout)
 _CHUNK = 32768
+STOP_POLL = 0.5  # seconds between two calls of a running command's `should_stop`
+# How long a stop waits for the wrapper's pgid line if it has not arrived yet
+# (a command stopped right after it started): without it nothing can be killed.
+_PGID_WAIT = 5.0
 
 
 class SSHExecutor:
@@ -148,14 +160,20 @@ class SSHExecutor:
 
     # -- commands ---------------------------------------------------------------
     def run(self, argv: Sequence[str], *, timeout: float, on_output: OutputSink | None = None,
-            env: Mapping[str, str] | None = None, cwd: str | None = None) -> CommandResult:
+            env: Mapping[str, str] | None = None, cwd: str | None = None,
+            should_stop: StopCheck | None = None) -> CommandResult:
         """Run `argv` on the node; stream its output to `on_output` as it arrives.
 
         Raises CommandTimeout (after killing the remote process group) when the
-        command outlives `timeout` seconds, ExecutorError when the connection fails.
+        command outlives `timeout` seconds, CommandAborted (after the same kill)
+        when `should_stop` returns True (it is asked about every STOP_POLL
+        seconds), ExecutorError when the connection fails.
         """
         if not argv:
             raise ValueError("empty command")
+        if should_stop is not None and should_stop():
+            # Already stopped: do not start something only to kill it.
+            raise CommandAborted(f"command on {self.node_name} aborted before it started")
         command = list(argv)
         if env:
             bad = [k for k in env if not _ENV_NAME.match(k)]
@@ -171,7 +189,7 @@ class SSHExecutor:
             channel.close()
             raise ExecutorError(f"cannot start a command on {self._where()}: {exc}") from exc
         logger.debug("running on %s: %s", self.node_name, shlex.join(argv))
-        return _Session(self, channel, timeout, on_output).wait()
+        return _Session(self, channel, timeout, on_output, should_stop).wait()
 
     def _kill_group(self, pgid: int) -> None:
         """Kill a remote process group: TERM, then KILL after the grace period."""
@@ -263,14 +281,15 @@ class SSHExecutor:
 
 
 class _Session:
-    """One running remote command: pumps output, enforces the timeout."""
+    """One running remote command: pumps output, enforces the timeout and `should_stop`."""
 
     def __init__(self, executor: SSHExecutor, channel: paramiko.Channel, timeout: float,
-                 on_output: OutputSink | None) -> None:
+                 on_output: OutputSink | None, should_stop: StopCheck | None = None) -> None:
         self.executor = executor
         self.channel = channel
         self.timeout = timeout
         self.on_output = on_output
+        self.should_stop = should_stop
         self.out: list[str] = []
         self.err: list[str] = []
         self._out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -326,6 +345,7 @@ class _Session:
 
     def wait(self) -> CommandResult:
         deadline = time.monotonic() + self.timeout
+        next_check = time.monotonic()
         channel = self.channel
         try:
             while True:
@@ -335,11 +355,18 @@ class _Session:
                 if channel.exit_status_ready() and not (
                         channel.recv_ready() or channel.recv_stderr_ready()):
                     break
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     raise self._timed_out()
+                # Rate-limited: a command with a steady stream of output must not
+                # call the check once per packet.
+                if self.should_stop is not None and now >= next_check:
+                    if self.should_stop():
+                        raise self._aborted()
+                    next_check = now + STOP_POLL
                 if not got:
-                    select.select([channel], [], [], min(left, 0.5))
+                    select.select([channel], [], [], min(left, STOP_POLL))
             self._stdout(b"", final=True)
             self._stderr(b"", final=True)
             status = channel.recv_exit_status()
@@ -355,9 +382,24 @@ class _Session:
         finally:
             channel.close()
 
-    def _timed_out(self) -> CommandTimeout:
+    def _stop(self) -> None:
+        """Kill the remote process group, as soon as the wrapper has said which it is."""
+        limit = time.monotonic() + _PGID_WAIT
+        while not self._head_done and not self.channel.exit_status_ready() \
+                and time.monotonic() < limit:
+            if not self._pump():
+                select.select([self.channel], [], [], 0.1)
         if self.pgid is not None:
             self.executor._kill_group(self.pgid)
+
+    def _aborted(self) -> CommandAborted:
+        self._stop()
+        logger.info("command on %s aborted by its caller (process group %s killed)",
+                    self.executor.node_name, self.pgid)
+        return CommandAborted(f"command on {self.executor.node_name} aborted")
+
+    def _timed_out(self) -> CommandTimeout:
+        self._stop()
         logger.warning("command on %s timed out after %ss (process group %s killed)",
                        self.executor.node_name, self.timeout, self.pgid)
         return CommandTimeout(

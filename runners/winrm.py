@@ -8,7 +8,8 @@ Built on pywinrm's `Protocol`, not `Session.run_ps`, for three reasons
   to a .ps1 file and run with `-File`, because an inlined `-EncodedCommand`
   breaks cmd.exe's 8,191-character line past ~3,000 characters;
 - output is streamed to the caller after every Receive, and the whole command
-  has a deadline after which it is signalled to terminate.
+  has a deadline after which it is signalled to terminate; it is signalled the
+  same way as soon as the caller's `should_stop` says so (abort, supersede).
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ import winrm.transport
 from winrm.exceptions import WinRMError, WinRMOperationTimeoutError, WinRMTransportError
 from winrm.protocol import Protocol
 
-from runners.base import CommandResult, CommandTimeout, ExecutorError, OutputSink
+from runners.base import (
+    CommandAborted,
+    CommandResult,
+    CommandTimeout,
+    ExecutorError,
+    OutputSink,
+    StopCheck,
+)
 from runners.powershell import ps_quote
 
 if TYPE_CHECKING:
@@ -45,6 +53,9 @@ CMD_LINE_LIMIT = 8191  # cmd.exe runs every WinRM command line (WINRS_SKIP_CMD_S
 PUT_CHUNK_BYTES = 48 * 1024  # raw bytes per Send: ~64 KiB of base64, well inside MaxEnvelopeSize
 TRANSFER_TIMEOUT = 900.0
 EXIT_NOT_FOUND = 2  # the get helper's exit code for a missing file
+# Longest Receive (whole seconds, WinRM's minimum) while a caller's `should_stop`
+# is to be honoured: the node holds a quiet Receive up to OperationTimeout (20 s).
+STOP_POLL = 1
 _CLIXML = "#< CLIXML"
 _CLIXML_STRING = re.compile(
     r'<S S="(?:Error|Warning|Verbose|Debug|Information)">(.*?)</S>', re.DOTALL | re.IGNORECASE
@@ -338,19 +349,25 @@ class WinRMExecutor:
         on_output: OutputSink | None = None,
         idempotent: bool = False,
         retries: int = 2,
+        should_stop: StopCheck | None = None,
     ) -> CommandResult:
         """Stage `script` as a .ps1 on the node and run it; stream output to `on_output`.
 
-        Raises CommandTimeout past `timeout` seconds (the command is terminated on the node)
-        and ExecutorError when the transport fails; an `idempotent` script is first retried
-        up to `retries` times with exponential backoff.
+        Raises CommandTimeout past `timeout` seconds (the command is terminated on the node),
+        CommandAborted once `should_stop` returns True (asked at least every STOP_POLL
+        seconds; the command is terminated the same way) and ExecutorError when the
+        transport fails; an `idempotent` script is first retried up to `retries` times
+        with exponential backoff.
         """
         attempts = 1 + max(0, retries) if idempotent else 1
         step = step_of(script)
         for attempt in range(1, attempts + 1):
+            if should_stop is not None and should_stop():
+                # Also between retries: an aborted build must not start the step again.
+                raise CommandAborted(f"{self.node_name}: step {step} aborted before it started")
             try:
-                return self._run_staged(script, step, timeout, on_output)
-            except CommandTimeout:
+                return self._run_staged(script, step, timeout, on_output, should_stop)
+            except (CommandTimeout, CommandAborted):
                 raise
             except ExecutorError as exc:
                 if attempt >= attempts:
@@ -409,7 +426,8 @@ class WinRMExecutor:
 
     # -- internals --
     def _run_staged(
-        self, script: str, step: str, timeout: float, on_output: OutputSink | None
+        self, script: str, step: str, timeout: float, on_output: OutputSink | None,
+        should_stop: StopCheck | None = None,
     ) -> CommandResult:
         deadline = time.monotonic() + timeout
         path = f"{self.scripts_dir}\\{uuid.uuid4().hex[:12]}-{step}.ps1"
@@ -435,7 +453,8 @@ class WinRMExecutor:
                 path,
             )
             command_id = self._call(self._protocol.run_command, shell_id, command)
-            result = self._receive(shell_id, command_id, deadline, on_output)
+            result = self._receive(shell_id, command_id, deadline, on_output,
+                                   should_stop=should_stop)
         logger.info("%s: step %s exited %d", self.node_name, step, result.exit_code)
         return result
 
@@ -492,6 +511,7 @@ class WinRMExecutor:
         deadline: float,
         on_output: OutputSink | None,
         stdout_bytes: Callable[[bytes], None] | None = None,
+        should_stop: StopCheck | None = None,
     ) -> CommandResult:
         output = _Output(on_output, stdout_bytes, self._oem_codepage)
         while True:
@@ -499,10 +519,15 @@ class WinRMExecutor:
             if remaining <= 0:
                 self._terminate(shell_id, command_id)
                 raise CommandTimeout(f"{self.node_name}: command timed out; it was terminated")
-            # A Receive is held by the node up to OperationTimeout: keep it inside the deadline.
-            self._protocol.operation_timeout_sec = max(
-                1, min(self._operation_timeout, math.ceil(remaining))
-            )
+            if should_stop is not None and should_stop():
+                self._terminate(shell_id, command_id)
+                raise CommandAborted(f"{self.node_name}: command aborted; it was terminated")
+            # A Receive is held by the node up to OperationTimeout: keep it inside the
+            # deadline, and short enough to ask `should_stop` again soon.
+            hold = min(self._operation_timeout, math.ceil(remaining))
+            if should_stop is not None:
+                hold = min(hold, STOP_POLL)
+            self._protocol.operation_timeout_sec = max(1, hold)
             try:
                 out, err, code, done = self._protocol.get_command_output_raw(shell_id, command_id)
             except WinRMOperationTimeoutError:
@@ -521,4 +546,4 @@ class WinRMExecutor:
         try:
             self._protocol.cleanup_command(shell_id, command_id)  # Signal terminate
         except _TRANSPORT_ERRORS as exc:
-            logger.warning("%s: could not signal the timed-out command: %s", self.node_name, exc)
+            logger.warning("%s: could not signal the command to stop: %s", self.node_name, exc)

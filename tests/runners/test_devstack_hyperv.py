@@ -433,6 +433,112 @@ def test_abort_stops_between_steps_and_still_cleans(
     assert_cleaned_everywhere(rows)
 
 
+def stack_processes(lab: SimLab) -> list[int]:
+    """Pids of this lab's running `stack.sh` (the sim's stack module, not unstack)."""
+    wanted = ["sim.devstack_node.stack", "stack", str(lab.devstack.root)]
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if state not in ("Z", "X") and all(part in argv for part in wanted):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_abort_stops_a_running_stack_sh_and_still_cleans(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    # stack.sh hangs (the sim's hour-long sleep) under a long cap: only the abort
+    # can end the step before the cap.
+    config = make_config(lab, gerrit, stack_timeout=240)
+    (lab.faults_dir / "stack-hang").write_text("\n", encoding="utf-8")
+    aborted = threading.Event()
+    abort_seen: list[float] = []
+
+    def should_abort() -> bool:
+        # A new patchset arrives while stack.sh is running on the controller.
+        if not aborted.is_set() and stack_processes(lab):
+            abort_seen.append(time.monotonic())
+            aborted.set()
+        return aborted.is_set()
+
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path,
+                    should_abort)
+    finished = time.monotonic()
+
+    assert out.result.outcome == Outcome.ERROR, out.result.summary
+    assert "aborted" in out.result.summary
+    assert abort_seen and finished - abort_seen[0] < 90  # not the 240 s stack_timeout
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    devstack = step(rows, "devstack")
+    assert devstack.state == StepState.ERROR
+    assert "wait_for_service" in step_log(out, devstack)  # it was stopped mid-step
+    assert step(rows, "hyperv-compute").state == StepState.SKIPPED
+    assert step(rows, "tempest").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert all(r.state == StepState.SUCCEEDED for r in rows if r.name == "cleanup"), [
+        (r.node, r.state, r.message) for r in rows if r.name == "cleanup"]
+    assert out.failed_nodes == []
+    # The remote stack.sh is gone (killed with its process group), not left running.
+    deadline = time.monotonic() + 30
+    while stack_processes(lab) and time.monotonic() < deadline:
+        threading.Event().wait(0.1)
+    assert stack_processes(lab) == []
+
+
+def test_abort_stops_a_hanging_windows_script(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit, command_timeout=240)
+    victim = lab.winrm["hv-2"]
+    victim.faults.set("install", hang=True, times=1)
+
+    def should_abort() -> bool:
+        return any(name == "install" for _n, name, _t in victim.scripts)
+
+    started = time.monotonic()
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path,
+                    should_abort)
+
+    assert out.result.outcome == Outcome.ERROR, out.result.summary
+    assert "aborted" in out.result.summary
+    assert time.monotonic() - started < 150  # not the 240 s command_timeout
+    assert ("install", "terminate") in victim.signals
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    assert step(rows, "hyperv-compute", "hv-2").state == StepState.ERROR
+    assert step(rows, "wait-services").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
+    assert out.failed_nodes == []
+    # An abort is not a dead node: its logs are still collected.
+    assert step(rows, "collect-logs", "hv-2").state == StepState.SUCCEEDED
+
+
+def test_abort_during_the_service_diagnostics_is_still_an_abort(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    config = make_config(lab, gerrit, command_timeout=240)
+    victim = lab.winrm["hv-1"]
+    victim.faults.set("start-services", exit_code=1, stderr="nova-compute cannot be started")
+    victim.faults.set("service-stderr", hang=True)
+
+    def should_abort() -> bool:
+        return any(name == "service-stderr" for _n, name, _t in victim.scripts)
+
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path,
+                    should_abort)
+
+    # Not "services did not start": the diagnostic was cut short by the abort.
+    assert out.result.outcome == Outcome.ERROR
+    assert "aborted" in out.result.summary, out.result.summary
+    assert ("service-stderr", "terminate") in victim.signals
+    assert_cleaned_everywhere(steps_of(sqlite_sessions, out.ctx.build_id))
+
+
 def test_extract_zip_refuses_paths_leaving_the_target(tmp_path: Path) -> None:
     import zipfile
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from ci.config import NodeConfig, SSHAccess
-from runners.base import CommandTimeout, ExecutorError
+from runners.base import CommandAborted, CommandTimeout, ExecutorError
 from runners.ssh import SSHExecutor
 from sim.sshd import OpenSSHServer, free_port
 
@@ -115,6 +117,49 @@ def test_timeout_kills_the_remote_process_tree(executor: SSHExecutor, tmp_path: 
     assert not alive(child_pid)
     # The connection is still usable afterwards.
     assert executor.run(["echo", "still here"], timeout=20).stdout == "still here\n"
+
+
+def test_should_stop_kills_the_remote_process_tree(executor: SSHExecutor, tmp_path: Path) -> None:
+    # A superseded build's stack.sh: the command would run for 5 minutes (the
+    # timeout is longer still); the abort must stop it within seconds.
+    pids = tmp_path / "pids"
+    script = 'sleep 300 & echo "$$ $!" > "$1"; echo started; wait'
+    started = threading.Event()
+    asked: list[float] = []
+
+    def should_stop() -> bool:
+        asked.append(time.monotonic())
+        return started.is_set()
+
+    def sink(text: str) -> None:
+        if "started" in text:
+            started.set()
+
+    begun = time.monotonic()
+    with pytest.raises(CommandAborted) as info:
+        executor.run(["sh", "-c", script, "sh", str(pids)], timeout=600, on_output=sink,
+                     should_stop=should_stop)
+    assert not isinstance(info.value, CommandTimeout)
+    assert time.monotonic() - begun < 60  # stopped by the abort, not the 600 s timeout
+    shell_pid, child_pid = (int(p) for p in pids.read_text().split())
+    assert not alive(shell_pid)
+    assert not alive(child_pid)
+    assert len(asked) >= 2  # asked while the command ran, not only before it started
+    # The connection is still usable afterwards.
+    assert executor.run(["echo", "still here"], timeout=20).stdout == "still here\n"
+
+
+def test_should_stop_already_true_starts_nothing(executor: SSHExecutor, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with pytest.raises(CommandAborted):
+        executor.run(["touch", str(marker)], timeout=20, should_stop=lambda: True)
+    assert not marker.exists()
+
+
+def test_a_quiet_should_stop_changes_nothing(executor: SSHExecutor) -> None:
+    result = executor.run(["sh", "-c", "sleep 1; echo done"], timeout=20,
+                          should_stop=lambda: False)
+    assert result.ok and result.stdout == "done\n"
 
 
 def test_a_failing_sink_stops_the_remote_command(executor: SSHExecutor, tmp_path: Path) -> None:

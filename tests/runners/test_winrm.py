@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ci.config import NodeConfig
-from runners.base import CommandTimeout, ExecutorError
+from runners.base import CommandAborted, CommandTimeout, ExecutorError
 from runners.winrm import (
     OutputDecoder,
     WinRMExecutor,
@@ -156,6 +158,65 @@ def test_hanging_command_is_terminated_at_its_timeout(
         executor.run_powershell("# hyperv-ci-step: start-services\n", timeout=1.5)
     assert sim.signals == [("start-services", "terminate")]
     assert sim.stats["Delete"] >= 1  # the shell was cleaned up too
+
+
+def test_should_stop_terminates_a_hanging_command(
+    sim: SimWinRMServer, executor: WinRMExecutor
+) -> None:
+    sim.faults.set("install", hang=True)
+    running = threading.Event()
+    asked: list[float] = []
+
+    def should_stop() -> bool:
+        asked.append(time.monotonic())
+        return running.is_set()
+
+    def sink(text: str) -> None:
+        running.set()  # the script is running on the node: abort the build now
+
+    begun = time.monotonic()
+    with pytest.raises(CommandAborted) as info:
+        # idempotent: an abort is never retried the way a dropped connection is.
+        executor.run_powershell("# hyperv-ci-step: install\n", timeout=600, on_output=sink,
+                                idempotent=True, should_stop=should_stop)
+    assert not isinstance(info.value, CommandTimeout)
+    assert time.monotonic() - begun < 60  # the abort, not the 600 s timeout
+    assert len(asked) >= 2
+    assert sim.signals == [("install", "terminate")]
+    assert [s for _, s, _ in sim.scripts].count("install") == 1
+    assert sim.stats["Delete"] >= 1  # the shell was cleaned up too
+
+
+def test_should_stop_is_asked_within_a_long_operation_timeout(
+    tmp_path: Path, password_env: str
+) -> None:
+    # A real node holds a quiet Receive for the whole OperationTimeout (20 s by
+    # default): the executor must shorten it to notice an abort promptly.
+    server = SimWinRMServer("hv-slow", tmp_path / "lab", USER, PASSWORD, max_hold=60).start()
+    try:
+        ex = WinRMExecutor(node_for(server, password_env, operation_timeout=40,
+                                    read_timeout=50))
+        server.faults.set("bootstrap", hang=True)
+        stop = threading.Event()
+        threading.Timer(1.0, stop.set).start()
+        begun = time.monotonic()
+        with pytest.raises(CommandAborted):
+            ex.run_powershell("# hyperv-ci-step: bootstrap\n", timeout=600,
+                              should_stop=stop.is_set)
+        assert time.monotonic() - begun < 20  # well inside one 40 s Receive
+        assert server.signals == [("bootstrap", "terminate")]
+        ex.close()
+    finally:
+        server.stop()
+
+
+def test_should_stop_already_true_starts_nothing(
+    sim: SimWinRMServer, executor: WinRMExecutor
+) -> None:
+    with pytest.raises(CommandAborted):
+        executor.run_powershell("# hyperv-ci-step: install\n", timeout=10,
+                                should_stop=lambda: True)
+    assert sim.scripts == []
 
 
 def test_idempotent_step_is_retried_after_a_dropped_connection(
