@@ -11,10 +11,12 @@ goes quiet): one transaction per batch, never one per event
 
 Gerrit replays nothing after a reconnect and drops events when a client is
 slow (`dropped-output`), so after every (re)connect and every dropped-output
-the writer *catches up*: it queries the open changes of the watched
-projects updated since the last event and stores a synthetic
-`patchset-created` (marked `"source": "catch-up"`) for each current
-patchset it has never seen.
+the writer *catches up*: it queries the watched projects' changes updated
+since the last event and stores the events it never saw, made up from the
+rows (listener/catchup.py): `patchset-created` for current patchsets,
+`comment-added` for review messages (rechecks), `change-abandoned` /
+`change-merged` for changes that closed. A database or Gerrit failure during
+catch-up is logged and the catch-up retried later; the stream goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-import orjson
 from sqlalchemy import insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,10 +37,23 @@ from ci.config import Config
 from ci.db import ensure_schema, make_engine, make_sessionmaker, transaction
 from ci.gerrit import GerritClient, GerritError
 from ci.models import Change, Event, ListenerState, Patchset, utcnow
+from listener.catchup import (
+    close_is_new,
+    same_comment,
+    synthetic_close,
+    synthetic_comments,
+    synthetic_patchset_created,
+)
 from listener.events import (
     CATCH_UP_SOURCE,
+    ChangeAbandoned,
+    ChangeEvent,
+    ChangeMerged,
+    ChangeRestored,
+    CommentAdded,
     DedupKey,
     DroppedOutput,
+    GerritEvent,
     Parsed,
     ParseError,
     PatchsetCreated,
@@ -62,7 +76,8 @@ class StreamClient(Protocol):
     def stream_events(self, stop: threading.Event, *,
                       poll_timeout: float = ...) -> Iterator[bytes | None]: ...
 
-    def query(self, q: str, /, *, current_patch_set: bool = ...) -> list[dict[str, Any]]: ...
+    def query(self, q: str, /, *, current_patch_set: bool = ..., patch_sets: bool = ...,
+              comments: bool = ...) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
 
@@ -84,8 +99,13 @@ class EventStore:
         self._first_at = 0.0
         self._retry_at = 0.0
         self._newest_ts: int | None = None
-        self._seen: OrderedDict[DedupKey, None] = OrderedDict()
+        self._seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self._patchsets: OrderedDict[tuple[int, int], None] = OrderedDict()
+        # (change, author, text) -> [(timestamp, made up by catch-up)] of comment-added.
+        self._comments: OrderedDict[tuple[int, str, str], list[tuple[int, bool]]] = \
+            OrderedDict()
+        # change -> its newest abandoned/merged/restored event type (None: none seen).
+        self._changes: OrderedDict[int, str | None] = OrderedDict()
         self.stored = 0
         self.duplicates = 0
 
@@ -109,8 +129,8 @@ class EventStore:
         """Buffer one raw line; returns its parse, or None for a duplicate."""
         event = parse_event(line)
         if not isinstance(event, ParseError):
-            key = dedup_key(event)
-            if key is not None and key in self._seen:
+            key = _store_key(event)
+            if (key is not None and key in self._seen) or self._known_comment(event):
                 self.duplicates += 1
                 logger.debug("duplicate %s event dropped", event.type)
                 return None
@@ -130,16 +150,53 @@ class EventStore:
         """A patchset-created for it was stored (or is buffered) recently."""
         return (change, patchset) in self._patchsets
 
+    def seen_change(self, change: int) -> bool:
+        """Some event of the change was stored (or is buffered) recently."""
+        return change in self._changes
+
+    def last_status_event(self, change: int) -> str | None:
+        """The type of the change's newest remembered abandoned/merged/restored event."""
+        return self._changes.get(change)
+
+    @staticmethod
+    def _comment_key(event: CommentAdded) -> tuple[int, str, str] | None:
+        if event.number is None:
+            return None
+        author = event.author.username or event.author.name
+        return (event.number, author, event.comment.strip())
+
+    def _known_comment(self, event: Parsed) -> bool:
+        """A made-up comment the stream delivered (or the other way round): the two
+        timestamps differ by a second or so, so the exact dedup key misses it."""
+        if not isinstance(event, CommentAdded) or event.created_on is None:
+            return False
+        key = self._comment_key(event)
+        made_up = event.source == CATCH_UP_SOURCE
+        return key is not None and any(
+            (made_up or was_made_up) and same_comment(ts, event.created_on)
+            for ts, was_made_up in self._comments.get(key, ()))
+
     def _note(self, event: Any) -> None:
-        key = dedup_key(event)
+        key = _store_key(event)
         if key is not None:
             self._seen[key] = None
-            if len(self._seen) > self.remember:
-                self._seen.popitem(last=False)
+            _bound(self._seen, self.remember)
         if isinstance(event, PatchsetCreated) and event.change is not None:
             self._patchsets[(event.change.number, event.change.patchset)] = None
-            if len(self._patchsets) > self.remember:
-                self._patchsets.popitem(last=False)
+            _bound(self._patchsets, self.remember)
+        if isinstance(event, CommentAdded) and event.created_on is not None:
+            comment = self._comment_key(event)
+            if comment is not None:
+                self._comments.setdefault(comment, []).append(
+                    (event.created_on, event.source == CATCH_UP_SOURCE))
+                self._comments.move_to_end(comment)
+                _bound(self._comments, self.remember)
+        if isinstance(event, ChangeEvent) and event.number is not None:
+            status = event.type if isinstance(
+                event, ChangeAbandoned | ChangeMerged | ChangeRestored) else None
+            self._changes[event.number] = status or self._changes.get(event.number)
+            self._changes.move_to_end(event.number)
+            _bound(self._changes, self.remember)
 
     @property
     def pending(self) -> int:
@@ -187,6 +244,21 @@ class EventStore:
         return len(rows)
 
 
+def _store_key(event: GerritEvent) -> tuple[object, ...] | None:
+    """dedup_key, plus a comment's text: one reviewer's two comments of one second
+    (catch-up's timestamps are whole seconds: "lgtm" then "recheck") are two events."""
+    key: DedupKey | None = dedup_key(event)
+    if key is not None and isinstance(event, CommentAdded):
+        return (*key, event.comment)
+    return key
+
+
+def _bound(memory: OrderedDict[Any, Any], size: int) -> None:
+    """Forget the oldest entries beyond `size`."""
+    while len(memory) > size:
+        memory.popitem(last=False)
+
+
 # Markers passed from the reader to the writer besides raw lines (bytes).
 _CATCH_UP = object()
 _QUIET = object()
@@ -197,14 +269,16 @@ class Listener:
     """Follows Gerrit's event stream into the database until stopped.
 
     `client_factory` makes one client per connection (and per catch-up);
-    `on_flush` (ignored if a `store` is given) is told after every commit.
+    `on_flush` (ignored if a `store` is given) is told after every commit; a
+    catch-up that failed is retried `catch_up_retry` seconds later.
     """
 
     def __init__(self, config: Config, sessions: sessionmaker[Session],
                  client_factory: Callable[[], StreamClient], *,
                  store: EventStore | None = None, backoff: float = 1.0,
                  max_backoff: float = 60.0, poll_timeout: float = 0.2,
-                 queue_size: int = 20000, on_flush: Callable[[int], None] | None = None) -> None:
+                 queue_size: int = 20000, on_flush: Callable[[int], None] | None = None,
+                 catch_up_retry: float = 5.0) -> None:
         self.config = config
         self.sessions = sessions
         self.client_factory = client_factory
@@ -212,6 +286,7 @@ class Listener:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.poll_timeout = poll_timeout
+        self.catch_up_retry = catch_up_retry
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self.connections = 0
         self.catch_ups = 0
@@ -314,11 +389,30 @@ class Listener:
                 store.flush()
             if catch_up_at is not None and time.monotonic() >= catch_up_at:
                 store.flush()
-                catch_up_at = None if self.catch_up() else time.monotonic() + 5.0
+                catch_up_at = (None if self.catch_up()
+                               else time.monotonic() + self.catch_up_retry)
         halt.set()
 
     def catch_up(self) -> bool:
-        """Store what the stream missed since the last event; False if Gerrit failed."""
+        """Store what the stream missed since the last event; False if it must be retried.
+
+        Never raises for a Gerrit or database failure: the writer thread
+        carries the stream, so a locked database here must not end it.
+        """
+        try:
+            return self._catch_up()
+        except GerritError as exc:
+            logger.warning("catch-up query failed: %s; retrying in %s s", exc,
+                           self.catch_up_retry)
+        except SQLAlchemyError:
+            logger.exception("catch-up failed on the database; retrying in %s s",
+                             self.catch_up_retry)
+        except Exception:
+            # As in the reader: whatever broke, the stream must go on being stored.
+            logger.exception("catch-up failed; retrying in %s s", self.catch_up_retry)
+        return False
+
+    def _catch_up(self) -> bool:
         since = self.store.last_event_ts()
         if since is None:
             logger.info("no previous event recorded: nothing to catch up")
@@ -326,68 +420,80 @@ class Listener:
         age = max(1, int(time.time()) - since + CATCH_UP_SLACK)
         projects = sorted({p.name for p in self.config.projects})
         client = self.client_factory()
-        rows: list[dict[str, Any]] = []
+        opened: list[dict[str, Any]] = []
+        closed: list[dict[str, Any]] = []
         try:
             for name in projects:
-                rows += client.query(f"status:open project:{name} -age:{age}s",
-                                     current_patch_set=True)
-        except GerritError as exc:
-            logger.warning("catch-up query failed: %s; retrying in 5 s", exc)
-            return False
+                # Comments need every patch set: a recheck may name an older one.
+                opened += client.query(f"status:open project:{name} -age:{age}s",
+                                       current_patch_set=True, patch_sets=True, comments=True)
+                closed += client.query(f"status:closed project:{name} -age:{age}s",
+                                       current_patch_set=True)
         finally:
             client.close()
-        try:
-            added = self._store_missed(rows)
-        except SQLAlchemyError:
-            logger.exception("catch-up could not read the database; retrying in 5 s")
-            return False
+        added = self._store_missed(opened, closed, since - CATCH_UP_SLACK)
         self.catch_ups += 1
-        logger.info("catch-up since %s: %s open change(s), %s missed patchset(s)", since,
-                    len(rows), added)
+        logger.info("catch-up since %s: %s open and %s closed change(s), %s missed event(s)",
+                    since, len(opened), len(closed), added)
         return True
 
-    def _store_missed(self, rows: list[dict[str, Any]]) -> int:
-        candidates = []
-        for row in rows:
+    def _watched(self, row: dict[str, Any]) -> bool:
+        return bool(watched_projects(self.config, str(row.get("project", "")),
+                                     str(row.get("branch", ""))))
+
+    def _store_missed(self, opened: list[dict[str, Any]], closed: list[dict[str, Any]],
+                      since: int) -> int:
+        """Store the made-up events of the rows that are new; returns how many."""
+        lines = []
+        for row in filter(self._watched, opened):
             current = row.get("currentPatchSet")
-            event = _synthetic_patchset_created(row, current) if current else None
-            parsed = parse_event(event) if event else None
-            if not isinstance(parsed, PatchsetCreated) or parsed.change is None:
-                continue
-            info = parsed.change
-            if watched_projects(self.config, info.project, info.branch) and \
-                    not self.store.seen_patchset(info.number, info.patchset):
-                candidates.append((info.number, info.patchset, event))
-        if not candidates:
-            return 0
-        with transaction(self.sessions) as session:
-            known = {(number, ps) for number, ps in session.execute(
-                select(Change.number, Patchset.number).join(Change)
-                .where(Change.number.in_({c[0] for c in candidates})))}
+            if isinstance(current, dict):
+                lines.append(synthetic_patchset_created(row, current))
+            lines += synthetic_comments(row, since)
+        lines += [line for row in filter(self._watched, closed)
+                  if (line := synthetic_close(row)) is not None]
+        events = [(event, line) for line in lines
+                  if isinstance(event := parse_event(line), ChangeEvent)
+                  and event.number is not None]
+        numbers = {e.number for e, _ in events if not isinstance(e, CommentAdded)}
+        known: set[tuple[int, int]] = set()
+        status: dict[int, str] = {}
+        if numbers:
+            with transaction(self.sessions) as session:
+                known = {(number, ps) for number, ps in session.execute(
+                    select(Change.number, Patchset.number).join(Change)
+                    .where(Change.number.in_(numbers)))}
+                status = {number: state for number, state in session.execute(
+                    select(Change.number, Change.status).where(Change.number.in_(numbers)))}
+        missed = [(e, line) for e, line in events if self._is_missed(e, known, status)]
+        # In Gerrit's order: an upload before the comments on it.
+        missed.sort(key=lambda m: (m[0].created_on or 0, _CATCH_UP_ORDER.get(m[0].type, 0)))
         added = 0
-        for number, ps, event in candidates:
-            if (number, ps) not in known and self.store.add(event) is not None:
-                logger.info("catch-up: %s,%s was missed", number, ps)
+        for event, line in missed:
+            if self.store.add(line) is not None:
+                logger.info("catch-up: %s of %s was missed", event.type, event.number)
                 added += 1
         self.store.flush()
         return added
 
+    def _is_missed(self, event: ChangeEvent, known: set[tuple[int, int]],
+                   status: dict[int, str]) -> bool:
+        """Whether a made-up event is new (`known`: stored patchsets, `status`: changes)."""
+        number = event.number or 0  # made-up events always name their change
+        if isinstance(event, PatchsetCreated):
+            ps = event.change.patchset if event.change else 0
+            return not self.store.seen_patchset(number, ps) and (number, ps) not in known
+        if isinstance(event, ChangeAbandoned | ChangeMerged):
+            return close_is_new(event.type,
+                                last_status_event=self.store.last_status_event(number),
+                                stored_status=status.get(number),
+                                seen=self.store.seen_change(number))
+        return True  # a comment: the store drops one it has seen (EventStore._known_comment)
 
-def _synthetic_patchset_created(row: dict[str, Any], current: dict[str, Any]) -> bytes:
-    """The patchset-created Gerrit would have sent, built from a query row."""
-    change = {k: v for k, v in row.items()
-              if k not in ("currentPatchSet", "patchSets", "comments", "type")}
-    patchset = {k: v for k, v in current.items() if k not in ("approvals", "files")}
-    return orjson.dumps({
-        "type": "patchset-created",
-        "source": CATCH_UP_SOURCE,
-        "change": change,
-        "patchSet": patchset,
-        "uploader": current.get("uploader", {}),
-        "project": row.get("project"),
-        "refName": f"refs/heads/{row.get('branch', '')}",
-        "eventCreatedOn": current.get("createdOn") or int(time.time()),
-    })
+
+# Within one second: an upload, then comments, then a close.
+_CATCH_UP_ORDER = {"patchset-created": 0, "comment-added": 1, "change-abandoned": 2,
+                   "change-merged": 2}
 
 
 def run_listener(config: Config, stop: threading.Event) -> None:

@@ -11,12 +11,16 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.db import transaction
 from ci.gerrit import GerritClient
-from ci.models import Build, Event, ListenerState
+from ci.models import Build, Change, Event, ListenerState, Patchset
+from listener.catchup import close_is_new, synthetic_close, synthetic_comments
+from listener.events import CommentAdded, parse_event
+from listener.scheduler import Scheduler
 from listener.stream import LAST_EVENT_TS, EventStore, Listener, run_listener
 from sim.gerrit import SimGerrit
 
@@ -242,3 +246,175 @@ def _probe(sim: SimGerrit, sessions: sessionmaker[Session]) -> bool:
 def _all_processed(sessions: sessionmaker[Session]) -> bool:
     with transaction(sessions) as session:
         return session.scalar(select(Event.id).where(Event.processed_at.is_(None))) is None
+
+
+# -- catch-up of comments and closed changes ------------------------------------------------------
+
+def _builds(sessions: sessionmaker[Session]) -> list[tuple[int, int, str, str]]:
+    """(change, patchset, state, reason) of every build, oldest first."""
+    with transaction(sessions) as session:
+        rows = session.execute(select(Change.number, Patchset.number, Build.state, Build.reason)
+                               .join(Build.patchset).join(Patchset.change).order_by(Build.id))
+        return [(c, p, state, reason) for c, p, state, reason in rows]
+
+
+def test_catch_up_recovers_rechecks_abandons_and_merges_once(
+        make_config: Callable[..., Config], sim_gerrit: SimGerrit,
+        client_key: tuple[Path, str], sqlite_url: str,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    # silence_timeout=1: the quiet stream reconnects every second, so one run
+    # catches up several times over the same window.
+    config = make_config(database_url=sqlite_url, host="127.0.0.1", port=sim_gerrit.port,
+                         key_file=str(client_key[0]),
+                         known_hosts=str(sim_gerrit.known_hosts_file), silence_timeout=1)
+    scheduler = Scheduler(config, sqlite_sessions, GerritClient(config.gerrit))
+
+    def listener() -> Listener:
+        return Listener(config, sqlite_sessions, lambda: GerritClient(config.gerrit),
+                        backoff=0.1, max_backoff=0.5)
+
+    state = sim_gerrit.state
+    with Running(listener()):
+        a = state.push("openstack/nova", files=HYPERV_FILES, subject="A")["change"]
+        b = state.push("openstack/nova", files=HYPERV_FILES, subject="B")["change"]
+        c = state.push("openstack/compute-hyperv", subject="C")["change"]
+        # Delivered by the stream: a later catch-up must not store it again.
+        state.comment(a, 1, "looks good to me")
+        wait_for(lambda: len(stored(sqlite_sessions)) == 3
+                 and stored(sqlite_sessions, "comment-added"))
+    scheduler.run_once()
+    with transaction(sqlite_sessions) as session:  # as if a worker had run A's build
+        build = session.scalars(select(Build).join(Patchset).join(Change)
+                                .where(Change.number == a)).one()
+        build.state = "succeeded"
+    # The listener is down: a recheck, an abandon and a merge happen.
+    state.comment(a, 1, "recheck")
+    state.abandon(b, reason="not needed")
+    state.merge(c)
+
+    with Running(listener()) as running:
+        wait_for(lambda: running.catch_ups >= 3)
+    with Running(listener()) as running:  # restarted: remembers only what is stored
+        wait_for(lambda: running.catch_ups >= 2)
+    scheduler.run_once()
+
+    comments = [e["comment"] for e in stored(sqlite_sessions, "comment-added")]
+    assert comments == ["Patch Set 1:\n\nlooks good to me", "Patch Set 1:\n\nrecheck"]
+    [abandoned] = stored(sqlite_sessions, "change-abandoned")
+    [merged] = stored(sqlite_sessions, "change-merged")
+    assert (abandoned["change"]["number"], abandoned["source"]) == (b, "catch-up")
+    assert (merged["change"]["number"], merged["source"]) == (c, "catch-up")
+    assert _builds(sqlite_sessions) == [
+        (a, 1, "succeeded", "patchset-created"),
+        (b, 1, "aborted", "patchset-created"),
+        (c, 1, "aborted", "patchset-created"),
+        (c, 1, "aborted", "patchset-created"),
+        (a, 1, "queued", "recheck"),
+    ]
+
+
+def test_catch_up_survives_a_database_error(
+        make_listener: Callable[..., Listener], sim_gerrit: SimGerrit,
+        sqlite_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    with Running(make_listener()):
+        sim_gerrit.state.push("openstack/nova", files=HYPERV_FILES, subject="before")
+        wait_for(lambda: stored(sqlite_sessions))
+    missed = sim_gerrit.state.push("openstack/nova", files=HYPERV_FILES, subject="missed")
+    listener = make_listener(catch_up_retry=0.2)
+    real = listener.store.last_event_ts
+    calls: list[int] = []
+
+    def locked_once() -> int | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT value FROM listener_state", {},
+                                   Exception("database is locked"))
+        return real()
+
+    monkeypatch.setattr(listener.store, "last_event_ts", locked_once)
+    running = Running(listener)
+    with running:
+        wait_for(lambda: listener.catch_ups >= 1)
+        after = sim_gerrit.state.push("openstack/nova", files=HYPERV_FILES, subject="after")
+        wait_for(lambda: len(stored(sqlite_sessions)) >= 3)
+        assert running.thread.is_alive()
+    assert len(calls) >= 2 and listener.connections == 1  # retried, not reconnected
+    assert stored_changes(sqlite_sessions)[1:] == [(missed["change"], 1, "catch-up"),
+                                                   (after["change"], 1, "stream")]
+
+
+def test_comment_rows_become_comment_added_events() -> None:
+    """A real `--comments` row (gerrit.wikimedia.org 2.14, via perceval), trimmed."""
+    lucas = {"name": "Lucas Werkmeister (WMDE)", "email": "lucas.werkmeister@example.com",
+             "username": "lucaswerkmeister-wmde"}
+    bot = {"name": "jenkins-bot", "email": "", "username": "jenkins-bot"}
+    hashar = {"name": "Hashar", "email": "hashar@example.com", "username": "hashar"}
+    patchset = {"number": 1, "revision": "f1121171bd3ad170723638f90d95ce2030d1b2e0",
+                "ref": "refs/changes/19/415319/1", "uploader": lucas, "createdOn": 1519834597,
+                "approvals": [{"type": "Verified", "value": "2"}]}
+    row = {"project": "mediawiki/extensions/Wikibase", "branch": "wmf/1.31.0-wmf.23",
+           "number": 415319, "status": "NEW", "lastUpdated": 1520260948,
+           "patchSets": [patchset],
+           "comments": [
+               {"timestamp": 1519834597, "reviewer": lucas,
+                "message": "Patch Set 1: Cherry Picked from branch master."},
+               {"timestamp": 1519899816, "reviewer": lucas, "message": "Patch Set 1:\n\nrecheck"},
+               {"timestamp": 1519901019, "reviewer": bot,
+                "message": "Patch Set 1:\n\nMain test build failed."},
+               {"timestamp": 1519915295, "reviewer": hashar,
+                "message": "Removed Verified-1 by jenkins-bot <>\n"},
+               {"timestamp": 1519915296, "reviewer": lucas, "message": "Patch Set 7:\n\nrecheck"},
+           ]}
+    events = [parse_event(line) for line in synthetic_comments(row, since=1519899816)]
+    assert all(isinstance(e, CommentAdded) and e.source == "catch-up" for e in events)
+    # Older than `since`, not a review message, or a patch set the row lacks: skipped.
+    assert [(e.created_on, e.author.username, e.comment, e.change.patchset,
+             e.change.revision, e.change.branch) for e in events
+            if isinstance(e, CommentAdded) and e.change] == [
+        (1519899816, "lucaswerkmeister-wmde", "Patch Set 1:\n\nrecheck", 1,
+         patchset["revision"], "wmf/1.31.0-wmf.23"),
+        (1519901019, "jenkins-bot", "Patch Set 1:\n\nMain test build failed.", 1,
+         patchset["revision"], "wmf/1.31.0-wmf.23"),
+    ]
+    assert synthetic_close(row) is None  # open
+    closed = parse_event(synthetic_close(row | {"status": "ABANDONED",
+                                                "currentPatchSet": patchset}) or b"")
+    assert (closed.type, closed.created_on) == ("change-abandoned", 1520260948)
+
+
+@pytest.mark.parametrize(("last", "stored_status", "seen", "new"), [
+    (None, None, False, False),                    # never heard of: nothing to abort
+    (None, "NEW", False, True),                    # built, its close missed
+    (None, None, True, True),                      # upload stored, not yet scheduled
+    (None, "ABANDONED", False, False),             # close already applied
+    ("change-abandoned", "NEW", True, False),      # close stored, not yet applied
+    ("change-restored", "ABANDONED", True, True),  # restored, then abandoned again
+    ("change-merged", "MERGED", True, True),       # asked about an abandon: differs
+])
+def test_close_is_new(last: str | None, stored_status: str | None, seen: bool,
+                      new: bool) -> None:
+    assert close_is_new("change-abandoned", last_status_event=last,
+                        stored_status=stored_status, seen=seen) is new
+
+
+def test_made_up_comment_matches_the_streamed_one_a_second_apart(
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    def comment(ts: int, source: str = "stream", text: str = "Patch Set 1:\n\nrecheck") -> bytes:
+        return orjson.dumps({"type": "comment-added", "source": source, "eventCreatedOn": ts,
+                             "change": {"number": 7, "project": "p"}, "patchSet": {"number": 1},
+                             "author": {"username": "zoë"}, "comment": text})
+
+    store = EventStore(sqlite_sessions, max_delay=3600)
+    assert store.add(comment(1000)) is not None
+    # Gerrit stamps the event and the stored message a moment apart.
+    assert store.add(comment(1001, "catch-up")) is None
+    assert store.add(comment(1003, "catch-up", "Patch Set 1:\n\nrecheck please")) is not None
+    # The same reviewer's other comment of the same second is another event.
+    assert store.add(comment(1000, text="Patch Set 1:\n\nlooks good")) is not None
+    assert store.add(comment(5000, "catch-up")) is not None  # a recheck an hour later
+    assert store.add(comment(5001)) is None  # ... which the stream then delivers
+    assert store.add(comment(1002)) is not None  # two streamed comments are never merged
+    store.flush()
+    again = EventStore(sqlite_sessions)
+    again.load()  # after a restart, from the table
+    assert again.add(comment(999, "catch-up")) is None
