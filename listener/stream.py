@@ -293,7 +293,16 @@ class Listener:
 
     def run(self, stop: threading.Event) -> None:
         """Read and store events until `stop` is set; returns within about a second."""
-        self.store.load()
+        while True:
+            try:
+                self.store.load()
+                break
+            except SQLAlchemyError:
+                # A database that is busy or restarting must not end the listener.
+                logger.exception("cannot read the stored events; retrying in %s s",
+                                 self.catch_up_retry)
+                if stop.wait(self.catch_up_retry):
+                    return
         # The reader stops on `halt`, which the writer sets once `stop` is set (or it
         # failed), then drains the queue so nothing read is left unstored.
         halt = threading.Event()

@@ -343,6 +343,27 @@ def test_catch_up_survives_a_database_error(
                                                    (after["change"], 1, "stream")]
 
 
+def test_a_database_busy_at_start_delays_the_listener_but_does_not_end_it(
+        make_listener: Callable[..., Listener], sim_gerrit: SimGerrit,
+        sqlite_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = make_listener(catch_up_retry=0.2)
+    real = listener.store.load
+    calls: list[int] = []
+
+    def locked_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        real()
+
+    monkeypatch.setattr(listener.store, "load", locked_once)
+    running = Running(listener)
+    with running:
+        pushed = sim_gerrit.state.push("openstack/nova", files=HYPERV_FILES, subject="after")
+        wait_for(lambda: any(c[0] == pushed["change"] for c in stored_changes(sqlite_sessions)))
+        assert running.thread.is_alive() and len(calls) == 2
+
+
 def test_comment_rows_become_comment_added_events() -> None:
     """A real `--comments` row (gerrit.wikimedia.org 2.14, via perceval), trimmed."""
     lucas = {"name": "Lucas Werkmeister (WMDE)", "email": "lucas.werkmeister@example.com",
