@@ -14,14 +14,13 @@ import pytest
 from ci.config import NodeConfig
 from runners.base import CommandAborted, CommandTimeout, ExecutorError
 from runners.winrm import (
-    OutputDecoder,
     WinRMExecutor,
-    clixml_to_text,
     encoded_command,
     missing_transport_support,
     step_of,
     windows_command_line,
 )
+from runners.winrm_output import OutputDecoder, clixml_to_text
 from sim.tls import make_tls_files
 from sim.winrm import SimWinRMServer
 
