@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import url_for
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from ci import queue
@@ -193,6 +193,9 @@ def build_detail(session: Session, build_id: int) -> dict[str, Any] | None:
     if build is None:
         return None
     item = build_dict(build)
+    # Only the current patchset can be rechecked (ci.queue.enqueue refuses older ones).
+    item["current_patchset"] = session.scalar(
+        select(func.max(Patchset.number)).where(Patchset.change_id == build.patchset.change_id))
     item["steps"] = [step_dict(s, item["log_url"]) for s in build.steps]
     tests = sorted(build.tests, key=lambda t: (t.status not in FAILURE_STATUSES, t.id))
     item["test_counts"] = count_tests(t.status for t in tests)

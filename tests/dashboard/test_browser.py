@@ -101,10 +101,15 @@ def test_status_page_refreshes_itself(page: Page, base_url: str, world: Any,
 
 def test_recheck_button_queues_a_build(page: Page, base_url: str, world: Any,
                                        dash_sessions: sessionmaker[Session]) -> None:
+    # Patchset 1 is outdated: its build page sends the reviewer to the change.
     page.goto(f"{base_url}/builds/{world.finished_id}")
+    expect(page.get_by_role("button", name="Recheck")).to_have_count(0)
+    page.get_by_role("link", name="recheck it there").click()
+    expect(page).to_have_url(f"{base_url}/changes/1001")
     page.get_by_role("button", name="Recheck").click()
-    expect(page).to_have_url(f"{base_url}/builds/{world.finished_id}")
-    expect(page.locator(".flash.ok")).to_contain_text("Queued hyperv-extra")
+    expect(page).to_have_url(f"{base_url}/changes/1001")
+    expect(page.locator(".flash.ok")).to_contain_text("Queued hyperv-local")
     with dash_sessions() as s:
         rechecked = s.scalars(select(Build).where(Build.reason == "manual recheck")).all()
-        assert [(b.job, b.state) for b in rechecked] == [("hyperv-extra", BuildState.QUEUED)]
+        assert [(b.job, b.patchset.number, b.state) for b in rechecked] == [
+            ("hyperv-local", 2, BuildState.QUEUED), ("hyperv-extra", 2, BuildState.QUEUED)]

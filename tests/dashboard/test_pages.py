@@ -74,8 +74,9 @@ def test_build_page_shows_steps_tests_and_report(client: FlaskClient, world: Any
     # the report, as text
     assert "Verified -1" in html
     assert "构建失败 &lt;em&gt;not html&lt;/em&gt;" in html
-    # a finished build can be rechecked but not aborted
-    assert "/changes/1001/1/recheck" in html and "/abort" not in html
+    # a finished build is not aborted; its patchset is outdated, so the recheck is on ps 2
+    assert "/abort" not in html and "/recheck" not in html
+    assert "Patchset 2 is current" in html and 'href="/changes/1001"' in html
     assert 'data-live="0"' in html
 
 
@@ -103,7 +104,7 @@ def test_change_page_lists_patchsets_and_builds(client: FlaskClient, world: Any)
     ps2, ps1 = html.split('data-patchset="2"', 1)[1].split('data-patchset="1"', 1)
     assert f'data-build-id="{world.running_id}"' in ps2
     assert f'data-build-id="{world.finished_id}"' in ps1
-    assert "/changes/1001/2/recheck" in ps2 and "/changes/1001/1/recheck" in ps1
+    assert "/changes/1001/2/recheck" in ps2 and "/recheck" not in ps1  # only the current one
     assert "compute_hyperv/nova/vmops.py" in ps1
     assert 'href="https://review.example.org/1001"' in html
 
