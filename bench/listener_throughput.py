@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from ci.config import Config, parse_config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
 from ci.gerrit import GerritClient
+from listener.event_store import EventStore
 from listener.events import parse_event
-from listener.stream import EventStore, Listener
+from listener.stream import Listener
 from sim.gerrit import SimGerrit, make_client_identity
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

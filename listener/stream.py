@@ -25,39 +25,31 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.db import ensure_schema, make_engine, make_sessionmaker, transaction
 from ci.gerrit import GerritClient, GerritError
-from ci.models import Change, Event, ListenerState, Patchset, utcnow
+from ci.models import Change, Patchset
 from listener.catchup import (
     close_is_new,
-    same_comment,
     synthetic_close,
     synthetic_comments,
     synthetic_patchset_created,
 )
+from listener.event_store import EventStore
 from listener.events import (
-    CATCH_UP_SOURCE,
     ChangeAbandoned,
     ChangeEvent,
     ChangeMerged,
-    ChangeRestored,
     CommentAdded,
-    DedupKey,
     DroppedOutput,
-    GerritEvent,
-    Parsed,
-    ParseError,
     PatchsetCreated,
-    dedup_key,
     parse_event,
 )
 from listener.filters import watched_projects
@@ -65,7 +57,6 @@ from listener.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
-LAST_EVENT_TS = "last_event_ts"
 # Catch up a little before the last event: clocks and event order are not exact.
 CATCH_UP_SLACK = 300
 
@@ -80,183 +71,6 @@ class StreamClient(Protocol):
               comments: bool = ...) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
-
-
-class EventStore:
-    """Buffers raw lines and writes them to `events` one transaction per batch."""
-
-    def __init__(self, sessions: sessionmaker[Session], *, batch_size: int = 200,
-                 max_delay: float = 0.2, remember: int = 10000,
-                 on_flush: Callable[[int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.sessions = sessions
-        self.batch_size = batch_size
-        self.max_delay = max_delay
-        self.remember = remember
-        self.on_flush = on_flush
-        self.clock = clock
-        self._rows: list[dict[str, Any]] = []
-        self._first_at = 0.0
-        self._retry_at = 0.0
-        self._newest_ts: int | None = None
-        self._seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
-        self._patchsets: OrderedDict[tuple[int, int], None] = OrderedDict()
-        # (change, author, text) -> [(timestamp, made up by catch-up)] of comment-added.
-        self._comments: OrderedDict[tuple[int, str, str], list[tuple[int, bool]]] = \
-            OrderedDict()
-        # change -> its newest abandoned/merged/restored event type (None: none seen).
-        self._changes: OrderedDict[int, str | None] = OrderedDict()
-        self.stored = 0
-        self.duplicates = 0
-
-    def load(self) -> None:
-        """Remember recent events (for de-duplication and catch-up) after a restart."""
-        with transaction(self.sessions) as session:
-            raws = session.scalars(select(Event.raw).order_by(Event.id.desc())
-                                   .limit(self.remember)).all()
-        for raw in reversed(raws):
-            event = parse_event(raw)
-            if not isinstance(event, ParseError):
-                self._note(event)
-
-    def last_event_ts(self) -> int | None:
-        """Gerrit's time of the newest stored event (ListenerState), if any."""
-        with transaction(self.sessions) as session:
-            state = session.get(ListenerState, LAST_EVENT_TS)
-            return int(state.value) if state is not None else None
-
-    def add(self, line: bytes | str) -> Parsed | None:
-        """Buffer one raw line; returns its parse, or None for a duplicate."""
-        event = parse_event(line)
-        if not isinstance(event, ParseError):
-            key = _store_key(event)
-            if (key is not None and key in self._seen) or self._known_comment(event):
-                self.duplicates += 1
-                logger.debug("duplicate %s event dropped", event.type)
-                return None
-            self._note(event)
-            if event.source != CATCH_UP_SOURCE:
-                ts = event.created_on or int(time.time())
-                self._newest_ts = max(ts, self._newest_ts or 0)
-        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        if not self._rows:
-            self._first_at = self.clock()
-        self._rows.append({"type": event.type[:64], "raw": text, "received_at": utcnow()})
-        if len(self._rows) >= self.batch_size:
-            self.flush()
-        return event
-
-    def seen_patchset(self, change: int, patchset: int) -> bool:
-        """A patchset-created for it was stored (or is buffered) recently."""
-        return (change, patchset) in self._patchsets
-
-    def seen_change(self, change: int) -> bool:
-        """Some event of the change was stored (or is buffered) recently."""
-        return change in self._changes
-
-    def last_status_event(self, change: int) -> str | None:
-        """The type of the change's newest remembered abandoned/merged/restored event."""
-        return self._changes.get(change)
-
-    @staticmethod
-    def _comment_key(event: CommentAdded) -> tuple[int, str, str] | None:
-        if event.number is None:
-            return None
-        author = event.author.username or event.author.name
-        return (event.number, author, event.comment.strip())
-
-    def _known_comment(self, event: Parsed) -> bool:
-        """A made-up comment the stream delivered (or the other way round): the two
-        timestamps differ by a second or so, so the exact dedup key misses it."""
-        if not isinstance(event, CommentAdded) or event.created_on is None:
-            return False
-        key = self._comment_key(event)
-        made_up = event.source == CATCH_UP_SOURCE
-        return key is not None and any(
-            (made_up or was_made_up) and same_comment(ts, event.created_on)
-            for ts, was_made_up in self._comments.get(key, ()))
-
-    def _note(self, event: Any) -> None:
-        key = _store_key(event)
-        if key is not None:
-            self._seen[key] = None
-            _bound(self._seen, self.remember)
-        if isinstance(event, PatchsetCreated) and event.change is not None:
-            self._patchsets[(event.change.number, event.change.patchset)] = None
-            _bound(self._patchsets, self.remember)
-        if isinstance(event, CommentAdded) and event.created_on is not None:
-            comment = self._comment_key(event)
-            if comment is not None:
-                self._comments.setdefault(comment, []).append(
-                    (event.created_on, event.source == CATCH_UP_SOURCE))
-                self._comments.move_to_end(comment)
-                _bound(self._comments, self.remember)
-        if isinstance(event, ChangeEvent) and event.number is not None:
-            status = event.type if isinstance(
-                event, ChangeAbandoned | ChangeMerged | ChangeRestored) else None
-            self._changes[event.number] = status or self._changes.get(event.number)
-            self._changes.move_to_end(event.number)
-            _bound(self._changes, self.remember)
-
-    @property
-    def pending(self) -> int:
-        """Lines buffered, not yet committed."""
-        return len(self._rows)
-
-    def due(self) -> bool:
-        """The oldest buffered line has waited `max_delay`."""
-        now = self.clock()
-        return bool(self._rows) and now >= self._retry_at and (
-            now - self._first_at >= self.max_delay)
-
-    def seconds_to_deadline(self) -> float | None:
-        """How long the buffer may still wait before it must be flushed (None: empty)."""
-        if not self._rows:
-            return None
-        return max(0.0, self._first_at + self.max_delay - self.clock())
-
-    def flush(self) -> int:
-        """Commit every buffered line (and the newest event time) in one transaction.
-
-        On a database error the lines stay buffered and the next flush retries.
-        """
-        if not self._rows:
-            return 0
-        rows, newest = self._rows, self._newest_ts
-        try:
-            with transaction(self.sessions) as session:
-                session.execute(insert(Event), rows)
-                if newest is not None:
-                    state = session.get(ListenerState, LAST_EVENT_TS)
-                    if state is None:
-                        session.add(ListenerState(key=LAST_EVENT_TS, value=str(newest)))
-                    elif int(state.value) < newest:
-                        state.value = str(newest)
-        except SQLAlchemyError:
-            self._retry_at = self.clock() + 1.0
-            logger.exception("storing %s events failed; will retry", len(rows))
-            return 0
-        self._rows = []
-        self.stored += len(rows)
-        logger.debug("stored %s events", len(rows))
-        if self.on_flush is not None:
-            self.on_flush(len(rows))
-        return len(rows)
-
-
-def _store_key(event: GerritEvent) -> tuple[object, ...] | None:
-    """dedup_key, plus a comment's text: one reviewer's two comments of one second
-    (catch-up's timestamps are whole seconds: "lgtm" then "recheck") are two events."""
-    key: DedupKey | None = dedup_key(event)
-    if key is not None and isinstance(event, CommentAdded):
-        return (*key, event.comment)
-    return key
-
-
-def _bound(memory: OrderedDict[Any, Any], size: int) -> None:
-    """Forget the oldest entries beyond `size`."""
-    while len(memory) > size:
-        memory.popitem(last=False)
 
 
 # Markers passed from the reader to the writer besides raw lines (bytes).

@@ -19,9 +19,10 @@ from ci.db import transaction
 from ci.gerrit import GerritClient
 from ci.models import Build, Change, Event, ListenerState, Patchset
 from listener.catchup import close_is_new, synthetic_close, synthetic_comments
+from listener.event_store import LAST_EVENT_TS, EventStore
 from listener.events import CommentAdded, parse_event
 from listener.scheduler import Scheduler
-from listener.stream import LAST_EVENT_TS, EventStore, Listener, run_listener
+from listener.stream import Listener, run_listener
 from sim.gerrit import SimGerrit
 
 SUBJECT = "Hyper-V: 修复实例名的 unicode 问题 — naïve café"
