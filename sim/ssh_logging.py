@@ -3,7 +3,7 @@
 A client that hangs up without reading the server's last packets (every
 `hyperv-ci sim` call does) makes paramiko log "Connection reset by peer" at
 ERROR. For a server that is routine, so the simulators log their transports
-under their own channel and keep that one line out of the operator's view.
+under their own channel, at WARNING and above, without that one line.
 """
 
 from __future__ import annotations
@@ -31,3 +31,5 @@ def quiet_client_hangups(transport: paramiko.Transport, channel: str) -> None:
     logger = logging.getLogger(channel)
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
+        # As for paramiko's own channel (ci/cli.py): every connection's INFO is noise.
+        logger.setLevel(logging.WARNING)

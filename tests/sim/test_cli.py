@@ -160,3 +160,11 @@ def test_serve_runs_until_terminated(tmp_path: Path, identity: tuple[Path, str])
         proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert not (state_dir / "sim-gerrit.json").exists()
+
+
+def test_cli_calls_leave_no_connection_chatter(runner: CliRunner, running: SimGerrit,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    invoke(runner, "reviews")
+    running.stop()
+    assert not [r for r in caplog.records if r.name.startswith("sim.gerrit.ssh")]
