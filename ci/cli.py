@@ -245,6 +245,47 @@ def render(obj: _Ctx, job: str, change_spec: str, out_dir: str) -> None:
 
 
 @main.group()
+def reports() -> None:
+    """The votes and comments outbox."""
+
+
+@reports.command("list")
+@click.option("--failed", "only_failed", is_flag=True, help="Only reports that gave up.")
+@click.pass_obj
+def reports_list(obj: _Ctx, only_failed: bool) -> None:
+    """Show the newest reports: state, attempts, change, vote, last error."""
+    from ci.models import Report, ReportState
+
+    query = select(Report).order_by(Report.id.desc()).limit(50)
+    if only_failed:
+        query = query.where(Report.state == ReportState.FAILED)
+    with _sessions(obj.config)() as session:
+        for r in session.scalars(query):
+            vote = "" if r.vote is None else f"{r.label}{r.vote:+d}"
+            click.echo(f"{r.id:>6} {r.state:<8} {r.attempts:>3}x {r.change_number},"
+                       f"{r.patchset_number:<4} {vote:<12} {r.last_error[:80]}")
+
+
+@reports.command("retry")
+@click.argument("report_id", type=int, required=False)
+@click.option("--all-failed", is_flag=True, help="Every report that gave up.")
+@click.pass_obj
+def reports_retry(obj: _Ctx, report_id: int | None, all_failed: bool) -> None:
+    """Send a report that gave up again (REPORT_ID, or --all-failed)."""
+    from ci.report import requeue_failed
+
+    if (report_id is None) == (not all_failed):
+        click.echo("error: give a REPORT_ID or --all-failed", err=True)
+        raise SystemExit(2)
+    with _sessions(obj.config)() as session, session.begin():
+        requeued = requeue_failed(session, report_id)
+    if report_id is not None and not requeued:
+        click.echo(f"error: no failed report {report_id}", err=True)
+        raise SystemExit(2)
+    click.echo(f"requeued {len(requeued)} report(s): a running worker sends them")
+
+
+@main.group()
 def nodes() -> None:
     """The node pool."""
 

@@ -138,6 +138,26 @@ def _claim(session: Session) -> Report | None:
     return candidate
 
 
+def requeue_failed(session: Session, report_id: int | None = None) -> list[Report]:
+    """Put FAILED reports (one, or all) back in the outbox; returns them.
+
+    For an operator once Gerrit is reachable again: the retry budget starts
+    over, and the attempts count is kept, so the reporter first asks Gerrit
+    whether an earlier attempt landed (a vote is still never posted twice).
+    """
+    query = select(Report).where(Report.state == ReportState.FAILED)
+    if report_id is not None:
+        query = query.where(Report.id == report_id)
+    reports = list(session.scalars(query.order_by(Report.id)))
+    now = utcnow()
+    for report in reports:
+        report.state = ReportState.PENDING
+        report.created_at = report.next_attempt_at = now
+        logger.info("report %s requeued by an operator (change %s,%s)", report.id,
+                    report.change_number, report.patchset_number)
+    return reports
+
+
 def already_posted(client: ReviewClient, report: Report, username: str) -> bool:
     """Did an earlier attempt of this report reach Gerrit (its message is on the change)?"""
     rows = client.query(f"change:{report.change_number}", comments=True)

@@ -18,7 +18,7 @@ from sqlalchemy import inspect, select
 
 from ci import queue
 from ci.db import make_engine, make_sessionmaker
-from ci.models import Base, Node, NodeState
+from ci.models import Base, Node, NodeState, Report, ReportState
 from runners import pool
 from runners.powershell import syntax_errors
 from sim.gerrit import SimGerrit, make_client_identity
@@ -257,3 +257,29 @@ def test_nodes_enable(tmp_path: Path) -> None:
         "ctl-01": (NodeState.RESERVED, None, 0, build_id, ""),
     }
     assert "enabled by an operator" in cli(config, "nodes", "list").stdout
+
+
+def test_reports_list_and_retry(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    cli(config, "db", "upgrade")
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            patchset = queue.upsert_patchset(session, queue.ChangeInfo(
+                number=10001, project="openstack/nova", branch="master", patchset=1))
+            build = queue.enqueue(session, patchset, "hyperv-tempest", "patchset-created")
+            assert build is not None
+            session.add(Report(build_id=build.id, project="openstack/nova", change_number=10001,
+                               patchset_number=1, label="Verified", vote=-1, message="m",
+                               state=ReportState.FAILED, attempts=9,
+                               last_error="gerrit unreachable: 连接被拒绝"))
+    finally:
+        engine.dispose()
+    listed = cli(config, "reports", "list", "--failed").stdout
+    assert "failed" in listed and "10001,1" in listed and "Verified-1" in listed
+    assert "连接被拒绝" in listed
+    assert "give a REPORT_ID or --all-failed" in cli(config, "reports", "retry", status=2).stderr
+    assert "no failed report 99" in cli(config, "reports", "retry", "99", status=2).stderr
+    assert cli(config, "reports", "retry", "--all-failed").stdout.startswith("requeued 1 report")
+    assert cli(config, "reports", "list", "--failed").stdout == ""
+    assert "pending" in cli(config, "reports", "list").stdout

@@ -24,6 +24,7 @@ from ci.report import (
     format_job_line,
     format_message,
     queue_report,
+    requeue_failed,
     send_pending,
     vote_for,
 )
@@ -338,3 +339,22 @@ def test_lost_acknowledgement_against_the_simulated_gerrit(sessions: sessionmake
         assert report.state == ReportState.SENT and report.attempts == 2
         votes = [r for r in gerrit.state.reviews() if r["change"] == number]
         assert [(r["patchset"], r["labels"]) for r in votes] == [(2, {"Verified": 1})]
+
+
+def test_an_operator_requeues_a_report_that_gave_up(sessions: sessionmaker[Session]) -> None:
+    finished_build(sessions, BuildState.FAILED)
+    with sessions() as session, session.begin():
+        report = session.scalar(select(Report))
+        assert report is not None
+        report.state, report.attempts = ReportState.FAILED, 9
+        report.created_at = utcnow() - timedelta(days=2)  # long past the retry budget
+    report_id = only_report(sessions).id
+    with sessions() as session, session.begin():
+        assert requeue_failed(session, 424242) == []  # no such report
+        assert [r.id for r in requeue_failed(session)] == [report_id]
+    gerrit = RecordingGerrit()
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 1
+    assert [r["labels"] for r in gerrit.reviews] == [{"Verified": -1}]
+    assert only_report(sessions).state == ReportState.SENT
+    with sessions() as session, session.begin():
+        assert requeue_failed(session) == []  # nothing failed any more
