@@ -226,7 +226,7 @@ def builds(obj: _Ctx, as_json: bool, limit: int) -> None:
 @click.pass_obj
 def render(obj: _Ctx, job: str, change_spec: str, out_dir: str) -> None:
     """Write every script and config JOB would send, one file each."""
-    from ci.enqueue import known_change_ref, parse_change_spec
+    from ci.enqueue import parse_change_spec
     from runners.render import render_command
 
     config = obj.config
@@ -239,9 +239,36 @@ def render(obj: _Ctx, job: str, change_spec: str, out_dir: str) -> None:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     # The real change when the database knows it; otherwise an example one.
-    change = known_change_ref(_sessions(config), number, patchset)
+    change = _preview_change(config, number, patchset)
     for path in render_command(config, job, change_spec, Path(out_dir), change=change):
         click.echo(str(path))
+
+
+def _preview_change(config: Config, number: int, patchset: int) -> Any:
+    """The change as the database knows it, read without creating, migrating or
+    writing the database; None (an example change) when it cannot be read."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ci.db import make_sessionmaker, read_only_engine, schema_is_current
+    from ci.enqueue import known_change_ref
+
+    try:
+        engine = read_only_engine(config.database.sqlalchemy_url())
+        if engine is None:
+            return None
+        try:
+            if not schema_is_current(engine):
+                click.echo("note: the database has no current schema; rendering an example "
+                           "change", err=True)
+                return None
+            return known_change_ref(make_sessionmaker(engine), number, patchset)
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, OSError, ConfigError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        click.echo(f"note: cannot read the database ({reason}); rendering an example change",
+                   err=True)
+        return None
 
 
 @main.group()

@@ -15,6 +15,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -100,3 +101,37 @@ def _at_head(engine: Engine) -> bool:
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_heads()
     return set(current) == set(script.get_heads())
+
+
+def read_only_engine(url: str) -> Engine | None:
+    """An engine that can only read an existing database, or None when there is none.
+
+    For previews (`hyperv-ci render`): they must never create, migrate or lock
+    the production database. A SQLite file that does not exist is None; one
+    opened read-only gets none of the writer's pragmas (WAL, BEGIN IMMEDIATE).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        engine = create_engine(url, pool_pre_ping=True,
+                               execution_options={"postgresql_readonly": True})
+        return engine
+    path = parsed.database or ""
+    if not path or path == ":memory:" or not Path(path).is_file():
+        return None
+    # mode=ro refuses every write; a WAL database in a read-only folder also
+    # needs its -shm file, which SQLite cannot create there: then it is skipped.
+    uri = f"file:{Path(path).resolve().as_posix()}?mode=ro"
+    return create_engine("sqlite://", creator=lambda: _sqlite_ro(uri))
+
+
+def _sqlite_ro(uri: str) -> Any:
+    import sqlite3
+
+    return sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """Whether the database holds the newest schema (without changing anything)."""
+    if "alembic_version" not in set(inspect(engine).get_table_names()):
+        return False
+    return _at_head(engine)

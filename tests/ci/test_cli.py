@@ -283,3 +283,72 @@ def test_reports_list_and_retry(tmp_path: Path) -> None:
     assert cli(config, "reports", "retry", "--all-failed").stdout.startswith("requeued 1 report")
     assert cli(config, "reports", "list", "--failed").stdout == ""
     assert "pending" in cli(config, "reports", "list").stdout
+
+
+def _render(config: Path, out_dir: Path) -> subprocess.CompletedProcess[str]:
+    return cli(config, "render", "hyperv-tempest", "--change", "10001,3", "--out", str(out_dir))
+
+
+def test_render_previews_without_creating_or_migrating_the_database(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    db_file = tmp_path / "ci.db"
+
+    _render(config, tmp_path / "out")
+    assert not db_file.exists()  # no database: an example change, nothing created
+
+    db_file.touch()  # a database without the schema is left as it is
+    out = _render(config, tmp_path / "out2")
+    assert db_file.stat().st_size == 0
+    assert "no current schema" in out.stderr
+    assert "EXAMPLE change" in (tmp_path / "out2" / "hv-a-bootstrap.ps1").read_text("utf-8-sig")
+
+
+def test_render_reads_a_known_change_and_leaves_the_database_unchanged(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    cli(config, "db", "upgrade")
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    with make_sessionmaker(engine).begin() as session:
+        queue.upsert_patchset(session, queue.ChangeInfo(
+            number=10001, project="openstack/nova", branch="master", patchset=3,
+            subject=SUBJECT, owner_name=OWNER, revision="a" * 40,
+            ref="refs/changes/01/10001/3"))
+    engine.dispose()
+    before = (tmp_path / "ci.db").read_bytes()
+
+    _render(config, tmp_path / "out")
+    assert (tmp_path / "ci.db").read_bytes() == before
+    assert SUBJECT.replace("'", "''") in (tmp_path / "out" / "hv-a-bootstrap.ps1").read_text(
+        "utf-8-sig")
+
+
+def test_render_with_an_unreadable_database_is_a_note_not_a_traceback(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "ci.db").write_bytes(b"not a database\x00" * 100)
+
+    out = _render(config, tmp_path / "out")  # cli() checks: exit 0, no traceback
+    assert "cannot read the database" in out.stderr
+    assert (tmp_path / "out" / "hv-a-bootstrap.ps1").is_file()
+    # A database path under a regular file can be neither read nor created.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder", encoding="utf-8")
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["database"]["url"] = f"sqlite:///{blocker / 'ci.db'}"
+    config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    _render(config, tmp_path / "out3")
+    assert blocker.read_text(encoding="utf-8") == "a file, not a folder"
+
+
+@pytest.mark.postgres
+def test_render_never_migrates_a_postgresql_database(tmp_path: Path, pg_url: str) -> None:
+    config = write_config(tmp_path)
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["database"]["url"] = pg_url
+    config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+
+    out = _render(config, tmp_path / "out")
+    assert "no current schema" in out.stderr
+    engine = make_engine(pg_url)
+    try:
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
