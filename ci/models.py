@@ -117,6 +117,8 @@ class Event(Base):
     # Set in the transaction that creates the event's builds (acknowledge = act).
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     outcome: Mapped[str | None] = mapped_column(Text)
+    # Set with processed_at when the scheduler gave up on the event (outcome says why).
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class Change(Base):
