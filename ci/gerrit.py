@@ -30,13 +30,20 @@ _SPECIAL_FILES = ("/COMMIT_MSG", "/MERGE_LIST", "/PATCHSET_LEVEL")
 
 
 class GerritError(Exception):
-    """A Gerrit command or connection failed."""
+    """A Gerrit command or connection failed.
 
-    def __init__(self, message: str, *, exit_status: int | None = None, stderr: str = "") -> None:
+    `transient` says whether asking again may help: a connection that failed
+    or a command that died may work later; an answer that says the change or
+    patch set does not exist never will.
+    """
+
+    def __init__(self, message: str, *, exit_status: int | None = None, stderr: str = "",
+                 transient: bool = True) -> None:
         detail = f" (exit status {exit_status})" if exit_status is not None else ""
         super().__init__(f"{message}{detail}" + (f": {stderr.strip()}" if stderr.strip() else ""))
         self.exit_status = exit_status
         self.stderr = stderr
+        self.transient = transient
 
 
 def truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
@@ -165,7 +172,7 @@ class GerritClient:
             row = json.loads(line)
             kind = row.get("type")
             if kind == "error":
-                raise GerritError(f"query failed: {row.get('message', '')}")
+                raise GerritError(f"query failed: {row.get('message', '')}", transient=False)
             if kind == "stats":
                 stats = row
             else:
@@ -180,7 +187,7 @@ class GerritClient:
                 if str(ps.get("number")) == str(patchset):
                     return [f["file"] for f in ps.get("files", [])
                             if f.get("file") not in _SPECIAL_FILES]
-        raise GerritError(f"change {change} has no patch set {patchset}")
+        raise GerritError(f"change {change} has no patch set {patchset}", transient=False)
 
     def review(self, project: str, change: int, patchset: int, *, message: str,
                labels: dict[str, int] | None = None, tag: str | None = None) -> None:
