@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -51,8 +51,22 @@ def change_ref(number: int, patchset: int) -> str:
     return f"refs/changes/{number % 100:02d}/{number}/{patchset}"
 
 
+def without_nul(info: ChangeInfo) -> ChangeInfo:
+    """`info` with NUL characters dropped from its text: PostgreSQL refuses them
+    in text and JSON columns, and Gerrit's JSON may carry one escaped (`\\u0000`)."""
+    changes: dict[str, object] = {}
+    for field in fields(info):
+        value = getattr(info, field.name)
+        if isinstance(value, str) and "\x00" in value:
+            changes[field.name] = value.replace("\x00", "")
+    if info.files is not None and any("\x00" in name for name in info.files):
+        changes["files"] = tuple(name.replace("\x00", "") for name in info.files)
+    return replace(info, **changes) if changes else info  # type: ignore[arg-type]
+
+
 def upsert_patchset(session: Session, info: ChangeInfo) -> Patchset:
     """Create or refresh the change and patchset rows; returns the patchset."""
+    info = without_nul(info)
     change = session.scalar(select(Change).where(Change.number == info.number))
     if change is None:
         change = Change(number=info.number, project=info.project, branch=info.branch)

@@ -4,10 +4,16 @@ The listener only stores raw lines; this decides. Each event is handled in
 two steps: first whatever Gerrit must tell us (the changed files, a change
 we have never seen) is fetched *outside* any database transaction, so a slow
 Gerrit never holds SQLite's write lock; then one transaction creates the
-builds and marks the event processed (acknowledge = act). A Gerrit failure
-leaves the event unprocessed and retries it with backoff; later events of
-the same change wait behind it, so an abandon is never applied before the
-upload it follows.
+builds and marks the event processed (acknowledge = act).
+
+A transient failure (Gerrit unreachable, the database busy or down) leaves
+the event unprocessed and retries it with backoff, for a time budget; later
+events of the same change wait behind it, so an abandon is never applied
+before the upload it follows. A permanent one (Gerrit says the patch set does
+not exist, an answer we cannot use, a bug of ours) — or a transient one past
+its budget — marks the event failed with the reason (`failed_at`, `outcome`):
+it is acknowledged and never holds back any other event. The read window
+pages past events that wait, so no number of them can hide newer ones.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import paramiko
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.db import transaction
 from ci.enqueue import change_info_from_query
+from ci.gerrit import GerritError
 from ci.models import Build, Change, Event, Patchset, utcnow
 from ci.queue import ACTIVE, ChangeInfo, abort_change, enqueue, request_abort, upsert_patchset
 from listener.events import (
@@ -67,6 +75,18 @@ class _Retry:
     failures: int
     due: float
     change: int | None
+    first: float  # when the event first failed (the retry budget runs from here)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether asking again later may succeed (else retrying cannot help)."""
+    if isinstance(exc, GerritError):
+        return exc.transient
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True  # database down, busy or locked
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, OSError | EOFError | paramiko.SSHException)
 
 
 class Scheduler:
@@ -74,6 +94,7 @@ class Scheduler:
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], lookup: GerritLookup,
                  *, batch: int = 200, backoff: float = 2.0, max_backoff: float = 300.0,
+                 retry_budget: float = 86400.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.sessions = sessions
@@ -81,6 +102,9 @@ class Scheduler:
         self.batch = batch
         self.backoff = backoff
         self.max_backoff = max_backoff
+        # A Gerrit outage can last hours (maintenance); past this an event is failed.
+        self.retry_budget = retry_budget
+        self.failed = 0  # events given up on by this process
         self.clock = clock
         self._retry: dict[int, _Retry] = {}
         self._wake = threading.Event()
@@ -104,38 +128,48 @@ class Scheduler:
                 self._wake.clear()
 
     def run_once(self) -> int:
-        """One pass over the pending events that are due; returns how many were processed."""
+        """One pass over the pending events that are due; returns how many were handled.
+
+        Reads in pages after the last id seen (keyset), so events that wait —
+        behind a retry, or behind an earlier event of their change — never
+        fill the window and hide newer ones. Stops after `batch` handled.
+        """
         now = self.clock()
-        waiting = {eid: r for eid, r in self._retry.items() if r.due > now}
-        blocked = {r.change for r in waiting.values() if r.change is not None}
-        query = select(Event.id, Event.raw).where(Event.processed_at.is_(None))
-        if waiting:
-            query = query.where(Event.id.not_in(list(waiting)))
-        with transaction(self.sessions) as session:
-            rows = session.execute(query.order_by(Event.id).limit(self.batch)).all()
-        done = 0
-        for event_id, raw in rows:
-            event = parse_event(raw)
-            number = event.number if isinstance(event, ChangeEvent) else None
-            if number is not None and number in blocked:
-                continue
-            if self.process(event_id, event):
-                done += 1
-            elif number is not None:
-                blocked.add(number)
+        waiting = {eid for eid, r in self._retry.items() if r.due > now}
+        blocked = {r.change for eid, r in self._retry.items()
+                   if eid in waiting and r.change is not None}
+        done, after = 0, 0
+        while done < self.batch:
+            query = (select(Event.id, Event.raw)
+                     .where(Event.processed_at.is_(None), Event.id > after)
+                     .order_by(Event.id).limit(self.batch))
+            with transaction(self.sessions) as session:
+                rows = session.execute(query).all()
+            for event_id, raw in rows:
+                after = event_id
+                event = parse_event(raw)
+                number = event.number if isinstance(event, ChangeEvent) else None
+                if event_id in waiting or (number is not None and number in blocked):
+                    if number is not None:
+                        blocked.add(number)  # its later events wait behind it
+                    continue
+                if self.process(event_id, event):
+                    done += 1
+                elif number is not None:
+                    blocked.add(number)
+            if len(rows) < self.batch:
+                break
         return done
 
     def process(self, event_id: int, event: Parsed) -> bool:
-        """Handle one stored event; False if it stays pending (retried later)."""
+        """Handle one stored event; False if it stays pending (retried later).
+
+        True when it was acted on, or failed for good (see `_give_up`).
+        """
         try:
             target = self._gather(event)
-        except Exception:
-            # Any failure to ask Gerrit (connection, timeout, error answer) is
-            # transient from here: keep the event, never drop it.
-            delay = self._failed(event_id, event)
-            logger.warning("event %s: Gerrit lookup failed; retry in %.0f s", event_id, delay,
-                           exc_info=True)
-            return False
+        except Exception as exc:
+            return self._failure(event_id, event, exc, "Gerrit lookup failed")
         handler = self._handler(event)
         try:
             with transaction(self.sessions) as session:
@@ -145,21 +179,49 @@ class Scheduler:
                 outcome = handler(session, event, target)
                 row.processed_at = utcnow()
                 row.outcome = outcome[:500]
-        except SQLAlchemyError:
-            delay = self._failed(event_id, event)
-            logger.exception("event %s: database error; retry in %.0f s", event_id, delay)
-            return False
+        except Exception as exc:
+            return self._failure(event_id, event, exc, "storing its outcome failed")
         self._retry.pop(event_id, None)
         logger.info("event %s (%s): %s", event_id, event.type, outcome)
         return True
 
-    def _failed(self, event_id: int, event: Parsed) -> float:
+    def _failure(self, event_id: int, event: Parsed, exc: Exception, what: str) -> bool:
+        """Retry a transient failure within the budget; give up on anything else."""
+        reason = f"{what}: {type(exc).__name__}: {exc}"
         previous = self._retry.get(event_id)
-        failures = previous.failures + 1 if previous else 1
-        delay = min(self.backoff * 2 ** (failures - 1), self.max_backoff)
-        number = event.number if isinstance(event, ChangeEvent) else None
-        self._retry[event_id] = _Retry(failures, self.clock() + delay, number)
-        return delay
+        now = self.clock()
+        if is_transient(exc) and (previous is None or now - previous.first < self.retry_budget):
+            failures = previous.failures + 1 if previous else 1
+            delay = min(self.backoff * 2 ** (failures - 1), self.max_backoff)
+            number = event.number if isinstance(event, ChangeEvent) else None
+            self._retry[event_id] = _Retry(failures, now + delay, number,
+                                           previous.first if previous else now)
+            logger.warning("event %s: %s; retry in %.0f s", event_id, reason, delay)
+            return False
+        if not is_transient(exc):
+            logger.error("event %s (%s): %s; not retried", event_id, event.type, reason,
+                         exc_info=not isinstance(exc, GerritError | ValueError))
+        else:
+            logger.error("event %s (%s): %s; gave up after %.0f s of retries",
+                         event_id, event.type, reason, self.retry_budget)
+        return self._give_up(event_id, reason)
+
+    def _give_up(self, event_id: int, reason: str) -> bool:
+        """Mark the event failed with its reason; False if even that cannot be stored."""
+        try:
+            with transaction(self.sessions) as session:
+                row = session.get(Event, event_id, with_for_update=True)
+                if row is not None and row.processed_at is None:
+                    row.processed_at = row.failed_at = utcnow()
+                    row.outcome = ("failed: " + reason.replace("\x00", ""))[:500]
+        except SQLAlchemyError:
+            logger.exception("event %s: cannot mark it failed; retrying later", event_id)
+            self._retry[event_id] = _Retry(1, self.clock() + self.max_backoff, None,
+                                           self.clock())
+            return False
+        self._retry.pop(event_id, None)
+        self.failed += 1
+        return True
 
     def _handler(self, event: Parsed) -> Callable[[Session, Any, Target], str]:
         """Dispatch by type name: `patchset-created` → `on_patchset_created`."""

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.db import transaction
+from ci.gerrit import GerritError
 from ci.models import Build, BuildState, Change, Event, Patchset
 from listener.scheduler import Scheduler
 
@@ -26,12 +27,16 @@ class FakeGerrit:
         self.files: dict[tuple[int, int], list[str]] = {}
         self.rows: dict[int, dict[str, Any]] = {}
         self.fail = False
+        self.down_for: set[int] = set()  # changes whose lookups fail like a dropped link
         self.calls: list[tuple[str, Any]] = []
 
     def changed_files(self, change: int, patchset: int) -> list[str]:
         self.calls.append(("files", (change, patchset)))
-        if self.fail:
+        if self.fail or change in self.down_for:
             raise ConnectionResetError("gerrit went away")
+        if (change, patchset) not in self.files:
+            # What ci.gerrit.GerritClient.changed_files says when Gerrit does not know it.
+            raise GerritError(f"change {change} has no patch set {patchset}", transient=False)
         return self.files[(change, patchset)]
 
     def query(self, q: str, *, current_patch_set: bool = False,
@@ -317,3 +322,87 @@ def test_run_stops_and_wakes(scheduler: Scheduler, sessions: sessionmaker[Sessio
     thread.join(10)
     assert not thread.is_alive()
     assert len(builds(sessions)) == 1
+
+
+def failed_events(sessions: sessionmaker[Session]) -> list[tuple[int, str]]:
+    with transaction(sessions) as session:
+        rows = session.execute(select(Event.id, Event.outcome)
+                               .where(Event.failed_at.is_not(None)).order_by(Event.id))
+        return [(i, o or "") for i, o in rows]
+
+
+def test_events_waiting_behind_a_failing_change_never_hide_newer_ones(
+        scheduler: Scheduler, sessions: sessionmaker[Session], gerrit: FakeGerrit) -> None:
+    # One change whose lookup keeps failing (transiently), 210 comments on it
+    # behind it: more than the read window. Another change's push must still build.
+    gerrit.down_for.add(7)
+    store(sessions, uploaded(7, 1))
+    store(sessions, *(commented(7, 1, f"looks good {i}") for i in range(210)))
+    gerrit.files[(8, 1)] = HYPERV_FILES
+    store(sessions, uploaded(8, 1))
+    assert scheduler.run_once() == 1
+    assert builds(sessions) == [(8, 1, "hyperv-tempest", "queued", "patchset-created")]
+    assert outcomes(sessions)[:211] == [None] * 211  # change 7 still in order, waiting
+
+
+def test_a_permanent_lookup_error_fails_the_event_and_holds_back_nothing(
+        scheduler: Scheduler, sessions: sessionmaker[Session], gerrit: FakeGerrit) -> None:
+    # Gerrit does not know 9,1: asking again cannot help.
+    (first,) = store(sessions, uploaded(9, 1))
+    store(sessions, *(commented(9, 1, f"comment {i}") for i in range(210)))
+    gerrit.files[(9, 2)] = HYPERV_FILES
+    store(sessions, uploaded(9, 2))
+    scheduler.run_once()
+    scheduler.run_once()
+    assert builds(sessions) == [(9, 2, "hyperv-tempest", "queued", "patchset-created")]
+    ((event_id, outcome),) = failed_events(sessions)
+    assert event_id == first
+    assert outcome.startswith("failed: Gerrit lookup failed: GerritError: change 9 has no "
+                              "patch set 1")
+    assert gerrit.calls.count(("files", (9, 1))) == 1  # never retried
+    assert None not in outcomes(sessions)
+
+
+def test_an_unusable_gerrit_answer_is_permanent_not_a_gerrit_outage(
+        scheduler: Scheduler, sessions: sessionmaker[Session], gerrit: FakeGerrit) -> None:
+    # A recheck of a patchset we never saw: Gerrit answers with no patch sets.
+    gerrit.rows[10] = {"number": 10, "project": "openstack/nova", "branch": "master"}
+    store(sessions, commented(10, 1, "recheck"))
+    gerrit.files[(10, 2)] = HYPERV_FILES
+    store(sessions, uploaded(10, 2))
+    assert scheduler.run_once() == 2
+    (failed,) = failed_events(sessions)
+    assert "ValueError: change 10 has no patch sets in the query answer" in failed[1]
+    assert builds(sessions) == [(10, 2, "hyperv-tempest", "queued", "patchset-created")]
+
+
+def test_transient_failures_give_up_after_the_retry_budget(
+        config: Config, sessions: sessionmaker[Session], gerrit: FakeGerrit,
+        clock: Clock) -> None:
+    scheduler = Scheduler(config, sessions, gerrit, clock=clock, retry_budget=60,
+                          max_backoff=10)
+    gerrit.fail = True
+    store(sessions, uploaded(11, 1))
+    for _ in range(20):
+        scheduler.run_once()
+        clock.now += 10
+        if failed_events(sessions):
+            break
+    (failed,) = failed_events(sessions)
+    assert "ConnectionResetError: gerrit went away" in failed[1]
+    assert 60 <= clock.now - 1000.0 <= 80  # after the budget, not before
+    assert scheduler.failed == 1
+
+
+def test_a_nul_in_gerrit_text_is_dropped_and_the_change_built(
+        scheduler: Scheduler, sessions: sessionmaker[Session], gerrit: FakeGerrit) -> None:
+    # PostgreSQL refuses NUL in text: an escaped \u0000 in a subject must not
+    # leave the event pending forever (db_url runs this on both engines).
+    event = uploaded(12, 1)
+    event["change"]["subject"] = "Hyper-V\x00 fix 修复"
+    gerrit.files[(12, 1)] = [*HYPERV_FILES, "nova/virt/hyperv/\x00odd.py"]
+    store(sessions, event)
+    assert scheduler.run_once() == 1
+    assert builds(sessions) == [(12, 1, "hyperv-tempest", "queued", "patchset-created")]
+    with transaction(sessions) as session:
+        assert session.scalars(select(Change.subject)).one() == "Hyper-V fix 修复"
