@@ -27,7 +27,7 @@ from sim.faults import Faults, FaultyConsole
 from sim.windows_shell import (
     Console,
     clixml,
-    parser_error,
+    refusal,
     run_command_line,
     script_parameters,
     step_name,
@@ -129,15 +129,21 @@ class HyperVHost:
         )
 
     def run_script(self, script: str, console: Console) -> int:
-        """Syntax-check, record and answer one PowerShell script."""
+        """Check, record and answer one PowerShell script.
+
+        A script PowerShell would refuse (it does not parse, names a command or
+        parameter that does not exist, or ends in a top-level `throw` or `exit N`)
+        gets powershell.exe's error and exit code, and none of its step's effects.
+        """
         step = step_name(script)
         console.step = step
         with self._lock:
             self.scripts.append((self.node_name, step, script))
-        error = parser_error(script)
-        if error is not None:
-            console.write(error, stderr=True)
-            return 1
+        refused = refusal(script)
+        if refused is not None:
+            if refused.stderr:
+                console.write(refused.stderr, stderr=True)
+            return refused.exit_code
         fault = self.faults.take(step)
         out = FaultyConsole(console, fault)
         if fault and fault.drop:

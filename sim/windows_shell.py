@@ -4,7 +4,9 @@ The 8,191-character line limit, the C runtime's argument splitting,
 `powershell -EncodedCommand` (UTF-16LE base64), `-File` (UTF-8 only with a
 BOM, else the ANSI code page), `-Command`, the CLIXML error stream, and the
 ParserError a script with a syntax error gets (checked with
-`runners.powershell.syntax_errors`). It is separate from sim/hyperv_host.py
+`runners.powershell.syntax_errors`), the errors of a command or parameter
+PowerShell cannot resolve (`runners.ps_check`), and a top-level `exit N` or
+`throw`. It is separate from sim/hyperv_host.py
 because these are Windows' rules, the same for every script; the host model
 only decides what a well-formed script does to the node.
 """
@@ -15,9 +17,11 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 from xml.sax.saxutils import escape
 
+from runners import ps_check
 from runners.powershell import syntax_errors
 
 CMD_LINE_LIMIT = 8191  # cmd.exe's maximum command-line length (research/ws-management.md §7)
@@ -149,6 +153,97 @@ def parser_error(script: str) -> str | None:
         "ParentContainsErrorRecordException\n"
         "    + FullyQualifiedErrorId : ParseError"
     )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How powershell.exe ends a script before the step's work is done."""
+
+    exit_code: int
+    stderr: str  # CLIXML error record ('' for a plain `exit N`)
+
+
+# (CategoryInfo category, exception) for each kind of ps_check problem, as
+# PowerShell 5.1 reports them (about_Parameters, about_Command_Precedence).
+_PROBLEM_RECORDS = {
+    ps_check.COMMAND_NOT_FOUND: ("ObjectNotFound", "CommandNotFoundException"),
+    ps_check.PARAMETER_NOT_FOUND: ("InvalidArgument", "ParameterBindingException"),
+    ps_check.AMBIGUOUS_PARAMETER: ("InvalidArgument", "ParameterBindingException"),
+    ps_check.VALUE_NOT_ENUM: ("InvalidArgument", "ParameterBindingException"),
+    ps_check.VALUE_NOT_IN_SET: ("InvalidData", "ParameterBindingValidationException"),
+}
+
+
+def _command_type(cmdlet: str) -> str:
+    """The .NET class of a Windows PowerShell cmdlet (Get-ChildItem -> ...GetChildItemCommand).
+
+    Only the Microsoft.PowerShell.* modules name their classes so; other modules'
+    error ids carry the command's name, which is what we use for them.
+    """
+    cmdlets = ps_check.catalog()["cmdlets"]
+    assert isinstance(cmdlets, dict)
+    module = str(cmdlets.get(cmdlet, {}).get("module", ""))
+    if module.startswith("Microsoft.PowerShell."):
+        return f"Microsoft.PowerShell.Commands.{cmdlet.replace('-', '')}Command"
+    return cmdlet
+
+
+def _error_record(script: str, line: int, column: int, width: int, head: str,
+                  category: str, error_id: str) -> str:
+    lines = script.splitlines() or [""]
+    source = lines[min(line, len(lines)) - 1]
+    return clixml(
+        f"{head}\nAt line:{line} char:{column}\n+ {source}\n"
+        f"+ {' ' * (column - 1)}{'~' * max(width, 1)}\n"
+        f"    + CategoryInfo          : {category}\n"
+        f"    + FullyQualifiedErrorId : {error_id}"
+    )
+
+
+def problem_record(script: str, problem: ps_check.Problem) -> str:
+    """The CLIXML error record powershell.exe writes for a ps_check problem."""
+    category, exception = _PROBLEM_RECORDS[problem.kind]
+    if problem.kind == ps_check.COMMAND_NOT_FOUND:
+        return _error_record(
+            script, problem.line, problem.column, len(problem.command),
+            f"{problem.command} : {problem.message}",
+            f"{category}: ({problem.command}:String) [], {exception}", exception)
+    return _error_record(
+        script, problem.line, problem.column, len(problem.parameter) + 1,
+        f"{problem.cmdlet} : {problem.message}",
+        f"{category}: (:) [{problem.cmdlet}], {exception}",
+        f"{problem.kind},{_command_type(problem.cmdlet)}")
+
+
+def refusal(script: str) -> Refusal | None:
+    """What powershell.exe does instead of running the step: None when the script runs.
+
+    In order: a script that does not parse never starts; the first command or
+    parameter PowerShell cannot resolve ends it (our scripts all set
+    `$ErrorActionPreference = 'Stop'`, which makes that error terminating; the
+    check is static, so a mistake in a function or branch counts whether or not
+    it would run); a top-level `throw` ends it with exit code 1, a top-level
+    `exit N` with N. Statements inside functions, `if` blocks and loops are not
+    evaluated: an `exit` there is not seen.
+    """
+    error = parser_error(script)
+    if error is not None:
+        return Refusal(1, error)
+    end = ps_check.script_end(script)
+    problems = [
+        p for p in ps_check.check_script(script)
+        if end is None or (p.line, p.column) < (end.line, end.column)  # never reached
+    ]
+    if problems:
+        return Refusal(1, problem_record(script, problems[0]))
+    if end is not None and end.kind == "throw":
+        head = end.message.replace("\r\n", "\n").split("\n")
+        return Refusal(1, _error_record(
+            script, end.line, end.column, len(end.source.splitlines()[0]), "\n".join(head),
+            f"OperationStopped: ({head[0][:40]}:String) [], RuntimeException", head[0]))
+    if end is not None and end.exit_code != 0:
+        return Refusal(end.exit_code, "")
+    return None
 
 
 def run_command_line(
