@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.db import transaction
-from ci.models import Event, ListenerState, utcnow
+from ci.models import Event, utcnow
 from listener.catchup import same_comment
 from listener.events import (
     CATCH_UP_SOURCE,
@@ -39,7 +39,11 @@ from listener.events import (
 
 logger = logging.getLogger(__name__)
 
-LAST_EVENT_TS = "last_event_ts"
+# Gerrit and the CI host may disagree a little; beyond this a timestamp is suspect.
+PLAUSIBLE_SKEW = 600
+# What a line that cannot be stored as it is becomes (the scheduler acknowledges it).
+INVALID_TYPE = "invalid"
+_MAX_RETRY_DELAY = 30.0
 
 
 class EventStore:
@@ -58,7 +62,9 @@ class EventStore:
         self._rows: list[dict[str, Any]] = []
         self._first_at = 0.0
         self._retry_at = 0.0
-        self._newest_ts: int | None = None
+        self._retry_delay = 0.0
+        self.implausible = 0  # events whose Gerrit timestamp was far from our clock
+        self._skew_logged_at = 0.0
         self._seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self._patchsets: OrderedDict[tuple[int, int], None] = OrderedDict()
         # (change, author, text) -> [(timestamp, made up by catch-up)] of comment-added.
@@ -80,10 +86,24 @@ class EventStore:
                 self._note(event)
 
     def last_event_ts(self) -> int | None:
-        """Gerrit's time of the newest stored event (ListenerState), if any."""
+        """When, on this host's clock, the newest stored event was received (None: none).
+
+        Catch-up starts from here. It is the CI's own observation, never
+        Gerrit's `eventCreatedOn`: one event with a millisecond or future
+        timestamp (a broken plugin, a clock ahead) would otherwise shrink every
+        later catch-up window to a second.
+        """
         with transaction(self.sessions) as session:
-            state = session.get(ListenerState, LAST_EVENT_TS)
-            return int(state.value) if state is not None else None
+            received = session.scalar(
+                select(Event.received_at).order_by(Event.id.desc()).limit(1))
+        if received is None:
+            return None
+        ts, now = int(received.timestamp()), int(time.time())
+        if ts > now:
+            logger.warning("the newest event was received %s s in the future (this host's "
+                           "clock went back?): catching up from now", ts - now)
+            return now
+        return ts
 
     def add(self, line: bytes | str) -> Parsed | None:
         """Buffer one raw line; returns its parse, or None for a duplicate."""
@@ -96,15 +116,36 @@ class EventStore:
                 return None
             self._note(event)
             if event.source != CATCH_UP_SOURCE:
-                ts = event.created_on or int(time.time())
-                self._newest_ts = max(ts, self._newest_ts or 0)
+                self._check_clock(event.created_on)
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        kind = event.type[:64]
+        if "\x00" in text:
+            # PostgreSQL refuses NUL in text, and one bad line must not stop
+            # every later one: kept as an invalid line with each NUL written
+            # `\x00` (a raw NUL is never valid JSON, and `\x` keeps it so).
+            text, kind = text.replace("\x00", "\\x00"), INVALID_TYPE
         if not self._rows:
             self._first_at = self.clock()
-        self._rows.append({"type": event.type[:64], "raw": text, "received_at": utcnow()})
+        self._rows.append({"type": kind, "raw": text, "received_at": utcnow()})
         if len(self._rows) >= self.batch_size:
             self.flush()
         return event
+
+    def _check_clock(self, created_on: int | None) -> None:
+        """Log Gerrit timestamps that cannot be right (milliseconds, far from our clock);
+        they are never used for the catch-up window, only reported."""
+        if created_on is None:
+            return
+        skew = created_on - time.time()
+        if abs(skew) <= PLAUSIBLE_SKEW:
+            return
+        self.implausible += 1
+        now = self.clock()
+        if now - self._skew_logged_at >= 600 or self.implausible == 1:
+            self._skew_logged_at = now
+            logger.warning("event with an implausible eventCreatedOn %s (%+.0f s from this "
+                           "host's clock; %s such events so far): not trusted for catch-up",
+                           created_on, skew, self.implausible)
 
     def seen_patchset(self, change: int, patchset: int) -> bool:
         """A patchset-created for it was stored (or is buffered) recently."""
@@ -176,32 +217,70 @@ class EventStore:
         return max(0.0, self._first_at + self.max_delay - self.clock())
 
     def flush(self) -> int:
-        """Commit every buffered line (and the newest event time) in one transaction.
+        """Commit every buffered line in one transaction.
 
-        On a database error the lines stay buffered and the next flush retries.
+        A database that is down or busy keeps the lines buffered, and the next
+        flush waits (1 s, doubling to 30 s) before it tries again, whoever
+        asks. A batch refused for its data (a value the database will not take)
+        is stored line by line instead, the refused lines as invalid ones.
         """
-        if not self._rows:
+        if not self._rows or self.clock() < self._retry_at:
             return 0
-        rows, newest = self._rows, self._newest_ts
+        rows = self._rows
         try:
-            with transaction(self.sessions) as session:
-                session.execute(insert(Event), rows)
-                if newest is not None:
-                    state = session.get(ListenerState, LAST_EVENT_TS)
-                    if state is None:
-                        session.add(ListenerState(key=LAST_EVENT_TS, value=str(newest)))
-                    elif int(state.value) < newest:
-                        state.value = str(newest)
-        except SQLAlchemyError:
-            self._retry_at = self.clock() + 1.0
-            logger.exception("storing %s events failed; will retry", len(rows))
+            self._insert(rows)
+        except (OperationalError, InterfaceError):
+            self._retry_delay = min(max(1.0, self._retry_delay * 2), _MAX_RETRY_DELAY)
+            self._retry_at = self.clock() + self._retry_delay
+            logger.exception("storing %s events failed; retrying in %.0f s", len(rows),
+                             self._retry_delay)
             return 0
+        except (SQLAlchemyError, ValueError):
+            # ValueError: the driver could not even encode a value (psycopg
+            # raises UnicodeEncodeError for a lone surrogate, unwrapped).
+            logger.exception("a batch of %s events was refused; storing them one by one",
+                             len(rows))
+            if not self._insert_each(rows):
+                self._retry_delay = min(max(1.0, self._retry_delay * 2), _MAX_RETRY_DELAY)
+                self._retry_at = self.clock() + self._retry_delay
+                return 0
         self._rows = []
+        self._retry_delay = 0.0
         self.stored += len(rows)
         logger.debug("stored %s events", len(rows))
         if self.on_flush is not None:
             self.on_flush(len(rows))
         return len(rows)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        with transaction(self.sessions) as session:
+            session.execute(insert(Event), rows)
+
+    def _insert_each(self, rows: list[dict[str, Any]]) -> bool:
+        """Store rows one at a time, a refused one as an ASCII-escaped invalid line.
+
+        False when the database itself failed meanwhile (what was stored stays
+        stored and leaves the buffer; the rest is retried).
+        """
+        for index, row in enumerate(rows):
+            try:
+                try:
+                    self._insert([row])
+                except (OperationalError, InterfaceError):
+                    raise
+                except (SQLAlchemyError, ValueError):
+                    safe = row["raw"].encode("ascii", "backslashreplace").decode("ascii")
+                    logger.error("event line refused by the database; stored as invalid: %.200s",
+                                 safe)
+                    self._insert([{**row, "type": INVALID_TYPE, "raw": safe}])
+            except (OperationalError, InterfaceError):
+                logger.exception("storing events failed")
+                self._rows = rows[index:]
+                self.stored += index
+                return False
+            except (SQLAlchemyError, ValueError):
+                logger.exception("an event line could not be stored even escaped; dropped")
+        return True
 
 
 def _store_key(event: GerritEvent) -> tuple[object, ...] | None:

@@ -42,7 +42,7 @@ from listener.catchup import (
     synthetic_comments,
     synthetic_patchset_created,
 )
-from listener.event_store import EventStore
+from listener.event_store import PLAUSIBLE_SKEW, EventStore
 from listener.events import (
     ChangeAbandoned,
     ChangeEvent,
@@ -254,7 +254,9 @@ class Listener:
                                        current_patch_set=True)
         finally:
             client.close()
-        added = self._store_missed(opened, closed, since - CATCH_UP_SLACK)
+        # `since` is on this host's clock, review messages carry Gerrit's: allow
+        # for the skew the store tolerates (a message seen twice is dropped there).
+        added = self._store_missed(opened, closed, since - CATCH_UP_SLACK - PLAUSIBLE_SKEW)
         self.catch_ups += 1
         logger.info("catch-up since %s: %s open and %s closed change(s), %s missed event(s)",
                     since, len(opened), len(closed), added)
