@@ -1,8 +1,9 @@
 """A build's test results as plain text: why it failed, readable in one click.
 
 The worker publishes `test-results.txt` at the top of every log tree that has
-test results: failures with their tracebacks first, then skips with their
-reasons, then every test. Plain text on purpose: the log servers serve
+test results: failures with their tracebacks first, then flaky tests (failed,
+then passed when re-run) with the traceback of their failure, then skips with
+their reasons, then every test. Plain text on purpose: the log servers serve
 untrusted output and never render HTML from a log tree.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from runners.subunit import TestOutcome, summarize
+from runners.subunit import FLAKY, TestOutcome, summarize
 
 RESULTS_FILE = "test-results.txt"
 _FAILING = ("fail", "uxsuccess")
@@ -38,6 +39,16 @@ def format_failures(outcomes: Sequence[TestOutcome]) -> str:
     return "\n".join(blocks)
 
 
+def format_flaky(outcomes: Sequence[TestOutcome]) -> str:
+    """Each flaky test with why it failed before it passed (empty when none was flaky)."""
+    blocks = []
+    for t in outcomes:
+        if t.status == FLAKY:
+            details = t.details.rstrip() or "(the stream carried no traceback)"
+            blocks.append(f"{_RULE}\nFLAKY: {t.test_id}\n{_THIN}\n{details}\n")
+    return "\n".join(blocks)
+
+
 def format_results(outcomes: Sequence[TestOutcome], heading: str) -> str:
     """The whole report: heading, counts, failures, skips, then every test."""
     summary = summarize(outcomes)
@@ -45,6 +56,10 @@ def format_results(outcomes: Sequence[TestOutcome], heading: str) -> str:
     failures = format_failures(outcomes)
     if failures:
         parts += [f"FAILED TESTS ({len(summary.failed)})", "", failures]
+    flaky = format_flaky(outcomes)
+    if flaky:
+        parts += [f"FLAKY TESTS ({len(summary.flaky)}): failed, then passed when re-run; "
+                  "not counted as failures", "", flaky]
     skips = [t for t in outcomes if t.status == "skip"]
     if skips:
         parts.append(f"SKIPPED TESTS ({len(skips)})")

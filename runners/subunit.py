@@ -2,7 +2,7 @@
 
 The verdict of a tempest run comes from here, never from the runner's exit
 code (`stestr run --subunit` exits 0 when tests fail) nor from grepping its
-console output (research/toolchain.md §5).
+console output, whose format changes between releases.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ import testtools
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("success", "fail", "skip", "xfail", "uxsuccess")
+# What a subunit stream can end a test with.
+STREAM_STATUSES = ("success", "fail", "skip", "xfail", "uxsuccess")
+# Plus ours: a test that failed, then passed when re-run (runners.rerun): not a failure.
+FLAKY = "flaky"
+STATUSES = (*STREAM_STATUSES, FLAKY)
 _FAILING = frozenset({"fail", "uxsuccess"})
 # Details worth showing for a test, most useful first.
 _DETAIL_ORDER = ("traceback", "reason")
@@ -32,7 +36,7 @@ class TestOutcome:
     __test__ = False  # not a pytest test class, despite the name
 
     test_id: str
-    status: str  # one of STATUSES
+    status: str  # one of STATUSES (FLAKY only after runners.rerun.merge_reruns)
     duration: float | None = None  # seconds, when the stream carried both timestamps
     details: str = ""  # traceback of a failure, reason of a skip
 
@@ -48,10 +52,11 @@ class Summary:
     counts: dict[str, int] = field(default_factory=dict)
     total: int = 0
     failed: tuple[str, ...] = ()  # ids of fail and uxsuccess tests, in stream order
+    flaky: tuple[str, ...] = ()  # ids of tests that passed only when re-run
 
     @property
     def executed(self) -> int:
-        """Tests that ran (everything but skips)."""
+        """Tests that ran (everything but skips; a flaky test ran)."""
         return self.total - self.counts.get("skip", 0)
 
     @property
@@ -105,7 +110,7 @@ def parse_subunit(stream: BinaryIO | bytes) -> list[TestOutcome]:
         if status == "exists":
             return  # the enumeration event both producers send before running
         details = _details_text(test["details"])
-        if status not in STATUSES:
+        if status not in STREAM_STATUSES:
             logger.warning("test %s ended with status %r; counting it as failed",
                            test["id"], status)
             details = (details + "\n" if details else "") + "the test did not complete"
@@ -127,4 +132,5 @@ def summarize(results: Iterable[TestOutcome]) -> Summary:
     results = list(results)
     counts = Counter(r.status for r in results)
     failed = tuple(r.test_id for r in results if r.status in _FAILING)
-    return Summary(counts=dict(counts), total=len(results), failed=failed)
+    flaky = tuple(r.test_id for r in results if r.status == FLAKY)
+    return Summary(counts=dict(counts), total=len(results), failed=failed, flaky=flaky)

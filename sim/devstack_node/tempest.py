@@ -4,8 +4,11 @@ Options map onto stestr as tempest maps them: `--regex R` is a filter,
 `--exclude-list/--include-list/--load-list FILE`, `--serial`,
 `--concurrency N`, `--subunit` (the v2 stream on stdout). The run happens
 in the node's tempest directory with the CI's own Python; the lab directory
-is passed to the tests (`HYPERV_CI_LAB_DIR`) for injected failures. A line
-per run goes to `logs/tempest.log`.
+is passed to the tests (`HYPERV_CI_LAB_DIR`) for injected failures, and the
+directory where flaky tests remember their first failure
+(`HYPERV_CI_FLAKY_STATE`, reset by every stack.sh). A line per run goes to
+`logs/tempest.log`. stack.sh installs this stand-in where devstack installs
+tempest (`sim.devstack_node.tempest_install`), never on openrc's PATH.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import subprocess
 import sys
 
 from sim.devstack_node import die, load_node, log
+from sim.devstack_node.tempest_install import FLAKY_STATE
 
 
 def stestr_argv(python: str, args: argparse.Namespace) -> list[str]:
@@ -57,7 +61,8 @@ def main(argv: list[str]) -> None:
         if getattr(args, flag):
             setattr(args, flag, os.path.abspath(getattr(args, flag)))
     command = stestr_argv(node.python, args)
-    env = dict(os.environ, HYPERV_CI_LAB_DIR=str(node.lab_dir), PYTHONIOENCODING="utf-8")
+    env = dict(os.environ, HYPERV_CI_LAB_DIR=str(node.lab_dir), PYTHONIOENCODING="utf-8",
+               HYPERV_CI_FLAKY_STATE=str(node.root.joinpath(*FLAKY_STATE)))
     log(node.logs_dir / "tempest.log", "INFO tempest [-] running: " + shlex.join(command[1:]))
     code = subprocess.call(command, cwd=node.tempest_dir, env=env)
     log(node.logs_dir / "tempest.log", f"INFO tempest [-] stestr exited with {code}")

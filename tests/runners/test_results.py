@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runners.results import format_failures, format_results, short_name
+from runners.results import format_failures, format_flaky, format_results, short_name
 from runners.subunit import TestOutcome
 
 SERVERS = "tempest.api.compute.servers.test_servers.ServersTestJSON"
@@ -49,3 +49,19 @@ def test_a_clean_run_has_no_failure_section() -> None:
     text = format_results(OUTCOMES[:1], "ok")
     assert "FAILED" not in text and "SKIPPED" not in text
     assert text.endswith(f"{SERVERS}.test_list_servers[id-9a43,smoke]\n")
+
+
+def test_flaky_tests_are_listed_apart_with_why_they_failed() -> None:
+    flaky = TestOutcome(f"{SERVERS}.test_reboot[id-5]", "flaky", 3.0,
+                        "passed when re-run (re-run 1); failed first with:\nTimeout: 实例\n")
+    outcomes = [*OUTCOMES, flaky]
+    assert format_flaky(OUTCOMES) == ""
+    block = format_flaky(outcomes)
+    assert f"FLAKY: {SERVERS}.test_reboot[id-5]" in block and "Timeout: 实例" in block
+    assert "test_create_server" not in block  # a real failure is not flaky
+    text = format_results(outcomes, "heading")
+    assert text.splitlines()[1] == "5 tests: 1 success, 1 fail, 1 skip, 1 uxsuccess, 1 flaky"
+    assert "FAILED TESTS (2)" in text  # the flaky one is not a failure
+    assert text.index("FAILED TESTS") < text.index("FLAKY TESTS (1)") < text.index(
+        "SKIPPED TESTS")
+    assert f"  flaky         3.00s  {SERVERS}.test_reboot[id-5]" in text

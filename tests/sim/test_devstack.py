@@ -139,10 +139,12 @@ def test_tempest_run_streams_real_subunit(executor: SSHExecutor, node: DevstackN
     assert stack(executor, node)[0] == 0
     (node.lab_dir / "faults" / "tempest-fail").write_text("test_resize_server\n", encoding="utf-8")
     (node.root / "exclude.txt").write_text("test_network_basic_ops\n", encoding="utf-8")
+    # tempest is where devstack installs it (its tox venv), not on openrc's PATH.
     script = ('source "$DEVSTACK_DIR/openrc" admin admin\ncd "$TEMPEST_DIR"\n'
-              "tempest run --subunit --concurrency 2 --regex '^tempest\\.' "
+              "T=.tox/tempest/bin/tempest\n"
+              "$T run --subunit --concurrency 2 --regex '^tempest\\.' "
               "--exclude-list ../exclude.txt > ../parallel.subunit\n"
-              "tempest run --subunit --serial --regex '(\\.test_resize|\\.test_shelve)' "
+              "$T run --subunit --serial --regex '(\\.test_resize|\\.test_shelve)' "
               "> ../serial.subunit\n")
     code, _, err = bash(executor, node, script)
     assert code == 0, err
@@ -158,6 +160,8 @@ def test_tempest_run_streams_real_subunit(executor: SSHExecutor, node: DevstackN
 
 
 def test_tempest_needs_a_stack(executor: SSHExecutor, node: DevstackNodePaths) -> None:
+    assert stack(executor, node)[0] == 0
+    assert bash(executor, node, '"$DEVSTACK_DIR/unstack.sh"\n')[0] == 0
     code, _, err = bash(executor, node, 'source "$DEVSTACK_DIR/openrc"\ncd "$TEMPEST_DIR"\n'
-                        "tempest run --subunit > /dev/null\n")
+                        ".tox/tempest/bin/tempest run --subunit > /dev/null\n")
     assert code == 1 and "stack.sh" in err
