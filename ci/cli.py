@@ -374,6 +374,35 @@ def nodes_enable(obj: _Ctx, name: str) -> None:
     click.echo(f"{name} enabled")
 
 
+@main.group()
+def events() -> None:
+    """The stored Gerrit events."""
+
+
+@events.command("list")
+@click.option("--failed", "only_failed", is_flag=True,
+              help="Only events the scheduler gave up on, with the reason.")
+@click.option("--pending", "only_pending", is_flag=True, help="Only events not handled yet.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.pass_obj
+def events_list(obj: _Ctx, only_failed: bool, only_pending: bool, limit: int) -> None:
+    """Show the newest events: id, received, type, state, outcome."""
+    from ci.models import Event
+
+    query = select(Event.id, Event.received_at, Event.type, Event.processed_at,
+                   Event.failed_at, Event.outcome).order_by(Event.id.desc()).limit(limit)
+    if only_failed:
+        query = query.where(Event.failed_at.is_not(None))
+    if only_pending:
+        query = query.where(Event.processed_at.is_(None))
+    with _sessions(obj.config)() as session:
+        for row in session.execute(query):
+            state = "failed" if row.failed_at else ("done" if row.processed_at else "pending")
+            outcome = (row.outcome or "").replace("\n", " ")[:160]
+            click.echo(f"{row.id:>8} {row.received_at:%Y-%m-%d %H:%M:%S} {row.type[:24]:<24} "
+                       f"{state:<8} {outcome}")
+
+
 def _mount_sim() -> None:
     from sim.cli import sim
 

@@ -352,3 +352,26 @@ def test_render_never_migrates_a_postgresql_database(tmp_path: Path, pg_url: str
         assert inspect(engine).get_table_names() == []
     finally:
         engine.dispose()
+
+
+def test_events_list_shows_failed_events_with_their_reason(tmp_path: Path) -> None:
+    from ci.models import Event, utcnow
+
+    config = write_config(tmp_path)
+    cli(config, "db", "upgrade")
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            session.add(Event(type="patchset-created", raw="{}", processed_at=utcnow(),
+                              failed_at=utcnow(),
+                              outcome="failed: GerritError: change 7 has no patch set 1"))
+            session.add(Event(type="comment-added", raw="{}", processed_at=utcnow(),
+                              outcome="ignored: not a recheck — 中文"))
+            session.add(Event(type="ref-updated", raw="{}"))
+    finally:
+        engine.dispose()
+    failed = cli(config, "events", "list", "--failed").stdout.splitlines()
+    assert len(failed) == 1 and "failed" in failed[0] and "no patch set 1" in failed[0]
+    listed = cli(config, "events", "list").stdout
+    assert "中文" in listed and "pending" in listed and "done" in listed
+    assert "ref-updated" in cli(config, "events", "list", "--pending").stdout
