@@ -4,7 +4,10 @@
 
 Runs the real WinRMExecutor (pywinrm) against SimWinRMServer on loopback,
 once with NTLM (hyperv-ci's default: a handshake per connection, every
-message sealed) and once with Basic, and prints figures only. The simulator
+message sealed) and once with Basic, and prints figures only. Basic over http
+needs a node configured for it (Service/Auth/Basic and AllowUnencrypted true,
+both off on a default node): the simulated node is set up that way here, for
+the comparison only. The simulator
 is in the same process, so both sides share the 2 cores: compare the
 transports within one run, not the absolute numbers across machines.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from ci.config import NodeConfig
 from runners.winrm import WinRMExecutor
 from sim.winrm import SimWinRMServer
+from sim.wsman_config import WinRMConfig
 
 USER, PASSWORD, PASSWORD_ENV = "Administrator", "bench-Zoë-pw", "HYPERV_CI_BENCH_WINRM_PW"
 
@@ -43,7 +47,7 @@ def bench_transport(server: SimWinRMServer, transport: str, runs: int, data: byt
         took = []
         for _ in range(runs):
             started = time.perf_counter()
-            result = ex.run_powershell("# hyperv-ci-step: bootstrap\n", timeout=60)
+            result = ex.run_powershell("# hyperv-ci-step: round-trip\n", timeout=60)
             took.append(time.perf_counter() - started)
             assert result.ok, result.stderr
         mib = len(data) / 2**20
@@ -72,7 +76,9 @@ def main() -> None:
     data = os.urandom(args.megabytes * 2**20)
     with tempfile.TemporaryDirectory(prefix="hyperv-ci-bench-") as tmp:
         workdir = Path(tmp)
-        with SimWinRMServer("hv-bench", workdir / "lab", USER, PASSWORD) as server:
+        config = WinRMConfig(allow_basic=True, allow_unencrypted=True)
+        with SimWinRMServer("hv-bench", workdir / "lab", USER, PASSWORD,
+                            config=config) as server:
             print(f"WinRM executor against the simulated node at {server.url}")
             for transport in ("ntlm", "basic"):
                 bench_transport(server, transport, args.runs, data, workdir)

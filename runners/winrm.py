@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING
 
 import requests
 import winrm.transport
-from winrm.exceptions import WinRMError, WinRMOperationTimeoutError, WinRMTransportError
+from winrm.exceptions import (
+    WinRMError,
+    WinRMOperationTimeoutError,
+    WinRMTransportError,
+    WSManFaultError,
+)
 from winrm.protocol import Protocol
 
 from runners.base import (
@@ -53,6 +58,8 @@ CMD_LINE_LIMIT = 8191  # cmd.exe runs every WinRM command line (WINRS_SKIP_CMD_S
 PUT_CHUNK_BYTES = 48 * 1024  # raw bytes per Send: ~64 KiB of base64, well inside MaxEnvelopeSize
 TRANSFER_TIMEOUT = 900.0
 EXIT_NOT_FOUND = 2  # the get helper's exit code for a missing file
+FAULT_QUOTA_MAX_SHELLS = 2150859173  # ERROR_WSMAN_QUOTA_MAX_SHELLS: MaxShellsPerUser reached
+HTTP_TOO_LARGE = 413  # how a node refuses a request over its MaxEnvelopeSizekb
 # Longest Receive (whole seconds, WinRM's minimum) while a caller's `should_stop`
 # is to be honoured: the node holds a quiet Receive up to OperationTimeout (20 s).
 STOP_POLL = 1
@@ -136,6 +143,16 @@ def step_of(script: str) -> str:
             match = _STEP.match(line)
             return match.group(1) if match else "script"
     return "script"
+
+
+def quota_hint(exc: BaseException) -> str:
+    """What an operator should know about a node quota behind `exc` ('' if none)."""
+    if isinstance(exc, WSManFaultError) and exc.wsman_fault_code == FAULT_QUOTA_MAX_SHELLS:
+        return (" (the node's MaxShellsPerUser quota is used up: another client leaves "
+                "shells open, or raise it: see docs/winrm.md)")
+    if isinstance(exc, WinRMTransportError) and exc.code == HTTP_TOO_LARGE:
+        return " (the request is larger than the node's MaxEnvelopeSizekb: see docs/winrm.md)"
+    return ""
 
 
 def missing_transport_support(transport: str) -> str | None:
@@ -345,12 +362,26 @@ class WinRMExecutor:
         try:
             yield shell_id
         finally:
+            self._close_shell(shell_id)
+
+    def _close_shell(self, shell_id: str) -> None:
+        """Delete the shell on every path: a node allows a user 30 (MaxShellsPerUser).
+
+        A shell left open counts against that quota until the node's IdleTimeout
+        (2 hours by default) deletes it, so a few dozen failed steps would lock the CI
+        out of the node. After a transport error the session may be dead or its
+        encryption out of step, so a failed Delete is tried once more on a new one.
+        """
+        for attempt in (1, 2):
             try:
                 self._protocol.close_shell(shell_id)
+                return
             except _TRANSPORT_ERRORS as exc:
-                # The node may be gone; its shell dies with it or at its idle timeout.
-                logger.debug("%s: closing shell failed: %s", self.node_name, exc)
                 self._protocol.transport.close_session()
+                if attempt == 2:
+                    # The node may be gone; its shell dies with it or at its idle timeout.
+                    logger.warning("%s: could not close shell %s: %s", self.node_name,
+                                   shell_id, exc)
 
     def _call(self, fn: Callable[..., object], *args: object, **kwargs: object) -> str:
         try:
@@ -361,6 +392,7 @@ class WinRMExecutor:
             self._protocol.transport.close_session()
             raise ExecutorError(
                 f"{self.node_name}: WinRM {fn.__name__} failed: {type(exc).__name__}: {exc}"
+                f"{quota_hint(exc)}"
             ) from exc
 
     def _receive(
@@ -392,6 +424,9 @@ class WinRMExecutor:
             except WinRMOperationTimeoutError:
                 continue  # no output yet: ask again
             except _TRANSPORT_ERRORS as exc:
+                # A reset connection leaves pywinrm's session (and, with NTLM over http,
+                # its message encryption) unusable: the shell's Delete needs a new one.
+                self._protocol.transport.close_session()
                 raise ExecutorError(
                     f"{self.node_name}: WinRM receive failed: {type(exc).__name__}: {exc}"
                 ) from exc

@@ -1,12 +1,16 @@
 """A WS-Management (WinRM) server on loopback that real pywinrm talks to unchanged.
 
-It speaks the contract of research/ws-management.md: shells (Create with
-WINRS_CODEPAGE), Command, Send, long-polled Receive (OperationTimeout fault
-2150858793), Signal, Delete; Basic auth; optional TLS (certificates from
-sim/tls.py). This module is the node and its shell/command state machine;
-the HTTP(S) transport is sim/wsman_http.py, the SOAP envelopes are built and
-parsed in sim/wsman_xml.py, and what the commands do is answered by the
-Hyper-V host model (sim/hyperv_host.py).
+It speaks WS-Management's shell protocol: shells (Create with
+WINRS_CODEPAGE), Command, Send, Receive long-polled up to the client's
+OperationTimeout (then fault 2150858793), Signal, Delete; Negotiate/NTLM,
+and Basic where the node allows it; optional TLS (certificates from
+sim/tls.py). It enforces a default Windows Server 2022 node's quotas
+(sim/wsman_config.py): MaxShellsPerUser, MaxEnvelopeSizekb, the shell
+IdleTimeout, MaxTimeoutms, Basic and AllowUnencrypted off. This module is
+the node and its shell/command state machine; the HTTP(S) transport is
+sim/wsman_http.py, the SOAP envelopes are built and parsed in
+sim/wsman_xml.py, and what the commands do is answered by the Hyper-V host
+model (sim/hyperv_host.py).
 """
 
 from __future__ import annotations
@@ -18,21 +22,25 @@ import hmac
 import logging
 import ssl
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sim import wsman_xml
 from sim.faults import Faults
 from sim.hyperv_host import HyperVHost
+from sim.wsman_config import WinRMConfig
 from sim.wsman_http import DropConnection, WSManHTTPServer
 from sim.wsman_ntlm import CREDENTIALS
 from sim.wsman_xml import (
     FAULT_ACTION,
     FAULT_INVALID_CODEPAGE,
     FAULT_INVALID_PARAMETER,
+    FAULT_QUOTA_MAX_SHELLS,
     FAULT_SHELL_NOT_FOUND,
     FAULT_TIMEOUT,
     WSManFault,
@@ -102,10 +110,11 @@ class SimCommand:
 
 @dataclass
 class SimShell:
-    """One remote shell: its code page and its commands by id."""
+    """One remote shell: its code page, its commands by id, when a request last named it."""
 
     shell_id: str
     codepage: int
+    last_used: float
     commands: dict[str, SimCommand] = field(default_factory=dict)
 
 
@@ -121,7 +130,8 @@ class SimWinRMServer:
         port: int = 0,
         tls: tuple[Path, Path] | None = None,
         *,
-        max_hold: float = 1.0,
+        config: WinRMConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_name = node_name
         self.host = "127.0.0.1"
@@ -132,7 +142,9 @@ class SimWinRMServer:
         self.signals: list[
             tuple[str, str]
         ] = []  # (step, signal code) that stopped a running command
-        self.max_hold = max_hold
+        self.holds: list[float] = []  # how long each Receive was to be held, in seconds
+        self.config = config or WinRMConfig()
+        self._clock = clock  # what the idle timeout is measured with (tests pass a fake one)
         self.username, self._password = username, password
         # requests encodes Basic credentials in Latin-1 when it can, other clients in UTF-8.
         pair = f"{username}:{password}"
@@ -161,12 +173,12 @@ class SimWinRMServer:
 
     def start(self) -> SimWinRMServer:
         """Listen (on `port`, or a free one) and serve in a background thread."""
-        # Basic and NTLM both, as a node with Service/Auth/Basic turned on answers.
+        # Negotiate/NTLM always; Basic only if `config.allow_basic` (the HTTP layer checks).
         CREDENTIALS.add(self.username, self._password)
         try:
             self._httpd = WSManHTTPServer(
                 (self.host, self.port), self._dispatch, self._authorized, self.ssl_context,
-                ntlm=True, stats=self.stats,
+                ntlm=True, config=self.config, stats=self.stats,
             )
         except BaseException:
             CREDENTIALS.remove(self.username)
@@ -219,6 +231,13 @@ class SimWinRMServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def open_shells(self) -> int:
+        """How many shells are open (created, not yet deleted or reaped as idle)."""
+        with self._lock:
+            self._reap_idle()
+            return len(self._shells)
+
     def _authorized(self, header: str) -> bool:
         return any(hmac.compare_digest(header.encode(), good.encode()) for good in self._auth)
 
@@ -229,6 +248,8 @@ class SimWinRMServer:
             return 400, b""
         action = request.action
         self.stats[action] += 1
+        with self._lock:
+            self._reap_idle()
         try:
             handler = getattr(self, f"_do_{action.lower()}", None)
             if handler is None or request.header is None:
@@ -243,10 +264,27 @@ class SimWinRMServer:
                 "fault", request.message_id, [wsman_xml.fault_body(fault, self.node_name)]
             )
 
+    def _reap_idle(self) -> None:
+        """Delete the shells no request has named for IdleTimeout (call with the lock held).
+
+        "Installation and configuration for Windows Remote Management", WinRS IdleTimeout:
+        the remote shell is deleted after that time without activity; later requests
+        naming it get the shell-not-found fault. Its commands end with it.
+        """
+        now = self._clock()
+        for shell_id, shell in list(self._shells.items()):
+            if now - shell.last_used >= self.config.idle_timeout:
+                del self._shells[shell_id]
+                self.stats["Shell.idle-deleted"] += 1
+                for command in shell.commands.values():
+                    command.terminate()
+
     def _shell(self, header: ET.Element) -> SimShell:
         shell_id = wsman_xml.selector(header, "ShellId")
         with self._lock:
             shell = self._shells.get(shell_id)
+            if shell is not None:
+                shell.last_used = self._clock()
         if shell is None:
             raise WSManFault(
                 FAULT_SHELL_NOT_FOUND,
@@ -273,8 +311,21 @@ class SimWinRMServer:
             raise WSManFault(
                 FAULT_INVALID_CODEPAGE, "w:InvalidParameter", f"Code page {codepage} is not valid."
             ) from None
-        shell = SimShell(str(uuid.uuid4()).upper(), codepage)
+        shell = SimShell(str(uuid.uuid4()).upper(), codepage, self._clock())
         with self._lock:
+            # MS-WSMV 2.2.4.42 WinrsType MaxShellsPerUser (30) and 3.1.4.5.2.1: the Create
+            # over the quota gets a wsman:QuotaLimit fault. The code (0x803381A5,
+            # ERROR_WSMAN_QUOTA_MAX_SHELLS) and the text are what Windows sends. The node
+            # has one user, so every shell is that user's.
+            if len(self._shells) >= self.config.max_shells_per_user:
+                limit = self.config.max_shells_per_user
+                raise WSManFault(
+                    FAULT_QUOTA_MAX_SHELLS,
+                    "w:QuotaLimit",
+                    "The WS-Management service cannot process the request. This user is "
+                    f"allowed a maximum number of {limit} concurrent shells, which has been "
+                    "exceeded. Close existing shells or raise the quota for this user.",
+                )
             self._shells[shell.shell_id] = shell
         return wsman_xml.shell_created(self.url, shell.shell_id)
 
@@ -329,8 +380,13 @@ class SimWinRMServer:
             else None
         )
         command = self._command(shell, desired)
+        # MS-WSMV 3.1.4.14: with no output the Receive is held until the client's
+        # OperationTimeout, then answered with the 2150858793 fault (the client asks
+        # again); 3.1.4.1.6: no OperationTimeout, or one above MaxTimeoutms, means MaxTimeoutms.
+        limit = self.config.max_timeout
         timeout = header.findtext(q("w", "OperationTimeout"))
-        hold = min(wsman_xml.seconds(timeout, 60.0), self.max_hold)
+        hold = min(wsman_xml.seconds(timeout, limit), limit)
+        self.holds.append(hold)
         with command.cond:
             command.cond.wait_for(
                 lambda: (
@@ -342,6 +398,7 @@ class SimWinRMServer:
                 ),
                 timeout=hold,
             )
+            shell.last_used = self._clock()  # a held Receive is activity till it returns
             if command.drop_pending or self._httpd is None:
                 command.drop_pending = False
                 self.stats["Receive.dropped"] += 1

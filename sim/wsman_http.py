@@ -1,10 +1,12 @@
 """The HTTP(S) transport of the simulated WinRM endpoint.
 
-POST /wsman with Basic or NTLM auth (sealed bodies: sim/wsman_ntlm.py),
-optional TLS, and the ways a real node's connection ends: a 401 challenge,
-a reset (`DropConnection`), or every open connection cut when the node
-stops. It is separate from sim/winrm.py so the server there reads as the
-WS-Management shell state machine only; this module knows nothing about
+POST /wsman with Negotiate/NTLM auth (sealed bodies: sim/wsman_ntlm.py) and,
+when the node allows it, Basic; optional TLS; the service's refusals (Basic
+disabled, unencrypted traffic, a request over MaxEnvelopeSizekb: settings in
+sim/wsman_config.py); and the ways a real node's connection ends: a 401
+challenge, a reset (`DropConnection`), or every open connection cut when the
+node stops. It is separate from sim/winrm.py so the server there reads as
+the WS-Management shell state machine only; this module knows nothing about
 SOAP and hands each request body to `dispatch`.
 """
 
@@ -23,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from spnego.exceptions import SpnegoError
 
+from sim.wsman_config import WinRMConfig
 from sim.wsman_ntlm import CONTENT_TYPE, EnvelopeError, NTLMConnection, is_sealed
 
 logger = logging.getLogger(__name__)
@@ -50,11 +53,13 @@ class WSManHTTPServer(ThreadingHTTPServer):
         ssl_context: ssl.SSLContext | None,
         *,
         ntlm: bool = False,
+        config: WinRMConfig | None = None,
         stats: Counter[str] | None = None,
     ) -> None:
         self.dispatch = dispatch
         self.authorized = authorized  # checks a Basic Authorization header
         self.ntlm = ntlm  # also accept Negotiate/NTLM (credentials in sim.wsman_ntlm)
+        self.config = config or WinRMConfig()
         self.stats = Counter[str]() if stats is None else stats  # "ntlm" logons, "sealed" bodies
         self.ssl_context = ssl_context
         self._lock = threading.Lock()
@@ -105,6 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self._ntlm: NTLMConnection | None = None  # NTLM authenticates the connection
+        self._auth_scheme = "Negotiate"  # as the client named it: the final token echoes it
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.settimeout(10)
             self.connection.do_handshake()
@@ -122,21 +128,44 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0].rstrip("/") != "/wsman":
             self._reply(404, b"", "text/plain")
             return
+        config = self.server.config
+        encrypted_channel = isinstance(self.connection, ssl.SSLSocket)
         header = self.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         handshake = self.server.ntlm and scheme.lower() in ("negotiate", "ntlm")
+        final_token: bytes | None = None
         if handshake:
-            if not self._ntlm_step(scheme, token):
+            done, final_token = self._ntlm_step(scheme, token)
+            if not done:
                 return  # a challenge, or a refusal, went back
-        elif not (self._ntlm and self._ntlm.complete) and not self.server.authorized(header):
+        elif scheme.lower() == "basic":
+            if not config.allow_basic:
+                # Service/Auth/Basic=false (the default): the scheme is not offered and
+                # a Basic request gets the 401 that names only what is enabled.
+                self.server.stats["basic-refused"] += 1
+                self._challenge()
+                return
+            if not encrypted_channel and not config.allow_unencrypted:
+                # Service/AllowUnencrypted=false: Basic cannot encrypt the message, so
+                # over http it is refused with a 401 (ansible's windows_setup guide,
+                # "HTTP 401/Credentials Rejected"); over https TLS encrypts it.
+                self.server.stats["unencrypted-refused"] += 1
+                self._challenge()
+                return
+            if not self.server.authorized(header):
+                self._challenge()
+                return
+        elif not (self._ntlm and self._ntlm.complete):
             self._challenge()
             return
         sealed = self._ntlm is not None and is_sealed(self.headers.get("Content-Type", ""))
-        if (self._ntlm is not None and not sealed and body
-                and not isinstance(self.connection, ssl.SSLSocket)):
-            # Windows' default (AllowUnencrypted=false): over http, NTLM traffic is sealed.
-            self.server.stats["unsealed-refused"] += 1
-            self._reply(400, b"", "text/plain")
+        if (self._ntlm is not None and not sealed and body and not encrypted_channel
+                and not config.allow_unencrypted):
+            # AllowUnencrypted=false: an authenticated but unsealed message over http is
+            # refused with a 500 and no SOAP body (pywinrm issue #129, Kerberos over http
+            # without encryption: "error 500 ... server receive unencrypted message").
+            self.server.stats["unencrypted-refused"] += 1
+            self._reply(500, b"", "text/plain", final_token)
             return
         if sealed:
             assert self._ntlm is not None
@@ -145,13 +174,21 @@ class _Handler(BaseHTTPRequestHandler):
             except EnvelopeError:
                 logger.debug("refusing a request whose encryption does not verify", exc_info=True)
                 self.close_connection = True
-                self._reply(400, b"", "text/plain")
+                self._reply(400, b"", "text/plain", final_token)
                 return
             self.server.stats["sealed"] += 1
+        if len(body) > config.max_envelope_bytes:
+            # MS-WSMV 2.2.4.10: MaxEnvelopeSizekb limits the client's request packets;
+            # Windows answers a larger one with HTTP 413 and no body (the Windows client
+            # reports it as ERROR_WSMAN_HTTP_REQUEST_TOO_LARGE_STATUS, 2150859025: "the
+            # request size exceeded the configured MaxEnvelopeSize quota").
+            self.server.stats["envelope-too-large"] += 1
+            self._reply(413, b"", "text/plain", final_token)
+            return
         if handshake and not body:
             # The request that completes an NTLM handshake may carry nothing (pywinrm's
             # encryption set-up); Windows answers it with an empty 200.
-            self._reply(200, b"", "application/soap+xml;charset=UTF-8")
+            self._reply(200, b"", "application/soap+xml;charset=UTF-8", final_token)
             return
         try:
             status, reply = self.server.dispatch(body)
@@ -163,12 +200,19 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if sealed:
             assert self._ntlm is not None
-            self._reply(status, self._ntlm.seal(reply), CONTENT_TYPE)
+            self._reply(status, self._ntlm.seal(reply), CONTENT_TYPE, final_token)
         else:
-            self._reply(status, reply, "application/soap+xml;charset=UTF-8")
+            self._reply(status, reply, "application/soap+xml;charset=UTF-8", final_token)
 
-    def _ntlm_step(self, scheme: str, token: str) -> bool:
-        """One leg of the NTLM handshake; True once it completed with this request."""
+    def _ntlm_step(self, scheme: str, token: str) -> tuple[bool, bytes | None]:
+        """One leg of the handshake: (completed with this request, the acceptor's final token).
+
+        SPNEGO (what pypsrp's `auth="negotiate"` sends) ends with a token from the
+        acceptor (the accept-complete NegTokenResp with its mechListMIC, RFC 4178 §5);
+        Windows returns it in the WWW-Authenticate header of the response to the request
+        that completed the handshake, and the client needs it to finish its context.
+        Raw NTLM (pywinrm) has none.
+        """
         if self._ntlm is None or self._ntlm.complete:
             self._ntlm = NTLMConnection()  # a new handshake starts over
         try:
@@ -177,27 +221,33 @@ class _Handler(BaseHTTPRequestHandler):
             logger.debug("NTLM authentication refused", exc_info=True)
             self._ntlm = None
             self._challenge()
-            return False
+            return False, None
         if not self._ntlm.complete:
             self.send_response(401)
             self.send_header("WWW-Authenticate",
                              f"{scheme} {base64.b64encode(answer or b'').decode('ascii')}")
             self.send_header("Content-Length", "0")
             self.end_headers()
-            return False
+            return False, None
         self.server.stats["ntlm"] += 1
-        return True
+        self._auth_scheme = scheme
+        return True, answer or None
 
     def _challenge(self) -> None:
         self.send_response(401)
         if self.server.ntlm:
             self.send_header("WWW-Authenticate", "Negotiate")
-        self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
+        if self.server.config.allow_basic:
+            self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+    def _reply(self, status: int, body: bytes, content_type: str,
+               auth_token: bytes | None = None) -> None:
         self.send_response(status)
+        if auth_token:
+            self.send_header("WWW-Authenticate",
+                             f"{self._auth_scheme} {base64.b64encode(auth_token).decode('ascii')}")
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -26,11 +26,13 @@ for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
 SHELL_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
 STATE = NS["rsp"] + "/CommandState/"
-FAULT_TIMEOUT = 2150858793
-FAULT_SHELL_NOT_FOUND = 2150858843
+# WSManFault codes: the Win32 ERROR_WSMAN_* numbers (winerror.h; Windows SDK).
+FAULT_TIMEOUT = 2150858793  # ERROR_WSMAN_OPERATION_TIMEDOUT: a Receive with nothing to say
+FAULT_SHELL_NOT_FOUND = 2150858843  # ERROR_WSMAN_UNEXPECTED_SELECTORS: the shell is gone
 FAULT_ACTION = 2150858891
 FAULT_INVALID_PARAMETER = 2150858882
 FAULT_INVALID_CODEPAGE = 2150859002
+FAULT_QUOTA_MAX_SHELLS = 2150859173  # 0x803381A5 ERROR_WSMAN_QUOTA_MAX_SHELLS
 
 
 def q(prefix: str, name: str) -> str:

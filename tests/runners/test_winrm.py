@@ -21,8 +21,9 @@ from runners.winrm import (
     windows_command_line,
 )
 from runners.winrm_output import OutputDecoder, clixml_to_text
-from sim.tls import make_tls_files
+from sim.tls import TLSFiles, make_tls_files
 from sim.winrm import SimWinRMServer
+from sim.wsman_config import WinRMConfig
 
 USER, PASSWORD = "Administrator", "pw-Zoë-7f3a"
 
@@ -33,18 +34,41 @@ def password_env(monkeypatch: pytest.MonkeyPatch) -> str:
     return "HYPERV_CI_TEST_WINRM_PW"
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimWinRMServer]:
-    server = SimWinRMServer("hv-1", tmp_path / "lab", USER, PASSWORD, max_hold=0.3).start()
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+class Node(SimWinRMServer):
+    """A simulated node and how the executor reaches it (scheme, transport, CA)."""
+
+    transport = "ntlm"
+    ca_file: Path | None = None
+
+
+# The transports an operator would really use: NTLM over http (hyperv-ci's default
+# lab setup; every message sealed) and Basic over https on a node that allows Basic.
+@pytest.fixture(params=["ntlm", "basic"])
+def sim(tmp_path: Path, tls: TLSFiles, request: pytest.FixtureRequest) -> Iterator[Node]:
+    if request.param == "basic":
+        server = Node("hv-1", tmp_path / "lab", USER, PASSWORD, tls=(tls.cert, tls.key),
+                      config=WinRMConfig(allow_basic=True))
+        server.ca_file = tls.ca_cert
+    else:
+        server = Node("hv-1", tmp_path / "lab", USER, PASSWORD)
+    server.transport = request.param
+    server.start()
     yield server
     server.stop()
 
 
 def node_for(sim: SimWinRMServer, password_env: str, **winrm: object) -> NodeConfig:
+    ca_file = getattr(sim, "ca_file", None)
     access = {
-        "scheme": "http",
+        "scheme": "https" if ca_file else "http",
         "port": sim.port,
-        "transport": "basic",
+        "transport": getattr(sim, "transport", "ntlm"),
+        **({"ca_file": str(ca_file)} if ca_file else {}),
         "username": USER,
         "password": {"password_env": password_env},
         "operation_timeout": 1,
@@ -56,34 +80,36 @@ def node_for(sim: SimWinRMServer, password_env: str, **winrm: object) -> NodeCon
     )
 
 
-# NTLM (hyperv-ci's default) seals every message over http; Basic sends them as they are.
-@pytest.fixture(params=["ntlm", "basic"])
-def executor(sim: SimWinRMServer, password_env: str,
-             request: pytest.FixtureRequest) -> Iterator[WinRMExecutor]:
-    ex = WinRMExecutor(node_for(sim, password_env, transport=request.param), backoff=0.01)
+@pytest.fixture
+def executor(sim: Node, password_env: str) -> Iterator[WinRMExecutor]:
+    ex = WinRMExecutor(node_for(sim, password_env), backoff=0.01)
     yield ex
     ex.close()
     if sim.stats["Create"]:  # the node answered at all
-        assert (sim.stats["sealed"] > 0) == (request.param == "ntlm")
+        # NTLM over http seals every message; Basic over https leaves that to TLS.
+        assert (sim.stats["sealed"] > 0) == (sim.transport == "ntlm")
+        assert sim.open_shells == 0  # every path closed the shells it opened
 
 
 def test_output_is_streamed_before_the_command_ends(
     sim: SimWinRMServer, executor: WinRMExecutor
 ) -> None:
-    sim.faults.set("install", slow=0.05, hang=True)
+    sim.faults.set("long-step", slow=0.05, hang=True,
+                   stdout="Installing\nInstallation réussie : 安装完成\nStill going")
     chunks: list[str] = []
     with pytest.raises(CommandTimeout):
-        executor.run_powershell("# hyperv-ci-step: install\n", timeout=2, on_output=chunks.append)
+        executor.run_powershell("# hyperv-ci-step: long-step\n", timeout=2,
+                                on_output=chunks.append)
     # The command never finished, yet its lines arrived, over several Receives.
     assert len(chunks) >= 2
     assert "Installation réussie : 安装完成\r\n" in "".join(chunks)
 
 
 def test_result_collects_streamed_pieces(sim: SimWinRMServer, executor: WinRMExecutor) -> None:
-    sim.faults.set("bootstrap", slow=0.05)
+    sim.faults.set("chatty", slow=0.05, stdout="one\ntwo\nthree\nAmorçage terminé — 节点就绪")
     chunks: list[str] = []
     result = executor.run_powershell(
-        "# hyperv-ci-step: bootstrap\n", timeout=10, on_output=chunks.append
+        "# hyperv-ci-step: chatty\n", timeout=10, on_output=chunks.append
     )
     assert result.ok and len(chunks) >= 3
     assert "".join(chunks) == result.stdout
@@ -191,7 +217,7 @@ def test_should_stop_is_asked_within_a_long_operation_timeout(
 ) -> None:
     # A real node holds a quiet Receive for the whole OperationTimeout (20 s by
     # default): the executor must shorten it to notice an abort promptly.
-    server = SimWinRMServer("hv-slow", tmp_path / "lab", USER, PASSWORD, max_hold=60).start()
+    server = SimWinRMServer("hv-slow", tmp_path / "lab", USER, PASSWORD).start()
     try:
         ex = WinRMExecutor(node_for(server, password_env, operation_timeout=40,
                                     read_timeout=50))
@@ -257,10 +283,12 @@ def test_get_missing_file(executor: WinRMExecutor, tmp_path: Path) -> None:
     assert list((tmp_path / "dl").iterdir()) == []  # no partial file left behind
 
 
-def test_collected_logs_download(
+def test_a_service_log_downloads_intact(
     sim: SimWinRMServer, executor: WinRMExecutor, tmp_path: Path
 ) -> None:
-    assert executor.run_powershell("# hyperv-ci-step: collect-logs\n", timeout=10).ok
+    # What nova-compute writes on the node (UTF-8), as collect-logs leaves it.
+    sim.model.write_file("C:\\OpenStack\\logs\\nova-compute.log",
+                         "INFO 实例 Zoë spawned\r\n".encode())
     executor.get("C:\\OpenStack\\logs\\nova-compute.log", tmp_path / "nova-compute.log")
     assert "实例 Zoë" in (tmp_path / "nova-compute.log").read_text(encoding="utf-8")
 
@@ -272,7 +300,7 @@ def test_https_with_validated_certificate(tmp_path: Path, password_env: str) -> 
     server.start()
     try:
         good = WinRMExecutor(node_for(server, password_env, scheme="https", ca_file=tls.ca_cert))
-        assert good.run_powershell("# hyperv-ci-step: bootstrap\n", timeout=10).ok
+        assert good.run_powershell("# hyperv-ci-step: probe\n", timeout=10).ok
         untrusted = WinRMExecutor(
             node_for(server, password_env, scheme="https", ca_file=other.ca_cert)
         )
@@ -281,7 +309,7 @@ def test_https_with_validated_certificate(tmp_path: Path, password_env: str) -> 
         unchecked = WinRMExecutor(
             node_for(server, password_env, scheme="https", verify_certificate=False)
         )
-        assert unchecked.run_powershell("# hyperv-ci-step: bootstrap\n", timeout=10).ok
+        assert unchecked.run_powershell("# hyperv-ci-step: probe\n", timeout=10).ok
         for ex in (good, untrusted, unchecked):
             ex.close()
     finally:

@@ -1,4 +1,8 @@
-"""The simulated WinRM node against real, unmodified pywinrm over loopback."""
+"""The simulated WinRM node against real, unmodified pywinrm over loopback.
+
+The node is a default Windows Server 2022 one unless a test says otherwise:
+NTLM with message encryption over http; Basic only where a test allows it.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +27,15 @@ from sim.hyperv_host import HyperVHost
 from sim.tls import make_tls_files
 from sim.windows_shell import script_parameters, split_command_line, step_name
 from sim.winrm import SimWinRMServer
-from sim.wsman_xml import FAULT_SHELL_NOT_FOUND, FAULT_TIMEOUT
+from sim.wsman_config import WinRMConfig
+from sim.wsman_xml import FAULT_QUOTA_MAX_SHELLS, FAULT_SHELL_NOT_FOUND, FAULT_TIMEOUT
 
 USER, PASSWORD = "Administrator", "s3cret-pw"
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[SimWinRMServer]:
-    sim = SimWinRMServer("hv-1", tmp_path / "lab", USER, PASSWORD, max_hold=0.3).start()
+    sim = SimWinRMServer("hv-1", tmp_path / "lab", USER, PASSWORD).start()
     yield sim
     sim.stop()
 
@@ -39,22 +44,22 @@ def session(sim: SimWinRMServer, password: str = PASSWORD) -> winrm.Session:
     return winrm.Session(
         sim.url,
         auth=(USER, password),
-        transport="basic",
+        transport="ntlm",
         server_cert_validation="ignore",
         operation_timeout_sec=1,
         read_timeout_sec=3,
     )
 
 
-def protocol(sim: SimWinRMServer) -> Protocol:
+def protocol(sim: SimWinRMServer, operation_timeout: int = 1) -> Protocol:
     return Protocol(
         sim.url,
-        transport="basic",
+        transport="ntlm",
         username=USER,
         password=PASSWORD,
         server_cert_validation="ignore",
-        operation_timeout_sec=1,
-        read_timeout_sec=3,
+        operation_timeout_sec=operation_timeout,
+        read_timeout_sec=operation_timeout + 2,
     )
 
 
@@ -94,8 +99,24 @@ def test_output_streams_over_several_receives(server: SimWinRMServer) -> None:
     assert b"".join(pieces) == b"one\r\ntwo\r\nthree\r\n"
 
 
-def test_relates_to_echoes_message_id_verbatim(server: SimWinRMServer) -> None:
+def test_relates_to_echoes_message_id_verbatim(tmp_path: Path) -> None:
+    # A raw, unencrypted request: only a node configured for Basic over http takes it.
+    open_node = SimWinRMServer("hv-1", tmp_path / "lab", USER, PASSWORD, config=WinRMConfig(
+        allow_basic=True, allow_unencrypted=True)).start()
     message_id = f"uuid:{uuid.uuid4()}"
+    try:
+        reply = raw_create(open_node.url, message_id)
+    finally:
+        open_node.stop()
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"].startswith("application/soap+xml")
+    assert f"RelatesTo>{message_id}</" in reply.text
+    assert 'Name="ShellId"' in reply.text and "ShellId>" in reply.text
+
+
+def raw_create(url: str, message_id: str, ca: Path | None = None,
+               password: str = PASSWORD) -> requests.Response:
+    """A shell Create sent as plain SOAP with Basic credentials (no pywinrm)."""
     body = (
         '<?xml version="1.0" encoding="utf-8"?>'
         '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
@@ -106,21 +127,19 @@ def test_relates_to_echoes_message_id_verbatim(server: SimWinRMServer) -> None:
         "<wsman:ResourceURI>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
         "</wsman:ResourceURI></s:Header><s:Body/></s:Envelope>"
     )
-    reply = requests.post(
-        server.url,
+    return requests.post(
+        url,
         data=body.encode(),
-        auth=(USER, PASSWORD),
+        auth=(USER, password),
         headers={"Content-Type": "application/soap+xml;charset=UTF-8"},
         timeout=5,
+        verify=str(ca) if ca else True,
     )
-    assert reply.status_code == 200
-    assert reply.headers["Content-Type"].startswith("application/soap+xml")
-    assert f"RelatesTo>{message_id}</" in reply.text
-    assert 'Name="ShellId"' in reply.text and "ShellId>" in reply.text
 
 
 def test_operation_timeout_fault_is_retried_by_pywinrm(server: SimWinRMServer) -> None:
-    server.faults.set("quiet", slow=0.5, stdout="late")
+    # Quiet for longer than the OperationTimeout (1 s): the Receive times out once.
+    server.faults.set("quiet", slow=1.5, stdout="late")
     result = session(server).run_ps("# hyperv-ci-step: quiet\n")
     assert result.status_code == 0 and result.std_out == b"late\r\n"
     assert server.stats["Receive.timeout"] >= 1
@@ -191,7 +210,8 @@ def test_inlined_long_script_fails_like_cmd_exe(server: SimWinRMServer) -> None:
     assert (result.status_code, result.std_out) == (1, b"")
     assert result.std_err == b"The command line is too long.\r\n"
     assert server.scripts == []  # cmd.exe refused it: PowerShell never saw the script
-    assert session(server).run_ps(body[:2500]).status_code == 0
+    short = body[: body.rindex("\n", 0, 2500) + 1]  # whole lines: a script that parses
+    assert session(server).run_ps(short).status_code == 0
 
 
 def test_syntax_error_is_rejected_as_powershell_would(server: SimWinRMServer) -> None:
@@ -309,8 +329,10 @@ def test_command_line_helpers() -> None:
 
 
 def test_https_with_validated_certificate(tmp_path: Path) -> None:
+    # Basic over https: the node must allow Basic; TLS makes it encrypted.
     tls = make_tls_files(tmp_path / "tls")
-    sim = SimWinRMServer("hv-tls", tmp_path, USER, PASSWORD, tls=(tls.cert, tls.key)).start()
+    sim = SimWinRMServer("hv-tls", tmp_path, USER, PASSWORD, tls=(tls.cert, tls.key),
+                         config=WinRMConfig(allow_basic=True)).start()
     try:
         assert sim.url.startswith("https://127.0.0.1:")
         sess = winrm.Session(
@@ -329,10 +351,90 @@ def test_https_with_validated_certificate(tmp_path: Path) -> None:
 
 def test_stop_leaves_no_threads(tmp_path: Path) -> None:
     before = set(threading.enumerate())
-    sim = SimWinRMServer("hv-t", tmp_path, USER, PASSWORD, max_hold=0.2).start()
+    sim = SimWinRMServer("hv-t", tmp_path, USER, PASSWORD).start()
     sim.faults.set("hang", hang=True)
     proto = protocol(sim)
     shell = proto.open_shell()
     proto.run_command(shell, encoded("# hyperv-ci-step: hang\n"))
     sim.stop()
     assert set(threading.enumerate()) <= before
+
+
+# -- a default Windows Server 2022 node's quotas --------------------------------------------
+def test_the_31st_shell_of_a_user_gets_the_quota_fault(server: SimWinRMServer) -> None:
+    proto = protocol(server)
+    shells = [proto.open_shell() for _ in range(30)]  # MaxShellsPerUser: 30
+    with pytest.raises(WSManFaultError) as info:
+        proto.open_shell()
+    assert info.value.code == 500
+    assert info.value.wsman_fault_code == FAULT_QUOTA_MAX_SHELLS
+    assert info.value.fault_subcode == "w:QuotaLimit"
+    assert "maximum number of 30 concurrent shells" in (info.value.reason or "")
+    assert server.open_shells == 30
+    proto.close_shell(shells.pop())  # a closed shell frees its place
+    shells.append(proto.open_shell())
+    for shell in shells:
+        proto.close_shell(shell)
+    assert server.open_shells == 0
+
+
+def test_an_idle_shell_is_deleted_and_frees_its_place(tmp_path: Path) -> None:
+    now = [1000.0]
+    sim = SimWinRMServer("hv-1", tmp_path / "lab", USER, PASSWORD, clock=lambda: now[0],
+                         config=WinRMConfig(idle_timeout_ms=60_000, max_shells_per_user=2))
+    with sim:
+        proto = protocol(sim)
+        used, idle = proto.open_shell(), proto.open_shell()
+        for _ in range(3):  # each request naming a shell restarts its idle time
+            now[0] += 40
+            proto.cleanup_command(used, proto.run_command(used, "hostname"))
+        assert sim.open_shells == 1  # `idle` was not named for 120 s: deleted
+        with pytest.raises(WSManFaultError) as info:
+            proto.run_command(idle, "hostname")
+        assert info.value.wsman_fault_code == FAULT_SHELL_NOT_FOUND
+        assert "shell was not found" in (info.value.reason or "")
+        assert sim.stats["Shell.idle-deleted"] == 1
+        proto.close_shell(proto.open_shell())  # its place is free again (quota 2)
+        proto.close_shell(used)
+
+
+def test_idle_timeout_default_is_two_hours() -> None:
+    # winrm get winrm/config on Server 2022 (and the PowerShell reference): 7200000 ms.
+    config = WinRMConfig()
+    assert (config.idle_timeout, config.max_shells_per_user, config.max_envelope_size_kb,
+            config.max_timeout_ms) == (7200.0, 30, 500, 60000)
+    assert not config.allow_basic and not config.allow_unencrypted
+
+
+def test_receive_is_held_until_the_operation_timeout(server: SimWinRMServer) -> None:
+    # Output comes after 1.5 s; the client's OperationTimeout is 4 s: one Receive
+    # is held until the output is there, without a timeout fault in between.
+    server.faults.set("late", slow=1.5, stdout="late")
+    proto = protocol(server, operation_timeout=4)
+    shell = proto.open_shell()
+    command = proto.run_command(shell, encoded("# hyperv-ci-step: late\n"))
+    out, _err, code, done = proto.get_command_output_raw(shell, command)
+    while not done:
+        more, _err, code, done = proto.get_command_output_raw(shell, command)
+        out += more
+    proto.close_shell(shell)
+    assert (out, code) == (b"late\r\n", 0)
+    assert server.stats["Receive.timeout"] == 0
+    assert server.holds[:1] == [4.0]
+
+
+def test_operation_timeout_above_max_timeout_is_cut_to_it(tmp_path: Path) -> None:
+    # MS-WSMV 3.1.4.1.6: an OperationTimeout over MaxTimeoutms gets MaxTimeoutms.
+    sim = SimWinRMServer("hv-1", tmp_path / "lab", USER, PASSWORD,
+                         config=WinRMConfig(max_timeout_ms=1000))
+    with sim:
+        sim.faults.set("teardown", hang=True)
+        proto = protocol(sim, operation_timeout=30)
+        shell = proto.open_shell()
+        command = proto.run_command(shell, encoded("# hyperv-ci-step: teardown\n"))
+        with pytest.raises(WinRMOperationTimeoutError):
+            while True:
+                proto.get_command_output_raw(shell, command)
+        proto.cleanup_command(shell, command)
+        proto.close_shell(shell)
+        assert set(sim.holds) == {1.0}
