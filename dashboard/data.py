@@ -18,12 +18,22 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from ci import queue
-from ci.models import Build, BuildState, BuildStep, Change, Node, Patchset, StepState, utcnow
+from ci.models import (
+    Build,
+    BuildState,
+    BuildStep,
+    Change,
+    Event,
+    Node,
+    Patchset,
+    StepState,
+    utcnow,
+)
 from dashboard.context import config
 
 # subunit statuses that make a run fail, shown first on the build page.
 FAILURE_STATUSES = ("fail", "uxsuccess")
-STATUS_ORDER = ("fail", "uxsuccess", "success", "xfail", "skip")
+STATUS_ORDER = ("fail", "uxsuccess", "flaky", "success", "xfail", "skip")
 RECENT_LIMIT = 50
 
 
@@ -172,6 +182,21 @@ def status(session: Session) -> dict[str, Any]:
         "running": running_dicts,
         "recent": [build_dict(b) for b in recent],
         "nodes": nodes(session),
+        "events": events_summary(session),
+    }
+
+
+def events_summary(session: Session, shown: int = 5) -> dict[str, Any]:
+    """Events still to handle, and the newest ones the scheduler gave up on."""
+    pending = session.scalar(select(func.count()).select_from(Event)
+                             .where(Event.processed_at.is_(None))) or 0
+    failed = session.execute(
+        select(Event.id, Event.type, Event.failed_at, Event.outcome)
+        .where(Event.failed_at.is_not(None)).order_by(Event.failed_at.desc()).limit(shown)).all()
+    return {
+        "pending": int(pending),
+        "failed": [{"id": r.id, "type": r.type, "failed_at": iso(r.failed_at),
+                    "reason": (r.outcome or "").removeprefix("failed: ")} for r in failed],
     }
 
 

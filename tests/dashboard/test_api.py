@@ -32,7 +32,8 @@ def get_json(client: FlaskClient, path: str) -> Any:
 
 def test_status_shape(client: FlaskClient, world: Any) -> None:
     body = get_json(client, "/api/status")
-    assert set(body) == {"queued", "running", "recent", "nodes"}
+    assert set(body) == {"queued", "running", "recent", "nodes", "events"}
+    assert body["events"] == {"pending": 0, "failed": []}
     assert [b["id"] for b in body["queued"]] == [world.queued_id]
     assert [b["id"] for b in body["running"]] == [world.running_id]
     assert [b["id"] for b in body["recent"]] == [world.finished_id]

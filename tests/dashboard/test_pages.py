@@ -153,3 +153,18 @@ def test_javascript_change_url_is_not_a_link(client: FlaskClient,
         queue.enqueue(s, ps, "hyperv-local", "manual")
     html = page(client, "/changes/7")
     assert "javascript:" not in html and 'href="#"' in html
+
+
+def test_status_shows_events_the_scheduler_gave_up_on(
+        client: FlaskClient, world: Any, dash_sessions: sessionmaker[Session]) -> None:
+    from ci.db import transaction
+    from ci.models import Event, utcnow
+
+    assert "Events given up on" not in page(client, "/")
+    with transaction(dash_sessions) as session:
+        session.add(Event(type="comment-added", raw="{}", processed_at=utcnow(),
+                          failed_at=utcnow(),
+                          outcome="failed: Gerrit lookup failed: <b>change 7</b> 不存在"))
+    html = page(client, "/")
+    assert "Events given up on" in html and "events list --failed" in html
+    assert "&lt;b&gt;change 7&lt;/b&gt; 不存在" in html
