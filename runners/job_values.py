@@ -1,8 +1,9 @@
 """The values a `devstack-hyperv` job is rendered with, computed from config and change.
 
 Pure functions of the job's config and the change under test: which compute
-driver nova.conf names, the tempest include/exclude lists, the projects a
-Hyper-V node installs, devstack's project variables, and the job's secrets.
+driver nova.conf names, the devstack plugins, image and data network of the
+controller, the tempest include/exclude lists, the projects a Hyper-V node
+installs, devstack's project variables, and the job's secrets.
 They are separate from runners/render.py (which turns them into files through
 Jinja2) so each decision can be read and tested on its own.
 """
@@ -11,17 +12,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from ci.config import ConfigError, DevstackHypervJob
+from ci.config import ConfigError, DevstackHypervJob, NodeConfig
 from runners.base import ChangeRef
 from runners.oslo_check import HYPERV_COMPUTE_DRIVERS, IN_TREE_HYPERV_DRIVERS
 
 #: The secrets a render needs: keystone admin, service users, RabbitMQ, MySQL.
 SECRET_KEYS = ("admin_password", "service_password", "rabbit_password", "database_password")
 
-# devstack's `<VAR>_REPO` / `<VAR>_BRANCH` names for projects it clones itself.
-# networking-hyperv has no devstack plugin: the stack.sh wrapper installs it
-# from NETWORKING_HYPERV_REPO through an extras.d hook (the ML2 driver).
+# devstack's `<VAR>_REPO` / `<VAR>_BRANCH` names for projects it clones itself
+# (stackrc's GITREPO/GITBRANCH table). networking-hyperv is not one of them: it
+# comes in through its own devstack plugin (see `devstack_plugins`).
 DEVSTACK_PROJECTS = {
     "openstack/nova": "NOVA",
     "openstack/neutron": "NEUTRON",
@@ -31,10 +33,9 @@ DEVSTACK_PROJECTS = {
     "openstack/cinder": "CINDER",
     "openstack/tempest": "TEMPEST",
     "openstack/requirements": "REQUIREMENTS",
-    "openstack/networking-hyperv": "NETWORKING_HYPERV",
 }
 
-_RELEASE_RE = re.compile(r"^(?:stable|unmaintained)/(?:(\d{4})\.(\d)|([a-y][a-z]+))$")
+_RELEASE_RE = re.compile(r"^(?:stable|unmaintained)/(?:(\d{4})\.(\d)|([a-z][a-z]+))$")
 
 
 class RenderError(Exception):
@@ -42,17 +43,35 @@ class RenderError(Exception):
 
 
 def in_tree_driver_available(branch: str) -> bool:
-    """Whether nova's in-tree Hyper-V driver exists on `branch` (removed after 2023.2)."""
+    """Whether nova's in-tree Hyper-V driver exists on `branch`.
+
+    nova removed it in 2024.1 (29.0.0, "Remove the Hyper-V driver",
+    releasenotes/notes/remove-hyperv-94d5bfd8a539fe9f.yaml); 2023.2 and every
+    lettered release (up to zed) still carry nova/virt/hyperv/.
+    """
     match = _RELEASE_RE.match(branch)
     if match is None:
         return False  # master and feature branches are past 2023.2
     if match.group(3):
-        return True  # lettered releases (up to zed) all had it
+        return True
     return (int(match.group(1)), int(match.group(2))) <= (2023, 2)
 
 
 def compute_driver_for(job: DevstackHypervJob, change: ChangeRef) -> str:
-    """The compute_driver nova.conf names for this change."""
+    """The compute_driver nova.conf names for this change.
+
+    The changed code must be the code that runs: a nova change runs nova's own
+    in-tree driver (compute-hyperv's `compute_hyperv.driver.HyperVDriver`
+    never imports nova.virt.hyperv), a compute-hyperv change runs
+    compute-hyperv, and every other project runs the configured driver.
+    """
+    if change.project == "openstack/nova":
+        if not in_tree_driver_available(change.branch):
+            raise RenderError(
+                f"a nova change on {change.branch!r} cannot be tested: nova removed its "
+                "in-tree Hyper-V driver in 2024.1; only branches up to 2023.2 have "
+                "nova/virt/hyperv (filter the project's branches in the config)")
+        return IN_TREE_HYPERV_DRIVERS[0]
     driver = job.compute_driver
     if change.project == "openstack/compute-hyperv":
         driver = "compute_hyperv.driver.HyperVDriver"
@@ -61,6 +80,74 @@ def compute_driver_for(job: DevstackHypervJob, change: ChangeRef) -> str:
     if driver in IN_TREE_HYPERV_DRIVERS and not in_tree_driver_available(change.branch):
         raise RenderError(f"nova's in-tree Hyper-V driver does not exist on {change.branch!r}")
     return driver
+
+
+@dataclass(frozen=True)
+class DevstackPlugin:
+    """One `enable_plugin NAME URL REF` line of local.conf."""
+
+    name: str
+    url: str
+    ref: str
+
+
+def devstack_plugins(job: DevstackHypervJob, change: ChangeRef, dest: str,
+                     local_branch: str, branch: str) -> list[DevstackPlugin]:
+    """The devstack plugins the controller needs.
+
+    networking-hyperv's devstack/plugin.sh (there since 6.0.0, pike) runs
+    `setup_develop` in the stack/install phase: that is what puts the ML2
+    `hyperv` mechanism driver into neutron-server's environment. A change to
+    networking-hyperv itself is already checked out at $DEST/networking-hyperv
+    (prepare-checkout.sh); devstack's git_clone leaves an existing checkout
+    alone when RECLONE is off, so the plugin installs the change.
+    """
+    if change.project == "openstack/networking-hyperv":
+        return [DevstackPlugin("networking-hyperv", f"{dest}/networking-hyperv", local_branch)]
+    url = f"{job.git_base.rstrip('/')}/openstack/networking-hyperv"
+    return [DevstackPlugin("networking-hyperv", url, job.networking_hyperv_ref or branch)]
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """The guest image, as devstack uploads it and tempest then finds it."""
+
+    url: str  # what IMAGE_URLS gets (file:// for a path on the controller)
+    file_name: str  # DEFAULT_IMAGE_FILE_NAME
+    glance_name: str  # DEFAULT_IMAGE_NAME: the name upload_image gives it
+    disk_format: str  # vhd or vhdx
+    scenario_file: str  # tempest's [scenario] img_file
+
+
+def image_settings(job: DevstackHypervJob) -> ImageSettings:
+    """What local.conf says about the image (`job.image`, validated by the config).
+
+    devstack's functions `upload_image` names a `*.vhd|*.vhdx` image by
+    cutting the file name at its FIRST dot (`${image_fname#*.}` is the
+    "extension"), so `cirros-0.6.2-x86_64-disk.vhdx` becomes `cirros-0`:
+    DEFAULT_IMAGE_NAME must be that name, or lib/tempest's get_active_images
+    never finds it. A URL is downloaded into $FILES ($TOP_DIR/files, stack.sh),
+    where lib/tempest points [scenario] img_file; a path is used in place.
+    """
+    if not job.image:
+        raise RenderError("jobs: the devstack-hyperv job has no image: set `image` to a "
+                          "VHD/VHDX URL or a path on the controller")
+    source = job.image
+    file_name = source.rsplit("/", 1)[-1]
+    disk_format = file_name.rsplit(".", 1)[-1].lower()
+    if source.startswith("/"):
+        url, scenario = f"file://{source}", source
+    elif source.startswith("file://"):
+        url, scenario = source, source.removeprefix("file://")
+    else:
+        url, scenario = source, f"{job.devstack_dir}/files/{file_name}"
+    return ImageSettings(url=url, file_name=file_name, glance_name=file_name.split(".", 1)[0],
+                         disk_format=disk_format, scenario_file=scenario)
+
+
+def controller_network(job: DevstackHypervJob, controller: NodeConfig) -> tuple[str, str | None]:
+    """(VLAN range, data interface) of this controller: its own settings, else the job's range."""
+    return controller.vlan_range or job.vlan_range, controller.data_interface
 
 
 def tempest_exclude_file(job: DevstackHypervJob) -> str:
