@@ -85,6 +85,7 @@ class FaultyConsole:
 
     def __init__(self, console: Console, fault: Fault | None) -> None:
         self.console = console
+        self.fault = fault  # handlers model a step made to fail (e.g. services that die)
         self.delay = fault.slow if fault else None
 
     def line(self, text: str) -> None:

@@ -10,13 +10,20 @@ import pytest
 from ci.config import DevstackHypervJob, parse_config
 from runners.ssh import SSHExecutor
 from runners.winrm import WinRMExecutor
-from sim.lab import ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV, WINRM_PASSWORD_ENV, SimLab
+from sim.lab import (
+    ACCOUNT_PASSWORD_ENV,
+    ADMIN_PASSWORD_ENV,
+    SERVICE_PASSWORD_ENV,
+    WINRM_PASSWORD_ENV,
+    SimLab,
+)
 
 
 @pytest.fixture(autouse=True)
 def _lab_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # The lab sets these for the processes it serves; keep them from leaking between tests.
-    for name in (WINRM_PASSWORD_ENV, ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV):
+    for name in (WINRM_PASSWORD_ENV, ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV,
+                 ACCOUNT_PASSWORD_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -73,6 +80,7 @@ def test_overrides_and_nodes_make_a_valid_config(tmp_path: Path) -> None:
         assert Path(job.workspace).is_relative_to(lab.state_dir)
         # Every lab secret resolves from the environment the lab set, and is redacted.
         assert job.admin_password.resolve() and job.service_password.resolve()
-        assert len(config.secrets()) == 3
+        # WinRM, admin, service and the nodes' service account.
+        assert len(config.secrets()) == 4
         assert lab.faults_dir.is_dir()
         assert (lab.lab_dir / "hyperv" / "hv-1.json").is_file()
