@@ -4,7 +4,8 @@ The server's host key must be in the configured known_hosts file
 (`RejectPolicy`); only the configured key is offered (no agent, no ~/.ssh).
 Gerrit re-parses the command line, so every command is an argument list
 joined with `shlex.join`: a review message is data, whatever it holds.
-Every failure surfaces as `GerritError`, with the exit status and stderr.
+Every failure surfaces as `GerritError`, with the exit status and stderr; a
+review Gerrit refuses for its votes is the `LabelRefused` kind of it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shlex
 import threading
 import time
@@ -44,6 +46,43 @@ class GerritError(Exception):
         self.exit_status = exit_status
         self.stderr = stderr
         self.transient = transient
+
+
+class LabelRefused(GerritError):
+    """Gerrit refused a vote: permanent (resending the same vote fails the same way).
+
+    Nothing of that review was recorded, the message included.
+    """
+
+    def __init__(self, label: str, value: int | None, message: str, *,
+                 exit_status: int | None = None, stderr: str = "") -> None:
+        super().__init__(f"Gerrit refused the vote: {message}", exit_status=exit_status)
+        self.label = label
+        self.value = value
+        self.message = message
+        self.stderr = stderr
+
+
+# Gerrit's own words (PostReview.checkLabels, java/com/google/gerrit/server/
+# restapi/change/PostReview.java): over SSH each comes as `error: fatal: <text>`
+# followed by `fatal: one or more reviews failed; review output above`.
+_REFUSALS = (
+    # A value beyond the account's grant on the project: always refused.
+    re.compile(r'Applying label "(?P<label>[^"]+)": (?P<value>-?\d+) is restricted'),
+    # Only with the server's change.strictLabels (default false: dropped silently).
+    re.compile(r'label "(?P<label>[^"]+)" is not a configured label'),
+    re.compile(r'label "(?P<label>[^"]+)": (?P<value>-?\d+) is not a valid value'),
+)
+
+
+def label_refusal(stderr: str) -> tuple[str, int | None, str] | None:
+    """(label, value, Gerrit's sentence) when `stderr` is a refused vote, else None."""
+    for pattern in _REFUSALS:
+        match = pattern.search(stderr)
+        if match:
+            value = match.groupdict().get("value")
+            return match["label"], None if value is None else int(value), match[0]
+    return None
 
 
 def truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
@@ -191,7 +230,10 @@ class GerritClient:
 
     def review(self, project: str, change: int, patchset: int, *, message: str,
                labels: dict[str, int] | None = None, tag: str | None = None) -> None:
-        """Post a comment and votes on CHANGE,PATCHSET."""
+        """Post a comment and votes on CHANGE,PATCHSET.
+
+        Raises LabelRefused when Gerrit refuses a vote (nothing was posted).
+        """
         argv = ["gerrit", "review", "--project", project,
                 "--message", truncate_message(message)]
         for name, value in (labels or {}).items():
@@ -199,7 +241,14 @@ class GerritClient:
         if tag:
             argv += ["--tag", tag]
         argv.append(f"{int(change)},{int(patchset)}")
-        self.run(argv)
+        try:
+            self.run(argv)
+        except GerritError as exc:
+            refusal = label_refusal(exc.stderr) if labels and exc.exit_status else None
+            if refusal is None:
+                raise
+            raise LabelRefused(*refusal, exit_status=exc.exit_status,
+                               stderr=exc.stderr) from exc
         logger.info("review posted on %s,%s (%s)", change, patchset, labels)
 
     # -- events ---------------------------------------------------------------------------------

@@ -103,6 +103,9 @@ class ReportState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"  # gave up after the retry time budget (reporter.retry_seconds)
+    # Gerrit refused the vote (label permissions, gerrit.label); the comment went
+    # without it. Permanent: never retried.
+    LABEL_REFUSED = "label-refused"
 
 
 class Event(Base):
@@ -270,6 +273,8 @@ class Report(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # Gerrit's refusal of the vote: from then on the comment is sent without it.
+    label_refused: Mapped[str | None] = mapped_column(Text)
 
     build: Mapped[Build] = relationship(back_populates="report")
 

@@ -7,6 +7,11 @@ time budget (a day by default: Gerrit maintenance must not cost a vote);
 before a retry it asks Gerrit whether the earlier attempt landed after all,
 so a lost acknowledgement does not produce a second comment. Every worker
 process sends the outbox from its own thread (`Worker.run(report=...)`).
+
+A vote Gerrit refuses (the CI account may not vote that label or value) fails
+the whole review, comment included; that is permanent, so the reporter posts
+the same comment without the vote, once, marks the report `label-refused`
+and logs, at ERROR, what to fix.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
+from ci.gerrit import LabelRefused
 from ci.models import Build, BuildState, Report, ReportState, utcnow
 
 logger = logging.getLogger(__name__)
@@ -196,30 +202,73 @@ def send_pending(
                 break
             try:
                 client = client or client_factory()
-                if report.attempts > 1 and already_posted(client, report,
-                                                          config.gerrit.username):
-                    logger.info("report %s was already posted by an earlier attempt", report.id)
-                else:
-                    labels = {report.label: report.vote} \
-                        if report.label and report.vote is not None else {}
-                    client.review(report.project, report.change_number, report.patchset_number,
-                                  message=report.message, labels=labels, tag=config.gerrit.tag)
+                _deliver(sessions, client, report, config)
             except Exception as exc:
                 _close(client)
                 client = None
                 _failed(sessions, report, config, str(exc))
                 continue
+            refused = report.label_refused
             with sessions() as session, session.begin():
                 session.execute(update(Report).where(Report.id == report.id).values(
-                    state=ReportState.SENT, sent_at=utcnow(), last_error=""))
+                    state=ReportState.LABEL_REFUSED if refused else ReportState.SENT,
+                    sent_at=utcnow(), last_error=refused or ""))
             sent += 1
             logger.info("report %s sent: change %s,%s vote %s", report.id, report.change_number,
-                        report.patchset_number, report.vote)
+                        report.patchset_number, "refused" if refused else report.vote)
     finally:
         # The reporter runs every few seconds: an unclosed client would leave
         # an SSH connection (and paramiko's thread) behind each time.
         _close(client)
     return sent
+
+
+def _votes(report: Report) -> dict[str, int]:
+    if report.label_refused or not report.label or report.vote is None:
+        return {}
+    return {report.label: report.vote}
+
+
+def _deliver(sessions: sessionmaker[Session], client: ReviewClient, report: Report,
+             config: Config) -> None:
+    """Post the report (unless an earlier attempt did); without the vote once Gerrit refused it."""
+    if report.attempts > 1 and already_posted(client, report, config.gerrit.username):
+        logger.info("report %s was already posted by an earlier attempt", report.id)
+        return
+    votes = _votes(report)
+    try:
+        client.review(report.project, report.change_number, report.patchset_number,
+                      message=report.message, labels=votes, tag=config.gerrit.tag)
+    except LabelRefused as refused:
+        if not votes:
+            raise
+        _note_refusal(sessions, report, refused, config)
+        # The same comment, log link and all, without the vote: Gerrit recorded
+        # nothing of the refused review. Sent once; a transient failure of this
+        # send is retried like any other, never with the vote again.
+        client.review(report.project, report.change_number, report.patchset_number,
+                      message=report.message, labels={}, tag=config.gerrit.tag)
+
+
+def _note_refusal(sessions: sessionmaker[Session], report: Report, refused: LabelRefused,
+                  config: Config) -> None:
+    with sessions() as session, session.begin():
+        # Only while our claim holds (another reporter may own the row now).
+        result = session.execute(update(Report).where(
+            Report.id == report.id, Report.state == ReportState.PENDING,
+            Report.next_attempt_at == report.next_attempt_at).values(
+                label_refused=refused.message))
+    if result.rowcount != 1:
+        raise refused
+    report.label_refused = refused.message
+    vote = f"{report.label}{report.vote:+d}" if report.vote is not None else report.label
+    logger.error(
+        "report %s: Gerrit refused the vote %s on change %s,%s (%s): %s. The comment is "
+        "posted without it, and the vote is not retried. To fix: ask the Gerrit admins to "
+        "grant label %s -1..+1 to %s on %s, or set gerrit.label to a label that account "
+        "may vote on.", report.id, vote, report.change_number, report.patchset_number,
+        report.project, refused.message, report.label, config.gerrit.username,
+        report.project)
 
 
 def _close(client: ReviewClient | None) -> None:

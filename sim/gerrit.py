@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ci.config import GerritConfig
 from sim.gerrit_commands import run_command
+from sim.gerrit_labels import Range
 from sim.gerrit_state import GerritState
 from sim.ssh_logging import quiet_client_hangups
 
@@ -126,14 +127,18 @@ class SimGerrit:
 
     def __init__(self, state_dir: Path, port: int = 0, users: dict[str, str] | None = None, *,
                  host: str = "127.0.0.1", query_limit: int = 500, stream_queue_size: int = 1024,
-                 web_url: str = "https://review.example.org/") -> None:
+                 web_url: str = "https://review.example.org/",
+                 grants: dict[str, dict[str, Range]] | None = None,
+                 strict_labels: bool | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.root = self.state_dir / "gerrit"
         self.host = host
         self.query_limit = query_limit
         # Gerrit queues a bounded number of events per stream; past it, dropped-output.
         self.stream_queue_size = stream_queue_size
-        self.state = GerritState(self.root, web_url=web_url)
+        # Label grants per account (default: Verified -1..+1, see sim.gerrit_labels).
+        self.state = GerritState(self.root, web_url=web_url, grants=grants,
+                                 strict_labels=strict_labels)
         self._host_key_file = self.root / "ssh_host_ed25519_key"
         _ed25519_key_file(self._host_key_file)
         self._host_key = paramiko.Ed25519Key(filename=str(self._host_key_file))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 
+from sim.gerrit_labels import LabelRejected, format_value
 from sim.gerrit_state import QueryError, SimGerritError, wire_json
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class _Session:
 
     def out(self, text: str) -> None:
         self.channel.sendall(text.encode("utf-8"))
+
+    def err(self, text: str) -> None:
+        self.channel.sendall_stderr(text.encode("utf-8"))
 
     def read_stdin(self) -> bytes:
         chunks = []
@@ -136,7 +140,9 @@ _REVIEW: Spec = {"--project": ("project", True), "-p": ("project", True),
                  "--tag": ("tag", True), "-t": ("tag", True),
                  "--notify": ("notify", True), "-n": ("notify", True),
                  "--submit": ("submit", False), "-s": ("submit", False),
-                 "--abandon": ("abandon", False), "--strict-labels": ("strict", False)}
+                 "--abandon": ("abandon", False)}
+# Gerrit 2.15 removed `--strict-labels` (releases/2.15.md, "Strict validation on
+# labels"): it is an unknown option now, like any other.
 
 
 def _vote(text: str) -> int:
@@ -152,25 +158,49 @@ def _review(s: _Session, args: list[str]) -> int:
         raise _Fatal('Argument "{COMMIT | CHANGE,PATCHSET}" is required')
     if "submit" in opts and "abandon" in opts:
         raise _Fatal("abandon and submit actions are mutually exclusive")
+    state = s.sim.state
     labels: dict[str, int] = {}
     for item in opts.get("label", []):
         name, eq, value = item.partition("=")
         labels[name] = _vote(value) if eq else 1
     for name in ("Verified", "Code-Review"):
         if name in opts:
-            labels[name] = _vote(opts[name][-1])
+            labels[name] = _option_vote(name, opts[name][-1], state.labels.labels.get(name))
     project = opts.get("project", [None])[-1]
     branch = opts.get("branch", [None])[-1]
-    state = s.sim.state
     resolved = [state.find_patchset(t, project=project, branch=branch) for t in targets]
+    failed = False
     for change, patchset in resolved:
-        state.review(change, patchset, author=s.username, message=opts.get("message", [""])[-1],
-                     labels=labels, tag=opts.get("tag", [None])[-1])
+        try:
+            state.review(change, patchset, author=s.username,
+                         message=opts.get("message", [""])[-1], labels=labels,
+                         tag=opts.get("tag", [None])[-1])
+        except LabelRejected as exc:
+            # ReviewCommand.reviewPatchSet turns the REST error into die(e)
+            # ("fatal: ..."); run() prints it per patch set as `error: <that>\n`
+            # through writeError (which adds a newline of its own), goes on
+            # with the other patch sets, then fails the command.
+            s.err(f"error: fatal: {exc}\n\n")
+            failed = True
+            continue
         if "abandon" in opts:
             state.abandon(change, by=s.username)
         if "submit" in opts:
             state.merge(change, by=s.username)
+    if failed:
+        raise _Fatal("one or more reviews failed; review output above")
     return 0
+
+
+def _option_vote(name: str, text: str, span: tuple[int, int] | None) -> int:
+    """`--verified N`: ReviewCommand.LabelHandler range-checks it while parsing."""
+    if span is None:  # the option exists only for a label All-Projects defines
+        raise _Fatal(f'"--{name.lower()}" is not a valid option')
+    value = _vote(text)
+    if not span[0] <= value <= span[1]:
+        raise _Fatal(f'"{text}" must be in range {format_value(span[0])}..'
+                     f'{format_value(span[1])} for "--{name.lower()}"')
+    return value
 
 
 def _stream_events(s: _Session, args: list[str]) -> int:
@@ -241,6 +271,18 @@ def _admin(action: Callable[[Any, dict[str, Any]], Any]) -> Callable[[_Session, 
     return run
 
 
+def _grant(s: _Session, payload: dict[str, Any]) -> dict[str, Any]:
+    account = payload.get("account")
+    if not isinstance(account, str) or not account:
+        raise _Fatal("sim-grant needs an account")
+    try:
+        labels = {str(k): (int(v[0]), int(v[1])) for k, v in payload.get("labels", {}).items()}
+    except (AttributeError, IndexError, TypeError, ValueError):
+        raise _Fatal('labels must be {"LABEL": [MIN, MAX], ...}') from None
+    s.sim.state.grant(account, labels)
+    return {"account": account, "labels": {k: list(v) for k, v in labels.items()}}
+
+
 def _replay(s: _Session, payload: dict[str, Any]) -> dict[str, int]:
     lines = [line for line in s.read_stdin().decode("utf-8").splitlines() if line.strip()]
     for line in lines:
@@ -256,6 +298,7 @@ _SIM: dict[str, Callable[[_Session, list[str]], int]] = {
     "sim-abandon": _admin(lambda s, p: s.sim.state.abandon(**p) or {"ok": True}),
     "sim-merge": _admin(lambda s, p: {"newRev": s.sim.state.merge(**p)}),
     "sim-replay": _admin(_replay),
+    "sim-grant": _admin(_grant),
     "sim-reviews": _admin(lambda s, p: s.sim.state.reviews()),
 }
 

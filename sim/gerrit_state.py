@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from sim import gerrit_git as g
+from sim.gerrit_labels import LABELS, LabelPolicy, LabelRejected, Range
 from sim.gerrit_query import QueryError, parse_query
 
 logger = logging.getLogger(__name__)
 
 FIRST_CHANGE = 10001
-LABELS: dict[str, tuple[int, int]] = {"Code-Review": (-2, 2), "Verified": (-1, 1),
-                                      "Workflow": (-1, 1)}
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 # Gson (Gerrit's serializer) escapes these even inside strings; they only ever
 # occur inside JSON strings, so replacing them after dumps is exact.
@@ -56,7 +55,9 @@ def change_ref(number: int, patchset: int) -> str:
 class GerritState:
     """Projects, changes and reviews of the simulated Gerrit. Thread-safe."""
 
-    def __init__(self, root: Path, *, web_url: str = "https://review.example.org/") -> None:
+    def __init__(self, root: Path, *, web_url: str = "https://review.example.org/",
+                 grants: dict[str, dict[str, Range]] | None = None,
+                 strict_labels: bool | None = None) -> None:
         self.root = root
         self.web_url = web_url if web_url.endswith("/") else web_url + "/"
         self._lock = threading.RLock()
@@ -72,6 +73,11 @@ class GerritState:
         self._changes: dict[int, dict[str, Any]] = {int(k): v for k, v in
                                                      data.get("changes", {}).items()}
         self._reviews: list[dict[str, Any]] = data.get("reviews", [])
+        # Who may vote what; kept in the state file, so a restart keeps the grants.
+        self.labels = LabelPolicy.from_json(data.get("label_policy", {}))
+        self.labels.grants.update(grants or {})
+        if strict_labels is not None:
+            self.labels.strict = strict_labels
 
     # -- events ------------------------------------------------------------------------------
 
@@ -118,6 +124,18 @@ class GerritState:
             acct = {"name": name, "email": f"{username}@example.org", "username": username}
             self._accounts[username] = acct
             return acct
+
+    def grant(self, account: str, labels: dict[str, Range]) -> None:
+        """Let `account` vote exactly these ranges (replacing its grants; {} for none)."""
+        with self._lock:
+            self.labels.grants[account] = dict(labels)
+            self._save()
+
+    def set_strict_labels(self, strict: bool) -> None:
+        """Gerrit's `change.strictLabels`: refuse unknown labels and values, not drop them."""
+        with self._lock:
+            self.labels.strict = strict
+            self._save()
 
     def repo_path(self, project: str) -> Path:
         """The bare repository of `project`."""
@@ -208,20 +226,19 @@ class GerritState:
     def review(self, change: int, patchset: int, *, author: str, message: str = "",
                labels: dict[str, int] | None = None, tag: str | None = None,
                via_ssh: bool = True) -> dict[str, Any]:
-        """Record a review (votes + message) and emit its comment-added; returns the record."""
+        """Record a review (votes + message) and emit its comment-added; returns the record.
+
+        A vote the author may not give raises LabelRejected before anything is
+        recorded (see sim.gerrit_labels): the whole review fails, as in Gerrit.
+        """
         with self._lock:
             rec = self._change(change)
             ps = self._patchset(rec, patchset)
             who = self.account(author)
+            applied = self.labels.check(who["username"], labels or {})
             now = int(time.time())
             votes = ps["approvals"].setdefault(who["username"], {})
-            applied: dict[str, int] = {}
-            for name, value in (labels or {}).items():
-                low, high = LABELS.get(name, (1, 0))
-                # Real Gerrit ignores an unknown label or a value out of range.
-                if low <= value <= high:
-                    applied[name] = value
-            old = {name: votes.get(name, {}).get("value", 0) for name in LABELS}
+            old = {name: votes.get(name, {}).get("value", 0) for name in self.labels.labels}
             summary = []
             for name in sorted(applied):
                 value = applied[name]
@@ -240,7 +257,7 @@ class GerritState:
                 self._reviews.append(review)
             self._save()
             approvals = []
-            for name in LABELS:
+            for name in self.labels.labels:
                 entry = {"type": name, "description": name,
                          "value": str(votes.get(name, {}).get("value", 0))}
                 if name in applied and applied[name] != old[name]:
@@ -407,10 +424,11 @@ class GerritState:
     def _save(self) -> None:
         data = {"next_number": self._next, "update_seq": self._seq, "accounts": self._accounts,
                 "changes": {str(k): v for k, v in self._changes.items()},
-                "reviews": self._reviews}
+                "reviews": self._reviews, "label_policy": self.labels.to_json()}
         tmp = self._file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, self._file)
 
 
-__all__ = ["LABELS", "GerritState", "QueryError", "SimGerritError", "change_ref", "wire_json"]
+__all__ = ["LABELS", "GerritState", "LabelRejected", "QueryError", "SimGerritError", "change_ref",
+           "wire_json"]

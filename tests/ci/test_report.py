@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
 from ci.config import Config, parse_config
-from ci.gerrit import GerritClient, GerritError
+from ci.gerrit import GerritClient, GerritError, LabelRefused
 from ci.models import Build, BuildState, Report, ReportState, utcnow
 from ci.report import (
     CLAIM_SECONDS,
@@ -72,7 +74,7 @@ def make_config() -> Config:
 
 
 def finished_build(sessions: sessionmaker[Session], state: BuildState,
-                   number: int = 10001) -> int:
+                   number: int = 10001, config: Config | None = None) -> int:
     with sessions() as session, session.begin():
         ps = queue.upsert_patchset(session, queue.ChangeInfo(
             number=number, project="openstack/nova", branch="master", patchset=2,
@@ -83,7 +85,7 @@ def finished_build(sessions: sessionmaker[Session], state: BuildState,
         done = queue.finish(session, build.id, "w", state, "summary",
                             log_url=f"http://logs/{build.id}/")
         assert done is not None
-        queue_report(session, done, make_config())
+        queue_report(session, done, config or make_config())
         return build.id
 
 
@@ -358,3 +360,202 @@ def test_an_operator_requeues_a_report_that_gave_up(sessions: sessionmaker[Sessi
     assert only_report(sessions).state == ReportState.SENT
     with sessions() as session, session.begin():
         assert requeue_failed(session) == []  # nothing failed any more
+
+
+# -- a vote Gerrit refuses (label permissions) ------------------------------------------------
+
+
+class SimReviewer:
+    """The simulated Gerrit over SSH, and the CI's config for it."""
+
+    def __init__(self, gerrit: SimGerrit, key: Path) -> None:
+        self.gerrit = gerrit
+        self.key = key
+        self.attempts: list[dict[str, Any]] = []
+
+    def config(self, label: str = "Verified") -> Config:
+        return make_config().model_copy(update={
+            "gerrit": self.gerrit.client_config("hyperv-ci", self.key, label=label)})
+
+    def change(self) -> int:
+        pushed = self.gerrit.state.push("openstack/nova", files=["nova/virt/hyperv/ü.py"],
+                                        subject="修复 Zoë", owner="张伟")
+        number = int(pushed["change"])
+        self.gerrit.state.push("openstack/nova", files=["nova/virt/hyperv/ü.py"], change=number)
+        return number
+
+    def client(self, config: Config) -> GerritClient:
+        """Our real client, noting what the sim had recorded after each `gerrit review`."""
+        outer = self
+
+        class Watched(GerritClient):
+            def review(self, *args: Any, **kwargs: Any) -> None:
+                try:
+                    super().review(*args, **kwargs)
+                finally:
+                    outer.attempts.append({"labels": kwargs.get("labels"),
+                                           "recorded": len(outer.gerrit.state.reviews())})
+
+        return Watched(config.gerrit)
+
+    def reviews(self, change: int) -> list[dict[str, Any]]:
+        return [r for r in self.gerrit.state.reviews() if r["change"] == change]
+
+
+@pytest.fixture
+def reviewer(tmp_path: Path) -> Iterator[SimReviewer]:
+    key, public = make_client_identity(tmp_path / "id", "hyperv-ci")
+    with SimGerrit(tmp_path / "sim", users={"hyperv-ci": public}) as gerrit:
+        yield SimReviewer(gerrit, key)
+
+
+def test_a_refused_label_still_posts_the_comment_once(
+    sessions: sessionmaker[Session], reviewer: SimReviewer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # gerrit.label names a label the CI account was never granted (default: Verified only).
+    number = reviewer.change()
+    config = reviewer.config(label="Code-Review")
+    finished_build(sessions, BuildState.SUCCEEDED, number=number, config=config)
+    events = Recorder(reviewer.gerrit)
+    with caplog.at_level(logging.ERROR, logger="ci.report"):
+        assert send_pending(sessions, lambda: reviewer.client(config), config) == 1
+    # The vote fails whole (nothing recorded), then the same comment lands without it.
+    assert reviewer.attempts == [{"labels": {"Code-Review": 1}, "recorded": 0},
+                                 {"labels": {}, "recorded": 1}]
+    [review] = reviewer.reviews(number)
+    report = only_report(sessions)
+    assert review["labels"] == {} and review["message"] == report.message
+    assert "* hyperv-tempest http://logs/1/ : SUCCESS in" in review["message"]
+    [added] = events.comment_added()
+    assert all(a["value"] == "0" for a in added["approvals"])
+    refusal = 'Applying label "Code-Review": 1 is restricted'
+    assert report.state == ReportState.LABEL_REFUSED and report.label_refused == refusal
+    assert report.last_error == refusal and report.sent_at is not None
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "grant label Code-Review -1..+1 to hyperv-ci on openstack/nova" in error.getMessage()
+    assert "gerrit.label" in error.getMessage() and refusal in error.getMessage()
+    # Permanent: a day later nothing is sent again, not even by an operator's retry-all.
+    make_due(sessions, report.id, age=timedelta(days=1))
+    with sessions() as session, session.begin():
+        assert requeue_failed(session) == []
+    assert send_pending(sessions, lambda: reviewer.client(config), config) == 0
+    assert len(reviewer.reviews(number)) == 1 and len(reviewer.attempts) == 2
+
+
+def test_a_value_beyond_the_grant_is_refused_and_the_granted_one_lands(
+    sessions: sessionmaker[Session], reviewer: SimReviewer,
+) -> None:
+    # An account allowed to give Verified 0..+1 only: the -1 of a failed build is refused.
+    reviewer.gerrit.state.grant("hyperv-ci", {"Verified": (0, 1)})
+    failed, passed = reviewer.change(), reviewer.change()
+    finished_build(sessions, BuildState.FAILED, number=failed)
+    finished_build(sessions, BuildState.SUCCEEDED, number=passed)
+    config = reviewer.config()
+    assert send_pending(sessions, lambda: reviewer.client(config), config) == 2
+    assert [r["labels"] for r in reviewer.reviews(failed)] == [{}]
+    assert [r["labels"] for r in reviewer.reviews(passed)] == [{"Verified": 1}]
+    with sessions() as session:
+        states = {r.change_number: (r.state, r.label_refused)
+                  for r in session.scalars(select(Report))}
+    assert states == {
+        failed: (ReportState.LABEL_REFUSED, 'Applying label "Verified": -1 is restricted'),
+        passed: (ReportState.SENT, None)}
+
+
+def test_an_unknown_label_on_a_strict_gerrit(sessions: sessionmaker[Session],
+                                             reviewer: SimReviewer) -> None:
+    # change.strictLabels refuses a label the project lacks (default Gerrit drops it silently).
+    reviewer.gerrit.state.set_strict_labels(True)
+    number = reviewer.change()
+    config = reviewer.config(label="Hyper-V-CI")
+    finished_build(sessions, BuildState.FAILED, number=number, config=config)
+    assert send_pending(sessions, lambda: reviewer.client(config), config) == 1
+    assert [r["labels"] for r in reviewer.reviews(number)] == [{}]
+    report = only_report(sessions)
+    assert report.state == ReportState.LABEL_REFUSED
+    assert report.label_refused == 'label "Hyper-V-CI" is not a configured label'
+
+
+def test_a_lost_acknowledgement_of_the_comment_without_the_vote(
+    sessions: sessionmaker[Session], reviewer: SimReviewer,
+) -> None:
+    # The refusal is kept: the retry finds the comment, keeps the mark and posts nothing.
+    number = reviewer.change()
+    config = reviewer.config(label="Code-Review")
+    finished_build(sessions, BuildState.SUCCEEDED, number=number, config=config)
+
+    class AckLost(GerritClient):
+        def review(self, *args: Any, **kwargs: Any) -> None:
+            super().review(*args, **kwargs)
+            raise GerritError("connection reset after the command ran")
+
+    assert send_pending(sessions, lambda: AckLost(config.gerrit), config) == 0
+    report = only_report(sessions)
+    assert report.state == ReportState.PENDING and report.label_refused
+    make_due(sessions, report.id)
+    assert send_pending(sessions, lambda: reviewer.client(config), config) == 1
+    assert reviewer.attempts == []  # already posted: no second comment, no vote
+    assert [r["labels"] for r in reviewer.reviews(number)] == [{}]
+    assert only_report(sessions).state == ReportState.LABEL_REFUSED
+
+
+def test_the_client_types_a_refused_vote(reviewer: SimReviewer) -> None:
+    number = reviewer.change()
+    client = GerritClient(reviewer.config().gerrit)
+    try:
+        with pytest.raises(LabelRefused) as info:
+            client.review("openstack/nova", number, 1, message="m", labels={"Code-Review": -1})
+        refused = info.value
+        assert (refused.label, refused.value) == ("Code-Review", -1)
+        assert refused.message == 'Applying label "Code-Review": -1 is restricted'
+        assert refused.exit_status == 1 and "one or more reviews failed" in refused.stderr
+        with pytest.raises(GerritError) as other:  # any other failure stays a plain error
+            client.review("openstack/nova", number, 9, message="m", labels={"Verified": 1})
+        assert not isinstance(other.value, LabelRefused)
+    finally:
+        client.close()
+
+
+class Recorder:
+    def __init__(self, gerrit: SimGerrit) -> None:
+        self.lines: list[str] = []
+        gerrit.state.subscribe(self.lines.append)
+
+    def comment_added(self) -> list[dict[str, Any]]:
+        return [e for e in map(json.loads, self.lines) if e["type"] == "comment-added"]
+
+
+def test_after_a_refusal_the_vote_is_never_sent_again(sessions: sessionmaker[Session],
+                                                      reviewer: SimReviewer) -> None:
+    # Gerrit refuses the vote, then the comment-only send fails on the way out:
+    # the retry sends the comment alone, never the refused vote again.
+    number = reviewer.change()
+    config = reviewer.config(label="Code-Review")
+    finished_build(sessions, BuildState.SUCCEEDED, number=number, config=config)
+
+    class DropsTheSecond(GerritClient):
+        calls = 0
+
+        def review(self, *args: Any, **kwargs: Any) -> None:
+            DropsTheSecond.calls += 1
+            if DropsTheSecond.calls == 2:
+                raise GerritError("connection reset before the command ran")
+            super().review(*args, **kwargs)
+
+    assert send_pending(sessions, lambda: DropsTheSecond(config.gerrit), config) == 0
+    assert reviewer.reviews(number) == []
+    make_due(sessions, only_report(sessions).id)
+    assert send_pending(sessions, lambda: reviewer.client(config), config) == 1
+    assert reviewer.attempts == [{"labels": {}, "recorded": 1}]
+    assert only_report(sessions).state == ReportState.LABEL_REFUSED
+
+
+def test_message_names_flaky_tests_even_on_success() -> None:
+    flaky = [f"tempest.api.compute.servers.test_servers.S.test_{i}_实例" for i in range(23)]
+    message = format_message("hyperv-ci", BuildState.SUCCEEDED, "* j u : SUCCESS in 1s",
+                             "30 tests: 7 success, 23 flaky", flaky)
+    assert message.startswith("Build succeeded.")
+    assert "Flaky tests (23): failed, then passed when re-run" in message
+    assert "- tempest.api.compute.servers.test_servers.S.test_0_实例" in message
+    assert "test_20_实例" not in message and "- and 3 more (test-results.txt)" in message
+    assert "Flaky" not in format_message("hyperv-ci", BuildState.SUCCEEDED, "* j u : SUCCESS")

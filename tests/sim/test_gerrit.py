@@ -192,6 +192,7 @@ def test_state_survives_a_restart(tmp_path: Path, identity: tuple[Path, str]) ->
 
 def test_review_over_ssh_emits_comment_added(sim: SimGerrit, client: GerritClient) -> None:
     pushed = sim.state.push("openstack/nova", files=["a.py"], subject="s")
+    sim.state.grant("hyperv-ci", {"Verified": (-1, 1), "Code-Review": (-1, 1)})
     rec = Recorder(sim.state)
     client.run(["gerrit", "review", "--project", "openstack/nova", "--code-review", "-1",
                 "--label", "Verified=+1", "--message", "Build succeeded.", "--tag",
@@ -294,3 +295,82 @@ def test_stop_releases_port_and_threads(tmp_path: Path, identity: tuple[Path, st
     with socket.socket() as sock:  # a restarted sim can listen on the same port
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+def _review(client: GerritClient, change: int, *args: str) -> None:
+    client.run(["gerrit", "review", "--project", "openstack/nova", "--message",
+                "Build succeeded. ✓ 中文", *args, f"{change},1"])
+
+
+def test_a_vote_beyond_the_grant_fails_the_whole_review(sim: SimGerrit,
+                                                         client: GerritClient) -> None:
+    # PostReview.checkLabels: a restricted value is an AuthException, whatever
+    # change.strictLabels says; ReviewCommand prints it per patch set, then fails.
+    change = sim.state.push("openstack/nova", files=["a.py"], subject="s")["change"]
+    rec = Recorder(sim.state)
+    with pytest.raises(GerritError) as info:
+        _review(client, change, "--label", "Verified=+1", "--label", "Code-Review=2")
+    assert info.value.exit_status == 1
+    assert info.value.stderr == ('error: fatal: Applying label "Code-Review": 2 is restricted\n'
+                                 "\nfatal: one or more reviews failed; review output above\n")
+    # Nothing recorded: no vote (not even the permitted Verified), no message, no event.
+    assert sim.state.reviews() == [] and rec.lines == []
+    rows, _ = sim.state.query(str(change), comments=True, all_approvals=True)
+    assert rows[0]["comments"] == [] and rows[0]["patchSets"][0]["approvals"] == []
+    _review(client, change, "--label", "Verified=-1")  # the granted label still works
+    assert [r["labels"] for r in sim.state.reviews()] == [{"Verified": -1}]
+
+
+def test_an_account_granted_part_of_a_label_is_restricted_past_it(sim: SimGerrit,
+                                                                   client: GerritClient) -> None:
+    change = sim.state.push("openstack/nova", files=["a.py"], subject="s")["change"]
+    sim.state.grant("hyperv-ci", {"Verified": (0, 1)})
+    with pytest.raises(GerritError, match='Applying label "Verified": -1 is restricted'):
+        _review(client, change, "--label", "verified=-1")  # names match case-insensitively
+    _review(client, change, "--label", "verified=1")
+    assert sim.state.reviews()[0]["labels"] == {"Verified": 1}
+
+
+def test_unknown_labels_and_values_follow_strict_labels(sim: SimGerrit,
+                                                        client: GerritClient) -> None:
+    change = sim.state.push("openstack/nova", files=["a.py"], subject="s")["change"]
+    # change.strictLabels is false by default: dropped silently, the comment lands.
+    _review(client, change, "--label", "Foo=1", "--label", "Verified=2")
+    [review] = sim.state.reviews()
+    assert review["labels"] == {} and review["message"].startswith("Build succeeded.")
+    sim.state.set_strict_labels(True)
+    with pytest.raises(GerritError) as info:
+        _review(client, change, "--label", "Foo=1")
+    assert info.value.stderr.startswith('error: fatal: label "Foo" is not a configured label\n')
+    with pytest.raises(GerritError) as info:
+        _review(client, change, "--label", "Verified=2")
+    assert info.value.stderr.startswith('error: fatal: label "Verified": 2 is not a valid value')
+    assert len(sim.state.reviews()) == 1
+
+
+def test_label_options_are_range_checked_while_parsing(sim: SimGerrit,
+                                                       client: GerritClient) -> None:
+    change = sim.state.push("openstack/nova", files=["a.py"], subject="s")["change"]
+    with pytest.raises(GerritError) as info:
+        _review(client, change, "--verified", "+2")
+    assert info.value.stderr == 'fatal: "+2" must be in range -1..+1 for "--verified"\n'
+    with pytest.raises(GerritError) as info:
+        _review(client, change, "--strict-labels")  # removed in Gerrit 2.15
+    assert info.value.stderr == 'fatal: "--strict-labels" is not a valid option\n'
+    assert sim.state.reviews() == []
+
+
+def test_grants_survive_a_restart_and_are_set_over_ssh(tmp_path: Path,
+                                                       identity: tuple[Path, str]) -> None:
+    with SimGerrit(tmp_path / "s", users={"hyperv-ci": identity[1]},
+                   grants={"hyperv-ci": {"Code-Review": (-2, 2)}}, strict_labels=True) as first:
+        admin = GerritClient(first.client_config("admin", first.admin_key_file))
+        out = admin.run(["sim-grant", json.dumps({"account": "zoë", "labels": {
+            "Workflow": [0, 1]}})])
+        admin.close()
+        assert json.loads(out) == {"account": "zoë", "labels": {"Workflow": [0, 1]}}
+    second = GerritState(tmp_path / "s" / "gerrit")
+    assert second.labels.strict
+    assert second.labels.granted("hyperv-ci", "Code-Review") == (-2, 2)
+    assert second.labels.granted("hyperv-ci", "Verified") is None  # replaced the default
+    assert second.labels.granted("zoë", "Workflow") == (0, 1)
