@@ -254,3 +254,19 @@ def test_catalog_covers_whole_modules() -> None:
     assert "FollowSymlink" not in cmdlets["Get-ChildItem"]["params"]  # PowerShell 6 only
     assert cmdlets["New-Item"]["sets"]["pathSet"]["mandatory"] == ["Path"]
     json.dumps(catalog)  # plain data
+
+
+def test_provider_dynamic_parameters_bind_where_the_provider_page_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Today's 5.1 pages also list them in SYNTAX; about_FileSystem_Provider stays the
+    # source should a page drop one. Remove Get-Content's own -Raw to see the table work.
+    real = ps_check.catalog()
+    pruned = json.loads(json.dumps(real))
+    del pruned["cmdlets"]["Get-Content"]["params"]["Raw"]
+    monkeypatch.setattr(ps_check, "catalog", lambda: pruned)
+    ps_check._cmdlet.cache_clear()
+    try:
+        assert check_script("Get-Content x -Raw\n") == []
+        assert kinds("Get-Item x -Raw\n")[0][0] == ps_check.PARAMETER_NOT_FOUND
+    finally:
+        ps_check._cmdlet.cache_clear()
