@@ -278,18 +278,23 @@ def reports() -> None:
 
 @reports.command("list")
 @click.option("--failed", "only_failed", is_flag=True, help="Only reports that gave up.")
+@click.option("--refused", "only_refused", is_flag=True,
+              help="Only reports whose vote Gerrit refused (posted without it; fix the "
+              "CI account's label permissions or gerrit.label).")
 @click.pass_obj
-def reports_list(obj: _Ctx, only_failed: bool) -> None:
+def reports_list(obj: _Ctx, only_failed: bool, only_refused: bool) -> None:
     """Show the newest reports: state, attempts, change, vote, last error."""
     from ci.models import Report, ReportState
 
     query = select(Report).order_by(Report.id.desc()).limit(50)
-    if only_failed:
-        query = query.where(Report.state == ReportState.FAILED)
+    wanted = [state for state, on in ((ReportState.FAILED, only_failed),
+                                      (ReportState.LABEL_REFUSED, only_refused)) if on]
+    if wanted:
+        query = query.where(Report.state.in_(wanted))
     with _sessions(obj.config)() as session:
         for r in session.scalars(query):
             vote = "" if r.vote is None else f"{r.label}{r.vote:+d}"
-            click.echo(f"{r.id:>6} {r.state:<8} {r.attempts:>3}x {r.change_number},"
+            click.echo(f"{r.id:>6} {r.state:<13} {r.attempts:>3}x {r.change_number},"
                        f"{r.patchset_number:<4} {vote:<12} {r.last_error[:80]}")
 
 

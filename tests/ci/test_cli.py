@@ -285,6 +285,34 @@ def test_reports_list_and_retry(tmp_path: Path) -> None:
     assert "pending" in cli(config, "reports", "list").stdout
 
 
+def test_reports_list_shows_a_refused_vote(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    cli(config, "db", "upgrade")
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    refusal = 'Applying label "Verified": -1 is restricted'
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            for number, state in ((10001, ReportState.LABEL_REFUSED), (10002, ReportState.SENT)):
+                patchset = queue.upsert_patchset(session, queue.ChangeInfo(
+                    number=number, project="openstack/nova", branch="master", patchset=1))
+                build = queue.enqueue(session, patchset, "hyperv-tempest", "patchset-created")
+                assert build is not None
+                refused = state == ReportState.LABEL_REFUSED
+                session.add(Report(build_id=build.id, project="openstack/nova",
+                                   change_number=number, patchset_number=1, label="Verified",
+                                   vote=-1, message="m", state=state, attempts=1,
+                                   label_refused=refusal if refused else None,
+                                   last_error=refusal if refused else ""))
+    finally:
+        engine.dispose()
+    listed = cli(config, "reports", "list", "--refused").stdout.splitlines()
+    assert len(listed) == 1 and "label-refused" in listed[0] and "10001,1" in listed[0]
+    assert refusal in listed[0]
+    assert "label-refused" in cli(config, "reports", "list").stdout
+    # Permanent: an operator's retry is for reports that gave up, not for a refused vote.
+    assert cli(config, "reports", "retry", "--all-failed").stdout.startswith("requeued 0")
+
+
 def _render(config: Path, out_dir: Path) -> subprocess.CompletedProcess[str]:
     return cli(config, "render", "hyperv-tempest", "--change", "10001,3", "--out", str(out_dir))
 
