@@ -32,9 +32,8 @@ def _parser() -> tree_sitter.Parser:
 def syntax_errors(script: str) -> list[str]:
     """Where the script fails to parse as PowerShell ([] when it parses).
 
-    A trailing `$null` statement works around the grammar's false positives on
-    comment-only scripts and on a script ending in a `param()` block
-    (research/toolchain.md §1).
+    A trailing `$null` statement works around the tree-sitter grammar's false
+    positives on comment-only scripts and on a script ending in a `param()` block.
     """
     tree = _parser().parse((script + "\n$null\n").encode("utf-8"))
     if not tree.root_node.has_error:

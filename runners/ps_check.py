@@ -40,7 +40,11 @@ NATIVE_TOOLS = frozenset({
     "systeminfo.exe", "tar.exe", "taskkill.exe", "tasklist.exe", "w32tm.exe", "wevtutil.exe",
     "where.exe", "whoami.exe", "winrm.cmd", "wmic.exe", "xcopy.exe",
 })
-# Kinds of problem, named after the FullyQualifiedErrorId PowerShell gives each.
+# Kinds of problem, named after the FullyQualifiedErrorId PowerShell gives each. The
+# messages are PowerShell's, as Microsoft's pages quote them: about_Try_Catch_Finally
+# ("The term '...' is not recognized ..."), about_PSItem ("A parameter cannot be found
+# that matches parameter name ..."), learn/shell/using-aliases ("... is ambiguous.
+# Possible matches include: -Filter -Force.").
 COMMAND_NOT_FOUND = "CommandNotFoundException"
 PARAMETER_NOT_FOUND = "NamedParameterNotFound"
 AMBIGUOUS_PARAMETER = "AmbiguousParameter"
@@ -163,9 +167,11 @@ def _literal(node: tree_sitter.Node | None) -> str | None:
 def _functions(root: tree_sitter.Node) -> dict[str, Command]:
     """The script's own functions, by lower-cased name.
 
-    about_Functions_Advanced: only an advanced function ([CmdletBinding()] or a
-    [Parameter()] attribute) refuses an unknown parameter and takes the common
-    parameters; a simple function hands unknown ones to $args.
+    about_Functions_CmdletBindingAttribute: "In functions that have the
+    CmdletBinding attribute, unknown parameters ... cause parameter binding to
+    fail", and PowerShell adds the common parameters to them; a [Parameter()]
+    attribute makes a function advanced too. A simple function hands undeclared
+    parameters to $args (about_Automatic_Variables), so nothing is refused there.
     """
     found: dict[str, Command] = {}
     for node in _walk(root):

@@ -24,7 +24,9 @@ from xml.sax.saxutils import escape
 from runners import ps_check
 from runners.powershell import syntax_errors
 
-CMD_LINE_LIMIT = 8191  # cmd.exe's maximum command-line length (research/ws-management.md §7)
+# cmd.exe's maximum command-line length (Microsoft, "Command prompt (Cmd. exe)
+# command-line string limitation").
+CMD_LINE_LIMIT = 8191
 EXIT_BAD_ARGUMENT = -196608  # powershell.exe's exit code for a bad -File argument
 STEP_HEADER = re.compile(r"^\s*#\s*hyperv-ci-step:\s*([^\s]+)")
 # `$Name = 'literal'`: how the executor's internal scripts pass parameters (ps_quote'd).
