@@ -234,7 +234,7 @@ def build_detail(session: Session, build_id: int) -> dict[str, Any] | None:
         "state": report.state, "label": report.label, "vote": report.vote,
         "message": report.message, "attempts": report.attempts,
         "created": iso(report.created_at), "sent": iso(report.sent_at),
-        "last_error": report.last_error,
+        "last_error": report.last_error, "label_refused": report.label_refused,
     }
     return item
 
