@@ -20,6 +20,7 @@ import click
 from ci.config import GerritConfig
 from ci.gerrit import GerritClient, GerritError
 from sim.gerrit import ADVERT_FILE, SimGerrit
+from sim.gerrit_labels import Range, parse_grant
 
 _state_dir = click.option(
     "--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="HYPERV_CI_STATE_DIR",
@@ -70,8 +71,23 @@ def _change_ps(text: str) -> tuple[int, int]:
 @click.option("--port", type=int, default=29418, show_default=True, help="0 picks a free port.")
 @click.option("--user", "users", multiple=True, metavar="NAME=PUBKEY_FILE",
               help="Authorize an SSH user with an OpenSSH public key file (repeatable).")
-def serve(state_dir: Path, port: int, users: tuple[str, ...]) -> None:
+@click.option("--grant", "grant_specs", multiple=True,
+              metavar="ACCOUNT:LABEL=MIN..MAX[,LABEL=MIN..MAX]",
+              help="The labels ACCOUNT may vote, replacing the default Verified=-1..+1 "
+              "(repeatable; 'ACCOUNT:' grants none).")
+@click.option("--strict-labels/--no-strict-labels", default=None,
+              help="Gerrit's change.strictLabels: refuse votes on unknown labels or values "
+              "instead of dropping them (default: as last run, else off).")
+def serve(state_dir: Path, port: int, users: tuple[str, ...], grant_specs: tuple[str, ...],
+          strict_labels: bool | None) -> None:
     """Run the simulated Gerrit alone until interrupted."""
+    grants: dict[str, dict[str, Range]] = {}
+    for spec in grant_specs:
+        try:
+            account, labels = parse_grant(spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--grant") from None
+        grants[account] = labels
     authorized: dict[str, str] = {}
     for item in users:
         name, eq, path = item.partition("=")
@@ -81,7 +97,8 @@ def serve(state_dir: Path, port: int, users: tuple[str, ...]) -> None:
             authorized[name] = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--user") from None
-    server = SimGerrit(state_dir, port=port, users=authorized)
+    server = SimGerrit(state_dir, port=port, users=authorized, grants=grants,
+                       strict_labels=strict_labels)
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
@@ -141,6 +158,25 @@ def abandon(state_dir: Path, change: int) -> None:
 def merge(state_dir: Path, change: int) -> None:
     """Merge CHANGE into its branch; prints the new branch tip."""
     click.echo(_call(state_dir, "sim-merge", {"change": change})["newRev"])
+
+
+def _signed(value: int) -> str:
+    return f"{value:+d}" if value else "0"
+
+
+@sim.command()
+@_state_dir
+@click.argument("spec", metavar="ACCOUNT:LABEL=MIN..MAX[,LABEL=MIN..MAX]")
+def grant(state_dir: Path, spec: str) -> None:
+    """Set the labels ACCOUNT may vote on the running sim (e.g. hyperv-ci:Verified=0..+1)."""
+    try:
+        account, labels = parse_grant(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="SPEC") from None
+    result = _call(state_dir, "sim-grant", {"account": account, "labels": labels})
+    granted = ", ".join(f"{k}={_signed(v[0])}..{_signed(v[1])}"
+                        for k, v in result["labels"].items())
+    click.echo(f"{result['account']}: {granted or 'no label'}")
 
 
 @sim.command()

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from ci.config import GerritConfig
-from ci.gerrit import GerritClient
+from ci.gerrit import GerritClient, LabelRefused
 from sim.cli import sim as sim_group
 from sim.gerrit import SimGerrit, make_client_identity
 
@@ -168,3 +168,44 @@ def test_cli_calls_leave_no_connection_chatter(runner: CliRunner, running: SimGe
     invoke(runner, "reviews")
     running.stop()
     assert not [r for r in caplog.records if r.name.startswith("sim.gerrit.ssh")]
+
+
+def test_grant_sets_an_accounts_labels_on_the_running_sim(runner: CliRunner,
+                                                          running: SimGerrit) -> None:
+    assert invoke(runner, "grant", "hyperv-ci:Verified=0..+1,Code-Review=-1..1") == (
+        "hyperv-ci: Verified=0..+1, Code-Review=-1..+1\n")
+    assert running.state.labels.granted("hyperv-ci", "Verified") == (0, 1)
+    assert invoke(runner, "grant", "zoë:") == "zoë: no label\n"
+    bad = runner.invoke(sim_group, ["grant", "hyperv-ci:Verified=1..-1"])
+    assert bad.exit_code == 2 and "the minimum is above the maximum" in bad.output
+
+
+def test_serve_grants_labels_and_strict_labels(tmp_path: Path,
+                                               identity: tuple[Path, str]) -> None:
+    state_dir = tmp_path / "served"
+    pub = identity[0].with_suffix(".pub")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from sim.cli import sim; sim()", "serve", "--state-dir",
+         str(state_dir), "--port", "0", "--user", f"hyperv-ci={pub}",
+         "--grant", "hyperv-ci:Code-Review=-1..+1", "--strict-labels"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "simulated Gerrit on 127.0.0.1:" in (proc.stdout.readline() if proc.stdout else "")
+        invoke(CliRunner(), "push", "--state-dir", str(state_dir), "--project", "p",
+               "--file", "f", "--subject", "s")
+        advert = json.loads((state_dir / "sim-gerrit.json").read_text(encoding="utf-8"))
+        gerrit = GerritClient(GerritConfig(host="127.0.0.1", port=advert["port"],
+                                           username="hyperv-ci", key_file=identity[0],
+                                           known_hosts=Path(advert["known_hosts"])))
+        try:
+            with pytest.raises(LabelRefused, match='"Verified": 1 is restricted'):
+                gerrit.review("p", 10001, 1, message="m", labels={"Verified": 1})
+            with pytest.raises(LabelRefused, match='"Foo" is not a configured label'):
+                gerrit.review("p", 10001, 1, message="m", labels={"Foo": 1})
+            gerrit.review("p", 10001, 1, message="m", labels={"Code-Review": -1})
+        finally:
+            gerrit.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
