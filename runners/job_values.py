@@ -35,6 +35,7 @@ DEVSTACK_PROJECTS = {
     "openstack/requirements": "REQUIREMENTS",
 }
 
+_PLAIN_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _RELEASE_RE = re.compile(r"^(?:stable|unmaintained)/(?:(\d{4})\.(\d)|([a-z][a-z]+))$")
 
 
@@ -65,13 +66,16 @@ def compute_driver_for(job: DevstackHypervJob, change: ChangeRef) -> str:
     never imports nova.virt.hyperv), a compute-hyperv change runs
     compute-hyperv, and every other project runs the configured driver.
     """
+    if job.compute_driver not in HYPERV_COMPUTE_DRIVERS:
+        raise RenderError(f"compute_driver {job.compute_driver!r} is not a Hyper-V driver")
     if change.project == "openstack/nova":
         if not in_tree_driver_available(change.branch):
             raise RenderError(
                 f"a nova change on {change.branch!r} cannot be tested: nova removed its "
                 "in-tree Hyper-V driver in 2024.1; only branches up to 2023.2 have "
                 "nova/virt/hyperv (filter the project's branches in the config)")
-        return IN_TREE_HYPERV_DRIVERS[0]
+        configured = job.compute_driver
+        return configured if configured in IN_TREE_HYPERV_DRIVERS else IN_TREE_HYPERV_DRIVERS[0]
     driver = job.compute_driver
     if change.project == "openstack/compute-hyperv":
         driver = "compute_hyperv.driver.HyperVDriver"
@@ -105,7 +109,13 @@ def devstack_plugins(job: DevstackHypervJob, change: ChangeRef, dest: str,
     if change.project == "openstack/networking-hyperv":
         return [DevstackPlugin("networking-hyperv", f"{dest}/networking-hyperv", local_branch)]
     url = f"{job.git_base.rstrip('/')}/openstack/networking-hyperv"
-    return [DevstackPlugin("networking-hyperv", url, job.networking_hyperv_ref or branch)]
+    ref = job.networking_hyperv_ref or branch
+    # local.conf carries no Gerrit text: the branch goes in only when it is a
+    # plain ref name (every real release branch is).
+    if not _PLAIN_REF_RE.match(ref) or ".." in ref:
+        raise RenderError(f"branch {ref!r} cannot name networking-hyperv's plugin branch: "
+                          "set networking_hyperv_ref")
+    return [DevstackPlugin("networking-hyperv", url, ref)]
 
 
 @dataclass(frozen=True)

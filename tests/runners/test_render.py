@@ -48,7 +48,9 @@ MARKERS = ["rm -rf / #", "rm -rf ~", "touch pwned", "修复", "Zoë", "Remove-It
 
 
 def make_config(tmp: Path | None = None, **job: Any) -> Config:
-    job_data: dict[str, Any] = {"type": "devstack-hyperv", **job}
+    job_data: dict[str, Any] = {"type": "devstack-hyperv",
+                                "image": "https://images.example.org/cirros-0.6.2-x86_64-disk.vhdx",
+                                **job}
     if tmp is not None:
         job_data.update(
             devstack_dir=str(tmp / "stack" / "devstack"),
@@ -72,7 +74,7 @@ def make_config(tmp: Path | None = None, **job: Any) -> Config:
 def make_change(**fields: Any) -> ChangeRef:
     data: dict[str, Any] = {
         "project": "openstack/nova",
-        "branch": "master",
+        "branch": "unmaintained/2023.1",  # nova's in-tree driver lives there, not on master
         "number": 12345,
         "patchset": 3,
         "ref": "refs/changes/45/12345/3",
@@ -229,7 +231,7 @@ def test_configs_point_at_the_controller_and_carry_encoded_secrets() -> None:
     rendered = render()
     nova = rendered["hv-2-nova.conf"]
     assert "host = hv-2" in nova
-    assert "compute_driver = compute_hyperv.driver.HyperVDriver" in nova
+    assert "compute_driver = hyperv.HyperVDriver" in nova  # a nova change runs nova's driver
     assert "transport_url = rabbit://stackrabbit:r%40bbit%3Apw%252F@10.0.0.5:5672/" in nova
     assert "auth_url = http://10.0.0.5/identity" in nova
     agent = rendered["hv-2-neutron_hyperv_agent.conf"]
@@ -261,8 +263,12 @@ def _without_literals(text: str, values: list[str], quote: Any) -> str:
 
 
 def test_hostile_change_text_is_only_ever_a_quoted_literal() -> None:
-    change = make_change(subject=HOSTILE_SUBJECT, owner=HOSTILE_OWNER, branch=HOSTILE_BRANCH)
-    rendered = render(change=change)
+    # os-win: a nova change on a branch that is no release is refused before any text.
+    change = make_change(subject=HOSTILE_SUBJECT, owner=HOSTILE_OWNER, branch=HOSTILE_BRANCH,
+                         project="openstack/os-win")
+    # The plugin's branch is set: local.conf takes no Gerrit text (a hostile
+    # branch cannot name it, see test_render_devstack.py).
+    rendered = render(make_config(networking_hyperv_ref="unmaintained/2023.1"), change)
     values = [HOSTILE_SUBJECT, HOSTILE_OWNER, HOSTILE_BRANCH]
     seen_in_sh = seen_in_ps = False
     for item in rendered.files.values():
@@ -348,15 +354,15 @@ def test_prepare_checkout_unpacks_the_bundle(tmp_path: Path) -> None:
     _git("-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", "x", cwd=source)
     revision = _git("rev-parse", "HEAD", cwd=source)
     change = make_change(revision=revision, subject=HOSTILE_SUBJECT, owner=HOSTILE_OWNER,
-                         branch=HOSTILE_BRANCH)
-    rendered = render(make_config(tmp_path), change)
+                         branch=HOSTILE_BRANCH, project="openstack/os-win")
+    rendered = render(make_config(tmp_path, networking_hyperv_ref="unmaintained/2023.1"), change)
     (tmp_path / "ws").mkdir()
     _git("bundle", "create", "-q", rendered.path("devstack-1", "bundle"), "main", cwd=source)
     script = _write(rendered, "devstack-1-prepare-checkout.sh")
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True,
                           text=True, encoding="utf-8", check=False)
     assert proc.returncode == 0, proc.stderr
-    target = tmp_path / "stack" / "nova"
+    target = tmp_path / "stack" / "os-win"
     assert _git("rev-parse", "HEAD", cwd=target) == revision
     assert _git("branch", "--show-current", cwd=target) == "hyperv-ci-12345-3"
     assert f"subject: {HOSTILE_SUBJECT}\n" in proc.stdout
