@@ -157,6 +157,9 @@ def test_success_publishes_logs_without_secrets(lab: SimLab, gerrit: GerritState
     assert build.report.vote == 1 and build.report.state == ReportState.PENDING
     assert build.tests and all(t.test_id.startswith("tempest.") for t in build.tests)
     assert any(t.status == "success" for t in build.tests)
+    # Every shell the build opened on a Windows node was deleted (MaxShellsPerUser: 30).
+    assert {name: node.open_shells for name, node in lab.winrm.items()} == {"hv-1": 0, "hv-2": 0}
+    assert all(node.stats["Create"] == node.stats["Delete"] > 0 for node in lab.winrm.values())
 
     assert build.log_path is not None
     log_dir = Path(build.log_path)
