@@ -679,3 +679,46 @@ def test_non_ascii_windows_output_reaches_the_step_log_decoded(
     assert "\ufffd" not in log and "?????" not in log
     # The live tail the dashboard shows is the same text.
     assert bootstrap.output_tail is not None and text in bootstrap.output_tail
+
+
+def edit_local_conf(monkeypatch: pytest.MonkeyPatch, edit: Callable[[str], str]) -> None:
+    """Make the runner send an edited local.conf (what an older render produced)."""
+    import dataclasses
+
+    import runners.devstack_hyperv as module
+    from runners.render import RenderedJob, render_job
+
+    def render(*args: Any, **kwargs: Any) -> RenderedJob:
+        rendered = render_job(*args, **kwargs)
+        files = [dataclasses.replace(f, text=edit(f.text)) if f.step == "local.conf" else f
+                 for f in rendered.files.values()]
+        return RenderedJob(files, rendered._paths)
+
+    monkeypatch.setattr(module, "render_job", render)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    # The old render: no enable_plugin (its extras.d hook is skipped by devstack).
+    (lambda text: "\n".join(line for line in text.splitlines()
+                            if not line.startswith("enable_plugin")),
+     "Neutron did not start"),
+    (lambda text: text.replace("DOWNLOAD_DEFAULT_IMAGES=False\n", ""),
+     "Invalid image format 'qcow2'"),
+    (lambda text: text.replace("openvswitch,hyperv", "openvswitch,hyperv,cisco_nexus"),
+     "Neutron did not start"),
+])
+def test_a_local_conf_devstack_refuses_is_a_ci_error(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        sqlite_sessions: sessionmaker[Session], edit: Callable[[str], str],
+        message: str) -> None:
+    edit_local_conf(monkeypatch, edit)
+    config = make_config(lab, gerrit)
+    out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
+
+    assert out.result.outcome == Outcome.ERROR, out.result.summary  # never a -1
+    rows = steps_of(sqlite_sessions, out.ctx.build_id)
+    devstack = step(rows, "devstack")
+    assert devstack.state == StepState.ERROR
+    assert message in step_log(out, devstack)
+    assert step(rows, "tempest").state == StepState.SKIPPED
+    assert_cleaned_everywhere(rows)
