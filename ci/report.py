@@ -17,7 +17,7 @@ and logs, at ERROR, what to fix.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.gerrit import LabelRefused
-from ci.models import Build, BuildState, Report, ReportState, utcnow
+from ci.models import Build, BuildState, Report, ReportState, TestResult, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ HEADLINES = {
     BuildState.MERGE_CONFLICT: "Merge failed: the change does not merge onto its branch; "
     "please rebase. No vote was given.",
 }
+# TestResult.status of a test that failed, then passed when re-run (runners.subunit.FLAKY).
+FLAKY_STATUS = "flaky"
+FLAKY_LISTED = 20  # flaky test ids named in a comment; the rest are in test-results.txt
 # Sending a review claims its row for this long, so two reporters never send it twice.
 # Every worker runs a reporter, so the claim must outlast the slowest send:
 # GerritClient's 30 s timeouts for connect, banner, auth, the `already_posted`
@@ -82,11 +85,19 @@ def vote_for(state: BuildState, voting: bool) -> int | None:
     return None
 
 
-def format_message(ci_name: str, state: BuildState, job_line: str, summary: str = "") -> str:
-    """The review comment: a headline, the job line, and a short detail."""
+def format_message(ci_name: str, state: BuildState, job_line: str, summary: str = "",
+                   flaky: Sequence[str] = ()) -> str:
+    """The review comment: a headline, the job line, a short detail, and the flaky tests."""
     parts = [HEADLINES[state], "", job_line]
     if summary and state != BuildState.SUCCEEDED:
         parts += ["", summary.strip()[:2000]]
+    if flaky:
+        # Named even on success: a flaky test is a problem someone should look at.
+        parts += ["", f"Flaky tests ({len(flaky)}): failed, then passed when re-run; "
+                  "not counted against the change:"]
+        parts += [f"- {test_id}" for test_id in flaky[:FLAKY_LISTED]]
+        if len(flaky) > FLAKY_LISTED:
+            parts.append(f"- and {len(flaky) - FLAKY_LISTED} more (test-results.txt)")
     parts += ["", f"Reply 'recheck' to run {ci_name} again."]
     return "\n".join(parts)
 
@@ -102,7 +113,11 @@ def queue_report(session: Session, build: Build, config: Config) -> Report | Non
     voting = bool(job and job.voting)
     vote = vote_for(state, voting)
     line = format_job_line(build.job, build.log_url, state, build.duration_seconds)
-    message = format_message(config.gerrit.ci_name, state, line, build.summary)
+    flaky = list(session.scalars(
+        select(TestResult.test_id).where(TestResult.build_id == build.id,
+                                         TestResult.status == FLAKY_STATUS)
+        .order_by(TestResult.id)))
+    message = format_message(config.gerrit.ci_name, state, line, build.summary, flaky)
     change = build.patchset.change
     report = Report(
         build_id=build.id, project=change.project, change_number=change.number,

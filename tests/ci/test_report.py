@@ -559,3 +559,25 @@ def test_message_names_flaky_tests_even_on_success() -> None:
     assert "- tempest.api.compute.servers.test_servers.S.test_0_实例" in message
     assert "test_20_实例" not in message and "- and 3 more (test-results.txt)" in message
     assert "Flaky" not in format_message("hyperv-ci", BuildState.SUCCEEDED, "* j u : SUCCESS")
+
+
+def test_queued_report_names_the_builds_flaky_tests(sessions: sessionmaker[Session]) -> None:
+    from ci.models import Report, TestResult
+
+    with sessions() as session, session.begin():
+        ps = queue.upsert_patchset(session, queue.ChangeInfo(
+            number=10009, project="openstack/nova", branch="master", patchset=1))
+        build = queue.enqueue(session, ps, "hyperv-tempest", "patchset-created")
+        assert build is not None
+        queue.claim_next(session, "w", 60)
+        done = queue.finish(session, build.id, "w", BuildState.SUCCEEDED, "2 tests")
+        assert done is not None
+        session.add_all([TestResult(build_id=build.id, test_id="tempest.a.T.test_ok",
+                                    status="success"),
+                         TestResult(build_id=build.id, test_id="tempest.a.T.test_实例",
+                                    status="flaky", details="failed first")])
+        report = queue_report(session, done, make_config())
+        assert isinstance(report, Report)
+        assert report.vote == 1
+        assert "Flaky tests (1)" in report.message and "- tempest.a.T.test_实例" in report.message
+        assert "test_ok" not in report.message

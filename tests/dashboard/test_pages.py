@@ -168,3 +168,20 @@ def test_status_shows_events_the_scheduler_gave_up_on(
     html = page(client, "/")
     assert "Events given up on" in html and "events list --failed" in html
     assert "&lt;b&gt;change 7&lt;/b&gt; 不存在" in html
+
+
+def test_build_page_lists_flaky_tests_apart(client: FlaskClient, world: Any,
+                                            dash_sessions: sessionmaker[Session]) -> None:
+    from ci.models import TestResult
+
+    with dash_sessions() as s, s.begin():
+        s.add(TestResult(build_id=world.finished_id, test_id="tempest.api.T.test_flaky_实例",
+                         status="flaky", duration=3.0,
+                         details="passed when re-run (re-run 1); failed first with:\nTimeout"))
+    html = page(client, f"/builds/{world.finished_id}")
+    flaky = html.split("<h3>Flaky</h3>", 1)[1].split("</ul>", 1)[0]
+    assert "tempest.api.T.test_flaky_实例" in flaky and "failed first with:" in flaky
+    failures = html.split("<h3>Failures</h3>", 1)[1].split("</ul>", 1)[0]
+    assert "test_flaky" not in failures  # not a failure
+    assert "flaky: 1" in html and html.index("fail: 1") < html.index("flaky: 1") < html.index(
+        "success: 1")

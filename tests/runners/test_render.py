@@ -325,7 +325,9 @@ def test_serial_regex_selects_included_serial_tests_only() -> None:
     assert not pattern.search("tempest.api.compute.servers.test_list.T.test_x")
     assert not pattern.search("neutron_tempest.api.test_resize.T.test_x")
     rendered = render()
+    # The default excludes (IPv6 addressing) and then the serial tests.
     assert rendered["devstack-1-tempest-exclude-parallel.txt"].splitlines() == [
+        r"tempest\.scenario\.test_network_v6\.TestGettingAddress",
         r"\.test_resize", r"\.test_shelve", r"\.test_snapshot"]
 
 
