@@ -77,10 +77,23 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
+# Any fixed number: the key of the PostgreSQL advisory lock migrations run under.
+MIGRATION_LOCK = 0x68797076  # "hypv"
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration (creates an empty database's tables)."""
+    """Bring the schema to the newest migration (creates an empty database's tables).
+
+    Processes started together (8 workers and a listener on an empty
+    database) must not all create the tables: on PostgreSQL the migration
+    runs under a transaction-scoped advisory lock, so the others wait and
+    then find the schema current; on SQLite `BEGIN IMMEDIATE` serialises them.
+    Alembic reads the current version inside that transaction, after the lock.
+    """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

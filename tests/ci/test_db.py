@@ -40,3 +40,36 @@ def test_read_only_engine_reads_and_cannot_write(tmp_path: Path) -> None:
                 raise AssertionError("a read-only engine wrote to the database")
     finally:
         reader.dispose()
+
+
+def test_processes_started_together_on_an_empty_database_all_get_the_schema(
+        db_url: str) -> None:
+    # Workers and a listener started at once each run ensure_schema; without a
+    # lock, PostgreSQL makes all but one die on DuplicateTable / UniqueViolation.
+    import threading
+
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        engine = make_engine(db_url)
+        try:
+            barrier.wait(timeout=30)
+            ensure_schema(engine)
+        except BaseException as exc:  # every failure is the finding
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a process never got the schema"
+    assert errors == []
+    engine = make_engine(db_url)
+    try:
+        assert schema_is_current(engine)
+    finally:
+        engine.dispose()
