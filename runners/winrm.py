@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import logging
 import math
-import re
 import threading
 import time
 import uuid
@@ -28,12 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
-import winrm.transport
 from winrm.exceptions import (
     WinRMError,
     WinRMOperationTimeoutError,
     WinRMTransportError,
-    WSManFaultError,
 )
 from winrm.protocol import Protocol
 
@@ -47,6 +44,13 @@ from runners.base import (
 )
 from runners.powershell import ps_quote
 from runners.winrm_output import Base64Lines, CommandOutput
+from runners.winrm_support import (
+    encoded_command,
+    missing_transport_support,
+    quota_hint,
+    step_of,
+    windows_command_line,
+)
 
 if TYPE_CHECKING:
     from ci.config import NodeConfig
@@ -54,16 +58,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCRIPTS_DIR = "C:\\OpenStack\\hyperv-ci\\scripts"
-CMD_LINE_LIMIT = 8191  # cmd.exe runs every WinRM command line (WINRS_SKIP_CMD_SHELL=FALSE)
 PUT_CHUNK_BYTES = 48 * 1024  # raw bytes per Send: ~64 KiB of base64, well inside MaxEnvelopeSize
 TRANSFER_TIMEOUT = 900.0
 EXIT_NOT_FOUND = 2  # the get helper's exit code for a missing file
-FAULT_QUOTA_MAX_SHELLS = 2150859173  # ERROR_WSMAN_QUOTA_MAX_SHELLS: MaxShellsPerUser reached
-HTTP_TOO_LARGE = 413  # how a node refuses a request over its MaxEnvelopeSizekb
 # Longest Receive (whole seconds, WinRM's minimum) while a caller's `should_stop`
 # is to be honoured: the node holds a quiet Receive up to OperationTimeout (20 s).
 STOP_POLL = 1
-_STEP = re.compile(r"^\s*#\s*hyperv-ci-step:\s*([A-Za-z0-9_.-]+)")
 # Everything pywinrm or the HTTP stack raises when the node or the network misbehaves.
 _TRANSPORT_ERRORS = (
     WinRMError,
@@ -113,64 +113,6 @@ try {{
     $Stream.Dispose()
 }}
 """
-
-
-def encoded_command(script: str) -> str:
-    """`powershell -EncodedCommand ...` for a short helper script (within cmd.exe's limit)."""
-    encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
-    line = " ".join(["powershell", "-NoProfile", "-NonInteractive", "-EncodedCommand", encoded])
-    if len(line) > CMD_LINE_LIMIT:
-        raise ValueError(
-            f"helper script too long to inline ({len(line)} > {CMD_LINE_LIMIT} characters)"
-        )
-    return line
-
-
-def windows_command_line(args: list[str]) -> str:
-    """Join arguments for cmd.exe + the C runtime: quote any with spaces or cmd metacharacters."""
-    parts = []
-    for arg in args:
-        if any(c in arg for c in '"%\r\n'):
-            raise ValueError(f"argument cannot be passed safely through cmd.exe: {arg!r}")
-        parts.append(f'"{arg}"' if not arg or re.search(r"[\s&|<>^(),;=!]", arg) else arg)
-    return " ".join(parts)
-
-
-def step_of(script: str) -> str:
-    """The script's step name from its `# hyperv-ci-step: NAME` first line ('script' if none)."""
-    for line in script.lstrip("\ufeff").splitlines():
-        if line.strip():
-            match = _STEP.match(line)
-            return match.group(1) if match else "script"
-    return "script"
-
-
-def quota_hint(exc: BaseException) -> str:
-    """What an operator should know about a node quota behind `exc` ('' if none)."""
-    if isinstance(exc, WSManFaultError) and exc.wsman_fault_code == FAULT_QUOTA_MAX_SHELLS:
-        return (" (the node's MaxShellsPerUser quota is used up: another client leaves "
-                "shells open, or raise it: see docs/winrm.md)")
-    if isinstance(exc, WinRMTransportError) and exc.code == HTTP_TOO_LARGE:
-        return " (the request is larger than the node's MaxEnvelopeSizekb: see docs/winrm.md)"
-    return ""
-
-
-def missing_transport_support(transport: str) -> str | None:
-    """Why this host cannot use a WinRM `transport`, or None when it can.
-
-    pywinrm only finds out at the first request; saying so up front names the fix.
-    """
-    needs = {
-        "kerberos": (winrm.transport.HAVE_KERBEROS,
-                     "install hyperv-ci's 'kerberos' extra (pip install -e '.[kerberos]', "
-                     "which builds against Debian's libkrb5-dev)"),
-        "credssp": (winrm.transport.HAVE_CREDSSP, "pip install 'pywinrm[credssp]'"),
-        "ntlm": (winrm.transport.HAVE_NTLM, "pip install 'pywinrm'"),
-    }
-    if transport not in needs or needs[transport][0]:
-        return None
-    return (f"WinRM transport {transport!r} is not available on this host: "
-            f"{needs[transport][1]}")
 
 
 class WinRMExecutor:

@@ -33,6 +33,7 @@ from pathlib import Path
 from sim import wsman_xml
 from sim.faults import Faults
 from sim.hyperv_host import HyperVHost
+from sim.winrm_command import SimCommand
 from sim.wsman_config import WinRMConfig
 from sim.wsman_http import DropConnection, WSManHTTPServer
 from sim.wsman_ntlm import CREDENTIALS
@@ -50,64 +51,6 @@ from sim.wsman_xml import (
 logger = logging.getLogger(__name__)
 
 MAX_RECEIVE_BYTES = 100 * 1024  # raw output per Receive: stays under MaxEnvelopeSize once base64'd
-EXIT_TERMINATED = -1073741510  # STATUS_CONTROL_C_EXIT
-
-
-@dataclass
-class SimCommand:
-    """One running command: its output buffers, stdin and exit code."""
-
-    command_id: str
-    encoder: codecs.IncrementalEncoder
-    step: str = ""
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    stdin: bytearray = field(default_factory=bytearray)
-    stdin_closed: bool = False
-    exit_code: int | None = None
-    terminated: bool = False
-    drop_pending: bool = False
-    thread: threading.Thread | None = None
-
-    # -- the Console protocol of sim.hyperv_host --
-    def write(self, text: str, *, stderr: bool = False) -> None:
-        self._append(self.encoder.encode(text), stderr)
-
-    def write_bytes(self, data: bytes) -> None:
-        self._append(data, False)
-
-    def _append(self, data: bytes, stderr: bool) -> None:
-        with self.cond:
-            if not self.terminated:
-                (self.stderr if stderr else self.stdout).extend(data)
-                self.cond.notify_all()
-
-    def wait(self, seconds: float | None) -> bool:
-        with self.cond:
-            self.cond.wait_for(lambda: self.terminated, timeout=seconds)
-            return self.terminated
-
-    def read_stdin(self) -> bytes | None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.stdin_closed or self.terminated)
-            return None if self.terminated else bytes(self.stdin)
-
-    def drop_connection(self) -> None:
-        with self.cond:
-            self.drop_pending = True
-
-    def terminate(self) -> bool:
-        """Stop the command; True if it was still running."""
-        with self.cond:
-            running = self.exit_code is None
-            self.terminated = True
-            if running:
-                self.exit_code = EXIT_TERMINATED
-            self.cond.notify_all()
-            return running
-
-
 @dataclass
 class SimShell:
     """One remote shell: its code page, its commands by id, when a request last named it."""

@@ -68,13 +68,14 @@ def encoded(script: str) -> str:
 
 
 def test_run_ps_full_exchange_and_recorded_script(server: SimWinRMServer) -> None:
-    result = session(server).run_ps("# hyperv-ci-step: bootstrap\nWrite-Output 'ready'\n")
+    server.faults.set("probe", stdout="ready", exit_code=0)
+    result = session(server).run_ps("# hyperv-ci-step: probe\nWrite-Output 'ready'\n")
     assert result.status_code == 0
-    assert b"Hyper-V role: Installed" in result.std_out
+    assert result.std_out == b"ready\r\n"
     for action in ("Create", "Command", "Receive", "Signal", "Delete"):
         assert server.stats[action] >= 1, action
     assert server.scripts == [
-        ("hv-1", "bootstrap", "# hyperv-ci-step: bootstrap\nWrite-Output 'ready'\n")
+        ("hv-1", "probe", "# hyperv-ci-step: probe\nWrite-Output 'ready'\n")
     ]
 
 
@@ -157,13 +158,14 @@ def test_ntlm_authenticates_and_seals_every_message(server: SimWinRMServer) -> N
     ntlm = winrm.Session(server.url, auth=(USER, PASSWORD), transport="ntlm",
                          server_cert_validation="ignore", operation_timeout_sec=1,
                          read_timeout_sec=3)
-    result = ntlm.run_ps("# hyperv-ci-step: bootstrap\nWrite-Output 'prêt 就绪'\n")
-    assert result.status_code == 0 and b"Hyper-V role: Installed" in result.std_out
+    server.faults.set("probe", stdout="prêt 就绪", exit_code=0)
+    result = ntlm.run_ps("# hyperv-ci-step: probe\nWrite-Output 'prêt 就绪'\n")
+    assert result.status_code == 0 and "prêt".encode("cp437") in result.std_out
     assert server.stats["ntlm"] == 1
     # Create, Command, Receive.., Signal, Delete: every one sealed both ways.
     assert server.stats["sealed"] >= 5
     assert server.scripts == [
-        ("hv-1", "bootstrap", "# hyperv-ci-step: bootstrap\nWrite-Output 'prêt 就绪'\n")]
+        ("hv-1", "probe", "# hyperv-ci-step: probe\nWrite-Output 'prêt 就绪'\n")]
 
 
 def test_ntlm_with_a_wrong_password_is_refused(server: SimWinRMServer) -> None:
@@ -256,10 +258,10 @@ def test_kill_refuses_connections_and_revive_restores(server: SimWinRMServer) ->
     server.model.add_vm("instance-0001")
     server.kill()
     with pytest.raises(requests.exceptions.ConnectionError):
-        session(server).run_ps("# hyperv-ci-step: bootstrap\n")
+        session(server).run_ps("# hyperv-ci-step: probe\n")
     assert json.loads(server.model.state_file.read_text())["alive"] is False
     server.revive()
-    assert session(server).run_ps("# hyperv-ci-step: bootstrap\n").status_code == 0
+    assert session(server).run_ps("# hyperv-ci-step: probe\n").status_code == 0
     assert server.model.vms == {"instance-0001": "Running"}
 
 
@@ -344,7 +346,7 @@ def test_https_with_validated_certificate(tmp_path: Path) -> None:
             operation_timeout_sec=1,
             read_timeout_sec=3,
         )
-        assert sess.run_ps("# hyperv-ci-step: bootstrap\n").status_code == 0
+        assert sess.run_ps("# hyperv-ci-step: probe\n").status_code == 0
     finally:
         sim.stop()
 

@@ -23,7 +23,7 @@ from sim.wsman_config import WinRMConfig
 from tests.sim.test_winrm import raw_create
 
 USER, PASSWORD = "Administrator", "s3cret-pw-Zoë"
-BOOTSTRAP = "# hyperv-ci-step: bootstrap\n"
+PROBE = "# hyperv-ci-step: probe\n"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def run(sim: SimWinRMServer, transport: str, ca: Path | None = None,
                          server_cert_validation="validate" if ca else "ignore",
                          ca_trust_path=str(ca) if ca else None,
                          operation_timeout_sec=2, read_timeout_sec=5, **options)
-    return sess.run_ps(BOOTSTRAP)
+    return sess.run_ps(PROBE)
 
 
 def test_basic_is_refused_unless_the_node_allows_it(tmp_path: Path, tls: TLSFiles) -> None:
@@ -136,12 +136,13 @@ def test_pypsrp_default_negotiate_with_encryption(node: SimWinRMServer) -> None:
     # never completes and the first encrypted reply fails its signature check.
     wsman = WSMan("127.0.0.1", port=node.port, ssl=False, username=USER, password=PASSWORD,
                   auth="negotiate", encryption="auto", operation_timeout=2, read_timeout=5)
-    script = base64.b64encode(BOOTSTRAP.encode("utf-16-le")).decode()
+    node.faults.set("probe", stdout="prêt 就绪", exit_code=0)
+    script = base64.b64encode(PROBE.encode("utf-16-le")).decode()
     with wsman, WinRS(wsman, codepage=65001) as shell:
         process = Process(shell, "powershell", ["-NoProfile", "-EncodedCommand", script])
         process.invoke()
     assert process.rc == 0, process.stderr
-    assert b"Hyper-V role: Installed" in process.stdout
+    assert process.stdout == "prêt 就绪\r\n".encode()
     assert node.stats["sealed"] >= 4 and node.stats["ntlm"] == 1
     assert node.open_shells == 0
 
