@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,6 +24,40 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _vlan_bounds(value: str) -> tuple[int, int]:
+    """`"A:B"` → (A, B); a VLAN ID is 1..4094 (IEEE 802.1Q reserves 0 and 4095)."""
+    match = re.fullmatch(r"(\d{1,4}):(\d{1,4})", value)
+    if match is None:
+        raise ValueError(f"VLAN range {value!r} must look like FIRST:LAST, e.g. 500:599")
+    first, last = int(match.group(1)), int(match.group(2))
+    if not 1 <= first <= last <= 4094:
+        raise ValueError(f"VLAN range {value!r} must lie within 1..4094, first <= last")
+    return first, last
+
+
+def _check_vlan_range(value: str | None) -> str | None:
+    if value is not None:
+        _vlan_bounds(value)
+    return value
+
+
+# devstack's functions `upload_image` takes *.vhd and *.vhdx as Hyper-V disk
+# images; compressed ones are not offered because tempest's scenario tests
+# upload [scenario] img_file as it is, and a gzip is no VHD.
+_IMAGE_SUFFIXES = (".vhd", ".vhdx")
+
+
+def _check_image(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if not re.fullmatch(r"(https?://[^\s/,]+/|file:///|/)[^\s,]*", value):
+        raise ValueError("must be an http(s):// URL or an absolute path on the controller "
+                         "(or file:///path), without spaces or commas (IMAGE_URLS is a list)")
+    if not value.lower().endswith(_IMAGE_SUFFIXES):
+        raise ValueError("must be a .vhd or .vhdx image: Hyper-V boots only those")
+    return value
 
 
 def _check_regex(value: str) -> str:
@@ -148,12 +183,18 @@ class LocalJob(_Strict):
 
 class TempestConfig(_Strict):
     include_regex: str = r"^tempest\."
-    exclude: list[str] = Field(default_factory=list)
+    # IPv6 address assignment is not tested on Hyper-V: the real Hyper-V CI excluded it.
+    exclude: list[str] = Field(
+        default_factory=lambda: [r"tempest\.scenario\.test_network_v6\.TestGettingAddress"]
+    )
     serial: list[str] = Field(
         default_factory=lambda: [r"\.test_resize", r"\.test_shelve", r"\.test_snapshot"]
     )
     concurrency: int = Field(4, ge=1)
     timeout: int = Field(5400, ge=1)
+    # Re-runs of the tests that failed (serially, only those); a test that passes
+    # on a re-run is recorded as flaky, not failed. 0: a first failure is final.
+    rerun_failed: int = Field(1, ge=0, le=3)
 
     @field_validator("include_regex")
     @classmethod
@@ -166,17 +207,156 @@ class TempestConfig(_Strict):
         return [_check_regex(v) for v in values]
 
 
-class WindowsPrerequisites(_Strict):
-    """How bootstrap makes a Hyper-V node ready when something is missing.
+_SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
+_UNC_REFUSED = (
+    "a UNC path cannot be read over WinRM with NTLM (the node cannot authenticate to the "
+    "share: the second hop); give {url, sha256} or {path, sha256} (a file on the worker host)"
+)
 
-    Installers are paths as the node sees them (a local file or a UNC share);
-    without one, a missing tool is reported instead of installed.
+
+def _is_unc(value: str) -> bool:
+    return value.startswith("\\\\") or value.startswith("//")
+
+
+class WindowsArtefact(_Strict):
+    """A file a Hyper-V node needs, from an HTTP(S) URL or uploaded from the worker.
+
+    Never a share: a UNC path fails over NTLM WinRM, because the node cannot
+    pass the operator's credentials on to the file server (the "second hop";
+    Microsoft's "Making the second hop in PowerShell Remoting"). Either way the
+    node checks the SHA-256 before using the file.
     """
 
-    python_installer: str | None = None  # python.org's installer, run quietly
-    git_installer: str | None = None  # Git for Windows' installer, run silently
+    url: str | None = None  # downloaded by the node (Invoke-WebRequest)
+    path: Path | None = None  # a file on the worker host, uploaded over WinRM
+    sha256: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if _is_unc(value):
+            raise ValueError(_UNC_REFUSED)
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _worker_path(cls, value: object) -> object:
+        if isinstance(value, str) and _is_unc(value):
+            raise ValueError(_UNC_REFUSED)
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.match(value):
+            raise ValueError("sha256 must be 64 hexadecimal digits")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _one_source_with_hash(self) -> WindowsArtefact:
+        if bool(self.url) == bool(self.path):
+            raise ValueError("give url or path (a file on the worker host), exactly one")
+        if not self.sha256:
+            raise ValueError("sha256 is required: the node refuses a file it cannot check")
+        return self
+
+
+def _artefact(value: object) -> object:
+    """A bare string is the old form (a path as the node sees it): say what replaced it."""
+    if isinstance(value, str):
+        if _is_unc(value):
+            raise ValueError(_UNC_REFUSED)
+        raise ValueError("give {url, sha256} or {path, sha256} (a file on the worker host)")
+    return value
+
+
+class WindowsTools(_Strict):
+    """The three programs the job runs on a node, installed into the node's bin folder."""
+
+    openstack_service: WindowsArtefact | None = None  # OpenStackService.exe, the service wrapper
+    qemu_img: WindowsArtefact | None = None  # qemu-img.exe (nova's qemu_img_cmd)
+    mkisofs: WindowsArtefact | None = None  # mkisofs.exe (nova's mkisofs_cmd, config drives)
+
+    _plain = field_validator("openstack_service", "qemu_img", "mkisofs",
+                             mode="before")(_artefact)
+
+
+class ServiceAccount(_Strict):
+    """The domain account nova-compute and the agent run as (not LocalSystem).
+
+    Live and cold migration and resize copy disks to the peer host, which
+    LocalSystem has no rights on; the account needs to be an administrator of
+    every node. The password is a reference, like every secret.
+    """
+
+    username: str  # DOMAIN\\user
+    password: Secret
+
+    @field_validator("username")
+    @classmethod
+    def _domain_user(cls, value: str) -> str:
+        if not re.fullmatch(r"[^\\/\s]+\\[^\\/\s]+", value):
+            raise ValueError("must be DOMAIN\\user (a domain account: migration needs rights "
+                             "on the peer host)")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password_given(cls, value: Secret) -> Secret:
+        if not value.given:
+            raise ValueError("name the password's source: password_env or password_file")
+        return value
+
+
+class WindowsPrerequisites(_Strict):
+    """What bootstrap makes sure a Hyper-V node has, and how its services run.
+
+    Installers and tools come from an HTTP(S) URL or from the worker, each
+    with its SHA-256; without one, a missing tool is reported instead of
+    installed.
+    """
+
+    python_installer: WindowsArtefact | None = None  # python.org's installer, run quietly
+    git_installer: WindowsArtefact | None = None  # Git for Windows' installer, run silently
+    tools: WindowsTools = Field(default_factory=WindowsTools)
     # The network adapter an external vSwitch is created on, when none exists yet.
     vswitch_adapter: str | None = None
+    # None: the services run as LocalSystem, and migration between hosts fails.
+    service_account: ServiceAccount | None = None
+    # Set-VMHost -VirtualMachineMigrationAuthenticationType (Microsoft's accepted values).
+    migration_authentication: Literal["Kerberos", "CredSSP"] = "Kerberos"
+    # Subnets for Add-VMMigrationNetwork; empty: -UseAnyNetworkForMigration $true.
+    migration_networks: list[str] = Field(default_factory=list)
+    # nova's [hyperv] limit_cpu_features: hosts with different CPUs can then live-migrate.
+    limit_cpu_features: bool = True
+
+    _plain = field_validator("python_installer", "git_installer", mode="before")(_artefact)
+
+    @field_validator("migration_networks")
+    @classmethod
+    def _subnets(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not a subnet (address/prefix): {value!r}") from None
+        return values
+
+    def artefacts(self) -> dict[str, WindowsArtefact | None]:
+        """Every file bootstrap may fetch, by its key."""
+        return {
+            "python_installer": self.python_installer,
+            "git_installer": self.git_installer,
+            "openstack_service": self.tools.openstack_service,
+            "qemu_img": self.tools.qemu_img,
+            "mkisofs": self.tools.mkisofs,
+        }
 
 
 class DevstackHypervJob(_Strict):
@@ -193,10 +373,15 @@ class DevstackHypervJob(_Strict):
     compute_driver: str = "compute_hyperv.driver.HyperVDriver"
     vswitch_name: str = "external"
     physical_network: str = "physnet1"
+    # The tenant VLANs of a single controller; a controller's own `vlan_range`
+    # (NodeConfig) wins, so that two lab sets never share VLANs.
     vlan_range: str = "500:2000"
-    image_url: str = (
-        "http://download.cirros-cloud.net/0.6.2/cirros-0.6.2-x86_64-disk.vhdx.gz"
-    )
+    # The guest image tempest boots: an http(s) URL or a path on the controller,
+    # VHD or VHDX. No default: there is no published Hyper-V cirros to point at.
+    image: str | None = None
+    # networking-hyperv's branch or tag for its devstack plugin (default: the
+    # devstack branch, itself the change's branch unless devstack_branch is set).
+    networking_hyperv_ref: str | None = None
     devstack_branch: str | None = None
     # Paths on the devstack controller (the simulated lab points them at a sandbox).
     devstack_dir: str = "/opt/stack/devstack"
@@ -215,6 +400,9 @@ class DevstackHypervJob(_Strict):
             "openstack/os-win",
         ]
     )
+
+    _validate_vlan = field_validator("vlan_range")(_check_vlan_range)
+    _validate_image = field_validator("image")(_check_image)
 
 
 JobConfig = Annotated[LocalJob | DevstackHypervJob, Field(discriminator="type")]
@@ -277,6 +465,13 @@ class NodeConfig(_Strict):
     ssh: SSHAccess | None = None
     winrm: WinRMAccess | None = None
     secrets: list[Secret] = Field(default_factory=list)
+    # A devstack controller's data network: the NIC that goes into the OVS
+    # bridge of the physical network (devstack creates the bridge but adds no
+    # port: lib/neutron, OVS_PHYSICAL_BRIDGE), and this lab set's tenant VLANs.
+    data_interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
+    vlan_range: str | None = None
+
+    _validate_vlan = field_validator("vlan_range")(_check_vlan_range)
 
     @model_validator(mode="after")
     def _access(self) -> NodeConfig:
@@ -284,6 +479,8 @@ class NodeConfig(_Strict):
             raise ValueError("a devstack node needs an 'ssh' section")
         if self.label == "hyperv" and self.winrm is None:
             raise ValueError("a hyperv node needs a 'winrm' section")
+        if self.label != "devstack" and (self.data_interface or self.vlan_range):
+            raise ValueError("data_interface and vlan_range belong to a devstack node")
         return self
 
 
@@ -343,6 +540,7 @@ class Config(_Strict):
         names = [n.name for n in self.nodes]
         if len(names) != len(set(names)):
             raise ValueError("nodes: node names must be unique")
+        _check_vlan_overlaps(self)
         return self
 
     def secrets(self) -> list[str]:
@@ -356,6 +554,8 @@ class Config(_Strict):
         for job in self.jobs.values():
             if isinstance(job, DevstackHypervJob):
                 refs.extend([job.admin_password, job.service_password])
+                if job.windows.service_account is not None:
+                    refs.append(job.windows.service_account.password)
         for ref in refs:
             try:
                 value = ref.resolve()
@@ -364,6 +564,23 @@ class Config(_Strict):
             if value:
                 found.append(value)
         return found
+
+
+def _check_vlan_overlaps(config: Config) -> None:
+    """Two controllers (two lab sets) whose tenant VLANs overlap would put
+    guests of different builds on one VLAN of the shared physical network."""
+    job_ranges = [j.vlan_range for j in config.jobs.values() if isinstance(j, DevstackHypervJob)]
+    ranges = [
+        (node.name, value, _vlan_bounds(value))
+        for node in config.nodes if node.label == "devstack"
+        for value in ([node.vlan_range] if node.vlan_range else job_ranges)
+    ]
+    for index, (name, value, (first, last)) in enumerate(ranges):
+        for other, other_value, (o_first, o_last) in ranges[index + 1:]:
+            if other != name and first <= o_last and o_first <= last:
+                raise ValueError(
+                    f"nodes: devstack controllers {name} ({value}) and {other} ({other_value}) "
+                    "share VLANs: give each controller its own vlan_range")
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -403,6 +620,27 @@ def load_config(path: Path | str) -> Config:
     return parse_config(data, base_dir=path.parent)
 
 
+def _resolve_windows(windows: WindowsPrerequisites,
+                     fix: Callable[[Path | None], Path | None]) -> WindowsPrerequisites:
+    """Worker-side artefact paths and the service account's password file, made absolute."""
+
+    def art(item: WindowsArtefact | None) -> WindowsArtefact | None:
+        return item.model_copy(update={"path": fix(item.path)}) if item else None
+
+    account = windows.service_account
+    if account is not None:
+        secret = account.password
+        account = account.model_copy(update={
+            "password": secret.model_copy(update={"password_file": fix(secret.password_file)})})
+    tools = windows.tools.model_copy(update={
+        "openstack_service": art(windows.tools.openstack_service),
+        "qemu_img": art(windows.tools.qemu_img), "mkisofs": art(windows.tools.mkisofs)})
+    return windows.model_copy(update={
+        "python_installer": art(windows.python_installer),
+        "git_installer": art(windows.git_installer), "tools": tools,
+        "service_account": account})
+
+
 def _resolve_paths(config: Config, base_dir: Path) -> Config:
     """Relative file paths in the YAML are relative to the file, not to the cwd."""
 
@@ -433,7 +671,8 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
     for name, job in config.jobs.items():
         if isinstance(job, DevstackHypervJob):
             job = job.model_copy(update={"admin_password": fix_secret(job.admin_password),
-                                         "service_password": fix_secret(job.service_password)})
+                                         "service_password": fix_secret(job.service_password),
+                                         "windows": _resolve_windows(job.windows, fix)})
         jobs[name] = job
     logs = config.logs.model_copy(update={"dir": fix(config.logs.dir)})
     worker = config.worker.model_copy(update={"git_cache_dir": fix(config.worker.git_cache_dir)})

@@ -10,6 +10,8 @@ Steps, each a recorded build step with its own log:
    wait-services on the controller until every compute and agent is up; if not,
    each node's service stderr goes into the step log and the build is an error.
 5. tempest: the verdict comes from the parsed subunit stream, never an exit code.
+   Failed tests run again (`tempest.rerun_failed` times, serially); one that then
+   passes is flaky, not failed. No test run at all, or no tempest, is an error.
 6. collect-logs (in `collect`): controller tree → `controller/`, each Windows node's
    archive → `<node>/`, the rendered files → `rendered/` (the worker redacts secrets).
 7. cleanup (in `cleanup`): every node, whatever happened; nodes that fail it are returned.
@@ -52,10 +54,10 @@ from runners.base import (
 from runners.job_values import job_secrets
 from runners.merger import MergeConflict, PreparedChange, expand_git_url, prepare_change
 from runners.render import RenderedJob, RenderError, render_job
-from runners.results import format_failures, short_name
 from runners.ssh import SSHExecutor
 from runners.steps import StepHandle
-from runners.subunit import parse_subunit, summarize
+from runners.tempest_step import TempestStep
+from runners.windows_values import ArtefactError, read_checked, worker_uploads
 from runners.winrm import WinRMExecutor
 
 logger = logging.getLogger(__name__)
@@ -146,7 +148,7 @@ class DevstackHypervRunner(Runner):
             raise
 
     def _sh(self, step: StepHandle, name: str, timeout: float, check: bool = True,
-            should_stop: StopCheck | None = None) -> CommandResult:
+            should_stop: StopCheck | None = None, args: Sequence[str] = ()) -> CommandResult:
         """Run one rendered bash script on the controller, output into `step`.
 
         `should_stop` (the build's abort check) stops the script mid-way: CommandAborted.
@@ -156,7 +158,7 @@ class DevstackHypervRunner(Runner):
         step.log(f"--- {name} on {self.controller.name}")
         # Uploaded right before it runs: cleanup works even if the build never reached the node.
         self._ssh.put(script.payload(), script.remote_path, 0o755)
-        result = self._ssh.run(["bash", script.remote_path], timeout=timeout,
+        result = self._ssh.run(["bash", script.remote_path, *args], timeout=timeout,
                                on_output=step.write, should_stop=should_stop)
         if check and not result.ok:
             step.finish(StepState.ERROR, "", result.exit_code)
@@ -165,7 +167,24 @@ class DevstackHypervRunner(Runner):
         return result
 
     def _ps_step(self, step: StepHandle, node: str, name: str) -> None:
+        if name == "bootstrap.ps1":
+            self._upload_artefacts(step, node)
         self._ps(step, node, name, self.job.command_timeout, should_stop=self._abort)
+
+    def _upload_artefacts(self, step: StepHandle, node: str) -> None:
+        """Put the installers and tools configured as worker files where bootstrap takes them.
+
+        Checked against their SHA-256 here first (bootstrap checks again on the node).
+        """
+        for artefact in worker_uploads(self.job):
+            try:
+                data = read_checked(artefact)
+            except ArtefactError as exc:
+                raise InfraError(str(exc)) from None
+            with self._watch(node):
+                self._winrm[node].put(data, artefact.upload_path)
+            step.log(f"uploaded {artefact.local_path} to {artefact.upload_path} "
+                     f"({len(data)} bytes, SHA-256 {artefact.sha256})")
 
     def _step(self, ctx: BuildContext, name: str, node: str,
               body: Callable[[StepHandle], None]) -> None:
@@ -315,32 +334,14 @@ class DevstackHypervRunner(Runner):
 
     def _tempest(self, ctx: BuildContext, step: StepHandle) -> JobResult:
         assert self.rendered and self.controller and self._ssh
-        run = self._sh(step, "tempest.sh", self.job.tempest.timeout, check=False,
-                       should_stop=self._abort)
-        local = ctx.log_dir / "tempest.subunit"
-        try:
-            self._ssh.get(self.rendered.path(self.controller.name, "subunit"), local)
-        except (ExecutorError, OSError) as exc:
-            local.unlink(missing_ok=True)
-            raise InfraError(f"no subunit stream from tempest (exit {run.exit_code}): {exc}"
-                             ) from exc
-        results = parse_subunit(local.read_bytes())
-        summary = summarize(results)
-        step.log(summary.line())
-        if summary.failed:
-            step.log(format_failures(results))
-        tests = [r.as_tuple() for r in results]
-        if summary.executed == 0:
-            step.finish(StepState.ERROR, "no tests ran", run.exit_code)
-            return JobResult(Outcome.ERROR, f"tempest ran no tests (exit {run.exit_code})", tests)
-        if summary.failed:
-            step.finish(StepState.FAILED, summary.line(), run.exit_code)
-            names = ", ".join(short_name(t) for t in summary.failed[:5])
-            if len(summary.failed) > 5:
-                names += f" and {len(summary.failed) - 5} more"
-            return JobResult(Outcome.FAILED, f"{summary.line()}; failed: {names}", tests)
-        step.finish(StepState.SUCCEEDED, summary.line(), run.exit_code)
-        return JobResult(Outcome.SUCCEEDED, summary.line(), tests)
+
+        def run_script(args: Sequence[str]) -> CommandResult:
+            return self._sh(step, "tempest.sh", self.job.tempest.timeout, check=False,
+                            should_stop=self._abort, args=args)
+
+        return TempestStep(self.job.tempest, self._ssh, run_script,
+                           self.rendered.path(self.controller.name, "subunit"),
+                           ctx.log_dir).run(step)
 
     # -- logs --------------------------------------------------------------------------------
     def _save_rendered(self, ctx: BuildContext) -> None:

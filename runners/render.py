@@ -33,12 +33,16 @@ from runners.job_values import (
     RenderError,
     checked_secrets,
     compute_driver_for,
+    controller_network,
+    devstack_plugins,
+    image_settings,
     tempest_exclude_file,
     tempest_parallel_exclude_file,
     tempest_serial_regex,
     windows_projects,
 )
 from runners.powershell import ps_quote
+from runners.windows_values import TOOLS, node_artefacts, service_account_password
 
 logger = logging.getLogger(__name__)
 
@@ -256,9 +260,20 @@ def render_job(
             "mkisofs": str(root / "bin" / "mkisofs.exe"),
             "qemu_img": str(root / "bin" / "qemu-img.exe"),
         },
+        "artefacts": node_artefacts(job),
+        "tools": TOOLS,
+        "service_account_password": service_account_password(job, real=secrets is not None),
         "compute_driver": compute_driver_for(job, change),
         "windows_projects": windows_projects(job, change),
         "devstack_branch": job.devstack_branch or change.branch,
+        "devstack_plugins": devstack_plugins(
+            job, change, str(dest), f"hyperv-ci-{int(change.number)}-{int(change.patchset)}",
+            job.devstack_branch or change.branch),
+        "mechanism_drivers": "openvswitch,hyperv",
+        "image": image_settings(job),
+        "vlan_range": controller_network(job, controller)[0],
+        "data_interface": controller_network(job, controller)[1],
+        "ovs_bridge": f"br-{job.physical_network}",
         "tempest_serial_regex": tempest_serial_regex(job),
         "ci_name": config.gerrit.ci_name,
     }
@@ -316,6 +331,7 @@ def write_rendered(rendered: RenderedJob, out_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------- CLI helper
 
 EXAMPLE_SUBJECT = "EXAMPLE change (not read from Gerrit): render preview"
+EXAMPLE_BRANCH = "unmaintained/2023.1"
 
 
 def example_change(config: Config, number: int, patchset: int) -> ChangeRef:
@@ -323,7 +339,9 @@ def example_change(config: Config, number: int, patchset: int) -> ChangeRef:
     project = config.projects[0].name
     return ChangeRef(
         project=project,
-        branch="master",
+        # The newest branch where nova's in-tree Hyper-V driver and
+        # networking-hyperv's devstack plugin both live (docs/devstack.md).
+        branch=EXAMPLE_BRANCH,
         number=number,
         patchset=patchset,
         ref=f"refs/changes/{number % 100:02d}/{number}/{patchset}",

@@ -4,18 +4,26 @@
 
     devstack/stack.sh, unstack.sh, openrc   stand-ins (upload local.conf beside them)
     tempest/                                 the bundled suite (sim/tempest_suite) + .stestr.conf
-    bin/openstack, bin/tempest               stand-in commands (`source openrc` puts bin/ first)
+    bin/openstack                            stand-in command (`source openrc` puts bin/ first)
     logs/                                    what log collection copies: stack.sh.log,
                                              local.conf.txt, <service>.log, tempest.log
     state/stacked.json                       present while the cloud is stacked
     node.json                                the node's settings for the stand-ins
+                                             (`devstack_branch`: the simulated devstack's)
+
+stack.sh installs the `tempest` stand-in where devstack on that branch
+installs tempest (`tempest/.tox/tempest/bin`, and `data/venv/bin` on master
+with GLOBAL_VENV; see sim/devstack_node/tempest_install.py), never on
+openrc's PATH.
 
 so the job's defaults map as DEVSTACK_DIR=root/devstack,
 TEMPEST_DIR=root/tempest and logs at `$DEVSTACK_DIR/../logs`. The lab
 directory holds the Windows nodes' state (`hyperv/<node>.json`, read by
 `openstack`) and scripted faults (`faults/stack`, `faults/stack-hang`,
-`faults/tempest-fail`). The stand-ins run with the Python that created the
-node, so they work wherever the CI itself runs.
+`faults/tempest-fail`: fragments of test ids, one a line, that always fail;
+`faults/tempest-flaky`: fragments of test ids that fail the first time they
+run in a build and pass when re-run). The stand-ins run with the Python that
+created the node, so they work wherever the CI itself runs.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from sim.devstack_node.standins import install_standins
+from sim.devstack_node.tempest_install import DEFAULT_BRANCH
 
 SUITE = Path(__file__).parent / "tempest_suite"
 
@@ -69,7 +80,8 @@ def _openrc(bin_dir: Path) -> str:
 
 
 def make_devstack_node(root: Path, lab_dir: Path, *, hostname: str | None = None,
-                       python: str | None = None) -> DevstackNodePaths:
+                       python: str | None = None,
+                       devstack_branch: str = DEFAULT_BRANCH) -> DevstackNodePaths:
     """Create (or refresh) the devstack node tree under `root`; see the module docstring."""
     root, lab_dir = Path(root).resolve(), Path(lab_dir).resolve()
     python = python or sys.executable
@@ -81,14 +93,16 @@ def make_devstack_node(root: Path, lab_dir: Path, *, hostname: str | None = None
         directory.mkdir(parents=True, exist_ok=True)
     (root / "node.json").write_text(json.dumps({
         "root": str(root), "lab_dir": str(lab_dir), "python": python,
-        "hostname": hostname or socket.gethostname(),
+        "hostname": hostname or socket.gethostname(), "devstack_branch": devstack_branch,
     }, ensure_ascii=False, indent=2), encoding="utf-8")
     _wrapper(paths.devstack_dir / "stack.sh", python, "sim.devstack_node.stack", "stack", str(root))
     _wrapper(paths.devstack_dir / "unstack.sh", python, "sim.devstack_node.stack", "unstack",
              str(root))
     (paths.devstack_dir / "openrc").write_text(_openrc(paths.bin_dir), encoding="utf-8")
     _wrapper(paths.bin_dir / "openstack", python, "sim.devstack_node.openstack", str(root))
-    _wrapper(paths.bin_dir / "tempest", python, "sim.devstack_node.tempest", str(root))
+    install_standins(paths.bin_dir, paths.logs_dir)  # journalctl, rabbitmqctl, ovs-vsctl, sudo
+    # Not on PATH: stack.sh installs tempest where devstack does (a refreshed tree starts so).
+    (paths.bin_dir / "tempest").unlink(missing_ok=True)
     shutil.rmtree(paths.tempest_dir / "tempest", ignore_errors=True)
     shutil.copytree(SUITE / "tempest", paths.tempest_dir / "tempest",
                     ignore=shutil.ignore_patterns("__pycache__"))

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import logging
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from sim.faults import Faults, FaultyConsole
+from sim.hyperv_steps import HyperVSteps
 from sim.windows_shell import (
     Console,
     clixml,
@@ -35,20 +33,21 @@ from sim.windows_shell import (
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("nova-compute", "neutron-hyperv-agent")
-DEFAULT_LOG_DIR = "C:\\OpenStack\\logs"
-DEFAULT_LOG_ARCHIVE = "C:\\OpenStack\\logs.zip"
-CLEARED_FOLDERS = ("C:\\OpenStack\\build", "C:\\OpenStack\\logs", "C:\\OpenStack\\instances")
 
 
 def _key(path: str) -> str:
     return path.replace("/", "\\").rstrip("\\").casefold()
 
 
-class HyperVHost:
-    """State of one Hyper-V node: services, VMs, files, event log. Thread-safe."""
+class HyperVHost(HyperVSteps):
+    """State of one Hyper-V node: services, VMs, files, event log. Thread-safe.
 
-    def __init__(self, node_name: str, lab_dir: Path, faults: Faults | None = None) -> None:
+    The job's step handlers are in sim/hyperv_steps.py; `hyperv_role=False`
+    models a fresh node, before the Hyper-V role is installed.
+    """
+
+    def __init__(self, node_name: str, lab_dir: Path, faults: Faults | None = None, *,
+                 hyperv_role: bool = True) -> None:
         self.node_name = node_name
         self.state_file = Path(lab_dir) / "hyperv" / f"{node_name}.json"
         self.faults = faults or Faults()
@@ -61,6 +60,7 @@ class HyperVHost:
         self._files: dict[str, tuple[str, bytes]] = {}
         self._lock = threading.RLock()
         self.alive = True
+        self._init_node(hyperv_role=hyperv_role)
         self.publish()
 
     # -- files (case-insensitive Windows paths) --
@@ -177,147 +177,6 @@ class HyperVHost:
             "winrm-put": self._put,
             "winrm-get": self._get,
         }
-
-    # -- the job's steps --
-    def _log_event(self, log: str, level: str, message: str) -> None:
-        self.event_log.append((log, level, message))
-
-    def _stop_all(self, out: FaultyConsole, *, remove: bool) -> None:
-        with self._lock:
-            for name in list(self.services):
-                out.line(f"Stopping service '{name}' ({self.services[name]})")
-                self.services[name] = "Stopped"
-                if remove:
-                    del self.services[name]
-                    out.line(f"Removed service '{name}'")
-        self.publish()
-
-    def _remove_vms(self, out: FaultyConsole) -> None:
-        with self._lock:
-            for name in sorted(self.vms):
-                out.line(f"Stop-VM -Name '{name}' -TurnOff; Remove-VM '{name}'")
-            for name in sorted(self.planned_vms):
-                out.line(f"Destroyed planned VM '{name}' (Msvm_PlannedComputerSystem)")
-            self.vms.clear()
-            self.planned_vms.clear()
-
-    def _teardown(self, script: str, out: FaultyConsole) -> int:
-        self._stop_all(out, remove=True)
-        self._remove_vms(out)
-        for folder in CLEARED_FOLDERS:
-            out.line(f"Cleared {folder} ({self.remove_tree(folder)} files)")
-        with self._lock:
-            count = len(self.event_log)
-            self.event_log.clear()
-        out.line(f"Cleared event logs Application, System ({count} entries)")
-        return 0
-
-    def _bootstrap(self, script: str, out: FaultyConsole) -> int:
-        with self._lock:
-            self.features.update(("python", "git", "hyper-v", "vswitch:external"))
-        for line in (
-            "Python 3.11.9 (C:\\Python311\\python.exe)",
-            "git version 2.45.1.windows.1",
-            "Hyper-V role: Installed",
-            "VMSwitch 'external' (External) is ready",
-            "Amorçage terminé — 节点就绪",
-        ):
-            out.line(line)
-        return 0
-
-    def _install(self, script: str, out: FaultyConsole) -> int:
-        for line in (
-            "Cloning into 'C:\\OpenStack\\build\\nova'...",
-            "HEAD is now at the change under test",
-            "Processing c:\\openstack\\build\\nova",
-            "Processing c:\\openstack\\build\\networking-hyperv",
-            "Successfully installed nova compute-hyperv networking-hyperv os-win",
-            "Installation réussie : 安装完成",
-        ):
-            out.line(line)
-        self.write_file("C:\\OpenStack\\build\\nova\\setup.cfg", b"[metadata]\nname = nova\n")
-        return 0
-
-    def _configure_services(self, script: str, out: FaultyConsole) -> int:
-        with self._lock:
-            for name in SERVICES:
-                self.services[name] = "Stopped"
-                self._log_event("System", "Information", f"A service was installed: {name}")
-        self.publish()
-        for name in SERVICES:
-            out.line(f"Created service '{name}' (StartType: Manual, Status: Stopped)")
-        return 0
-
-    def _start_services(self, script: str, out: FaultyConsole) -> int:
-        with self._lock:
-            missing = [name for name in SERVICES if name not in self.services]
-            for name in SERVICES:
-                if name in self.services:
-                    self.services[name] = "Running"
-                    self._log_event(
-                        "System", "Information", f"The {name} service entered the running state."
-                    )
-        self.publish()
-        for name in SERVICES:
-            if name not in missing:
-                out.line(f"Service '{name}' is Running")
-        if missing:
-            out.err(f"Start-Service : Cannot find any service with service name '{missing[0]}'.")
-            return 1
-        return 0
-
-    def _stop_services(self, script: str, out: FaultyConsole) -> int:
-        self._stop_all(out, remove=False)
-        return 0
-
-    def _service_stderr(self, script: str, out: FaultyConsole) -> int:
-        out.line("2024-05-01 10:00:00.000 4242 INFO nova.virt.hyperv.driver [-] Hyper-V host ready")
-        out.line("2024-05-01 10:00:01.000 4242 INFO nova.compute.manager [-] 计算节点启动 (Zoë)")
-        return 0
-
-    def _collect_logs(self, script: str, out: FaultyConsole) -> int:
-        params = script_parameters(script)
-        log_dir = params.get("logdir", DEFAULT_LOG_DIR).rstrip("\\")
-        archive = params.get("logarchive", DEFAULT_LOG_ARCHIVE)
-        with self._lock:
-            events = list(self.event_log)
-            services = dict(self.services)
-        html = (
-            "<html><body><table>"
-            + "".join(
-                f"<tr><td>{escape(log)}</td><td>{escape(level)}</td><td>{escape(msg)}</td></tr>"
-                for log, level, msg in events
-            )
-            + "</table></body></html>"
-        )
-        self.write_file(f"{log_dir}\\eventlog\\System.html", html.encode("utf-8"))
-        self.write_file(f"{log_dir}\\eventlog\\System.evtx", b"ElfFile\x00" + bytes(range(256)))
-        for name in SERVICES:
-            text = (
-                f"2024-05-01 10:00:00.000 4242 INFO {name} [-] "
-                f"state {services.get(name, 'absent')}\r\n"
-                "2024-05-01 10:00:02.000 4242 INFO nova.compute.manager [-] 实例 Zoë spawned\r\n"
-            )
-            self.write_file(f"{log_dir}\\{name}.log", text.encode("utf-8"))
-        files = self.files_under(log_dir)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive_zip:
-            for path in files:
-                archive_zip.writestr(
-                    path[len(log_dir) + 1 :].replace("\\", "/"), self.read_file(path) or b""
-                )
-        self.write_file(archive, buffer.getvalue())
-        out.line(f"Exported {len(events)} event log entries")
-        for path in files:
-            out.line(path)
-        out.line(archive)
-        return 0
-
-    def _cleanup(self, script: str, out: FaultyConsole) -> int:
-        self._stop_all(out, remove=False)
-        self._remove_vms(out)
-        out.line("Node cleaned")
-        return 0
 
     # -- the WinRM executor's own helpers (runners/winrm.py) --
     def _put(self, script: str, out: FaultyConsole) -> int:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from ci.config import NodeConfig
 from sim import sshd
+from sim.artefacts import ArtefactServer
 from sim.devstack import make_devstack_node
 from sim.winrm import SimWinRMServer
 
@@ -37,6 +38,9 @@ WINRM_USER = "Administrator"
 WINRM_PASSWORD_ENV = "HYPERV_CI_SIM_WINRM_PASSWORD"
 ADMIN_PASSWORD_ENV = "HYPERV_CI_SIM_ADMIN_PASSWORD"
 SERVICE_PASSWORD_ENV = "HYPERV_CI_SIM_SERVICE_PASSWORD"
+ACCOUNT_PASSWORD_ENV = "HYPERV_CI_SIM_ACCOUNT_PASSWORD"
+# The domain account the nodes' services run as (migration needs one, not LocalSystem).
+SERVICE_ACCOUNT = "HVCI\\hyperv-ci-svc"
 DEVSTACK_NODE = "devstack-1"
 WINDOWS_ROOT = "C:\\OpenStack"
 
@@ -88,8 +92,15 @@ class SimLab:
         self.winrm_timeouts = winrm_timeouts  # (operation, read) seconds for the node configs
         self.winrm: dict[str, SimWinRMServer] = {}
         self.ssh: _SSHServer | None = None
+        # Installers and tools the nodes download, as a real lab's web server serves them.
+        self.artefacts: ArtefactServer | None = None
         self.devstack: Any = None  # sim.devstack's paths of the controller tree
         self._passwords: dict[str, str] = {}
+
+    @property
+    def image_path(self) -> Path:
+        """The guest image on the simulated controller (a stand-in file)."""
+        return self.state_dir / "devstack" / "images" / "cirros-0.6.2-x86_64-disk.vhdx"
 
     @property
     def faults_dir(self) -> Path:
@@ -100,18 +111,22 @@ class SimLab:
         """Create the lab and start every node; sets the lab's password variables."""
         (self.lab_dir / "faults").mkdir(parents=True, exist_ok=True)
         (self.lab_dir / "hyperv").mkdir(parents=True, exist_ok=True)
-        for env in (WINRM_PASSWORD_ENV, ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV):
+        for env in (WINRM_PASSWORD_ENV, ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV,
+                    ACCOUNT_PASSWORD_ENV):
             # Reuse a password the environment already holds (a restarted demo keeps its config).
             value = os.environ.get(env) or secrets.token_urlsafe(18)
             os.environ[env] = value
             self._passwords[env] = value
         try:
             self.devstack = make_devstack_node(self.state_dir / "devstack", self.lab_dir)
+            self.image_path.parent.mkdir(parents=True, exist_ok=True)
+            self.image_path.write_bytes(b"conectix" + bytes(504))  # a VHD footer's cookie
             nova_manage = Path(self.devstack.bin_dir) / "nova-manage"
             if not nova_manage.exists():
                 nova_manage.write_text(NOVA_MANAGE, encoding="utf-8")
                 nova_manage.chmod(0o755)
             self.ssh = _start_ssh_server(self.state_dir / "sshd", self.use_sshd)
+            self.artefacts = ArtefactServer().start()
             for index in range(1, self.hyperv_nodes + 1):
                 name = f"hv-{index}"
                 server = SimWinRMServer(name, self.lab_dir, WINRM_USER,
@@ -128,6 +143,9 @@ class SimLab:
         for server in self.winrm.values():
             server.stop()
         self.winrm.clear()
+        if self.artefacts is not None:
+            self.artefacts.stop()
+            self.artefacts = None
         if self.ssh is not None:
             self.ssh.stop()
             self.ssh = None
@@ -168,7 +186,7 @@ class SimLab:
 
     def job_overrides(self) -> dict[str, Any]:
         """Fields of a devstack-hyperv job that point it at this lab's sandbox paths."""
-        if self.devstack is None:
+        if self.devstack is None or self.artefacts is None:
             raise RuntimeError("the lab is not started")
         return {
             "hyperv_nodes": self.hyperv_nodes,
@@ -176,6 +194,13 @@ class SimLab:
             "tempest_dir": str(self.devstack.tempest_dir),
             "workspace": str(self.state_dir / "devstack" / "workspace"),
             "windows_root": WINDOWS_ROOT,
+            # A VHDX on the controller (devstack uploads it from file://).
+            "image": str(self.image_path),
             "admin_password": {"password_env": ADMIN_PASSWORD_ENV},
             "service_password": {"password_env": SERVICE_PASSWORD_ENV},
+            "windows": {
+                **self.artefacts.windows_section(),
+                "service_account": {"username": SERVICE_ACCOUNT,
+                                    "password": {"password_env": ACCOUNT_PASSWORD_ENV}},
+            },
         }

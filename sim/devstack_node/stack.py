@@ -2,7 +2,9 @@
 
 stack.sh reads `local.conf` beside it, refuses one without a
 `[[local|localrc]]` section or one that enables `n-cpu` on the controller
-(the Hyper-V nodes are the computes), prints devstack-like progress, writes
+(the Hyper-V nodes are the computes), follows devstack's rules on extras.d,
+plugins, ML2 drivers and images (sim/devstack_node/stacking.py, rules.py),
+writes tempest's etc/tempest.conf, prints devstack-like progress, writes
 `logs/stack.sh.log` and per-service logs, and records the stack in
 `state/stacked.json`. Lab faults: `faults/stack` (fail with its text on
 stderr), `faults/stack-hang` (hang, for timeout tests).
@@ -16,6 +18,8 @@ import sys
 import time
 
 from sim.devstack_node import Node, die, load_node, log
+from sim.devstack_node.stacking import configure_tempest, prepare, start_neutron
+from sim.devstack_node.tempest_install import install_tempest
 
 SERVICES = ("key", "g-api", "n-api", "n-cond", "n-sch", "placement-api", "q-svc",
             "q-agt", "q-dhcp", "q-l3", "q-meta")
@@ -80,6 +84,7 @@ def stack(node: Node) -> None:
     (node.logs_dir / "local.conf.txt").write_text(text, encoding="utf-8")
     say("+ ./stack.sh:main:230   echo 'stack.sh log /opt/stack/logs/stack.sh.log'")
     say("Installing package prerequisites")
+    state = prepare(node, lines, say)
     fault = node.fault("stack")
     for project in ("keystone", "glance", "nova", "placement", "neutron", "tempest"):
         say(f"Cloning into '/opt/stack/{project}'...")
@@ -87,15 +92,19 @@ def stack(node: Node) -> None:
     for service in SERVICES:
         say(f"Starting {service} — démarrage du service {service} (启动服务)")
         log(node.logs_dir / f"{service}.log", f"INFO {service} [-] Starting {service} service")
+        if service == "q-svc":
+            start_neutron(node, state, say)
         time.sleep(0.02)
     if fault is not None:
         say("[ERROR] ./stack.sh:1234 Neutron did not start")
         die(fault or "stack.sh: scripted failure")
     say("Created network « private » (私有网络) with subnet 10.0.0.0/26")
+    configure_tempest(node, state, text, say)
     say("This is your host IP address: 127.0.0.1")
     say("Keystone is serving at http://127.0.0.1/identity/")
     say("DevStack Version: 2023.2")
     say("stack.sh completed in 1 seconds.")
+    install_tempest(node)  # where devstack on the node's branch puts it, never on PATH
     node.stacked_file.parent.mkdir(parents=True, exist_ok=True)
     node.stacked_file.write_text(
         json.dumps({"time": time.time(), "services": list(SERVICES)}), encoding="utf-8")

@@ -17,7 +17,11 @@ from sim.sshd import OpenSSHServer
 
 pytestmark = pytest.mark.sshd
 
-LOCAL_CONF = "[[local|localrc]]\nADMIN_PASSWORD=pw\ndisable_service n-cpu\nenable_service q-svc\n"
+# A Hyper-V image and no qcow2 cirros: the simulated stack.sh refuses an image
+# the Hyper-V computes cannot boot (tests/sim/test_devstack_rules.py).
+LOCAL_CONF = ("[[local|localrc]]\nADMIN_PASSWORD=pw\ndisable_service n-cpu\nenable_service q-svc\n"
+              "DOWNLOAD_DEFAULT_IMAGES=False\n"
+              "IMAGE_URLS=https://images.example.org/cirros-0.6.2-x86_64-disk.vhdx\n")
 
 
 @pytest.fixture(scope="module")
