@@ -377,8 +377,9 @@ class DevstackHypervJob(_Strict):
     # (NodeConfig) wins, so that two lab sets never share VLANs.
     vlan_range: str = "500:2000"
     # The guest image tempest boots: an http(s) URL or a path on the controller,
-    # VHD or VHDX. No default: there is no published Hyper-V cirros to point at.
-    image: str | None = None
+    # VHD or VHDX. Required: there is no published Hyper-V cirros to default to,
+    # and a job without one could only fail every build.
+    image: str
     # networking-hyperv's branch or tag for its devstack plugin (default: the
     # devstack branch, itself the change's branch unless devstack_branch is set).
     networking_hyperv_ref: str | None = None

@@ -57,6 +57,7 @@ def write_config(tmp_path: Path, gerrit: SimGerrit | None = None,
         "projects": [{"name": "openstack/nova", "jobs": ["hyperv-tempest"]}],
         "jobs": {"hyperv-tempest": {
             "type": "devstack-hyperv", "hyperv_nodes": 2,
+            "image": "/opt/stack/images/cirros-0.6.2-x86_64-disk.vhdx",
             "admin_password": {"password_env": PASSWORD_ENVS[0]},
             "service_password": {"password_env": PASSWORD_ENVS[1]}}},
         "nodes": [
@@ -337,7 +338,7 @@ def test_render_reads_a_known_change_and_leaves_the_database_unchanged(tmp_path:
     engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
     with make_sessionmaker(engine).begin() as session:
         queue.upsert_patchset(session, queue.ChangeInfo(
-            number=10001, project="openstack/nova", branch="master", patchset=3,
+            number=10001, project="openstack/nova", branch="unmaintained/2023.1", patchset=3,
             subject=SUBJECT, owner_name=OWNER, revision="a" * 40,
             ref="refs/changes/01/10001/3"))
     engine.dispose()

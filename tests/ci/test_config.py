@@ -84,7 +84,7 @@ def test_secret_resolves_from_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert "s3cr3t-pw" not in repr(data)
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "openstack-hyperv.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "openstack-hyperv.yaml", "compose/hyperv-ci.yaml"])
 def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(ROOT / "etc" / name)
     assert config.projects

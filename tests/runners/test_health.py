@@ -33,7 +33,7 @@ def winrm_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Si
 def winrm_node(name: str, port: int, password_env: str = PASSWORD_ENV) -> NodeConfig:
     return NodeConfig(
         name=name, label="hyperv", address="127.0.0.1",
-        winrm=WinRMAccess(scheme="http", port=port, transport="basic", username=WINRM_USER,
+        winrm=WinRMAccess(scheme="http", port=port, transport="ntlm", username=WINRM_USER,
                           password=Secret(password_env=password_env),
                           operation_timeout=1, read_timeout=3),
     )

@@ -42,8 +42,10 @@ def make_config(**job: Any) -> Config:
     ssh = {"username": "stack", "key_file": "/k", "known_hosts": "/kh"}
     return parse_config({
         "gerrit": {"host": "127.0.0.1", "username": "ci", "key_file": "/k", "known_hosts": "/kh"},
-        "projects": [{"name": "openstack/nova", "jobs": ["hyperv"]}],
-        "jobs": {"hyperv": {"type": "devstack-hyperv", **job}},
+        "projects": [{"name": "openstack/nova", "jobs": ["hyperv"]},
+                     {"name": "openstack/compute-hyperv", "jobs": ["hyperv"]}],
+        "jobs": {"hyperv": {"type": "devstack-hyperv",
+                            "image": "/opt/stack/images/cirros-0.6.2-x86_64-disk.vhdx", **job}},
         "nodes": [
             {"name": "devstack-1", "label": "devstack", "address": "10.0.0.5", "ssh": ssh},
             {"name": "hv-1", "label": "hyperv", "address": "10.0.0.11", "winrm": winrm},
@@ -52,10 +54,11 @@ def make_config(**job: Any) -> Config:
     })
 
 
-def rendered_job(branch: str = "master", secrets: dict[str, str] | None = None,
-                 **job: Any) -> RenderedJob:
+def rendered_job(branch: str = "unmaintained/2023.1", secrets: dict[str, str] | None = None,
+                 project: str = "openstack/compute-hyperv", **job: Any) -> RenderedJob:
+    # compute-hyperv's change runs compute-hyperv's driver; a nova change, nova's own.
     config = make_config(**job)
-    change = ChangeRef(project="openstack/nova", branch=branch, number=1, patchset=1,
+    change = ChangeRef(project=project, branch=branch, number=1, patchset=1,
                        ref="refs/changes/01/1/1", revision="b" * 40,
                        subject="Zoë's 修复", owner="Zoë")
     return render_job(config, "hyperv", change, config.nodes, secrets or SECRETS)
@@ -76,7 +79,8 @@ def test_rendered_configs_pass(oslo_venv: Path, rendered: RenderedJob) -> None:
 
 
 def test_in_tree_driver_config_passes(oslo_venv: Path, tmp_path: Path) -> None:
-    job = rendered_job(branch="stable/2023.1", compute_driver="hyperv.driver.HyperVDriver")
+    job = rendered_job(project="openstack/nova")
+    assert "compute_driver = hyperv.HyperVDriver\n" in job["hv-1-nova.conf"]
     path = tmp_path / "nova.conf"
     path.write_text(job["hv-1-nova.conf"], encoding="utf-8")
     assert check_config_file(path, "nova", python=oslo_venv) == []

@@ -163,11 +163,13 @@ def test_windows_scripts_do_what_their_step_promises() -> None:
 def test_bootstrap_installs_only_what_is_missing() -> None:
     plain = render().for_node("hv-1", "bootstrap")
     # Without installers configured a missing tool is reported, never guessed at.
-    assert "$PythonInstaller = ''" in plain and "$GitInstaller = ''" in plain
-    assert "set windows.python_installer to install it" in plain
+    assert "is missing and windows.{1} is not configured" in plain
+    sha = "ab" * 32
     config = make_config(windows={
-        "python_installer": "\\\\deploy\\share\\python 3.11'.exe",
-        "git_installer": "C:\\installers\\Git.exe", "vswitch_adapter": "Ethernet 2"})
+        "python_installer": {"url": "https://deploy.example.org/python 3.11'.exe",
+                             "sha256": sha},
+        "git_installer": {"url": "https://deploy.example.org/Git.exe", "sha256": sha},
+        "vswitch_adapter": "Ethernet 2"})
     text = render(config).for_node("hv-1", "bootstrap")
     assert syntax_errors(text) == []
     # Each install sits behind its check, so a second run changes nothing.
@@ -177,13 +179,13 @@ def test_bootstrap_installs_only_what_is_missing() -> None:
                      "New-VMSwitch -Name $VSwitch -NetAdapterName $VSwitchAdapter",
                      "SwitchType -ne 'External'")
     assert _in_order(text, "if (-not (Test-Path -LiteralPath $Python))",
-                     "Invoke-Installer -Installer $PythonInstaller",
+                     "Get-Artefact -Name 'python_installer'",
+                     "Invoke-Installer -Installer $installer",
                      "Invoke-Native -FilePath $Python -Arguments @('--version')")
-    assert _in_order(text, "Get-Command -Name 'git.exe'",
-                     "Invoke-Installer -Installer $GitInstaller",
+    assert _in_order(text, "Get-Command -Name 'git.exe'", "Get-Artefact -Name 'git_installer'",
                      "'git.exe' -Arguments @('--version')")
-    # Configured paths are data: quoted literals, the quote inside doubled.
-    assert "$PythonInstaller = '\\\\deploy\\share\\python 3.11''.exe'" in text
+    # Configured values are data: quoted literals, the quote inside doubled.
+    assert "'https://deploy.example.org/python 3.11''.exe'" in text
     assert "$VSwitchAdapter = 'Ethernet 2'" in text
 
 

@@ -35,6 +35,7 @@ from sim.gerrit_state import GerritState
 from sim.lab import ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV, WINRM_PASSWORD_ENV, SimLab
 
 PROJECT = "openstack/nova"
+BRANCH = "unmaintained/2023.1"
 SUBJECT = "Hyper-V: 修复实例 Zoë's VHD « quoted » $(rm -rf /)"
 OWNER = "张伟"
 # Characters that every encoding the job uses changes: `@ / %` (transport_url's
@@ -96,11 +97,12 @@ def make_config(lab: SimLab, gerrit: GerritState, tmp_path: Path, **job: Any) ->
 
 def enqueue_change(sessions: sessionmaker[Session], gerrit: GerritState) -> int:
     """Push a change to the simulated Gerrit and queue the job for it, as the listener would."""
-    pushed = gerrit.push(PROJECT, files={"nova/virt/hyperv/vmops.py": "# 实例\n"},
+    # nova's in-tree Hyper-V driver lives on this branch (removed from 2024.1 on).
+    pushed = gerrit.push(PROJECT, branch=BRANCH, files={"nova/virt/hyperv/vmops.py": "# 实例\n"},
                          subject=SUBJECT, owner=OWNER)
     with sessions() as session, session.begin():
         patchset = queue.upsert_patchset(session, queue.ChangeInfo(
-            number=int(pushed["change"]), project=PROJECT, branch="master",
+            number=int(pushed["change"]), project=PROJECT, branch=BRANCH,
             patchset=int(pushed["patchset"]), subject=SUBJECT, owner_name=OWNER,
             ref=str(pushed["ref"]), revision=str(pushed["revision"])))
         build = queue.enqueue(session, patchset, "hyperv", "patchset-created")
@@ -173,8 +175,8 @@ def test_success_publishes_logs_without_secrets(lab: SimLab, gerrit: GerritState
                  "rendered/hv-2-neutron_hyperv_agent.conf"):
         assert name in names or name + ".gz" in names, sorted(names)
     assert any(p.suffix == ".gz" for p in files)
-    assert any(p.name == "stack.sh.log" for p in files)
-    assert any(p.parts[-2:] == ("hv-1", "nova-compute.log") for p in files)
+    assert any(p.name in ("stack.sh.log", "stack.sh.log.gz") for p in files)
+    assert any(p.parts[-3:] == ("hv-1", "logs", "nova-compute.log") for p in files)
     rendered = b"".join(data for path, data in files.items() if "rendered" in path.parts)
     assert REDACTED.encode() in rendered  # ...masked, not merely missing
     # ...and no published file, text or binary, holds a configured secret in any form.

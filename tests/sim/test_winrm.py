@@ -277,7 +277,7 @@ def test_job_steps_change_the_model_and_publish_services(server: SimWinRMServer)
     assert sess.run_ps("# hyperv-ci-step: collect-logs\n").status_code == 0
     log = server.model.read_file("c:\\openstack\\LOGS\\nova-compute.log")
     assert log is not None and "实例 Zoë" in log.decode("utf-8")
-    assert server.model.read_file("C:\\OpenStack\\logs.zip") is not None
+    assert server.model.read_file("C:\\OpenStack\\hyperv-ci\\logs.zip") is not None  # staging
     assert sess.run_ps("# hyperv-ci-step: teardown\n").status_code == 0
     assert (server.model.services, server.model.vms, server.model.planned_vms) == ({}, {}, set())
     assert server.model.files_under("C:\\OpenStack\\logs") == []
