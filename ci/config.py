@@ -49,9 +49,7 @@ def _check_vlan_range(value: str | None) -> str | None:
 _IMAGE_SUFFIXES = (".vhd", ".vhdx")
 
 
-def _check_image(value: str | None) -> str | None:
-    if value is None:
-        return value
+def _check_image(value: str) -> str:
     if not re.fullmatch(r"(https?://[^\s/,]+/|file:///|/)[^\s,]*", value):
         raise ValueError("must be an http(s):// URL or an absolute path on the controller "
                          "(or file:///path), without spaces or commas (IMAGE_URLS is a list)")

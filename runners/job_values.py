@@ -139,9 +139,6 @@ def image_settings(job: DevstackHypervJob) -> ImageSettings:
     never finds it. A URL is downloaded into $FILES ($TOP_DIR/files, stack.sh),
     where lib/tempest points [scenario] img_file; a path is used in place.
     """
-    if not job.image:
-        raise RenderError("jobs: the devstack-hyperv job has no image: set `image` to a "
-                          "VHD/VHDX URL or a path on the controller")
     source = job.image
     file_name = source.rsplit("/", 1)[-1]
     disk_format = file_name.rsplit(".", 1)[-1].lower()

@@ -47,7 +47,8 @@ def node(tmp_path: Path, executor: SSHExecutor) -> DevstackNodePaths:
 
 def make_job(node: DevstackNodePaths, **tempest: Any) -> DevstackHypervJob:
     return DevstackHypervJob.model_validate({
-        "type": "devstack-hyperv", "devstack_dir": str(node.devstack_dir),
+        "type": "devstack-hyperv", "image": "/opt/stack/images/cirros.vhdx",
+        "devstack_dir": str(node.devstack_dir),
         "tempest_dir": str(node.tempest_dir), "workspace": str(node.root / "workspace"),
         "tempest": {"include_regex": r"^tempest\.api\.network\.", "concurrency": 2,
                     "serial": [], **tempest}})

@@ -110,7 +110,8 @@ def test_tempest_is_not_on_openrc_path_after_stack(executor: SSHExecutor,
 def tempest_sh(node: DevstackNodePaths, workspace: Path) -> str:
     """The job's own tempest.sh, rendered for this node (only network tests: quick)."""
     job = DevstackHypervJob.model_validate({
-        "type": "devstack-hyperv", "devstack_dir": str(node.devstack_dir),
+        "type": "devstack-hyperv", "image": "/opt/stack/images/cirros.vhdx",
+        "devstack_dir": str(node.devstack_dir),
         "tempest_dir": str(node.tempest_dir), "workspace": str(workspace),
         "tempest": {"include_regex": r"^tempest\.api\.network\.", "concurrency": 2}})
     workspace.mkdir(parents=True, exist_ok=True)
