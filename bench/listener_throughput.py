@@ -3,7 +3,7 @@
     python -m bench.listener_throughput [--events 20000] [--pg URL]
 
 Prints figures only (compare ratios within one run: absolute numbers drift
-from run to run; research/listener-throughput.md).
+from run to run on a shared machine).
 """
 
 from __future__ import annotations

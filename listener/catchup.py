@@ -1,6 +1,6 @@
 """What the stream missed, rebuilt from `gerrit query` rows (pure functions, no I/O).
 
-Gerrit replays nothing after a reconnect (research/gerrit-protocol.md §4), so
+Gerrit replays nothing after a reconnect (stream-events has no resume point), so
 the listener queries the watched projects and makes up the events Gerrit
 would have sent, marked `"source": "catch-up"`:
 

@@ -1,6 +1,7 @@
 """The `events` table's writer: raw lines stored in batches, duplicates dropped.
 
-One transaction per batch, never one per event (research/listener-throughput.md).
+One transaction per batch, never one per event: a commit per event caps intake
+far below a Gerrit burst (bench/listener_throughput.py measures it).
 It remembers recent events so a line Gerrit sends twice, or one that catch-up
 made up and the stream also delivered, is stored once; listener/stream.py
 feeds it from the stream and from catch-up.

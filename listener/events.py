@@ -1,6 +1,6 @@
 """Typed Gerrit stream events, parsed from one raw `stream-events` line.
 
-Gerrit's JSON changed across eras (research/gerrit-protocol.md §1): numbers
+Gerrit's JSON changed across eras (tests/fixtures/gerrit holds real samples): numbers
 were strings before 2.14 and integers after, `project` is a string over SSH
 but `{"name": ...}` from the events-log plugin or webhooks, and "any field may
 be missing". `parse_event` absorbs all of that and never raises: a line that

@@ -1,13 +1,13 @@
 """Gerrit's event stream → the `events` table, durably and without losing events.
 
-Kept thin on purpose (research/model-codebases.md): read a line, parse it
+Kept thin on purpose, as Zuul's Gerrit driver keeps its reader: read a line, parse it
 once, drop duplicates, store it; deciding what to build is the scheduler's
 job. A reader thread follows `gerrit stream-events` (reconnecting with
 backoff 1 s → 60 s; the client's keepalive and silence watchdog end a dead
 stream) and hands lines through a bounded queue to the writer, which
 commits in batches (by size, after a short deadline, and whenever the stream
-goes quiet): one transaction per batch, never one per event
-(research/listener-throughput.md).
+goes quiet): one transaction per batch, never one per event (a commit
+per event caps intake far below what a burst from Gerrit delivers).
 
 Gerrit replays nothing after a reconnect and drops events when a client is
 slow (`dropped-output`), so after every (re)connect and every dropped-output

@@ -1,5 +1,5 @@
 """Check rendered nova.conf / neutron_hyperv_agent.conf against the real option
-definitions of the 2023.1 releases (research/config-validation.md §3).
+definitions of the 2023.1 releases (the last to carry the Hyper-V code).
 
 The definitions live in a separate virtualenv (`make oslo-venv`): their pins
 clash with ours. Each file is checked in its own subprocess running

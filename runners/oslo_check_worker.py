@@ -1,7 +1,7 @@
 """Check one config file against the real oslo.config option definitions.
 
-Runs inside the separate `.venv-oslo` (2023.1 pins; research/config-validation.md
-§3), one process per file, started by `runners.oslo_check`. Standalone on
+Runs inside the separate `.venv-oslo` (the 2023.1 releases' pins clash with
+hyperv-ci's own dependencies), one process per file, started by `runners.oslo_check`. Standalone on
 purpose: it imports nothing of hyperv-ci. Prints `{"problems": [...]}`.
 
     python -I oslo_check_worker.py --kind nova [--allowed-driver D ...] PATH

@@ -1,7 +1,7 @@
 """The WinRM executor: run PowerShell on a Windows Hyper-V node, copy files both ways.
 
 Built on pywinrm's `Protocol`, not `Session.run_ps`, for three reasons
-(research/ws-management.md, DESIGN.md):
+(docs/winrm.md has the node's side):
 - shells are opened with code page 65001 and output is decoded as UTF-8, so
   non-ASCII text (Gerrit names, localized Windows messages) survives
   (decoding, UTF-16 and OEM code pages included: runners/winrm_output.py);

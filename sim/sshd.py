@@ -3,7 +3,7 @@
 Everything lives under one work directory: host key, client key,
 authorized_keys, known_hosts, sshd_config and sshd's own log (`sshd.log`).
 Commands run as the current user (root in CI containers: sshd then needs
-/run/sshd, which `start` creates). research/toolchain.md §3.
+/run/sshd, which `start` creates).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 pywinrm's `transport="ntlm"` (hyperv-ci's default) authenticates each TCP
 connection with a Negotiate/NTLM exchange and then, over plain HTTP, seals
-every SOAP body in a `multipart/encrypted` envelope (research/ws-management.md
-§8). pyspnego's acceptor does the cryptography; this module keeps its
-credential store and speaks the envelope format.
+every SOAP body in a `multipart/encrypted` envelope (pywinrm's
+winrm/encryption.py; MS-WSMV 2.2.9.1). pyspnego's acceptor does the
+cryptography; this module keeps its credential store and speaks the envelope
+format.
 
 pyspnego's NTLM acceptor reads its credentials from the file named by
 `NTLM_USER_FILE`, a process-wide setting, so the simulators share one file:

@@ -2,8 +2,8 @@
 
 sim/winrm.py keeps the HTTP server and the shell/command state machine; this
 module owns the XML it reads and writes, in the shapes pywinrm and Windows
-use (research/ws-management.md), so the server reads as behaviour rather
-than as element building.
+use (MS-WSMV; pywinrm's winrm/protocol.py is the client), so the server
+reads as behaviour rather than as element building.
 """
 
 from __future__ import annotations
