@@ -29,6 +29,8 @@ from sim.gerrit_state import GerritState
 from sim.lab import ADMIN_PASSWORD_ENV, SERVICE_PASSWORD_ENV, WINRM_PASSWORD_ENV, SimLab
 
 PROJECT = "openstack/compute-hyperv"
+# A branch that still carries the Hyper-V code (networking-hyperv's plugin included).
+BRANCH = "stable/2023.1"
 SUBJECT = "Fix the VHDX path for 实例 « Zoë »"
 
 
@@ -83,12 +85,12 @@ def after_error_preference(line: str) -> Callable[[str], str]:
 
 def run_one_build(config: Config, sessions: sessionmaker[Session], gerrit: GerritState,
                   ) -> tuple[Build, list[BuildStep]]:
-    pushed = gerrit.push(PROJECT, files={"compute_hyperv/nova/vmops.py": "# 实例\n"},
+    pushed = gerrit.push(PROJECT, branch=BRANCH, files={"compute_hyperv/nova/vmops.py": "# 实例\n"},
                          subject=SUBJECT, owner="Zoë")
     with sessions() as session, session.begin():
         pool.sync_nodes(session, config.nodes)
         patchset = queue.upsert_patchset(session, queue.ChangeInfo(
-            number=int(pushed["change"]), project=PROJECT, branch="master",
+            number=int(pushed["change"]), project=PROJECT, branch=BRANCH,
             patchset=int(pushed["patchset"]), subject=SUBJECT, owner_name="Zoë",
             ref=str(pushed["ref"]), revision=str(pushed["revision"])))
         assert queue.enqueue(session, patchset, "hyperv", "patchset-created") is not None
@@ -138,6 +140,8 @@ def test_refused_script_is_a_ci_error_with_powershells_message(
     build, steps = run_one_build(config, sqlite_sessions, gerrit)
 
     assert build.state == BuildState.ERROR, build.summary
+    # The summary (and so the vote's comment) names the Windows step, not another failure.
+    assert f"{step}.ps1 failed on hv-1" in build.summary, build.summary
     [row] = [r for r in steps if r.name == step_name and r.node == "hv-1"]
     assert row.state == StepState.ERROR, [(r.name, r.node, r.state) for r in steps]
     log = published_log(build, row)
