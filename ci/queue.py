@@ -271,19 +271,27 @@ def retry_after_error(session: Session, build: Build, max_attempts: int) -> Buil
 
 
 def expired_builds(session: Session, now: datetime | None = None) -> list[Build]:
-    """Running builds whose worker stopped renewing its lease (it died)."""
+    """Running builds whose worker stopped renewing its lease (it died), oldest first.
+
+    In id order, so concurrent reapers on PostgreSQL lock the rows in one order
+    (no deadlock between two reapers).
+    """
     now = now or utcnow()
     return list(session.scalars(
         select(Build).where(Build.state == BuildState.RUNNING, Build.lease_expires_at < now)
+        .order_by(Build.id)
     ))
 
 
 def reap_expired(session: Session, max_attempts: int, now: datetime | None = None) -> list[Build]:
-    """Mark builds of dead workers `error`, free their nodes and queue their retry.
+    """Mark builds of dead workers `error`, hand their nodes to recovery, queue their retry.
 
-    Returns the reaped builds. The nodes go offline (cause worker-lost) in the
-    same transaction: the build stopped mid-way, so what is left on them is
-    unknown and only an operator may put them back (`hyperv-ci nodes enable`).
+    Returns the reaped builds. Safe to run from many processes at once: each
+    build changes state by a conditional UPDATE, so exactly one reaper wins it.
+    The nodes go offline with cause `worker-lost` in the same transaction,
+    remembering the build (`dirty_build_id`): what it left running on them is
+    unknown, so a worker cleans and checks them before they serve again
+    (`runners.recovery`), and none is handed out meanwhile.
     """
     reaped = []
     for build in expired_builds(session, now):
@@ -302,14 +310,14 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
                 update(Node)
                 .where(Node.build_id == build.id)
                 .values(state=NodeState.OFFLINE, offline_cause=OfflineCause.WORKER_LOST,
-                        build_id=None, updated_at=utcnow(),
+                        build_id=None, dirty_build_id=build.id, updated_at=utcnow(),
                         message=f"worker {build.worker} lost during build {build.id}: "
-                                "node state unknown")
+                                "waiting to be cleaned and checked")
                 .returning(Node.name)
             ).all()
             retry_after_error(session, build, max_attempts)
             reaped.append(build)
-            logger.warning("build %s reaped: worker %s lost; nodes offline: %s", build.id,
+            logger.warning("build %s reaped: worker %s lost; nodes to recover: %s", build.id,
                            build.worker, ", ".join(sorted(freed)) or "none")
     return reaped
 

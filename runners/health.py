@@ -4,8 +4,12 @@ A check is the cheapest real round trip over the node's own protocol: `true`
 over SSH for a Linux node, `$PSVersionTable.PSVersion` over WinRM for a
 Windows node. Results go through `runners.pool.record_health`, which takes a
 node offline after repeated failures and brings it back after a success, but
-only if health checks took it offline: a node whose cleanup failed or whose
-worker was lost stays offline until an operator enables it.
+only if health checks took it offline: a node whose cleanup failed stays
+offline until an operator enables it, and one whose worker was lost is left
+to the recovery (runners/recovery.py), which checks it after cleaning it.
+
+One process checks the pool per interval, whatever the number of workers:
+every worker asks for the turn (`ci.leases.take_turn`), one gets it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config, ConfigError, NodeConfig
-from ci.models import Node
+from ci.leases import HEALTH_CHECKS, take_turn
+from ci.models import Node, NodeState, OfflineCause
 from runners.base import ExecutorError
 from runners.pool import record_health
 
@@ -73,10 +78,23 @@ def check_node(node: NodeConfig, timeout: float = CHECK_TIMEOUT) -> tuple[bool, 
 
 
 def _idle_nodes(sessions: sessionmaker[Session], nodes: Sequence[NodeConfig]) -> list[NodeConfig]:
-    """Nodes not held by a build: a running job must not share its node with a check."""
+    """Nodes not held by a build nor by a recovery (which checks them itself):
+    a running job must not share its node with a check."""
     with sessions() as session:
-        busy = set(session.scalars(select(Node.name).where(Node.build_id.is_not(None))))
+        busy = set(session.scalars(select(Node.name).where(
+            Node.build_id.is_not(None) | (Node.state == NodeState.CLEANING)
+            | (Node.offline_cause == OfflineCause.WORKER_LOST))))
     return [n for n in nodes if n.name not in busy]
+
+
+def health_round(config: Config, sessions: sessionmaker[Session], holder: str,
+                 timeout: float = CHECK_TIMEOUT) -> dict[str, tuple[bool, str]] | None:
+    """Check the pool if this process gets the interval's turn; None if another has it."""
+    with sessions() as session, session.begin():
+        mine = take_turn(session, HEALTH_CHECKS, holder, config.worker.health_interval)
+    if not mine:
+        return None
+    return run_health_checks(config, sessions, timeout)
 
 
 def run_health_checks(config: Config, sessions: sessionmaker[Session],

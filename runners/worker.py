@@ -2,8 +2,11 @@
 
 Any number of workers on any number of hosts share the database. Each
 renews the lease of the build it runs from a heartbeat thread; a worker
-that dies stops renewing, and `ci.queue.reap_expired` (run by every worker)
-turns its build into an `error` with a retry.
+that dies stops renewing, and `ci.queue.reap_expired` (run on a timer by
+every worker and the listener, whatever they are doing) turns its build into
+an `error` with a retry and hands its nodes to recovery. A keeper thread
+recovers those nodes (cleans, checks, returns them: runners/recovery.py) and
+takes its turn at the pool's health checks (one process per interval).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ci import queue
 from ci.config import Config
 from ci.models import Build, BuildState, TestResult
+from ci.reaper import start_reaper
 from ci.report import queue_report
 from runners import pool
 from runners.base import BuildContext, ChangeRef, ExecutorError, InfraError, JobResult, Outcome
@@ -45,6 +49,13 @@ def build_log_path(build: Build) -> str:
     """`<change>/<patchset>/<job>-<build id>`: where a build's logs live under the log root."""
     change = build.patchset.change
     return f"{change.number}/{build.patchset.number}/{build.job}-{build.id}"
+
+
+def keeper_tick(health_interval: float) -> float:
+    """How often the keeper looks for nodes to recover and for its health-check
+    turn: often enough that a lost node is recovered within seconds and the
+    turn is taken soon after it is due."""
+    return max(0.5, min(10.0, health_interval / 6))
 
 
 class Worker:
@@ -74,8 +85,12 @@ class Worker:
         logger.info("worker %s started", self.name)
         with self.sessions() as session, session.begin():
             pool.sync_nodes(session, self.config.nodes)
+        # A dead worker's build is reaped within seconds even while this one
+        # runs a build for hours.
+        start_reaper(self.sessions, self.config.worker.max_attempts,
+                     self.config.worker.lease_seconds, stop)
         if self.config.nodes:
-            threading.Thread(target=self._health_loop, args=(stop,), name="health",
+            threading.Thread(target=self._keeper_loop, args=(stop,), name="keeper",
                              daemon=True).start()
         reporter = None
         if report is not None:
@@ -113,13 +128,19 @@ class Worker:
         self.execute(build_id)
         return True
 
-    def _health_loop(self, stop: threading.Event) -> None:
-        """Check idle nodes every `health_interval` (offline after failures, back after success)."""
-        from runners.health import run_health_checks
+    def _keeper_loop(self, stop: threading.Event) -> None:
+        """Every tick: recover the nodes a lost worker left, and check the pool if
+        it is this worker's turn (one round per `health_interval` in the whole CI)."""
+        from runners.health import health_round
+        from runners.recovery import recover_nodes
 
-        while not stop.wait(self.config.worker.health_interval):
+        while not stop.wait(keeper_tick(self.config.worker.health_interval)):
             try:
-                run_health_checks(self.config, self.sessions)
+                recover_nodes(self.config, self.sessions, self.name)
+            except Exception:
+                logger.exception("node recovery failed")
+            try:
+                health_round(self.config, self.sessions, self.name)
             except Exception:
                 logger.exception("health checks failed")
 

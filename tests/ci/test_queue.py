@@ -183,15 +183,17 @@ def test_reaper_frees_the_dead_workers_nodes_as_worker_lost(
         reaped = queue.reap_expired(session, 3, now=utcnow() + timedelta(seconds=10))
         assert [b.id for b in reaped] == [build_id]
     with sessions() as session:
-        nodes = {n.name: (n.state, n.offline_cause, n.build_id, n.message)
+        nodes = {n.name: (n.state, n.offline_cause, n.build_id, n.dirty_build_id, n.message)
                  for n in session.scalars(select(Node))}
-    lost = (NodeState.OFFLINE, OfflineCause.WORKER_LOST, None,
-            f"worker dead lost during build {build_id}: node state unknown")
+    # Remembering the build: its job's cleanup is what the recovery runs.
+    lost = (NodeState.OFFLINE, OfflineCause.WORKER_LOST, None, build_id,
+            f"worker dead lost during build {build_id}: waiting to be cleaned and checked")
     assert nodes == {"hv-1": lost, "hv-2": lost,
-                     "hv-3": (NodeState.READY, None, None, ""),
-                     "hv-4": (NodeState.READY, None, None, "")}
+                     "hv-3": (NodeState.READY, None, None, None, ""),
+                     "hv-4": (NodeState.READY, None, None, None, "")}
 
-    # The retry runs on the free nodes; the lost ones wait for an operator.
+    # The retry runs on the free nodes; the lost ones wait for their recovery
+    # (a health check alone does not bring them back).
     with sessions() as session, session.begin():
         retry = queue.claim_next(session, "alive", 60, reserve=two_nodes)
         assert retry is not None and retry.retry_of_id == build_id

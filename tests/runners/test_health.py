@@ -142,7 +142,9 @@ def test_health_checks_revive_only_their_own_offline_nodes(
     sshd: OpenSSHServer, winrm_server: SimWinRMServer, tmp_path: Path,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
-    """Every node answers; only the one health checks took offline comes back."""
+    """Every node answers; only the one health checks took offline comes back.
+
+    A node a lost worker left is not checked: the recovery checks it after cleaning it."""
     nodes = [sshd.node_config("devstack-1"), sshd.node_config("devstack-2"),
              winrm_node("hv-1", winrm_server.port)]
     config = make_config(nodes, tmp_path)
@@ -160,7 +162,7 @@ def test_health_checks_revive_only_their_own_offline_nodes(
 
     results = run_health_checks(config, sqlite_sessions, timeout=10)
     assert {name: ok for name, (ok, _msg) in results.items()} == {
-        "devstack-1": True, "devstack-2": True, "hv-1": True}
+        "devstack-1": True, "devstack-2": True}
     dirty, lost = node_row(sqlite_sessions, "devstack-1"), node_row(sqlite_sessions, "hv-1")
     assert (dirty.state, dirty.offline_cause) == (NodeState.OFFLINE, OfflineCause.CLEANUP_FAILED)
     assert dirty.message.startswith("cleanup failed after build")
