@@ -102,10 +102,15 @@ class OfflineCause(enum.StrEnum):
 class ReportState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
-    FAILED = "failed"  # gave up after the retry time budget (reporter.retry_seconds)
+    # Gave up: after the retry time budget (reporter.retry_seconds), or at once
+    # when Gerrit's answer cannot change ("no such patch set"); last_error says which.
+    FAILED = "failed"
     # Gerrit refused the vote (label permissions, gerrit.label); the comment went
     # without it. Permanent: never retried.
     LABEL_REFUSED = "label-refused"
+    # The change was abandoned or merged before the report went out: nothing
+    # posted (last_error: "change closed (ABANDONED)"). Never retried.
+    NOT_SENT = "not-sent"
 
 
 class Event(Base):

@@ -12,6 +12,13 @@ A vote Gerrit refuses (the CI account may not vote that label or value) fails
 the whole review, comment included; that is permanent, so the reporter posts
 the same comment without the vote, once, marks the report `label-refused`
 and logs, at ERROR, what to fix.
+
+Before it sends, the reporter asks Gerrit whether the change is still open
+(ci.report_checks: one query for every due report): a report for an abandoned
+or merged change is recorded `not-sent`, never posted, whether or not the
+listener saw the change close. A send Gerrit answers with a permanent error
+("no such patch set") is failed at once, with Gerrit's words; only failures
+that may clear are retried for the time budget.
 """
 
 from __future__ import annotations
@@ -25,8 +32,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
-from ci.gerrit import LabelRefused
+from ci.gerrit import GerritError, LabelRefused
 from ci.models import Build, BuildState, Report, ReportState, TestResult, utcnow
+from ci.report_checks import (
+    CannotAsk,
+    ChangeStatuses,
+    SendFailure,
+    Verdict,
+    classify_send_error,
+    closed_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +209,15 @@ def already_posted(client: ReviewClient, report: Report, username: str) -> bool:
     return False
 
 
+def _due_changes(sessions: sessionmaker[Session], limit: int) -> list[int]:
+    """The changes of the reports due now: their statuses are asked for together."""
+    with sessions() as session:
+        return list(session.scalars(
+            select(Report.change_number).where(Report.state == ReportState.PENDING,
+                                               Report.next_attempt_at <= utcnow())
+            .order_by(Report.id).limit(limit)))
+
+
 def send_pending(
     sessions: sessionmaker[Session],
     client_factory: Callable[[], ReviewClient],
@@ -203,12 +227,16 @@ def send_pending(
 ) -> int:
     """Send due reports; returns how many were sent.
 
-    A failed attempt backs off exponentially (capped at
+    A report whose change closed is recorded `not-sent`. A failed attempt
+    that may work later backs off exponentially (capped at
     `reporter.max_backoff_seconds`) and is retried until
-    `reporter.retry_seconds` after the report was queued.
+    `reporter.retry_seconds` after the report was queued; one that never
+    can is failed at once.
     """
     sent = 0
     client: ReviewClient | None = None
+    statuses = ChangeStatuses()
+    due = _due_changes(sessions, limit)
     try:
         for _ in range(limit):
             with sessions() as session, session.begin():
@@ -217,11 +245,14 @@ def send_pending(
                 break
             try:
                 client = client or client_factory()
-                _deliver(sessions, client, report, config)
+                closed = _deliver(sessions, client, report, config, statuses, due)
             except Exception as exc:
                 _close(client)
                 client = None
-                _failed(sessions, report, config, str(exc))
+                _failed(sessions, report, config, classify_send_error(exc))
+                continue
+            if closed is not None:
+                _not_sent(sessions, report, closed)
                 continue
             refused = report.label_refused
             with sessions() as session, session.begin():
@@ -245,11 +276,21 @@ def _votes(report: Report) -> dict[str, int]:
 
 
 def _deliver(sessions: sessionmaker[Session], client: ReviewClient, report: Report,
-             config: Config) -> None:
-    """Post the report (unless an earlier attempt did); without the vote once Gerrit refused it."""
-    if report.attempts > 1 and already_posted(client, report, config.gerrit.username):
+             config: Config, statuses: ChangeStatuses, due: list[int]) -> str | None:
+    """Post the report (unless an earlier attempt did); without the vote once Gerrit refused it.
+
+    Returns why it was not posted (`change closed (ABANDONED)`), else None.
+    """
+    if report.attempts > 1 and _posted_earlier(client, report, config):
         logger.info("report %s was already posted by an earlier attempt", report.id)
-        return
+        return None
+    status = statuses.status(client, report.change_number, due)
+    if status is None:
+        raise GerritError(f"change {report.change_number} is not in Gerrit (deleted, or not "
+                          f"visible to {config.gerrit.username})", transient=False)
+    closed = closed_reason(status)
+    if closed is not None:
+        return closed
     votes = _votes(report)
     try:
         client.review(report.project, report.change_number, report.patchset_number,
@@ -263,6 +304,16 @@ def _deliver(sessions: sessionmaker[Session], client: ReviewClient, report: Repo
         # send is retried like any other, never with the vote again.
         client.review(report.project, report.change_number, report.patchset_number,
                       message=report.message, labels={}, tag=config.gerrit.tag)
+    return None
+
+
+def _posted_earlier(client: ReviewClient, report: Report, config: Config) -> bool:
+    try:
+        return already_posted(client, report, config.gerrit.username)
+    except Exception as exc:
+        # Not knowing is never a reason to post twice, nor to give up: retry.
+        raise CannotAsk(f"cannot ask Gerrit whether an earlier attempt landed: "
+                        f"{type(exc).__name__}: {exc}") from exc
 
 
 def _note_refusal(sessions: sessionmaker[Session], report: Report, refused: LabelRefused,
@@ -301,15 +352,21 @@ def retry_delay(attempts: int, max_backoff: int) -> int:
 
 
 def _failed(sessions: sessionmaker[Session], report: Report, config: Config,
-            error: str) -> None:
+            failure: SendFailure) -> None:
+    if failure.verdict is Verdict.CHANGE_CLOSED:
+        _not_sent(sessions, report, failure.reason)
+        return
+    error = failure.reason
     now = utcnow()
     give_up_at: datetime = report.created_at + timedelta(seconds=config.reporter.retry_seconds)
     # The last retry lands on the deadline itself rather than past it.
     next_at = min(now + timedelta(seconds=retry_delay(report.attempts,
                                                       config.reporter.max_backoff_seconds)),
                   give_up_at)
+    final = failure.verdict is Verdict.FAIL_NOW
+    give_up = final or now >= give_up_at
     values: dict[str, object] = {"last_error": error[:2000], "next_attempt_at": next_at}
-    if now >= give_up_at:
+    if give_up:
         values["state"] = ReportState.FAILED
     with sessions() as session, session.begin():
         # Only while our claim holds: if it ran out, another reporter owns the
@@ -320,7 +377,11 @@ def _failed(sessions: sessionmaker[Session], report: Report, config: Config,
     if result.rowcount != 1:
         logger.warning("report %s attempt %s failed after its claim ran out: %s", report.id,
                        report.attempts, error)
-    elif now >= give_up_at:
+    elif final:
+        logger.error("report %s (change %s,%s vote %s) FAILED for good: Gerrit's answer cannot "
+                     "change, so it is not retried; the vote was NOT posted: %s", report.id,
+                     report.change_number, report.patchset_number, report.vote, error)
+    elif give_up:
         logger.error("GIVING UP on report %s (change %s,%s vote %s) after %s attempts over "
                      "%s s; the vote was NOT posted; last error: %s", report.id,
                      report.change_number, report.patchset_number, report.vote,
@@ -328,3 +389,17 @@ def _failed(sessions: sessionmaker[Session], report: Report, config: Config,
     else:
         logger.warning("report %s attempt %s failed (retrying at %s): %s", report.id,
                        report.attempts, next_at.isoformat(timespec="seconds"), error)
+
+
+def _not_sent(sessions: sessionmaker[Session], report: Report, reason: str) -> None:
+    """The change closed before the report went out: record why, post nothing."""
+    with sessions() as session, session.begin():
+        result = session.execute(update(Report).where(
+            Report.id == report.id, Report.state == ReportState.PENDING,
+            Report.next_attempt_at == report.next_attempt_at).values(
+                state=ReportState.NOT_SENT, last_error=reason))
+    if result.rowcount != 1:
+        logger.warning("report %s: %s, noticed after its claim ran out", report.id, reason)
+        return
+    logger.warning("report %s NOT sent: %s (change %s,%s, vote %s withheld)", report.id, reason,
+                   report.change_number, report.patchset_number, report.vote)

@@ -96,6 +96,8 @@ class RecordingGerrit:
         self.fail_times = fail_times
         self.reviews: list[dict[str, Any]] = []
         self.posted = posted or []
+        self.status: dict[int, str] = {}  # a change not named here is open (NEW)
+        self.queries: list[str] = []
 
     def review(self, project: str, change: int, patchset: int, *, message: str,
                labels: dict[str, int], tag: str | None = None) -> None:
@@ -106,7 +108,11 @@ class RecordingGerrit:
                              "message": message, "tag": tag})
 
     def query(self, query: str, **flags: bool) -> list[dict[str, Any]]:
-        return [{"comments": self.posted}]
+        # `change:1 OR change:2`, as Gerrit answers it: one row per change it has.
+        self.queries.append(query)
+        numbers = [int(term.removeprefix("change:")) for term in query.split(" OR ")]
+        return [{"number": n, "status": self.status.get(n, "NEW"), "comments": self.posted}
+                for n in numbers if self.status.get(n) != "DELETED"]
 
 
 def test_report_sent_once(sessions: sessionmaker[Session]) -> None:
@@ -581,3 +587,197 @@ def test_queued_report_names_the_builds_flaky_tests(sessions: sessionmaker[Sessi
         assert report.vote == 1
         assert "Flaky tests (1)" in report.message and "- tempest.a.T.test_实例" in report.message
         assert "test_ok" not in report.message
+
+
+# -- a closed change gets no vote; a send that can never work stops at once --------------------
+
+
+def test_a_report_for_a_merged_change_is_not_sent(sessions: sessionmaker[Session],
+                                                  reviewer: SimReviewer,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    number = reviewer.change()
+    finished_build(sessions, BuildState.SUCCEEDED, number=number)
+    reviewer.gerrit.state.merge(number)  # after the build, before the reporter's turn
+    config = reviewer.config()
+    with caplog.at_level(logging.WARNING, logger="ci.report"):
+        assert send_pending(sessions, lambda: reviewer.client(config), config) == 0
+    assert reviewer.attempts == [] and reviewer.reviews(number) == []
+    report = only_report(sessions)
+    assert report.state == ReportState.NOT_SENT and report.attempts == 1
+    assert report.last_error == "change closed (MERGED)" and report.sent_at is None
+    assert any("NOT sent: change closed (MERGED)" in r.getMessage() for r in caplog.records)
+    # Never retried, not even by an operator's retry-all (the change will not reopen).
+    make_due(sessions, report.id)
+    with sessions() as session, session.begin():
+        assert requeue_failed(session) == []
+    assert send_pending(sessions, lambda: reviewer.client(config), config) == 0
+    assert reviewer.reviews(number) == [] and only_report(sessions).attempts == 1
+
+
+def test_a_report_for_an_abandoned_change_is_not_sent(sessions: sessionmaker[Session],
+                                                      reviewer: SimReviewer) -> None:
+    number, other = reviewer.change(), reviewer.change()
+    finished_build(sessions, BuildState.FAILED, number=number)
+    finished_build(sessions, BuildState.SUCCEEDED, number=other)
+    reviewer.gerrit.state.abandon(number)
+    config = reviewer.config()
+    assert send_pending(sessions, lambda: reviewer.client(config), config) == 1
+    assert reviewer.reviews(number) == []
+    assert [r["labels"] for r in reviewer.reviews(other)] == [{"Verified": 1}]
+    with sessions() as session:
+        states = {r.change_number: (r.state, r.last_error)
+                  for r in session.scalars(select(Report))}
+    assert states == {number: (ReportState.NOT_SENT, "change closed (ABANDONED)"),
+                      other: (ReportState.SENT, "")}
+
+
+def test_the_status_of_every_due_report_is_asked_in_one_query(
+        sessions: sessionmaker[Session]) -> None:
+    numbers = [30001, 30002, 30003]
+    for number in numbers:
+        finished_build(sessions, BuildState.SUCCEEDED, number=number)
+    gerrit = RecordingGerrit()
+    gerrit.status[30002] = "ABANDONED"
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 2
+    assert gerrit.queries == ["change:30001 OR change:30002 OR change:30003"]
+    assert [r["change"] for r in gerrit.reviews] == [30001, 30003]
+
+
+class RefusesOr(RecordingGerrit):
+    """A Gerrit (or proxy) that answers a combined query with a query error."""
+
+    def query(self, query: str, **flags: bool) -> list[dict[str, Any]]:
+        if " OR " in query:
+            self.queries.append(query)
+            raise GerritError("query failed: too many terms", transient=False)
+        return super().query(query, **flags)
+
+
+def test_a_refused_combined_query_is_asked_change_by_change(
+        sessions: sessionmaker[Session]) -> None:
+    for number in (30001, 30002):
+        finished_build(sessions, BuildState.SUCCEEDED, number=number)
+    gerrit = RefusesOr()
+    gerrit.status[30001] = "MERGED"
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 1
+    assert gerrit.queries == ["change:30001 OR change:30002", "change:30001", "change:30002"]
+    assert [r["change"] for r in gerrit.reviews] == [30002]
+
+
+class CannotBeAsked(RecordingGerrit):
+    """Reviews would go through, but Gerrit cannot answer queries (e.g. its index is down)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def query(self, query: str, **flags: bool) -> list[dict[str, Any]]:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError("gerrit went away"),
+                                   GerritError("query failed: index unavailable",
+                                               transient=False)])
+def test_a_gerrit_that_cannot_be_asked_is_retried_never_skipped(
+        sessions: sessionmaker[Session], error: Exception) -> None:
+    finished_build(sessions, BuildState.SUCCEEDED)
+    gerrit = CannotBeAsked(error)
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 0
+    report = only_report(sessions)
+    assert gerrit.reviews == []  # not sent without knowing the change is open
+    assert report.state == ReportState.PENDING and report.attempts == 1
+    assert "cannot ask Gerrit whether the change is open" in report.last_error
+    make_due(sessions, report.id)
+    assert send_pending(sessions, lambda: RecordingGerrit(), make_config()) == 1
+    assert only_report(sessions).state == ReportState.SENT
+
+
+class FailsReview(RecordingGerrit):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.calls = 0
+
+    def review(self, project: str, change: int, patchset: int, *, message: str,
+               labels: dict[str, int], tag: str | None = None) -> None:
+        self.calls += 1
+        raise self.error
+
+
+REVIEW_FAILED = "fatal: one or more reviews failed; review output above\n"
+
+
+@pytest.mark.parametrize(("error", "words"), [
+    (GerritError("gerrit review failed", exit_status=1, transient=False), "gerrit review failed"),
+    (GerritError("gerrit review failed", exit_status=1,
+                 stderr=f'fatal: "10001,2" no such patch set\n{REVIEW_FAILED}'),
+     "no such patch set"),
+    (GerritError("gerrit review failed", exit_status=1,
+                 stderr=f"error: no such change 10001\n{REVIEW_FAILED}"), "no such change"),
+])
+def test_a_permanent_send_error_fails_at_once(sessions: sessionmaker[Session], error: GerritError,
+                                              words: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    finished_build(sessions, BuildState.SUCCEEDED)
+    gerrit = FailsReview(error)
+    with caplog.at_level(logging.ERROR, logger="ci.report"):
+        assert send_pending(sessions, lambda: gerrit, make_config()) == 0
+    report = only_report(sessions)
+    assert report.state == ReportState.FAILED and report.attempts == 1
+    assert words in report.last_error
+    assert any("FAILED for good" in r.getMessage() for r in caplog.records)
+    make_due(sessions, report.id)
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 0
+    assert gerrit.calls == 1
+
+
+def test_a_transient_send_error_is_retried(sessions: sessionmaker[Session]) -> None:
+    finished_build(sessions, BuildState.SUCCEEDED)
+    gerrit = FailsReview(GerritError("gerrit review failed: EOFError: connection reset"))
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 0
+    report = only_report(sessions)
+    assert report.state == ReportState.PENDING and report.attempts == 1
+    assert report.next_attempt_at > utcnow()
+    make_due(sessions, report.id)
+    assert send_pending(sessions, lambda: RecordingGerrit(), make_config()) == 1
+    report = only_report(sessions)
+    assert report.state == ReportState.SENT and report.attempts == 2
+
+
+@pytest.mark.parametrize("refusal", [
+    "error: fatal: change is closed\n",  # abandoned between the status check and the send
+    "error: fatal: Voting on labels disallowed after submit: Verified\n",  # merged meanwhile
+])
+def test_gerrit_refusing_a_vote_on_a_closed_change_is_not_sent(
+        sessions: sessionmaker[Session], refusal: str) -> None:
+    finished_build(sessions, BuildState.SUCCEEDED)
+    gerrit = FailsReview(GerritError("gerrit review failed", exit_status=1,
+                                     stderr=refusal + REVIEW_FAILED))
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 0
+    report = only_report(sessions)
+    assert report.state == ReportState.NOT_SENT and report.attempts == 1
+    assert report.last_error.startswith("change closed (Gerrit: ")
+
+
+def test_a_change_gerrit_no_longer_has_fails_at_once(sessions: sessionmaker[Session]) -> None:
+    finished_build(sessions, BuildState.SUCCEEDED)
+    gerrit = RecordingGerrit()
+    gerrit.status[10001] = "DELETED"  # the query finds nothing
+    assert send_pending(sessions, lambda: gerrit, make_config()) == 0
+    report = only_report(sessions)
+    assert gerrit.reviews == []
+    assert report.state == ReportState.FAILED and report.attempts == 1
+    assert report.last_error.startswith("change 10001 is not in Gerrit")
+
+
+def test_a_missing_patch_set_on_the_simulated_gerrit_fails_at_once(
+        sessions: sessionmaker[Session], reviewer: SimReviewer) -> None:
+    pushed = reviewer.gerrit.state.push("openstack/nova", files=["nova/virt/hyperv/ü.py"],
+                                        subject="only one patch set")
+    number = int(pushed["change"])
+    finished_build(sessions, BuildState.SUCCEEDED, number=number)  # its patch set 2
+    config = reviewer.config()
+    assert send_pending(sessions, lambda: reviewer.client(config), config) == 0
+    report = only_report(sessions)
+    assert report.state == ReportState.FAILED and report.attempts == 1
+    assert f'"{number},2" no such patch set' in report.last_error
