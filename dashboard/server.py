@@ -43,9 +43,12 @@ class RunningServer:
 
 
 def _make_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
+    # waitress casts asyncore_loop_timeout to int (adjustments.py): 0.2 became 0
+    # and its select() loop spun a core while idle. Its default, 1 s, only bounds
+    # how long the loop sleeps; `close()` wakes it at once through the trigger.
     server: Any = create_server(app, host=host, port=port, threads=THREADS,
                                 ident="hyperv-ci", clear_untrusted_proxy_headers=True,
-                                asyncore_loop_timeout=0.2)
+                                asyncore_loop_timeout=1)
     return server
 
 
