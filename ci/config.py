@@ -133,8 +133,11 @@ class GerritConfig(_Strict):
     key_file: Path
     known_hosts: Path
     keepalive: int = Field(15, ge=0, description="SSH keepalive interval, seconds")
-    # The stream goes silent on a dead connection that TCP never notices;
-    # reconnect (and catch up by query) after this long without any event.
+    # A keepalive's reply later than this ends the event stream (a frozen link
+    # TCP never notices): it is then detected within keepalive + keepalive_timeout.
+    keepalive_timeout: int = Field(30, ge=1)
+    # A stream that stays silent this long is reconnected too (and caught up by
+    # query), in case Gerrit's side of it stalled while the link still answers.
     silence_timeout: int = Field(600, ge=0)
     web_url: str = ""
     # Where the job fetches a project's git refs from; {project} is replaced.
@@ -167,6 +170,14 @@ class ProjectConfig(_Strict):
     @classmethod
     def _regexes(cls, values: list[str]) -> list[str]:
         return [_check_regex(v) for v in values]
+    @property
+    def dead_link_seconds(self) -> int | None:
+        """How long a frozen link can go unnoticed at most (None: until Gerrit speaks)."""
+        bounds = [self.keepalive + self.keepalive_timeout] if self.keepalive else []
+        if self.silence_timeout:
+            bounds.append(self.silence_timeout)
+        return min(bounds, default=None)
+
 
 
 class LocalJob(_Strict):

@@ -2,6 +2,11 @@
 
 The server's host key must be in the configured known_hosts file
 (`RejectPolicy`); only the configured key is offered (no agent, no ~/.ssh).
+A server we cannot trust, or that refuses our key, is `GerritRefused`: an
+operator must act, so callers say it loudly rather than retry quietly.
+The event stream sends keepalives that wait for their reply (`LinkProbe`):
+a link that silently stopped carrying packets ends within
+`keepalive + keepalive_timeout` seconds.
 Gerrit re-parses the command line, so every command is an argument list
 joined with `shlex.join`: a review message is data, whatever it holds.
 Every failure surfaces as `GerritError`, with the exit status and stderr; a
@@ -46,6 +51,15 @@ class GerritError(Exception):
         self.exit_status = exit_status
         self.stderr = stderr
         self.transient = transient
+
+
+class GerritRefused(GerritError):
+    """The server's host key does not match known_hosts, or it refused our key.
+
+    Still `transient` (it clears once an operator fixes known_hosts, the key or
+    the account), but never a quiet retry: it means a configuration problem,
+    or a server that is not the one we know.
+    """
 
 
 class LabelRefused(GerritError):
@@ -109,19 +123,39 @@ class GerritClient:
     # -- connections --------------------------------------------------------------------------
 
     def connect(self) -> paramiko.SSHClient:
-        """A new authenticated SSH connection (the host key checked against known_hosts)."""
+        """A new authenticated SSH connection (the host key checked against known_hosts).
+
+        Raises GerritRefused when known_hosts or the key cannot be used or the
+        server refuses them, GerritError when it cannot be reached.
+        """
         cfg = self.config
+        where = f"{cfg.host}:{cfg.port}"
         client = paramiko.SSHClient()
         try:
-            client.load_host_keys(str(cfg.known_hosts))
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            _trust(client, cfg)
             client.connect(cfg.host, port=cfg.port, username=cfg.username,
                            key_filename=str(cfg.key_file), allow_agent=False,
                            look_for_keys=False, timeout=self.timeout,
                            banner_timeout=self.timeout, auth_timeout=self.timeout)
+        except GerritRefused:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise GerritRefused(
+                f"{where} presented a host key that does not match gerrit.known_hosts "
+                f"({cfg.known_hosts}): it offered {exc.key.get_name()} {exc.key.fingerprint}"
+                "; if the server's key really changed, update known_hosts") from exc
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise GerritRefused(f"{where} refused gerrit.key_file ({cfg.key_file}) for user "
+                                f"{cfg.username}: {exc}") from exc
+        except FileNotFoundError as exc:
+            client.close()
+            raise GerritRefused(f"gerrit.key_file: {cfg.key_file}: no such file") from exc
         except (paramiko.SSHException, OSError) as exc:
             client.close()
-            raise GerritError(f"cannot connect to {cfg.host}:{cfg.port}: "
+            raise GerritError(f"cannot connect to {where}: "
                               f"{type(exc).__name__}: {exc}") from exc
         transport = client.get_transport()
         if transport is not None and cfg.keepalive:
@@ -268,21 +302,29 @@ class GerritClient:
         try:
             transport = client.get_transport()
             assert transport is not None
+            probe = None
+            if self.config.keepalive:
+                # paramiko's keepalive never awaits a reply: this probe replaces it here.
+                transport.set_keepalive(0)
+                probe = LinkProbe(transport, self.config.keepalive,
+                                  self.config.keepalive_timeout)
             channel = transport.open_session(timeout=self.timeout)
             channel.exec_command(shlex.join(["gerrit", "stream-events"]))
             channel.settimeout(tick)
-            yield from self._read_lines(channel, stop, poll_timeout)
+            yield from self._read_lines(channel, stop, poll_timeout, probe)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise GerritError(f"event stream lost: {type(exc).__name__}: {exc}") from exc
         finally:
             client.close()
 
     def _read_lines(self, channel: paramiko.Channel, stop: threading.Event,
-                    poll_timeout: float) -> Iterator[bytes | None]:
+                    poll_timeout: float, probe: LinkProbe | None) -> Iterator[bytes | None]:
         silence = self.config.silence_timeout
         partial = b""
         last_data = last_yield = time.monotonic()
         while not stop.is_set():
+            if probe is not None:
+                probe.check(time.monotonic())
             try:
                 data = channel.recv(_READ_SIZE)
             except TimeoutError:
@@ -310,3 +352,76 @@ class GerritClient:
         # Ask Gerrit to end the command, as Zuul does, then close.
         with contextlib.suppress(OSError, EOFError):
             channel.sendall(b"\x03")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    """How OpenSSH (and paramiko) name a server in known_hosts: `[host]:port` unless port 22."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def _trust(client: paramiko.SSHClient, cfg: GerritConfig) -> None:
+    """Load known_hosts into `client`, refusing a file that cannot know this server."""
+    try:
+        client.load_host_keys(str(cfg.known_hosts))
+    except (OSError, paramiko.SSHException) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise GerritRefused(f"gerrit.known_hosts: {cfg.known_hosts}: {reason}") from exc
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    name = known_hosts_name(cfg.host, cfg.port)
+    if client.get_host_keys().lookup(name) is None:
+        raise GerritRefused(f"gerrit.known_hosts: {cfg.known_hosts} has no key for {name} "
+                            f"(ssh-keyscan -p {cfg.port} {cfg.host} prints it; check it "
+                            "against the server's published fingerprint)")
+
+
+class LinkProbe:
+    """A keepalive that waits for its reply, so a frozen link is noticed.
+
+    TCP may not notice for hours that a link stopped carrying packets (a NAT
+    or firewall that forgot the connection, a host that vanished), and
+    paramiko's keepalive sends its request without want-reply, so nothing
+    would ever tell. Every `interval` seconds this sends
+    `keepalive@openssh.com` with want-reply set, as OpenSSH's
+    ServerAliveInterval does, from a thread of its own (paramiko's
+    `global_request` has no timeout); `check` raises GerritError once a reply
+    is `timeout` seconds late. Any reply proves the link: Gerrit's SSH server
+    (Apache MINA sshd, `KeepAliveHandler`) answers SSH_MSG_REQUEST_FAILURE to
+    `keepalive@*`, as RFC 4254 section 4 has a server answer any request it
+    does not support.
+    """
+
+    REQUEST = "keepalive@openssh.com"
+
+    def __init__(self, transport: paramiko.Transport, interval: float, timeout: float, *,
+                 now: float | None = None) -> None:
+        self.transport = transport
+        self.interval = interval
+        self.timeout = timeout
+        self.sent = 0
+        self.answered = 0
+        self._reply = threading.Event()
+        self._sent_at: float | None = None
+        self._next = (time.monotonic() if now is None else now) + interval
+
+    def check(self, now: float) -> None:
+        """Send the next request when due; raise GerritError if the last one is overdue."""
+        if self._sent_at is not None:
+            if self._reply.is_set():
+                self.answered += 1
+                self._sent_at, self._next = None, now + self.interval
+            elif now - self._sent_at > self.timeout:
+                raise GerritError(f"no reply to an SSH keepalive within {self.timeout} s: "
+                                  "the link is dead; reconnecting")
+            return
+        if now >= self._next:
+            self._reply.clear()
+            self._sent_at = now
+            self.sent += 1
+            threading.Thread(target=self._ask, name="gerrit-keepalive", daemon=True).start()
+
+    def _ask(self) -> None:
+        # Returns on the reply (None for REQUEST_FAILURE: alive all the same), or
+        # once the transport is closed (the reader notices that on its own).
+        with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+            self.transport.global_request(self.REQUEST, wait=True)
+        self._reply.set()

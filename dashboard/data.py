@@ -17,7 +17,7 @@ from flask import url_for
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from ci import queue
+from ci import queue, stream_status
 from ci.models import (
     Build,
     BuildState,
@@ -183,7 +183,14 @@ def status(session: Session) -> dict[str, Any]:
         "recent": [build_dict(b) for b in recent],
         "nodes": nodes(session),
         "events": events_summary(session),
+        "stream_error": stream_error(session),
     }
+
+
+def stream_error(session: Session) -> dict[str, Any] | None:
+    """Why Gerrit refuses the listener's event stream, while it does (None: it does not)."""
+    error = stream_status.read(session)
+    return None if error is None else {"message": error.message, "at": iso(error.at)}
 
 
 def events_summary(session: Session, shown: int = 5) -> dict[str, Any]:

@@ -32,9 +32,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci import stream_status
 from ci.config import Config
 from ci.db import ensure_schema, make_engine, make_sessionmaker, transaction
-from ci.gerrit import GerritClient, GerritError
+from ci.gerrit import GerritClient, GerritError, GerritRefused
 from ci.models import Change, Patchset
 from listener.catchup import (
     close_is_new,
@@ -105,6 +106,8 @@ class Listener:
         self.connections = 0
         self.catch_ups = 0
 
+        # Clear a refusal a previous run recorded, once connected.
+        self._refused = True
     def run(self, stop: threading.Event) -> None:
         """Read and store events until `stop` is set; returns within about a second."""
         while True:
@@ -171,8 +174,14 @@ class Listener:
                             logger.info("event stream connected (connection %s)",
                                         self.connections)
                             self._put(_CATCH_UP, halt)
+                            self._note_refusal(None)
                         self._put(_QUIET if line is None else line, halt)
                 except GerritError as exc:
+                except GerritRefused as exc:
+                    # Not a network blip: an operator must act (and may be under attack).
+                    logger.error("event stream refused: %s; no event is received until "
+                                 "this is fixed; retrying in %s s", exc, delay)
+                    self._note_refusal(str(exc))
                     logger.warning("event stream: %s; reconnecting in %s s", exc, delay)
                 except Exception:
                     # Whatever broke, the listener must come back rather than die.
@@ -186,6 +195,20 @@ class Listener:
             self._queue.put(_ENDED)
 
     # -- the writer (the caller's thread) -----------------------------------------------------
+    def _note_refusal(self, message: str | None) -> None:
+        """Show a refused connection on the status page (None: connected, clear it)."""
+        if message is None and not self._refused:
+            return
+        try:
+            with transaction(self.sessions) as session:
+                if message is None:
+                    stream_status.clear(session)
+                else:
+                    stream_status.record(session, message)
+            self._refused = message is not None
+        except SQLAlchemyError:
+            logger.exception("cannot record the event stream's state")
+
 
     def _write(self, stop: threading.Event, halt: threading.Event) -> None:
         store = self.store

@@ -89,6 +89,13 @@ class _Server(paramiko.ServerInterface):
             return paramiko.AUTH_SUCCESSFUL
         return paramiko.AUTH_FAILED
 
+    def check_global_request(self, kind: str, msg: paramiko.Message) -> bool:
+        # Gerrit's sshd (Apache MINA sshd, server/global/KeepAliveHandler.java)
+        # answers every `keepalive@*` request with SSH_MSG_REQUEST_FAILURE, and
+        # RFC 4254 section 4 has a server answer any global request it does not
+        # support that way: a reply, so a client's keepalive sees a live link.
+        return False
+
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind == "session":
             return paramiko.OPEN_SUCCEEDED

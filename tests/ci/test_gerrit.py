@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ci.gerrit import MAX_MESSAGE_BYTES, GerritClient, GerritError
+from ci.gerrit import MAX_MESSAGE_BYTES, GerritClient, GerritError, GerritRefused, LinkProbe
 from sim.gerrit import SimGerrit, make_client_identity
+from tests.tcp_freeze import FreezingProxy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "gerrit"
 HOSTILE = "It's \"done\"; $(rm -rf /) `id` \\n \\\" 'x'\nSecond line: 中文 Zoë 🚀\n\n- item"
@@ -142,7 +143,7 @@ def test_unknown_host_key_is_refused(sim: SimGerrit, identity: tuple[Path, str],
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("", encoding="utf-8")
     gerrit = GerritClient(sim.client_config("hyperv-ci", identity[0], known_hosts=empty))
-    with pytest.raises(GerritError, match="not found in known_hosts"):
+    with pytest.raises(GerritRefused, match=r"gerrit\.known_hosts: .* has no key for \[127"):
         gerrit.version()
 
 
@@ -152,14 +153,14 @@ def test_wrong_host_key_is_refused(sim: SimGerrit, identity: tuple[Path, str],
     wrong = tmp_path / "wrong_known_hosts"
     wrong.write_text(f"[127.0.0.1]:{sim.port} {other_key}\n", encoding="utf-8")
     gerrit = GerritClient(sim.client_config("hyperv-ci", identity[0], known_hosts=wrong))
-    with pytest.raises(GerritError, match="BadHostKeyException"):
+    with pytest.raises(GerritRefused, match=r"host key that does not match gerrit\.known_hosts"):
         gerrit.version()
 
 
 def test_unauthorized_key_is_refused(sim: SimGerrit, tmp_path: Path) -> None:
     stranger, _ = make_client_identity(tmp_path / "stranger", "stranger")
     gerrit = GerritClient(sim.client_config("hyperv-ci", stranger))
-    with pytest.raises(GerritError, match="Authentication"):
+    with pytest.raises(GerritRefused, match=r"refused gerrit\.key_file"):
         gerrit.version()
 
 
@@ -199,3 +200,55 @@ def test_stream_events_raises_when_the_server_goes_away(sim: SimGerrit,
     with pytest.raises(GerritError, match="event stream"):
         for _ in stream:
             pass
+
+
+def test_missing_known_hosts_or_key_file_is_refused_naming_the_key(
+        sim: SimGerrit, identity: tuple[Path, str], tmp_path: Path) -> None:
+    missing = GerritClient(sim.client_config("hyperv-ci", identity[0],
+                                             known_hosts=tmp_path / "nope"))
+    with pytest.raises(GerritRefused, match=r"gerrit\.known_hosts: .*nope: No such file"):
+        missing.connect()
+    no_key = GerritClient(sim.client_config("hyperv-ci", tmp_path / "no-key"))
+    with pytest.raises(GerritRefused, match=r"gerrit\.key_file: .*no-key: no such file"):
+        no_key.connect()
+
+
+def test_the_sim_answers_a_keepalive_with_request_failure(client: GerritClient) -> None:
+    """As Gerrit's MINA sshd does: a reply (so the link is alive), and a refusal."""
+    ssh = client.connect()
+    try:
+        transport = ssh.get_transport()
+        assert transport is not None
+        # global_request returns None for SSH_MSG_REQUEST_FAILURE, a Message for success.
+        assert transport.global_request(LinkProbe.REQUEST, wait=True) is None
+        assert transport.is_active()
+    finally:
+        ssh.close()
+
+
+def _through(proxy: FreezingProxy, sim: SimGerrit, tmp_path: Path) -> Path:
+    """A known_hosts naming the proxy's address with the sim's host key."""
+    known = tmp_path / "proxy_known_hosts"
+    key = sim.host_key_line().split(" ", 1)[1]
+    known.write_text(f"[127.0.0.1]:{proxy.port} {key}\n", encoding="utf-8")
+    return known
+
+
+def test_a_frozen_link_ends_the_stream_by_its_unanswered_keepalive(
+        sim: SimGerrit, identity: tuple[Path, str], tmp_path: Path) -> None:
+    with FreezingProxy(sim.port) as proxy:
+        # No silence watchdog: only the keepalive's missing reply can notice.
+        config = sim.client_config("hyperv-ci", identity[0], port=proxy.port,
+                                   known_hosts=_through(proxy, sim, tmp_path), keepalive=1,
+                                   keepalive_timeout=1, silence_timeout=0)
+        gerrit = GerritClient(config, timeout=10)
+        stream = gerrit.stream_events(threading.Event(), poll_timeout=0.1, tick=0.05)
+        assert next(stream) is None
+        assert sim.wait_for_streams(1)
+        # Quiet but alive: the keepalives are answered, the stream goes on.
+        quiet = [next(stream) for _ in range(30)]
+        assert quiet == [None] * 30
+        assert proxy.freeze() == 1
+        with pytest.raises(GerritError, match="no reply to an SSH keepalive within 1 s"):
+            for _ in zip(range(300), stream, strict=False):  # 30 s at most
+                pass

@@ -32,8 +32,9 @@ def get_json(client: FlaskClient, path: str) -> Any:
 
 def test_status_shape(client: FlaskClient, world: Any) -> None:
     body = get_json(client, "/api/status")
-    assert set(body) == {"queued", "running", "recent", "nodes", "events"}
+    assert set(body) == {"queued", "running", "recent", "nodes", "events", "stream_error"}
     assert body["events"] == {"pending": 0, "failed": []}
+    assert body["stream_error"] is None  # Gerrit has not refused the listener
     assert [b["id"] for b in body["queued"]] == [world.queued_id]
     assert [b["id"] for b in body["running"]] == [world.running_id]
     assert [b["id"] for b in body["recent"]] == [world.finished_id]
