@@ -7,6 +7,7 @@ transaction and redirects back with a flash message.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from flask import Blueprint, abort, flash, redirect, request, url_for
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from werkzeug.wrappers import Response
 from ci import queue
 from ci.models import Build, Change, Node, Patchset
 from dashboard.context import check_csrf, config, db
+from listener.filters import jobs_for, needs_files, watched_projects
 from runners import pool
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ def abort_build(build_id: int) -> Response:
 
 @bp.post("/changes/<int:number>/<int:patchset>/recheck")
 def recheck(number: int, patchset: int) -> Response:
-    """Queue every job configured for the change's project on this patchset."""
+    """Queue the jobs a Gerrit `recheck` comment would: the same project, branch
+    and file filters, on the current patchset only."""
     session = db()
     queued: list[str] = []
     waiting: list[str] = []
@@ -66,7 +69,8 @@ def recheck(number: int, patchset: int) -> Response:
                                                 Patchset.number == patchset))
         if row is None:
             abort(404, description=f"no patchset {number},{patchset}")
-        jobs = _jobs_for(row.change.project)
+        target = _Target(row.change.project, row.change.branch)
+        jobs = jobs_for(config(), target, row.files)
         for job in jobs:
             build = queue.enqueue(session, row, job, reason=RECHECK_REASON)
             if build is None:
@@ -74,7 +78,7 @@ def recheck(number: int, patchset: int) -> Response:
             else:
                 queued.append(f"{job} (build {build.id})")
     if not jobs:
-        flash(f"No jobs are configured for project {row.change.project}.", "error")
+        flash(_why_no_jobs(target, row.files), "error")
     if queued:
         logger.info("manual recheck of %s,%s queued %s", number, patchset, queued)
         flash(f"Queued {', '.join(queued)} for {number},{patchset}.", "ok")
@@ -84,12 +88,20 @@ def recheck(number: int, patchset: int) -> Response:
     return _back(url_for("pages.change", number=number))
 
 
-def _jobs_for(project: str) -> list[str]:
-    jobs: list[str] = []
-    for entry in config().projects:
-        if entry.name == project:
-            jobs.extend(j for j in entry.jobs if j not in jobs)
-    return jobs
+@dataclass(frozen=True)
+class _Target:
+    project: str
+    branch: str
+
+
+def _why_no_jobs(target: _Target, files: list[str] | None) -> str:
+    """Nothing to queue: say which filter excluded the patchset."""
+    if not watched_projects(config(), target.project, target.branch):
+        return f"Not queued: {target.project} {target.branch} is not watched."
+    if files is None and needs_files(config(), target.project, target.branch):
+        return ("Not queued: the patchset's files are not known here; "
+                "comment 'recheck' on the change in Gerrit.")
+    return "Not queued: the patchset touches none of the watched files."
 
 
 def _set_drained(name: str, drained: bool) -> Response:
