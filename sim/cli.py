@@ -183,7 +183,7 @@ def grant(state_dir: Path, spec: str) -> None:
 @_state_dir
 @click.argument("file", type=click.File("rb"))
 def replay(state_dir: Path, file: Any) -> None:
-    """Emit the JSON lines of FILE verbatim on every event stream."""
+    """Emit the lines of FILE on every event stream, byte for byte (UTF-8 or not)."""
     result = _call(state_dir, "sim-replay", stdin=file.read())
     click.echo(f"{result['emitted']} events emitted")
 

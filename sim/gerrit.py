@@ -252,8 +252,8 @@ class SimGerrit:
             time.sleep(0.01)
         return True
 
-    def emit_raw(self, line: str) -> None:
-        """Send a recorded event line verbatim to every stream-events session."""
+    def emit_raw(self, line: str | bytes) -> None:
+        """Send a recorded event line verbatim (bytes as they are) to every stream session."""
         self.state.emit_raw(line)
 
     def spawn(self, target: Callable[..., object], *args: object) -> threading.Thread:

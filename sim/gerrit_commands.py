@@ -208,10 +208,10 @@ def _stream_events(s: _Session, args: list[str]) -> int:
     if extra:
         raise _Fatal(f'"{extra[0]}" is not a valid option')
     types = set(opts.get("types", []))
-    pending: queue.Queue[str] = queue.Queue(maxsize=s.sim.stream_queue_size)
+    pending: queue.Queue[bytes] = queue.Queue(maxsize=s.sim.stream_queue_size)
     dropped = threading.Event()
 
-    def deliver(line: str) -> None:
+    def deliver(line: str | bytes) -> None:
         if types:
             try:
                 if json.loads(line).get("type") not in types:
@@ -219,7 +219,7 @@ def _stream_events(s: _Session, args: list[str]) -> int:
             except (ValueError, AttributeError):
                 return
         try:
-            pending.put_nowait(line)
+            pending.put_nowait(line.encode("utf-8") if isinstance(line, str) else line)
         except queue.Full:
             dropped.set()
 
@@ -227,7 +227,7 @@ def _stream_events(s: _Session, args: list[str]) -> int:
     stdin_open = True
     try:
         while not s.sim.stopping.is_set() and not s.channel.closed:
-            batch: list[str] = []
+            batch: list[bytes] = []
             try:
                 batch.append(pending.get(timeout=0.1))
                 while len(batch) < _BATCH:
@@ -236,9 +236,9 @@ def _stream_events(s: _Session, args: list[str]) -> int:
                 pass
             if dropped.is_set() and pending.empty():
                 dropped.clear()
-                batch.append(wire_json({"type": "dropped-output"}))
+                batch.append(wire_json({"type": "dropped-output"}).encode("utf-8"))
             if batch:
-                s.out("\n".join(batch) + "\n")
+                s.channel.sendall(b"\n".join(batch) + b"\n")
             if stdin_open and s.channel.recv_ready():
                 data = s.channel.recv(1024)
                 if b"\x03" in data:
@@ -284,7 +284,9 @@ def _grant(s: _Session, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _replay(s: _Session, payload: dict[str, Any]) -> dict[str, int]:
-    lines = [line for line in s.read_stdin().decode("utf-8").splitlines() if line.strip()]
+    # Bytes, never decoded: a test must be able to send what a broken plugin
+    # might (a line that is not UTF-8) without the other lines being refused.
+    lines = [line for line in s.read_stdin().split(b"\n") if line.strip()]
     for line in lines:
         s.sim.emit_raw(line)
     return {"emitted": len(lines)}

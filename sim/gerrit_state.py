@@ -35,7 +35,8 @@ _GSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
                                "=": "\\u003d", "'": "\\u0027"})
 
 Event = dict[str, Any]
-Subscriber = Callable[[str], None]
+# An event line: text, or bytes sent as they are (a replayed line need not be UTF-8).
+Subscriber = Callable[[str | bytes], None]
 
 
 class SimGerritError(Exception):
@@ -97,7 +98,7 @@ class GerritState:
         with self._lock:
             return len(self._subscribers)
 
-    def emit_raw(self, line: str) -> None:
+    def emit_raw(self, line: str | bytes) -> None:
         """Send one line to every subscriber verbatim (replaying recorded events)."""
         with self._lock:
             for callback in list(self._subscribers):

@@ -7,16 +7,23 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
-from ci.config import GerritConfig
+from ci.config import GerritConfig, parse_config
+from ci.db import make_engine, make_sessionmaker
 from ci.gerrit import GerritClient, LabelRefused
+from ci.models import Build, Change, Event, Patchset
+from listener.stream import run_listener
 from sim.cli import sim as sim_group
 from sim.gerrit import SimGerrit, make_client_identity
+from tests.listener.conftest import config_data
 
 
 @pytest.fixture
@@ -86,10 +93,53 @@ def test_replay_emits_lines_verbatim(runner: CliRunner, running: SimGerrit,
     replay = tmp_path / "replay.jsonl"
     replay.write_text("\n".join([*lines, "", '{"type":"comment-added","comment":"中文"}']) + "\n",
                       encoding="utf-8")
-    events: list[str] = []
+    events: list[str | bytes] = []
     running.state.subscribe(events.append)
     assert invoke(runner, "replay", str(replay)) == "4 events emitted\n"
-    assert events == [*lines, '{"type":"comment-added","comment":"中文"}']
+    assert events == [line.encode() for line in
+                      [*lines, '{"type":"comment-added","comment":"中文"}']]
+
+
+def test_replay_sends_a_line_that_is_not_utf8_as_it_is(
+        runner: CliRunner, running: SimGerrit, identity: tuple[Path, str], sqlite_url: str,
+        tmp_path: Path) -> None:
+    """What a broken plugin might send: the lines around it are stored and acted on."""
+    lines: list[str | bytes] = []
+    unsubscribe = running.state.subscribe(lines.append)
+    changes = [running.state.push("openstack/nova", files={"nova/virt/hyperv/vmops.py": "x"},
+                                  subject=f"Hyper-V fix {n} — Zoë")["change"] for n in (1, 2)]
+    unsubscribe()
+    created = [str(line) for line in lines if '"patchset-created"' in str(line)]
+    broken = b'{"type":"comment-added","comment":"caf\xe9 \xff\xfe recheck"}'
+    replay = tmp_path / "replay.jsonl"
+    replay.write_bytes(b"\n".join([created[0].encode(), broken, created[1].encode()]) + b"\n")
+    config = parse_config(config_data(sqlite_url, host=running.host, port=running.port,
+                                       key_file=str(identity[0]),
+                                       known_hosts=str(running.known_hosts_file)))
+    stop = threading.Event()
+    listener = threading.Thread(target=run_listener, args=(config, stop))
+    listener.start()
+    try:
+        assert running.wait_for_streams(1, timeout=20)
+        assert invoke(runner, "replay", str(replay)) == "3 events emitted\n"
+        sessions = make_sessionmaker(make_engine(sqlite_url))
+
+        def built() -> list[tuple[int, str]]:
+            with sessions() as session:
+                return sorted((number, job) for number, job in session.execute(
+                    select(Change.number, Build.job).join(Build.patchset)
+                    .join(Patchset.change)))
+        deadline = time.monotonic() + 30
+        while built() != [(n, "hyperv-tempest") for n in changes]:
+            assert time.monotonic() < deadline, built()
+            time.sleep(0.1)
+        with sessions() as session:
+            stored = list(session.execute(select(Event.type, Event.raw).order_by(Event.id)))
+    finally:
+        stop.set()
+        listener.join(timeout=15)
+    assert [kind for kind, _ in stored] == ["patchset-created", "invalid", "patchset-created"]
+    assert "caf\ufffd" in stored[1][1]  # kept, with what could not be decoded marked
 
 
 def test_reviews_lists_what_was_posted(runner: CliRunner, running: SimGerrit,
