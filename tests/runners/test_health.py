@@ -171,3 +171,32 @@ def test_health_checks_revive_only_their_own_offline_nodes(
     revived = node_row(sqlite_sessions, "devstack-2")
     assert (revived.state, revived.offline_cause) == (NodeState.READY, None)
     assert revived.message == "back online after a health check"
+
+
+def test_n_workers_make_one_round_of_checks_per_interval(
+    winrm_server: SimWinRMServer, tmp_path: Path, sqlite_sessions: sessionmaker[Session],
+) -> None:
+    """Four workers for a few intervals: the node sees one check per interval, not four."""
+    import threading
+    import time
+
+    from runners.worker import Worker
+
+    config = make_config([winrm_node("hv-1", winrm_server.port)], tmp_path)
+    config = config.model_copy(update={"worker": config.worker.model_copy(
+        update={"health_interval": 1, "poll_interval": 0.2})})
+    stop = threading.Event()
+    threads = [threading.Thread(target=Worker(config, sqlite_sessions, name=f"w{i}").run,
+                                args=(stop,), daemon=True) for i in range(4)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    stop.wait(6)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    elapsed = time.monotonic() - started
+    checks = [name for _n, name, _t in winrm_server.scripts if name == "health"]
+    # At most one per interval elapsed (plus the one in flight); four workers
+    # each checking every interval would make about four times as many.
+    assert 2 <= len(checks) <= elapsed / config.worker.health_interval + 1, len(checks)
