@@ -95,8 +95,12 @@ class OfflineCause(enum.StrEnum):
     """Why a node is offline: decides who may bring it back."""
 
     HEALTH_CHECK = "health-check"  # failed health checks: a passing check revives it
-    CLEANUP_FAILED = "cleanup-failed"  # left dirty by a build: only an operator revives it
-    WORKER_LOST = "worker-lost"  # its build's worker died mid-way: only an operator revives it
+    # Left dirty by a build (its cleanup, or the recovery's, failed): only an
+    # operator revives it, and `nodes enable` cleans and checks it first.
+    CLEANUP_FAILED = "cleanup-failed"
+    # Its build's worker died mid-way: a worker cleans it, checks it and returns
+    # it to the pool by itself (runners/recovery.py); state `cleaning` meanwhile.
+    WORKER_LOST = "worker-lost"
 
 
 class ReportState(enum.StrEnum):
@@ -257,6 +261,11 @@ class Node(Base):
     last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     message: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The build whose leftovers the node may still hold (its worker died, or its
+    # cleanup failed): the cleanup run before the node serves again is that
+    # build's job's, for that build's change. None once the node is clean.
+    dirty_build_id: Mapped[int | None] = mapped_column(
+        ForeignKey("builds.id", ondelete="SET NULL"))
 
 
 class Report(Base):
@@ -282,6 +291,17 @@ class Report(Base):
     label_refused: Mapped[str | None] = mapped_column(Text)
 
     build: Mapped[Build] = relationship(back_populates="report")
+
+
+class Lease(Base):
+    """A named turn shared by every process: `ci.leases.take_turn` gives it to one
+    holder per interval (the health checks of the whole pool)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255), default="")
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ListenerState(Base):
