@@ -281,14 +281,21 @@ def reports() -> None:
 @click.option("--refused", "only_refused", is_flag=True,
               help="Only reports whose vote Gerrit refused (posted without it; fix the "
               "CI account's label permissions or gerrit.label).")
+@click.option("--not-sent", "only_not_sent", is_flag=True,
+              help="Only reports withheld because the change was abandoned or merged first.")
 @click.pass_obj
-def reports_list(obj: _Ctx, only_failed: bool, only_refused: bool) -> None:
-    """Show the newest reports: state, attempts, change, vote, last error."""
+def reports_list(obj: _Ctx, only_failed: bool, only_refused: bool,
+                 only_not_sent: bool) -> None:
+    """Show the newest reports: state, attempts, change, vote, last error.
+
+    `not-sent`: the change closed before the report went out (nothing posted).
+    """
     from ci.models import Report, ReportState
 
     query = select(Report).order_by(Report.id.desc()).limit(50)
     wanted = [state for state, on in ((ReportState.FAILED, only_failed),
-                                      (ReportState.LABEL_REFUSED, only_refused)) if on]
+                                      (ReportState.LABEL_REFUSED, only_refused),
+                                      (ReportState.NOT_SENT, only_not_sent)) if on]
     if wanted:
         query = query.where(Report.state.in_(wanted))
     with _sessions(obj.config)() as session:

@@ -47,6 +47,10 @@ def write_config(tmp_path: Path, gerrit: SimGerrit | None = None,
     """A valid config: nova runs a two-node devstack-hyperv job; nodes need not answer."""
     winrm = {"scheme": "http", "transport": "basic", "username": "Administrator",
              "password": {"password_env": PASSWORD_ENVS[2]}}
+    # The controller's key and known_hosts exist (a worker checks them at start).
+    node_key, node_public = make_client_identity(tmp_path / "node", "stack")
+    node_known = tmp_path / "node" / "known_hosts"
+    node_known.write_text(f"192.0.2.10 {node_public}\n", encoding="utf-8")
     data: dict[str, Any] = {
         "database": {"url": f"sqlite:///{tmp_path / 'ci.db'}"},
         "gerrit": {"host": "127.0.0.1", "port": gerrit.port if gerrit else 29418,
@@ -62,8 +66,8 @@ def write_config(tmp_path: Path, gerrit: SimGerrit | None = None,
             "service_password": {"password_env": PASSWORD_ENVS[1]}}},
         "nodes": [
             {"name": "ctl-01", "label": "devstack", "address": "192.0.2.10",
-             "ssh": {"username": "stack", "key_file": str(tmp_path / "no-key"),
-                     "known_hosts": str(tmp_path / "no-known-hosts")}},
+             "ssh": {"username": "stack", "key_file": str(node_key),
+                     "known_hosts": str(node_known)}},
             {"name": "hv-a", "label": "hyperv", "address": "192.0.2.21", "winrm": winrm},
             {"name": "hv-b", "label": "hyperv", "address": "192.0.2.22", "winrm": winrm},
         ],
@@ -311,6 +315,33 @@ def test_reports_list_shows_a_refused_vote(tmp_path: Path) -> None:
     assert refusal in listed[0]
     assert "label-refused" in cli(config, "reports", "list").stdout
     # Permanent: an operator's retry is for reports that gave up, not for a refused vote.
+    assert cli(config, "reports", "retry", "--all-failed").stdout.startswith("requeued 0")
+
+
+def test_reports_list_shows_a_report_withheld_from_a_closed_change(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    cli(config, "db", "upgrade")
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            for number, state, error in ((10001, ReportState.NOT_SENT,
+                                          "change closed (ABANDONED)"),
+                                         (10002, ReportState.SENT, "")):
+                patchset = queue.upsert_patchset(session, queue.ChangeInfo(
+                    number=number, project="openstack/nova", branch="master", patchset=1))
+                build = queue.enqueue(session, patchset, "hyperv-tempest", "patchset-created")
+                assert build is not None
+                session.add(Report(build_id=build.id, project="openstack/nova",
+                                   change_number=number, patchset_number=1, label="Verified",
+                                   vote=1, message="m", state=state, attempts=1,
+                                   last_error=error))
+    finally:
+        engine.dispose()
+    listed = cli(config, "reports", "list", "--not-sent").stdout.splitlines()
+    assert len(listed) == 1 and "10001,1" in listed[0]
+    assert "not-sent" in listed[0] and "change closed (ABANDONED)" in listed[0]
+    assert "not-sent" in cli(config, "reports", "list").stdout
+    # Nothing to retry: the change will not reopen for this build (a recheck builds anew).
     assert cli(config, "reports", "retry", "--all-failed").stdout.startswith("requeued 0")
 
 
