@@ -26,6 +26,7 @@ from ci.models import (
     Event,
     Node,
     Patchset,
+    ReportState,
     StepState,
     utcnow,
 )
@@ -242,6 +243,8 @@ def build_detail(session: Session, build_id: int) -> dict[str, Any] | None:
         "message": report.message, "attempts": report.attempts,
         "created": iso(report.created_at), "sent": iso(report.sent_at),
         "last_error": report.last_error, "label_refused": report.label_refused,
+        # Why nothing was posted: the change closed first ("change closed (MERGED)").
+        "not_sent": report.last_error if report.state == ReportState.NOT_SENT else None,
     }
     return item
 

@@ -1,4 +1,4 @@
-"""The build page's report line when Gerrit refused the vote."""
+"""The build page's report line when Gerrit refused the vote, or the change closed first."""
 
 from __future__ import annotations
 
@@ -28,3 +28,18 @@ def test_a_refused_vote_is_shown_with_gerrits_words(client: FlaskClient, world: 
     assert "<code>gerrit.label</code>" in line and "posted without it" in line
     assert client.get(f"/api/builds/{world.finished_id}").get_json()["report"][
         "label_refused"] == refusal
+
+
+def test_a_report_withheld_from_a_closed_change_says_why(
+        client: FlaskClient, world: Any, dash_sessions: sessionmaker[Session]) -> None:
+    with dash_sessions() as session, session.begin():
+        report = session.scalar(select(Report).where(Report.build_id == world.finished_id))
+        assert report is not None
+        report.state, report.last_error = ReportState.NOT_SENT, "change closed (ABANDONED)"
+    html = client.get(f"/builds/{world.finished_id}").get_data(as_text=True)
+    line = html.split("<h2>Report</h2>", 1)[1]
+    assert "<dt>State</dt><dd>not-sent</dd>" in line
+    assert "change closed (ABANDONED): the change closed before the report went out" in line
+    assert "<dt>Last error</dt>" not in line
+    assert client.get(f"/api/builds/{world.finished_id}").get_json()["report"][
+        "not_sent"] == "change closed (ABANDONED)"
