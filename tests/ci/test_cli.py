@@ -246,7 +246,13 @@ def test_nodes_enable(tmp_path: Path) -> None:
             assert pool.reserve(session, build.id, ["devstack"])
             build_id = build.id
 
-        assert cli(config, "nodes", "enable", "hv-a").stdout == "hv-a enabled\n"
+        # Cleaned and checked first: this node is unreachable, so it is refused, with why...
+        refused = cli(config, "nodes", "enable", "hv-a", status=1)
+        assert "hv-a not enabled (cleanup-failed): `nodes enable` refused: cleanup after " \
+            f"build {build_id} failed" in refused.stderr
+        # ...unless the operator says it is clean (and the output says what was skipped).
+        forced = cli(config, "nodes", "enable", "hv-a", "--force")
+        assert forced.stdout == "hv-a enabled WITHOUT cleanup or health check (--force)\n"
         busy = cli(config, "nodes", "enable", "ctl-01", status=1)
         assert f"node 'ctl-01' holds build {build_id}" in busy.stderr
         missing = cli(config, "nodes", "enable", "nope", status=2)
@@ -257,7 +263,8 @@ def test_nodes_enable(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert nodes == {
-        "hv-a": (NodeState.READY, None, 0, None, "enabled by an operator"),
+        "hv-a": (NodeState.READY, None, 0, None,
+                 "enabled by an operator with --force: not cleaned nor checked"),
         "hv-b": (NodeState.READY, None, 0, None, ""),
         "ctl-01": (NodeState.RESERVED, None, 0, build_id, ""),
     }
