@@ -36,6 +36,7 @@ from ci.enqueue import change_info_from_query
 from ci.gerrit import GerritError
 from ci.models import Build, Change, Event, Patchset, utcnow
 from ci.queue import ACTIVE, ChangeInfo, abort_change, enqueue, request_abort, upsert_patchset
+from ci.report_checks import CLOSED
 from listener.events import (
     ChangeAbandoned,
     ChangeEvent,
@@ -247,6 +248,10 @@ class Scheduler:
             return Target(note="ignored: the event names no change and patchset")
         if not watched_projects(self.config, info.project, info.branch):
             return Target(note=f"ignored: {info.project} {info.branch} is not watched")
+        if info.status in CLOSED:
+            # A recheck on an abandoned or merged change (Gerrit accepts comments
+            # there): a build would only end in a report that is never sent.
+            return Target(note=f"ignored: change {info.number} is closed ({info.status})")
         return Target(info)
 
     def _gather(self, event: Parsed) -> Target:

@@ -255,6 +255,22 @@ def test_abandon_and_merge_abort(scheduler: Scheduler, sessions: sessionmaker[Se
         assert session.scalars(select(Change.status)).one() == "NEW"
 
 
+@pytest.mark.parametrize("status", ["ABANDONED", "MERGED"])
+def test_a_recheck_on_a_closed_change_builds_nothing(
+        scheduler: Scheduler, sessions: sessionmaker[Session], gerrit: FakeGerrit,
+        status: str) -> None:
+    gerrit.files[(5, 1)] = HYPERV_FILES
+    store(sessions, uploaded(5, 1), {"type": f"change-{status.lower()}", **change(5, 1)})
+    scheduler.run_once()
+    # Gerrit takes comments on closed changes; its events carry the change's status.
+    closed = commented(5, 1, "recheck")
+    closed["change"]["status"] = status
+    store(sessions, closed)
+    assert scheduler.run_once() == 1
+    assert [b[3] for b in builds(sessions)] == ["aborted"]
+    assert outcomes(sessions)[-1] == f"ignored: change 5 is closed ({status})"
+
+
 def test_lookup_failure_leaves_the_event_for_retry(
         scheduler: Scheduler, sessions: sessionmaker[Session], gerrit: FakeGerrit,
         clock: Clock) -> None:
