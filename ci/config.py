@@ -157,6 +157,14 @@ class GerritConfig(_Strict):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @property
+    def dead_link_seconds(self) -> int | None:
+        """How long a frozen link can go unnoticed at most (None: until Gerrit speaks)."""
+        bounds = [self.keepalive + self.keepalive_timeout] if self.keepalive else []
+        if self.silence_timeout:
+            bounds.append(self.silence_timeout)
+        return min(bounds, default=None)
+
 
 class ProjectConfig(_Strict):
     name: str
@@ -170,14 +178,6 @@ class ProjectConfig(_Strict):
     @classmethod
     def _regexes(cls, values: list[str]) -> list[str]:
         return [_check_regex(v) for v in values]
-    @property
-    def dead_link_seconds(self) -> int | None:
-        """How long a frozen link can go unnoticed at most (None: until Gerrit speaks)."""
-        bounds = [self.keepalive + self.keepalive_timeout] if self.keepalive else []
-        if self.silence_timeout:
-            bounds.append(self.silence_timeout)
-        return min(bounds, default=None)
-
 
 
 class LocalJob(_Strict):

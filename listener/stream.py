@@ -105,9 +105,9 @@ class Listener:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self.connections = 0
         self.catch_ups = 0
-
         # Clear a refusal a previous run recorded, once connected.
         self._refused = True
+
     def run(self, stop: threading.Event) -> None:
         """Read and store events until `stop` is set; returns within about a second."""
         while True:
@@ -173,15 +173,15 @@ class Listener:
                             self.connections += 1
                             logger.info("event stream connected (connection %s)",
                                         self.connections)
-                            self._put(_CATCH_UP, halt)
                             self._note_refusal(None)
+                            self._put(_CATCH_UP, halt)
                         self._put(_QUIET if line is None else line, halt)
-                except GerritError as exc:
                 except GerritRefused as exc:
                     # Not a network blip: an operator must act (and may be under attack).
                     logger.error("event stream refused: %s; no event is received until "
                                  "this is fixed; retrying in %s s", exc, delay)
                     self._note_refusal(str(exc))
+                except GerritError as exc:
                     logger.warning("event stream: %s; reconnecting in %s s", exc, delay)
                 except Exception:
                     # Whatever broke, the listener must come back rather than die.
@@ -194,7 +194,6 @@ class Listener:
         finally:
             self._queue.put(_ENDED)
 
-    # -- the writer (the caller's thread) -----------------------------------------------------
     def _note_refusal(self, message: str | None) -> None:
         """Show a refused connection on the status page (None: connected, clear it)."""
         if message is None and not self._refused:
@@ -209,6 +208,7 @@ class Listener:
         except SQLAlchemyError:
             logger.exception("cannot record the event stream's state")
 
+    # -- the writer (the caller's thread) -----------------------------------------------------
 
     def _write(self, stop: threading.Event, halt: threading.Event) -> None:
         store = self.store
