@@ -39,12 +39,50 @@ def stop_event() -> threading.Event:
     return stop
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, defaulted: bool = False) -> Config:
+    if defaulted and not Path(path).exists():
+        click.echo(f"error: no configuration: {path} (the default) does not exist; "
+                   f"{_which_config()}", err=True)
+        raise SystemExit(2)
     try:
         return load_config(path)
     except ConfigError as exc:
         click.echo(f"error: {path}: invalid configuration:\n{exc}", err=True)
         raise SystemExit(2) from None
+
+
+def _which_config() -> str:
+    """Which configuration to pass with -c, for someone who gave none."""
+    demo = Path(os.environ.get("HYPERV_CI_STATE_DIR", ".demo")) / "demo-config.yaml"
+    if demo.exists():
+        return f"the running demo's is {demo}: hyperv-ci -c {demo} ..."
+    return ("pass one with -c FILE (or $HYPERV_CI_CONFIG); to set up a CI, start from "
+            "a copy of etc/openstack-hyperv.yaml (`make demo` writes the demo's to "
+            ".demo/demo-config.yaml)")
+
+
+def _preflight(path: str, problems: list[Any]) -> None:
+    """Exit 2 naming each file the configuration names that cannot serve."""
+    if problems:
+        lines = "\n".join(str(p) for p in problems)
+        click.echo(f"error: {path}: files the configuration names cannot be used:\n{lines}",
+                   err=True)
+        raise SystemExit(2)
+
+
+def _check_gerrit(config: Config, path: str) -> None:
+    """Exit 2 if Gerrit refuses us (its host key, our key); only warn if it is unreachable."""
+    from ci.gerrit import GerritClient, GerritError, GerritRefused
+
+    client = GerritClient(config.gerrit, timeout=15)
+    try:
+        client.connect().close()
+    except GerritRefused as exc:
+        click.echo(f"error: {path}: Gerrit refuses this configuration: {exc}", err=True)
+        raise SystemExit(2) from None
+    except GerritError as exc:
+        logging.getLogger("hyperv-ci").warning("Gerrit cannot be reached now (%s); "
+                                               "going on, it is retried", exc)
 
 
 def _sessions(config: Config) -> sessionmaker[Session]:
@@ -56,14 +94,15 @@ def _sessions(config: Config) -> sessionmaker[Session]:
 
 
 class _Ctx:
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, *, defaulted: bool = False) -> None:
         self.config_path = config_path
+        self.defaulted = defaulted
         self._config: Config | None = None
 
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = _load(self.config_path)
+            self._config = _load(self.config_path, defaulted=self.defaulted)
         return self._config
 
 
@@ -81,14 +120,18 @@ def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     # Alembic narrates every schema check; ci.db says when it really upgrades.
     logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    ctx.obj = _Ctx(config_path)
+    source = ctx.get_parameter_source("config_path")
+    ctx.obj = _Ctx(config_path, defaulted=source == click.core.ParameterSource.DEFAULT)
 
 
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
-    """Validate a configuration file; exit non-zero naming each bad key."""
+    """Validate a configuration file and the files it names; exit 2 naming each bad key."""
+    from ci.preflight import all_problems
+
     config = _load(path)
+    _preflight(path, all_problems(config))
     click.echo(f"{path}: OK ({len(config.projects)} projects, {len(config.jobs)} jobs, "
                f"{len(config.nodes)} nodes)")
 
@@ -113,8 +156,11 @@ def db_upgrade(obj: _Ctx) -> None:
 @click.pass_obj
 def listen(obj: _Ctx) -> None:
     """Follow Gerrit's event stream and queue builds."""
+    from ci.preflight import listener_problems
     from listener.stream import run_listener
 
+    _preflight(obj.config_path, listener_problems(obj.config))
+    _check_gerrit(obj.config, obj.config_path)
     run_listener(obj.config, stop_event())
 
 
@@ -124,10 +170,17 @@ def listen(obj: _Ctx) -> None:
 def worker(obj: _Ctx, name: str | None) -> None:
     """Run queued builds and send their reports."""
     from ci.gerrit import GerritClient
+    from ci.preflight import database_problems, gerrit_problems, worker_problems
     from ci.report import send_pending
     from runners.worker import Worker
 
     config = obj.config
+    # The reporter reaches Gerrit from the worker: its files count too.
+    reports = config.reporter.enabled
+    _preflight(obj.config_path, database_problems(config) + worker_problems(config)
+               + (gerrit_problems(config.gerrit) if reports else []))
+    if reports:
+        _check_gerrit(config, obj.config_path)
     sessions = _sessions(config)
 
     def report() -> None:
@@ -143,9 +196,11 @@ def worker(obj: _Ctx, name: str | None) -> None:
 @click.pass_obj
 def dashboard(obj: _Ctx, host: str | None, port: int | None) -> None:
     """Serve the dashboard (waitress)."""
+    from ci.preflight import database_problems
     from dashboard.server import serve
 
     config = obj.config
+    _preflight(obj.config_path, database_problems(config))
     serve(config, host or config.dashboard.host, port if port is not None else
           config.dashboard.port)
 

@@ -28,6 +28,7 @@ from typing import Any
 import paramiko
 
 from ci.config import GerritConfig
+from ci.preflight import known_hosts_name
 
 logger = logging.getLogger(__name__)
 
@@ -352,11 +353,6 @@ class GerritClient:
         # Ask Gerrit to end the command, as Zuul does, then close.
         with contextlib.suppress(OSError, EOFError):
             channel.sendall(b"\x03")
-
-
-def known_hosts_name(host: str, port: int) -> str:
-    """How OpenSSH (and paramiko) name a server in known_hosts: `[host]:port` unless port 22."""
-    return host if port == 22 else f"[{host}]:{port}"
 
 
 def _trust(client: paramiko.SSHClient, cfg: GerritConfig) -> None:

@@ -100,6 +100,11 @@ def test_shipped_operator_config_watches_the_hyperv_code() -> None:
 
 
 def test_check_config_command(tmp_path: Path) -> None:
+    # The files minimal() names, present (tests/ci/test_preflight.py: when they are not).
+    (tmp_path / "id").write_text("a key\n", encoding="utf-8")
+    (tmp_path / "kh").write_text("[review.example.org]:29418 ssh-ed25519 "
+                                 "AAAAC3NzaC1lZDI1NTE5AAAAIKNN9Z8v9yMGK7aa5vW41BVkD8JOAoiSk1Nm9874kmJy\n",
+                                 encoding="utf-8")
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(minimal()), encoding="utf-8")
     runner = CliRunner()

@@ -166,10 +166,17 @@ def test_a_killed_worker_s_nodes_are_cleaned_checked_and_serve_the_retry(
         return {pid: args for pid, args in controller_processes(root).items()
                 if "sim.devstack_node.stack stack" in args}
 
+    def hung() -> dict[int, str]:
+        # Once its last line is out it only sleeps (a line written after the
+        # worker died would end it by SIGPIPE, which a real hang need not do).
+        log = root / "logs" / "stack.sh.log"
+        said = log.exists() and "wait_for_service" in log.read_text(encoding="utf-8")
+        return hanging_stack() if said else {}
+
     doomed = start_worker(config, "worker-a", logs[0])
     survivor = None
     try:
-        stack = wait_for("stack.sh to hang", hanging_stack, 180, logs)
+        stack = wait_for("stack.sh to hang", hung, 180, logs)
         doomed.send_signal(signal.SIGKILL)  # the worker, not its session: nothing else
         doomed.wait(timeout=10)
         # The real sshd leaves a command of a dead client running: this is what
