@@ -37,6 +37,7 @@ from ci.config import Config
 from ci.db import ensure_schema, make_engine, make_sessionmaker, transaction
 from ci.gerrit import GerritClient, GerritError, GerritRefused
 from ci.models import Change, Patchset
+from ci.reaper import start_reaper
 from listener.catchup import (
     close_is_new,
     synthetic_close,
@@ -354,6 +355,8 @@ def run_listener(config: Config, stop: threading.Event) -> None:
                         on_flush=lambda _n: scheduler.wake())
     thread = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler")
     thread.start()
+    # Reaps dead workers' builds even when every worker is busy with a long one.
+    start_reaper(sessions, config.worker.max_attempts, config.worker.lease_seconds, stop)
     try:
         listener.run(stop)
     finally:
