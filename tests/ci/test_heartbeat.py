@@ -75,7 +75,11 @@ def test_alive_command_exit_codes(tmp_path: Path) -> None:
 def _config(tmp_path: Path, db_url: str) -> Path:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    (tmp_path / "known_hosts").write_text("", encoding="utf-8")
+    # A host key for the (absent) Gerrit: processes check known_hosts at start.
+    (tmp_path / "known_hosts").write_text(
+        "[127.0.0.1]:1 ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIKNN9Z8v9yMGK7aa5vW41BVkD8JOAoiSk1Nm9874kmJy\n",
+        encoding="utf-8")
     (tmp_path / "logs").mkdir()
     path = tmp_path / "ci.yaml"
     path.write_text(yaml.safe_dump({
@@ -124,7 +128,11 @@ def test_process_heartbeat_stops_when_its_database_goes(command: str, tmp_path: 
         return log.read_text(encoding="utf-8", errors="replace")[-3000:]
 
     try:
-        _wait_for(lambda: _alive(beat_file, 5), f"{command} is alive", tail)
+        def started() -> bool:
+            assert proc.poll() is None, f"{command} exited:\n{tail()}"
+            return _alive(beat_file, 5)
+
+        _wait_for(started, f"{command} is alive", tail)
         # The database goes away under the running process.
         name = pg_url.rsplit("/", 1)[1]
         admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
