@@ -152,22 +152,57 @@ def db_upgrade(obj: _Ctx) -> None:
     click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
 
 
+def _heartbeat_option(command: Any) -> Any:
+    command = click.option("--heartbeat-interval", default=15.0, show_default=True,
+                           help="Seconds between heartbeats.")(command)
+    return click.option(
+        "--heartbeat", type=click.Path(dir_okay=False, path_type=Path),
+        help="Touch this file while the database answers (`hyperv-ci alive` reads it).",
+    )(command)
+
+
+def _start_pulse(config: Config, path: Path | None, interval: float,
+                 stop: threading.Event) -> None:
+    if path is not None:
+        from ci.heartbeat import Pulse, database_probe
+
+        Pulse(path, database_probe(config.database.sqlalchemy_url()), interval).start(stop)
+
+
 @main.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--max-age", default=60.0, show_default=True,
+              help="Seconds after which the heartbeat is too old.")
+def alive(path: Path, max_age: float) -> None:
+    """Exit 0 if the heartbeat file PATH is fresh, 1 if not (a container healthcheck)."""
+    from ci.heartbeat import check
+
+    result = check(path, max_age)
+    click.echo(f"{path}: {result.reason}", err=not result.ok)
+    raise SystemExit(0 if result.ok else 1)
+
+
+@main.command()
+@_heartbeat_option
 @click.pass_obj
-def listen(obj: _Ctx) -> None:
+def listen(obj: _Ctx, heartbeat: Path | None, heartbeat_interval: float) -> None:
     """Follow Gerrit's event stream and queue builds."""
     from ci.preflight import listener_problems
     from listener.stream import run_listener
 
     _preflight(obj.config_path, listener_problems(obj.config))
     _check_gerrit(obj.config, obj.config_path)
-    run_listener(obj.config, stop_event())
+    stop = stop_event()
+    _start_pulse(obj.config, heartbeat, heartbeat_interval, stop)
+    run_listener(obj.config, stop)
 
 
 @main.command()
 @click.option("--name", help="Worker name (default: from config, else the host name).")
+@_heartbeat_option
 @click.pass_obj
-def worker(obj: _Ctx, name: str | None) -> None:
+def worker(obj: _Ctx, name: str | None, heartbeat: Path | None,
+           heartbeat_interval: float) -> None:
     """Run queued builds and send their reports."""
     from ci.gerrit import GerritClient
     from ci.preflight import database_problems, gerrit_problems, worker_problems
@@ -186,8 +221,10 @@ def worker(obj: _Ctx, name: str | None) -> None:
     def report() -> None:
         send_pending(sessions, lambda: GerritClient(config.gerrit), config)
 
+    stop = stop_event()
+    _start_pulse(config, heartbeat, heartbeat_interval, stop)
     # The outbox has its own thread: a vote never waits behind a running build.
-    Worker(config, sessions, name=name).run(stop_event(), report=report)
+    Worker(config, sessions, name=name).run(stop, report=report)
 
 
 @main.command()
@@ -299,7 +336,7 @@ def render(obj: _Ctx, job: str, change_spec: str, out_dir: str) -> None:
         click.echo(str(path))
 
 
-def _preview_change(config: Config, number: int, patchset: int) -> Any:
+def _preview_change(config: Config, number: int, patchset: int | None) -> Any:
     """The change as the database knows it, read without creating, migrating or
     writing the database; None (an example change) when it cannot be read."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -418,27 +455,41 @@ def nodes_drain(obj: _Ctx, name: str, undo: bool) -> None:
 
 @nodes.command("enable")
 @click.argument("name")
+@click.option("--force", is_flag=True,
+              help="UNSAFE: skip the cleanup and the health check and put the node back "
+              "as it is (whatever a build left running on it stays).")
 @click.pass_obj
-def nodes_enable(obj: _Ctx, name: str) -> None:
-    """Put an offline node back into the pool (after its cleanup failed or its worker died).
+def nodes_enable(obj: _Ctx, name: str, force: bool) -> None:
+    """Clean NAME, check it, and put it back into the pool.
 
-    Health checks revive only the nodes they took offline; any other offline
-    node needs an operator to say it is clean again.
+    Runs the job's cleanup on the node (for the build that left it dirty) and
+    a health check first, and refuses, with the reason, if either fails.
     """
     from runners.pool import NodeBusy, enable, sync_nodes
+    from runners.recovery import UnknownNode, enable_node
 
-    with _sessions(obj.config)() as session, session.begin():
-        sync_nodes(session, obj.config.nodes)  # a fresh database knows no node yet
-        try:
-            node = enable(session, name)
-        except NodeBusy as exc:
-            # Its state belongs to that build: release or the reaper decides it.
-            click.echo(f"error: {exc}; enable it after that build ends", err=True)
-            raise SystemExit(1) from None
-        if node is None:
-            click.echo(f"error: no node {name!r}", err=True)
-            raise SystemExit(2)
-    click.echo(f"{name} enabled")
+    sessions = _sessions(obj.config)
+    try:
+        if force:
+            with sessions() as session, session.begin():
+                sync_nodes(session, obj.config.nodes)  # a fresh database knows no node yet
+                if enable(session, name, "enabled by an operator with --force: not cleaned "
+                          "nor checked", force=True) is None:
+                    raise UnknownNode(f"no node {name!r}")
+            click.echo(f"{name} enabled WITHOUT cleanup or health check (--force)")
+            return
+        verdict = enable_node(obj.config, sessions, name)
+    except UnknownNode as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except NodeBusy as exc:
+        # Its state belongs to that build or recovery: release or the reaper decides it.
+        click.echo(f"error: {exc}; enable it once that is over", err=True)
+        raise SystemExit(1) from None
+    if not verdict.ready:
+        click.echo(f"error: {name} not enabled ({verdict.cause}): {verdict.message}", err=True)
+        raise SystemExit(1)
+    click.echo(f"{name} {verdict.message}")
 
 
 @main.group()

@@ -97,8 +97,16 @@ class Secret(_Strict):
 
 class DatabaseConfig(_Strict):
     url: str = "sqlite:///.demo/hyperv-ci.db"
-    # The password of a server database, by reference (never in the URL in the YAML).
+    # The password of a server database, by reference (never in the URL in the YAML):
+    # an environment variable, or a file such as a Compose secret in /run/secrets/.
     password_env: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatabaseConfig:
+        if self.password_env and self.password_file:
+            raise ValueError("give password_env or password_file, not both")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -116,13 +124,18 @@ class DatabaseConfig(_Strict):
 
     def sqlalchemy_url(self) -> str:
         """The URL with the referenced password filled in."""
-        if not self.password_env:
+        if not (self.password_env or self.password_file):
             return self.url
         from sqlalchemy.engine import make_url
 
-        password = os.environ.get(self.password_env)
-        if password is None:
-            raise ConfigError(f"environment variable {self.password_env} is not set")
+        secret = Secret(password_env=self.password_env, password_file=self.password_file)
+        try:
+            password = secret.resolve()
+        except OSError as exc:  # a secret file the process's user may not read
+            raise ConfigError(f"database.password_file: cannot read {self.password_file}: "
+                              f"{exc.strerror}") from None
+        if not password:
+            raise ConfigError("database: the password file or variable is empty")
         return make_url(self.url).set(password=password).render_as_string(hide_password=False)
 
 
@@ -686,7 +699,7 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
         jobs[name] = job
     logs = config.logs.model_copy(update={"dir": fix(config.logs.dir)})
     worker = config.worker.model_copy(update={"git_cache_dir": fix(config.worker.git_cache_dir)})
-    db = config.database
+    db = config.database.model_copy(update={"password_file": fix(config.database.password_file)})
     if db.url.startswith("sqlite:///") and not db.url.startswith("sqlite:////"):
         rel = db.url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":

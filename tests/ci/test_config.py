@@ -148,3 +148,25 @@ def test_password_files_resolve_against_the_file(tmp_path: Path) -> None:
     assert config.nodes[0].winrm is not None
     assert config.nodes[0].winrm.password.password_file == tmp_path / "pw.txt"
     assert config.secrets() == ["file-Zoë-pw"]
+
+
+def test_database_password_from_a_file(tmp_path: Path) -> None:
+    """A Compose secret (/run/secrets/...) holds the database password: read at
+    connect time, relative to the config file, never from the URL in the YAML."""
+    data = minimal()
+    data["database"] = {"url": "postgresql+psycopg://hypervci@postgres:5432/hypervci",
+                        "password_file": "db_password"}
+    path = tmp_path / "ci.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    config = load_config(path)
+    assert config.database.password_file == tmp_path / "db_password"
+    with pytest.raises(ConfigError, match=r"cannot read .*db_password"):
+        config.database.sqlalchemy_url()
+    (tmp_path / "db_password").write_text("pä@ss/wörd\n", encoding="utf-8")
+    from sqlalchemy.engine import make_url
+
+    assert make_url(config.database.sqlalchemy_url()).password == "pä@ss/wörd"
+    both = {**data["database"], "password_env": "DB_PW"}
+    with pytest.raises(ConfigError, match="database: Value error, give password_env or "
+                                          "password_file, not both"):
+        parse_config({**data, "database": both})
