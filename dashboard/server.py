@@ -1,20 +1,15 @@
-"""Serving the dashboard with waitress: in the foreground for `hyperv-ci dashboard`,
-or on a background thread for the demo and the tests."""
+"""Serving the dashboard with waitress on a background thread (`hyperv-ci
+dashboard`, the demo and the tests: ci/app/processes.py wires them)."""
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from types import FrameType
 from typing import Any
 
 from flask import Flask
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, create_server
-
-from ci.config import Config
-from dashboard import create_app
 
 logger = logging.getLogger(__name__)
 
@@ -61,26 +56,3 @@ def start_in_thread(app: Flask, host: str = "127.0.0.1",
     running = RunningServer(server, thread)
     logger.info("dashboard serving on http://%s:%s/", host, running.port)
     return running, thread, running.port
-
-
-def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
-    """Serve the dashboard until SIGINT or SIGTERM (the `hyperv-ci dashboard` command)."""
-    host = host if host is not None else config.dashboard.host
-    port = port if port is not None else config.dashboard.port
-    app = create_app(config)
-    server = _make_server(app, host, port)
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        # waitress's run() catches SystemExit and shuts its task threads down.
-        logger.info("dashboard stopping (signal %s)", signum)
-        raise SystemExit(0)
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    logger.info("dashboard serving on http://%s:%s/", host, server.effective_port)
-    try:
-        server.run()
-    finally:
-        wasyncore.close_all(server._map)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    logger.info("dashboard stopped")

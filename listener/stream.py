@@ -34,10 +34,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci import stream_status
 from ci.config import Config
-from ci.db import ensure_schema, make_engine, make_sessionmaker, transaction
-from ci.gerrit import GerritClient, GerritError, GerritRefused
+from ci.db import transaction
+from ci.gerrit import GerritError, GerritRefused
 from ci.models import Change, Patchset
-from ci.reaper import start_reaper
 from listener.catchup import (
     close_is_new,
     synthetic_close,
@@ -55,7 +54,6 @@ from listener.events import (
     parse_event,
 )
 from listener.filters import watched_projects
-from listener.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -343,24 +341,3 @@ class Listener:
 # Within one second: an upload, then comments, then a close.
 _CATCH_UP_ORDER = {"patchset-created": 0, "comment-added": 1, "change-abandoned": 2,
                    "change-merged": 2}
-
-
-def run_listener(config: Config, stop: threading.Event) -> None:
-    """`hyperv-ci listen`: the stream listener plus the scheduler, until `stop` is set."""
-    engine = make_engine(config.database.sqlalchemy_url())
-    ensure_schema(engine)
-    sessions = make_sessionmaker(engine)
-    scheduler = Scheduler(config, sessions, GerritClient(config.gerrit))
-    listener = Listener(config, sessions, lambda: GerritClient(config.gerrit),
-                        on_flush=lambda _n: scheduler.wake())
-    thread = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler")
-    thread.start()
-    # Reaps dead workers' builds even when every worker is busy with a long one.
-    start_reaper(sessions, config.worker.max_attempts, config.worker.lease_seconds, stop)
-    try:
-        listener.run(stop)
-    finally:
-        stop.set()
-        scheduler.wake()
-        thread.join()
-        engine.dispose()

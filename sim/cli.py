@@ -1,4 +1,7 @@
-"""`hyperv-ci sim ...`: run the simulated Gerrit, or drive a running one from another shell.
+"""`hyperv-ci-sim ...`: run the simulated Gerrit, or drive a running one from another shell.
+
+The simulators' own command, apart from the product's `hyperv-ci` (which
+never imports `sim/`; `hyperv-ci demo` starts the simulators itself).
 
 The running sim advertises itself in STATE_DIR/sim-gerrit.json (host, port,
 the admin key and known_hosts); the commands here read it and send `sim-*`
@@ -27,7 +30,7 @@ _state_dir = click.option(
     default=Path(".demo"), show_default=True, help="Where the simulators keep their state.")
 
 
-@click.group("sim")
+@click.group("hyperv-ci-sim")
 def sim() -> None:
     """The simulated Gerrit: serve it, push changes, comment, merge, read reviews."""
 
@@ -41,7 +44,7 @@ def _call(state_dir: Path, command: str, payload: dict[str, Any] | None = None,
     except (OSError, ValueError):
         raise click.ClickException(
             f"no simulated Gerrit is running ({advert_file} not found); start one with "
-            "`hyperv-ci sim serve` or `hyperv-ci demo`, or pass --state-dir") from None
+            "`hyperv-ci-sim serve` or `hyperv-ci demo`, or pass --state-dir") from None
     config = GerritConfig(host=advert["host"], port=advert["port"],
                           username=advert["admin_user"], key_file=Path(advert["admin_key"]),
                           known_hosts=Path(advert["known_hosts"]), keepalive=0)

@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci.app.processes import run_listener
 from ci.config import Config, parse_config
 from ci.db import ensure_schema, make_engine, make_sessionmaker, transaction
 from ci.gerrit import GerritClient
 from ci.models import Build, BuildState, Event, Report, ReportState
 from ci.report import send_pending
-from listener.stream import run_listener
 from runners.worker import Worker
 from sim.gerrit import SimGerrit, make_client_identity
 

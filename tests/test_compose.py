@@ -18,7 +18,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ci.cli import main
+from ci.app.cli import main
 from ci.config import DevstackHypervJob, load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ci.cli import main
-from ci.demo import Demo
+from ci.app.demo import Demo
+from sim.cli import sim as sim_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -45,8 +45,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 
 def sim(demo: Demo, *args: str) -> str:
-    result = CliRunner().invoke(main, ["sim", *args], env={"HYPERV_CI_STATE_DIR":
-                                                           str(demo.state_dir)})
+    result = CliRunner().invoke(sim_cli, list(args), env={"HYPERV_CI_STATE_DIR":
+                                                          str(demo.state_dir)})
     assert result.exit_code == 0, result.output
     return result.output
 

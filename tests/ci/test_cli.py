@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from sqlalchemy import inspect, select
 
 from ci import queue
+from ci.app.cli import COMMANDS, main
 from ci.db import make_engine, make_sessionmaker
 from ci.models import Base, Node, NodeState, Report, ReportState
 from runners import pool
@@ -24,6 +26,7 @@ from runners.powershell import syntax_errors
 from sim.gerrit import SimGerrit, make_client_identity
 
 CLI = str(Path(sys.executable).with_name("hyperv-ci"))
+SIM_CLI = str(Path(sys.executable).with_name("hyperv-ci-sim"))
 SUBJECT = "修复 Hyper-V 实例名 « Zoë » 'quoted' $(rm -rf /)"
 OWNER = "张伟"
 PASSWORD_ENVS = ("HYPERV_CI_TEST_ADMIN_PASSWORD", "HYPERV_CI_TEST_SERVICE_PASSWORD",
@@ -174,12 +177,13 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.parametrize("command", ["worker", "listen"])
+@pytest.mark.parametrize("command", ["worker", "listen", "dashboard"])
 def test_long_running_commands_stop_cleanly_on_a_signal(
         tmp_path: Path, gerrit: SimGerrit, identity: tuple[Path, str], command: str,
         signum: signal.Signals) -> None:
     config = write_config(tmp_path, gerrit, identity[0])
-    args = ["worker", "--name", "cli-worker"] if command == "worker" else ["listen"]
+    args = {"worker": ["worker", "--name", "cli-worker"], "listen": ["listen"],
+            "dashboard": ["dashboard", "--port", "0"]}[command]
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("w", encoding="utf-8") as stderr:
         proc = subprocess.Popen([CLI, "-c", str(config), *args], stdout=subprocess.DEVNULL,
@@ -187,6 +191,9 @@ def test_long_running_commands_stop_cleanly_on_a_signal(
     try:
         if command == "worker":
             ready = wait_for(lambda: "worker cli-worker started" in
+                             stderr_path.read_text(encoding="utf-8"))
+        elif command == "dashboard":
+            ready = wait_for(lambda: "dashboard serving on" in
                              stderr_path.read_text(encoding="utf-8"))
         else:
             ready = gerrit.wait_for_streams(1, timeout=20)
@@ -204,6 +211,8 @@ def test_long_running_commands_stop_cleanly_on_a_signal(
     assert f"signal {int(signum)}: stopping" in err
     if command == "worker":
         assert "worker cli-worker stopped" in err
+    if command == "dashboard":
+        assert "dashboard stopped" in err
 
 
 def test_nodes_drain_and_undo(tmp_path: Path) -> None:
@@ -442,3 +451,43 @@ def test_events_list_shows_failed_events_with_their_reason(tmp_path: Path) -> No
     listed = cli(config, "events", "list").stdout
     assert "中文" in listed and "pending" in listed and "done" in listed
     assert "ref-updated" in cli(config, "events", "list", "--pending").stdout
+
+
+def test_the_simulators_have_their_own_command_not_the_products() -> None:
+    product = subprocess.run([CLI, "sim", "--help"], capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert product.returncode == 2 and "No such command 'sim'" in product.stderr
+    sims = subprocess.run([SIM_CLI, "--help"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert sims.returncode == 0, sims.stderr
+    listed = {line.split()[0] for line in sims.stdout.split("Commands:")[1].splitlines()
+              if line.strip()}
+    assert listed == {"serve", "push", "comment", "abandon", "merge", "replay", "reviews",
+                      "grant"}
+
+
+def test_every_command_loads_and_help_lists_them_all() -> None:
+    """The commands are imported when looked up: a wrong name in COMMANDS shows here."""
+    runner = CliRunner()
+    listing = runner.invoke(main, ["--help"], catch_exceptions=False)
+    assert listing.exit_code == 0
+    listed = {line.split()[0] for line in listing.output.split("Commands:")[1].splitlines()
+              if line.strip()}
+    assert listed == set(COMMANDS)
+    for name in COMMANDS:
+        result = runner.invoke(main, [name, "--help"], catch_exceptions=False)
+        assert result.exit_code == 0, (name, result.output)
+
+
+def test_alive_loads_neither_the_database_nor_gerrit_nor_the_processes(tmp_path: Path) -> None:
+    """A container healthcheck runs every few seconds: it must start fast."""
+    beat = tmp_path / "heartbeat"
+    beat.touch()
+    script = ("import sys\nfrom ci.app.cli import main\n"
+              f"try:\n    main(['alive', {str(beat)!r}])\nexcept SystemExit as exc:\n"
+              "    assert exc.code == 0, exc.code\n"
+              "print('loaded:', *sorted(m for m in sys.modules if m.split('.')[0] in "
+              "{'sqlalchemy', 'paramiko', 'flask', 'listener', 'runners', 'dashboard', 'sim'}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.splitlines()[-1] == "loaded:", done.stdout

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ci.cli import main
+from ci.app.cli import main
 from ci.config import ConfigError, LocalJob, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]

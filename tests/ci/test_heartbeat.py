@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from ci.cli import main
+from ci.app.cli import main
 from ci.heartbeat import Pulse, check, database_probe, judge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,12 +115,12 @@ def test_process_heartbeat_stops_when_its_database_goes(command: str, tmp_path: 
                                                         pg_server: str, pg_url: str) -> None:
     config = _config(tmp_path, pg_url)
     beat_file = tmp_path / "heartbeat"
-    subprocess.run([sys.executable, "-m", "ci.cli", "-c", str(config), "db", "upgrade"],
+    subprocess.run([sys.executable, "-m", "ci.app.cli", "-c", str(config), "db", "upgrade"],
                    check=True, cwd=ROOT, capture_output=True)
     log = tmp_path / f"{command}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ci.cli", "-c", str(config), command,
+            [sys.executable, "-m", "ci.app.cli", "-c", str(config), command,
              "--heartbeat", str(beat_file), "--heartbeat-interval", "0.2"],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 

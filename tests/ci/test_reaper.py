@@ -115,7 +115,7 @@ def test_a_dead_worker_is_reaped_while_every_survivor_is_busy(tmp_path: Path) ->
     for name in ("doomed", "survivor"):
         with (tmp_path / f"{name}.log").open("ab") as out:
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "ci.cli", "-c", str(config), "worker", "--name", name],
+                [sys.executable, "-m", "ci.app.cli", "-c", str(config), "worker", "--name", name],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def running() -> dict[int, str | None]:

@@ -22,7 +22,7 @@ from listener.catchup import close_is_new, synthetic_close, synthetic_comments
 from listener.event_store import EventStore
 from listener.events import CommentAdded, parse_event
 from listener.scheduler import Scheduler
-from listener.stream import Listener, run_listener
+from listener.stream import Listener
 from sim.gerrit import SimGerrit
 
 SUBJECT = "Hyper-V: 修复实例名的 unicode 问题 — naïve café"
@@ -213,40 +213,6 @@ def test_event_store_batches_and_deduplicates(sqlite_sessions: sessionmaker[Sess
     again.load()
     assert again.add(lines[449]) is None
     assert again.seen_patchset(3, 1) and not again.seen_patchset(3, 2)
-
-
-def test_run_listener_turns_an_upload_into_a_build(
-        stream_config: Config, sim_gerrit: SimGerrit,
-        sqlite_sessions: sessionmaker[Session]) -> None:
-    stop = threading.Event()
-    thread = threading.Thread(target=run_listener, args=(stream_config, stop))
-    thread.start()
-    try:
-        # Connected once a probe line gets stored (events before that are Gerrit's past).
-        wait_for(lambda: _probe(sim_gerrit, sqlite_sessions))
-        sim_gerrit.state.push("openstack/nova", files=HYPERV_FILES, subject=SUBJECT)
-        sim_gerrit.state.push("openstack/nova", files={"nova/compute/api.py": "x"})
-
-        def builds() -> list[tuple[str, str]]:
-            with transaction(sqlite_sessions) as session:
-                return [tuple(r) for r in session.execute(select(Build.job, Build.state))]
-        assert wait_for(builds) == [("hyperv-tempest", "queued")]
-        wait_for(lambda: _all_processed(sqlite_sessions))
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
-
-
-def _probe(sim: SimGerrit, sessions: sessionmaker[Session]) -> bool:
-    sim.emit_raw('{"type":"ref-updated","refUpdate":{"refName":"refs/heads/probe"}}')
-    time.sleep(0.1)
-    return bool(stored(sessions, "ref-updated"))
-
-
-def _all_processed(sessions: sessionmaker[Session]) -> bool:
-    with transaction(sessions) as session:
-        return session.scalar(select(Event.id).where(Event.processed_at.is_(None))) is None
 
 
 # -- catch-up of comments and closed changes ------------------------------------------------------

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
-from ci.cli import main
+from ci.app.cli import main
 from ci.config import load_config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
 from ci.models import Build, BuildState, Node, NodeState, OfflineCause, utcnow
@@ -91,7 +91,7 @@ def enqueue_change(sessions: sessionmaker[Session], gerrit: GerritState) -> int:
 def start_worker(config: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "ci.cli", "-c", str(config), "worker", "--name", name],
+            [sys.executable, "-m", "ci.app.cli", "-c", str(config), "worker", "--name", name],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 

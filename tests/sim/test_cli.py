@@ -1,4 +1,5 @@
-"""`hyperv-ci sim ...` against a running simulated Gerrit, through click's CliRunner."""
+"""`hyperv-ci-sim ...` against a running simulated Gerrit: click's CliRunner, and the
+console script itself for `serve`."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from ci.app.processes import run_listener
 from ci.config import GerritConfig, parse_config
 from ci.db import make_engine, make_sessionmaker
 from ci.gerrit import GerritClient, LabelRefused
 from ci.models import Build, Change, Event, Patchset
-from listener.stream import run_listener
 from sim.cli import sim as sim_group
 from sim.gerrit import SimGerrit, make_client_identity
 from tests.listener.conftest import config_data
+
+# The simulators' own console script (pyproject.toml), beside the interpreter.
+SIM_CLI = str(Path(sys.executable).with_name("hyperv-ci-sim"))
 
 
 @pytest.fixture
@@ -191,7 +195,7 @@ def test_serve_runs_until_terminated(tmp_path: Path, identity: tuple[Path, str])
     state_dir = tmp_path / "served"
     pub = identity[0].with_suffix(".pub")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from sim.cli import sim; sim()", "serve", "--state-dir",
+        [SIM_CLI, "serve", "--state-dir",
          str(state_dir), "--port", "0", "--user", f"hyperv-ci={pub}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -235,7 +239,7 @@ def test_serve_grants_labels_and_strict_labels(tmp_path: Path,
     state_dir = tmp_path / "served"
     pub = identity[0].with_suffix(".pub")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from sim.cli import sim; sim()", "serve", "--state-dir",
+        [SIM_CLI, "serve", "--state-dir",
          str(state_dir), "--port", "0", "--user", f"hyperv-ci={pub}",
          "--grant", "hyperv-ci:Code-Review=-1..+1", "--strict-labels"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

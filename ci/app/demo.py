@@ -1,9 +1,12 @@
 """`hyperv-ci demo`: the whole CI on one machine against the simulators.
 
+The one product module that imports `sim/` (tests/test_architecture.py).
+
 Starts the simulated Gerrit (real SSH) and the simulated lab (a devstack
 node over SSH, Hyper-V nodes over WS-Management), fills their run-time
 facts (ports, keys, nodes, paths) into the demo's YAML, then runs the real
-listener, worker, reporter and dashboard in one process until SIGINT.
+listener, worker, reporter and dashboard in one process until SIGINT (their
+parts, as ci/app/processes.py wires them, sharing one database and one reaper).
 The effective configuration is written to STATE_DIR/demo-config.yaml, so
 `hyperv-ci -c .demo/demo-config.yaml builds` works from a second shell.
 """
@@ -22,7 +25,10 @@ from typing import Any
 
 import yaml
 
+from ci.app.processes import listen, open_database, start_dashboard, start_timers, work
 from ci.config import Config, parse_config
+from sim.gerrit import SimGerrit, make_client_identity
+from sim.lab import SimLab
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +83,10 @@ class Demo:
         self._cleanups: list[Callable[[], None]] = []
         self.config: Config | None = None
         self.url = ""
-        self.gerrit: Any = None
-        self.lab: Any = None
+        self.gerrit: SimGerrit | None = None
+        self.lab: SimLab | None = None
 
     def start(self) -> Config:
-        from sim.gerrit import SimGerrit, make_client_identity
-        from sim.lab import SimLab
-
         self.state_dir.mkdir(parents=True, exist_ok=True)
         raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
         for name in DEMO_PASSWORD_ENV:
@@ -126,31 +129,18 @@ class Demo:
         return config
 
     def _start_services(self, config: Config, port: int) -> None:
-        from ci.db import ensure_schema, make_engine, make_sessionmaker
-        from ci.gerrit import GerritClient
-        from ci.report import send_pending
-        from dashboard import create_app
-        from dashboard.server import start_in_thread
-        from listener.stream import run_listener
-        from runners.worker import Worker
-
-        engine = make_engine(config.database.sqlalchemy_url())
-        ensure_schema(engine)
-        sessions = make_sessionmaker(engine)
-        self._cleanups.append(engine.dispose)
-
-        def report() -> None:
-            send_pending(sessions, lambda: GerritClient(config.gerrit), config)
-
-        worker = Worker(config, sessions, name="demo-worker")
-        self._spawn("listener", run_listener, config, self.stop_event)
+        database = open_database(config)
+        self._cleanups.append(database.engine.dispose)
+        sessions, stop = database.sessions, self.stop_event
+        start_timers(config, sessions, stop)
+        self._spawn("listener", listen, config, sessions, stop)
         # The worker sends the outbox from its own thread, within seconds of a build's end.
-        self._spawn("worker", worker.run, self.stop_event, None, report)
-        app = create_app(config, sessions=sessions)
-        server, _thread, actual = start_in_thread(app, "127.0.0.1", port)
+        self._spawn("worker", work, config, sessions, stop, "demo-worker")
+        server = start_dashboard(config, sessions, "127.0.0.1", port)
         self._cleanups.append(server.close)
-        self.url = f"http://127.0.0.1:{actual}/"
+        self.url = f"http://127.0.0.1:{server.port}/"
         # Ready means the listener follows the stream: a push from now on is seen.
+        assert self.gerrit is not None
         if not self.gerrit.wait_for_streams(1, timeout=30):
             raise RuntimeError("the listener did not connect to the simulated Gerrit")
 
@@ -182,10 +172,10 @@ def run_demo(config_path: Path, state_dir: Path, stop: threading.Event) -> None:
             f"  dashboard:  {demo.url}\n"
             f"  state:      {demo.state_dir}\n\n"
             f"From a second shell, push a change to the simulated Gerrit:\n"
-            f"  .venv/bin/hyperv-ci sim push --project openstack/nova --file {hv} "
-            f"--subject 'Fix VHD format'\n"
-            f"  .venv/bin/hyperv-ci sim reviews\n"
-            f"  .venv/bin/hyperv-ci sim comment CHANGE,1 recheck\n"
+            f"  .venv/bin/hyperv-ci-sim push --project openstack/nova "
+            f"--branch unmaintained/2023.1 --file {hv} --subject 'Fix VHD format'\n"
+            f"  .venv/bin/hyperv-ci-sim reviews\n"
+            f"  .venv/bin/hyperv-ci-sim comment CHANGE,1 recheck\n"
             f"  .venv/bin/hyperv-ci -c {demo.state_dir / 'demo-config.yaml'} builds\n\n"
             f"Ctrl-C stops everything.\n",
             flush=True,
