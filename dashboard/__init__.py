@@ -79,10 +79,11 @@ def create_app(
             response.headers.setdefault(name, value)
         return response
 
-    from dashboard import actions, api, health, logs, pages
+    from dashboard import actions, api, health, logs, metrics, pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(logs.bp)
