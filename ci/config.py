@@ -17,8 +17,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ci.errors import PermanentError
 
-class ConfigError(Exception):
+
+class ConfigError(PermanentError):
     """A configuration file that cannot be used; the message names key and problem."""
 
 

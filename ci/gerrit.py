@@ -28,6 +28,7 @@ from typing import Any
 import paramiko
 
 from ci.config import GerritConfig
+from ci.errors import HypervCIError, PermanentError, TransientError
 from ci.preflight import known_hosts_name
 
 logger = logging.getLogger(__name__)
@@ -37,13 +38,21 @@ _READ_SIZE = 1 << 20
 _SPECIAL_FILES = ("/COMMIT_MSG", "/MERGE_LIST", "/PATCHSET_LEVEL")
 
 
-class GerritError(Exception):
-    """A Gerrit command or connection failed.
+class GerritError(HypervCIError):
+    """A Gerrit command or connection failed: `GerritUnavailable` or `GerritRejected`.
 
     `transient` says whether asking again may help: a connection that failed
-    or a command that died may work later; an answer that says the change or
-    patch set does not exist never will.
+    or a command that died may work later (GerritUnavailable, a TransientError);
+    an answer that says the change or patch set does not exist never will
+    (GerritRejected, a PermanentError). `GerritError(..., transient=False)`
+    makes a GerritRejected, and without it a GerritUnavailable, so every
+    instance is one or the other.
     """
+
+    def __new__(cls, *args: object, transient: bool = True, **kwargs: object) -> GerritError:
+        if cls is GerritError:
+            cls = GerritUnavailable if transient else GerritRejected
+        return super().__new__(cls, *args)
 
     def __init__(self, message: str, *, exit_status: int | None = None, stderr: str = "",
                  transient: bool = True) -> None:
@@ -51,19 +60,30 @@ class GerritError(Exception):
         super().__init__(f"{message}{detail}" + (f": {stderr.strip()}" if stderr.strip() else ""))
         self.exit_status = exit_status
         self.stderr = stderr
-        self.transient = transient
+
+    @property
+    def transient(self) -> bool:
+        return isinstance(self, TransientError)
 
 
-class GerritRefused(GerritError):
+class GerritUnavailable(GerritError, TransientError):
+    """Gerrit could not be reached, or the command or link died: ask again later."""
+
+
+class GerritRejected(GerritError, PermanentError):
+    """Gerrit answered, and the answer will not change (no such patch set, a bad query)."""
+
+
+class GerritRefused(GerritUnavailable):
     """The server's host key does not match known_hosts, or it refused our key.
 
-    Still `transient` (it clears once an operator fixes known_hosts, the key or
+    Still transient (it clears once an operator fixes known_hosts, the key or
     the account), but never a quiet retry: it means a configuration problem,
     or a server that is not the one we know.
     """
 
 
-class LabelRefused(GerritError):
+class LabelRefused(GerritRejected):
     """Gerrit refused a vote: permanent (resending the same vote fails the same way).
 
     Nothing of that review was recorded, the message included.
@@ -246,7 +266,7 @@ class GerritClient:
             row = json.loads(line)
             kind = row.get("type")
             if kind == "error":
-                raise GerritError(f"query failed: {row.get('message', '')}", transient=False)
+                raise GerritRejected(f"query failed: {row.get('message', '')}")
             if kind == "stats":
                 stats = row
             else:
@@ -261,7 +281,7 @@ class GerritClient:
                 if str(ps.get("number")) == str(patchset):
                     return [f["file"] for f in ps.get("files", [])
                             if f.get("file") not in _SPECIAL_FILES]
-        raise GerritError(f"change {change} has no patch set {patchset}", transient=False)
+        raise GerritRejected(f"change {change} has no patch set {patchset}")
 
     def review(self, project: str, change: int, patchset: int, *, message: str,
                labels: dict[str, int] | None = None, tag: str | None = None) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
-from ci.gerrit import GerritError, LabelRefused
+from ci.gerrit import GerritRejected, LabelRefused
 from ci.models import Build, BuildState, Report, ReportState, TestResult, utcnow
 from ci.report_checks import (
     CannotAsk,
@@ -286,8 +286,8 @@ def _deliver(sessions: sessionmaker[Session], client: ReviewClient, report: Repo
         return None
     status = statuses.status(client, report.change_number, due)
     if status is None:
-        raise GerritError(f"change {report.change_number} is not in Gerrit (deleted, or not "
-                          f"visible to {config.gerrit.username})", transient=False)
+        raise GerritRejected(f"change {report.change_number} is not in Gerrit (deleted, or not "
+                             f"visible to {config.gerrit.username})")
     closed = closed_reason(status)
     if closed is not None:
         return closed

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ci.gerrit import GerritError, LabelRefused
+from ci.errors import PermanentError, TransientError
+from ci.gerrit import GerritError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class StatusClient(Protocol):
     def query(self, query: str, **flags: bool) -> list[dict[str, Any]]: ...
 
 
-class CannotAsk(Exception):
+class CannotAsk(TransientError):
     """Gerrit could not be asked (down, or it refused the question): retry the send."""
 
 
@@ -77,7 +78,7 @@ def _ask(client: StatusClient, numbers: list[int]) -> dict[int, str]:
     try:
         return statuses_from_rows(client.query(status_query(numbers)))
     except GerritError as exc:
-        if exc.transient or len(numbers) == 1:
+        if isinstance(exc, TransientError) or len(numbers) == 1:
             raise CannotAsk(f"cannot ask Gerrit whether the change is open: {exc}") from exc
         # Gerrit answered the combined question with an error (a server or proxy
         # that limits queries): ask change by change rather than not at all.
@@ -152,14 +153,17 @@ def classify_send_error(exc: BaseException) -> SendFailure:
     """What a failed send means: retry it, fail it now, or the change closed."""
     text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, GerritError) else str(exc)
     if isinstance(exc, CannotAsk):
+        # Before Gerrit's words: its message quotes the query's error.
         return SendFailure(Verdict.RETRY, str(exc))
     if isinstance(exc, GerritError):
         said = f"{exc}\n{exc.stderr}"
         closed = next((words for words in _CLOSED if words in said), None)
         if closed is not None:
             return SendFailure(Verdict.CHANGE_CLOSED, f"change closed (Gerrit: {closed})")
-        if isinstance(exc, LabelRefused) or not exc.transient:
-            return SendFailure(Verdict.FAIL_NOW, text)
         if any(words in said for words in _GONE):
+            # Said on a command's stderr, so GerritClient cannot tell it from a
+            # command that died: the words decide.
             return SendFailure(Verdict.FAIL_NOW, text)
+    if isinstance(exc, PermanentError):  # a refused vote, an answer that will not change
+        return SendFailure(Verdict.FAIL_NOW, text)
     return SendFailure(Verdict.RETRY, text)

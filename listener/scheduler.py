@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ci.config import Config
 from ci.db import transaction
 from ci.enqueue import change_info_from_query
-from ci.gerrit import GerritError
+from ci.errors import HypervCIError, TransientError
 from ci.models import Build, Change, Event, Patchset, utcnow
 from ci.queue import ACTIVE, ChangeInfo, abort_change, enqueue, request_abort, upsert_patchset
 from ci.report_checks import CLOSED
@@ -80,9 +80,15 @@ class _Retry:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether asking again later may succeed (else retrying cannot help)."""
-    if isinstance(exc, GerritError):
-        return exc.transient
+    """Whether asking again later may succeed (else retrying cannot help).
+
+    The CI's own exceptions say it by their branch (ci/errors.py); the
+    libraries' are named here: the database's and the transport's.
+    """
+    if isinstance(exc, TransientError):
+        return True  # Gerrit unreachable, its link lost
+    if isinstance(exc, HypervCIError):
+        return False  # no such patch set, a bad config, ...
     if isinstance(exc, OperationalError | InterfaceError):
         return True  # database down, busy or locked
     if isinstance(exc, DBAPIError):
@@ -201,7 +207,7 @@ class Scheduler:
             return False
         if not is_transient(exc):
             logger.error("event %s (%s): %s; not retried", event_id, event.type, reason,
-                         exc_info=not isinstance(exc, GerritError | ValueError))
+                         exc_info=not isinstance(exc, HypervCIError | ValueError))
         else:
             logger.error("event %s (%s): %s; gave up after %.0f s of retries",
                          event_id, event.type, reason, self.retry_budget)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ci.errors import ControlFlow, TransientError
+
 if TYPE_CHECKING:
     from ci.config import Config, NodeConfig
     from runners.steps import StepRecorder
@@ -21,15 +23,26 @@ if TYPE_CHECKING:
 OutputSink = Callable[[str], None]
 
 
-class ExecutorError(Exception):
+class ExecutorError(TransientError):
     """The transport to a node failed (unreachable, dropped, auth): the CI's fault."""
 
 
-class CommandTimeout(ExecutorError):
-    """A command outlived its timeout; the executor has stopped it on the node."""
+class CommandStopped(ControlFlow):
+    """The executor stopped a running command on the node (it no longer runs there).
+
+    Not an ExecutorError: the transport worked, so the node is not to be
+    marked unreachable, and an idempotent step is not retried for it.
+    """
 
 
-class CommandAborted(ExecutorError):
+class CommandTimeout(CommandStopped):
+    """A command outlived its timeout; the executor has stopped it on the node.
+
+    The CI's problem (the build ends as an error), not the change's.
+    """
+
+
+class CommandAborted(CommandStopped):
     """The caller's `should_stop` turned true mid-command; the executor has stopped it.
 
     Not a CommandTimeout: the build was superseded or aborted, so the command's
@@ -76,8 +89,12 @@ class Outcome(enum.StrEnum):
     MERGE_CONFLICT = "merge_conflict"  # reported without a vote
 
 
-class InfraError(Exception):
-    """Raised inside a job for a CI-side failure; becomes Outcome.ERROR."""
+class InfraError(TransientError):
+    """Raised inside a job for a CI-side failure; becomes Outcome.ERROR.
+
+    Transient as far as the build goes: the worker retries an errored build,
+    up to `worker.max_attempts`, whatever the cause.
+    """
 
 
 @dataclass(frozen=True)

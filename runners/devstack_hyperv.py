@@ -141,9 +141,7 @@ class DevstackHypervRunner(Runner):
         """Remember a node whose transport failed (a timeout or abort is not): no log collection."""
         try:
             yield
-        except (CommandTimeout, CommandAborted):
-            raise
-        except ExecutorError:
+        except ExecutorError:  # never a CommandTimeout or CommandAborted
             self.dead.add(node)
             raise
 
@@ -232,7 +230,7 @@ class DevstackHypervRunner(Runner):
         except CommandAborted as exc:
             # Stopped mid-step: the same result as an abort between steps.
             result = JobResult(Outcome.ERROR, f"aborted while running: {exc}")
-        except (InfraError, ExecutorError) as exc:
+        except (InfraError, ExecutorError, CommandTimeout) as exc:
             result = JobResult(Outcome.ERROR, f"infrastructure error: {exc}")
         for name in RUN_STEPS:
             if name not in self._started:
@@ -318,7 +316,7 @@ class DevstackHypervRunner(Runner):
                      should_stop=self._abort)
         except CommandAborted:
             raise  # the build is over, not just this diagnostic
-        except ExecutorError as exc:
+        except (ExecutorError, CommandTimeout) as exc:
             step.log(f"could not capture the services' stderr on {node}: {exc}")
 
     def _wait_services(self, step: StepHandle) -> None:
@@ -360,7 +358,7 @@ class DevstackHypervRunner(Runner):
         tasks += [(lambda node=n.name: self._collect_windows(ctx, node)) for n in self.hyperv]
         try:
             self._parallel(tasks)
-        except (InfraError, ExecutorError, OSError) as exc:
+        except (InfraError, ExecutorError, CommandTimeout, OSError) as exc:
             logger.warning("build %s: log collection incomplete: %s", ctx.build_id, exc)
 
     def _collect_controller(self, ctx: BuildContext) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ci.config import Config, ConfigError, NodeConfig
 from ci.leases import HEALTH_CHECKS, take_turn
 from ci.models import Node, NodeState, OfflineCause
-from runners.base import ExecutorError
+from runners.base import CommandTimeout, ExecutorError
 from runners.pool import record_health
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def check_node(node: NodeConfig, timeout: float = CHECK_TIMEOUT) -> tuple[bool, 
         if node.ssh is not None:
             return _check_ssh(node, timeout)
         return False, "no ssh or winrm section"
-    except (ExecutorError, ConfigError, OSError) as exc:
+    except (ExecutorError, CommandTimeout, ConfigError, OSError) as exc:
         return False, f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # a health check must report, not crash the worker's loop
         logger.exception("health check of %s crashed", node.name)

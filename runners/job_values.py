@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ci.config import ConfigError, DevstackHypervJob, NodeConfig
+from ci.errors import PermanentError
 from runners.base import ChangeRef
 from runners.oslo_check import HYPERV_COMPUTE_DRIVERS, IN_TREE_HYPERV_DRIVERS
 
@@ -39,7 +40,7 @@ _PLAIN_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _RELEASE_RE = re.compile(r"^(?:stable|unmaintained)/(?:(\d{4})\.(\d)|([a-z][a-z]+))$")
 
 
-class RenderError(Exception):
+class RenderError(PermanentError):
     """The job cannot be rendered for these inputs (the message says why)."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ci.errors import ControlFlow
 from runners.base import ChangeRef, InfraError, OutputSink
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ class MergeError(InfraError):
     """Git could not fetch or merge for a reason that is not a conflict: the CI's fault."""
 
 
-class MergeConflict(Exception):
-    """The change does not merge onto its branch tip; `files` are the conflicting paths."""
+class MergeConflict(ControlFlow):
+    """The change does not merge onto its branch tip; `files` are the conflicting paths.
+
+    Not an error of ours but the build's result: reported without a vote.
+    """
 
     def __init__(self, change: ChangeRef, files: Sequence[str]) -> None:
         self.files = list(files)

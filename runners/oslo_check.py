@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from ci.errors import PermanentError
+
 if TYPE_CHECKING:
     from runners.render import RenderedJob
 
@@ -40,7 +42,7 @@ CONFIG_KINDS: Mapping[str, Kind] = {
 }
 
 
-class OsloCheckError(Exception):
+class OsloCheckError(PermanentError):
     """The checker itself could not run (missing virtualenv, crash)."""
 
 

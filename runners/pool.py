@@ -29,6 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ci.config import Config, NodeConfig
+from ci.errors import TransientError
 from ci.models import Build, Node, NodeState, OfflineCause, utcnow
 
 logger = logging.getLogger(__name__)
@@ -291,7 +292,7 @@ def finish_recovery(session: Session, name: str, verdict: Verdict) -> bool:
     return done
 
 
-class NodeBusy(Exception):
+class NodeBusy(TransientError):
     """The node holds a build: it cannot be enabled under that build's feet."""
 
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config, ConfigError, DevstackHypervJob, NodeConfig
+from ci.errors import PermanentError
 from ci.models import Build
 from runners import pool
-from runners.base import ChangeRef, ExecutorError
+from runners.base import ChangeRef, CommandTimeout, ExecutorError
 from runners.health import check_node
 from runners.job_values import RenderError
 from runners.pool import Probe, Verdict
@@ -118,7 +119,7 @@ def clean_node(config: Config, node: NodeConfig, dirty: DirtyBuild | None) -> Pr
                 result = ssh.run(["bash", script.remote_path], timeout=job.command_timeout)
             finally:
                 ssh.close()
-    except (ExecutorError, RenderError, ConfigError, OSError, ValueError) as exc:
+    except (ExecutorError, CommandTimeout, RenderError, ConfigError, OSError, ValueError) as exc:
         return Probe(False, f"{type(exc).__name__}: {exc}")
     logger.info("node %s cleanup (job %s) exited %s:\n%s%s", node.name, job_name,
                 result.exit_code, result.stdout[-4000:], result.stderr[-4000:])
@@ -170,7 +171,7 @@ def recover_nodes(config: Config, sessions: sessionmaker[Session],
     return {task.name: verdict for task, verdict in zip(tasks, verdicts, strict=True)}
 
 
-class UnknownNode(Exception):
+class UnknownNode(PermanentError):
     """No such node in the configuration."""
 
 

@@ -32,6 +32,7 @@ from ci.config import NodeConfig
 from runners.base import (
     CommandAborted,
     CommandResult,
+    CommandStopped,
     CommandTimeout,
     ExecutorError,
     OutputSink,
@@ -375,7 +376,8 @@ class _Session:
                 raise ExecutorError(f"connection to {self.executor._where()} lost while running")
             return CommandResult(status, "".join(self.out), "".join(self.err))
         except BaseException as exc:
-            if not isinstance(exc, ExecutorError) and self.pgid is not None \
+            # A timeout or abort has killed the group already; a lost link cannot.
+            if not isinstance(exc, ExecutorError | CommandStopped) and self.pgid is not None \
                     and not channel.exit_status_ready():
                 self.executor._kill_group(self.pgid)  # e.g. on_output raised: stop the remote
             raise

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.models import BuildStep, StepState, utcnow
-from runners.base import ExecutorError, InfraError
+from runners.base import CommandStopped, ExecutorError, InfraError
 from runners.redaction import REDACTED, Redactor
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class StepRecorder:
         handle = self.start(name, node)
         try:
             yield handle
-        except (InfraError, ExecutorError) as exc:
+        except (InfraError, ExecutorError, CommandStopped) as exc:
             handle.log(f"ERROR: {exc}")
             handle.finish(StepState.ERROR, str(exc))
             raise

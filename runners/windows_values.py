@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 from ci.config import ConfigError, DevstackHypervJob
+from ci.errors import PermanentError
 from runners.job_values import RenderError
 
 # (config key, the scripts' variable prefix, file name on the node).
@@ -28,7 +29,7 @@ TOOLS = ("openstack_service", "qemu_img", "mkisofs")
 ACCOUNT_PASSWORD_PLACEHOLDER = "PLACEHOLDER-service-account-password"  # noqa: S105 - a stand-in
 
 
-class ArtefactError(Exception):
+class ArtefactError(PermanentError):
     """A worker-side artefact that is missing or does not match its SHA-256."""
 
 

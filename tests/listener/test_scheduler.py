@@ -373,7 +373,7 @@ def test_a_permanent_lookup_error_fails_the_event_and_holds_back_nothing(
     assert builds(sessions) == [(9, 2, "hyperv-tempest", "queued", "patchset-created")]
     ((event_id, outcome),) = failed_events(sessions)
     assert event_id == first
-    assert outcome.startswith("failed: Gerrit lookup failed: GerritError: change 9 has no "
+    assert outcome.startswith("failed: Gerrit lookup failed: GerritRejected: change 9 has no "
                               "patch set 1")
     assert gerrit.calls.count(("files", (9, 1))) == 1  # never retried
     assert None not in outcomes(sessions)
