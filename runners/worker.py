@@ -3,10 +3,11 @@
 Any number of workers on any number of hosts share the database. Each
 renews the lease of the build it runs from a heartbeat thread; a worker
 that dies stops renewing, and `ci.queue.reap_expired` (run on a timer by
-every worker and the listener, whatever they are doing) turns its build into
-an `error` with a retry and hands its nodes to recovery. A keeper thread
-recovers those nodes (cleans, checks, returns them: runners/recovery.py) and
-takes its turn at the pool's health checks (one process per interval).
+every worker process and the listener, whatever they are doing; wired in
+ci/app/processes.py) turns its build into an `error` with a retry and
+hands its nodes to recovery. A keeper thread recovers those nodes (cleans,
+checks, returns them: runners/recovery.py) and takes its turn at the pool's
+health checks (one process per interval).
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from ci import queue
 from ci.config import Config
 from ci.models import Build, BuildState, TestResult
-from ci.reaper import start_reaper
 from ci.report import queue_report
 from runners import pool
-from runners.base import BuildContext, ChangeRef, ExecutorError, InfraError, JobResult, Outcome
+from runners.base import (
+    BuildContext,
+    ChangeRef,
+    CommandStopped,
+    ExecutorError,
+    InfraError,
+    JobResult,
+    Outcome,
+)
 from runners.logs import prune_logs, publish_logs
 from runners.registry import make_runner
 from runners.results import RESULTS_FILE, format_results
@@ -85,10 +93,6 @@ class Worker:
         logger.info("worker %s started", self.name)
         with self.sessions() as session, session.begin():
             pool.sync_nodes(session, self.config.nodes)
-        # A dead worker's build is reaped within seconds even while this one
-        # runs a build for hours.
-        start_reaper(self.sessions, self.config.worker.max_attempts,
-                     self.config.worker.lease_seconds, stop)
         if self.config.nodes:
             threading.Thread(target=self._keeper_loop, args=(stop,), name="keeper",
                              daemon=True).start()
@@ -240,7 +244,7 @@ class Worker:
                     logger.exception("build %s: cleanup failed", ctx.build_id)
                     failed_nodes = [n.name for n in ctx.nodes]
                     ctx.steps.skip("cleanup", message=f"cleanup raised: {exc}")
-        except (InfraError, ExecutorError) as exc:
+        except (InfraError, ExecutorError, CommandStopped) as exc:
             result = JobResult(Outcome.ERROR, f"infrastructure error: {exc}")
         except Exception as exc:
             logger.exception("build %s: the runner crashed", ctx.build_id)
