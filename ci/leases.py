@@ -11,8 +11,9 @@ a holder that dies gives up nothing: the next turn is due when its time is.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,7 +33,8 @@ def take_turn(session: Session, name: str, holder: str, seconds: float,
     result = session.execute(
         update(Lease).where(Lease.name == name, Lease.expires_at <= now)
         .values(holder=holder, expires_at=until))
-    if result.rowcount == 1:
+    # An UPDATE's result is a CursorResult (rowcount), which Session.execute does not say.
+    if cast("CursorResult[Any]", result).rowcount == 1:
         return True
     if session.scalar(select(Lease.name).where(Lease.name == name)) is not None:
         return False

@@ -8,6 +8,7 @@ public shape as `sim.sshd.OpenSSHServer`.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import logging
 import os
@@ -16,12 +17,21 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any, BinaryIO
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_SUCCEEDED,
+)
+from paramiko.sftp import SFTP_OK
 
 from ci.config import NodeConfig
 from sim.ssh_logging import quiet_client_hangups
@@ -41,27 +51,32 @@ def _new_key(path: Path) -> paramiko.Ed25519Key:
 
 
 class _SFTPHandle(paramiko.SFTPHandle):
+    # paramiko's SFTPServer reads these attributes; its stubs do not declare them.
+    filename: str
+    readfile: BinaryIO
+    writefile: BinaryIO
+
     def stat(self) -> paramiko.SFTPAttributes | int:
         try:
             return paramiko.SFTPAttributes.from_stat(os.fstat(self.readfile.fileno()))
         except OSError as exc:
-            return paramiko.SFTPServer.convert_errno(exc.errno)
+            return paramiko.SFTPServer.convert_errno(exc.errno or errno.EIO)
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
         try:
             paramiko.SFTPServer.set_file_attr(self.filename, attr)
         except OSError as exc:
-            return paramiko.SFTPServer.convert_errno(exc.errno)
-        return paramiko.SFTP_OK
+            return paramiko.SFTPServer.convert_errno(exc.errno or errno.EIO)
+        return SFTP_OK
 
 
-def _errno(call):  # type: ignore[no-untyped-def]
+def _errno(call: Callable[..., Any]) -> Callable[..., Any]:
     """Map OSError to an SFTP status code, as SFTP servers must."""
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return call(*args, **kwargs)
         except OSError as exc:
-            return paramiko.SFTPServer.convert_errno(exc.errno)
+            return paramiko.SFTPServer.convert_errno(exc.errno or errno.EIO)
     return wrapper
 
 
@@ -94,6 +109,7 @@ class _SFTPServer(paramiko.SFTPServerInterface):
         path = self.canonicalize(path)
         mode = attr.st_mode if attr is not None and attr.st_mode is not None else 0o666
         fd = os.open(path, flags | getattr(os, "O_BINARY", 0), mode & 0o7777)
+        fobj: BinaryIO
         if flags & os.O_WRONLY:
             fobj = os.fdopen(fd, "ab" if flags & os.O_APPEND else "wb")
         elif flags & os.O_RDWR:
@@ -109,32 +125,32 @@ class _SFTPServer(paramiko.SFTPServerInterface):
     @_errno
     def remove(self, path: str) -> int:
         os.remove(self.canonicalize(path))
-        return paramiko.SFTP_OK
+        return SFTP_OK
 
     @_errno
     def rename(self, oldpath: str, newpath: str) -> int:
         os.rename(self.canonicalize(oldpath), self.canonicalize(newpath))
-        return paramiko.SFTP_OK
+        return SFTP_OK
 
     @_errno
     def posix_rename(self, oldpath: str, newpath: str) -> int:
         os.replace(self.canonicalize(oldpath), self.canonicalize(newpath))
-        return paramiko.SFTP_OK
+        return SFTP_OK
 
     @_errno
     def mkdir(self, path: str, attr: paramiko.SFTPAttributes) -> int:
         os.mkdir(self.canonicalize(path))
-        return paramiko.SFTP_OK
+        return SFTP_OK
 
     @_errno
     def rmdir(self, path: str) -> int:
         os.rmdir(self.canonicalize(path))
-        return paramiko.SFTP_OK
+        return SFTP_OK
 
     @_errno
     def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
         paramiko.SFTPServer.set_file_attr(self.canonicalize(path), attr)
-        return paramiko.SFTP_OK
+        return SFTP_OK
 
 
 class _Server(paramiko.ServerInterface):
@@ -143,16 +159,16 @@ class _Server(paramiko.ServerInterface):
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind == "session":
-            return paramiko.OPEN_SUCCEEDED
-        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            return OPEN_SUCCEEDED
+        return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         if username == self.owner.username and key == self.owner.client_key:
-            return paramiko.AUTH_SUCCESSFUL
-        return paramiko.AUTH_FAILED
+            return AUTH_SUCCESSFUL
+        return AUTH_FAILED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         try:

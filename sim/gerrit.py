@@ -25,6 +25,12 @@ from typing import Any
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_SUCCEEDED,
+)
 
 from ci.config import GerritConfig
 from sim.gerrit_commands import run_command
@@ -49,10 +55,10 @@ def _write_private(path: Path, data: bytes) -> None:
 def _ed25519_key_file(path: Path) -> str:
     """Create an OpenSSH ed25519 private key at `path` unless one exists; its public line."""
     if not path.exists():
-        key = Ed25519PrivateKey.generate()
-        _write_private(path, key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.OpenSSH,
-                                               serialization.NoEncryption()))
+        private = Ed25519PrivateKey.generate()
+        _write_private(path, private.private_bytes(serialization.Encoding.PEM,
+                                                   serialization.PrivateFormat.OpenSSH,
+                                                   serialization.NoEncryption()))
     key = paramiko.Ed25519Key(filename=str(path))
     return f"{key.get_name()} {key.get_base64()}"
 
@@ -86,8 +92,8 @@ class _Server(paramiko.ServerInterface):
         allowed = self.sim.authorized_key(username)
         if allowed is not None and allowed == (key.get_name(), key.asbytes()):
             self.username = username
-            return paramiko.AUTH_SUCCESSFUL
-        return paramiko.AUTH_FAILED
+            return AUTH_SUCCESSFUL
+        return AUTH_FAILED
 
     def check_global_request(self, kind: str, msg: paramiko.Message) -> bool:
         # Gerrit's sshd (Apache MINA sshd, server/global/KeepAliveHandler.java)
@@ -98,8 +104,8 @@ class _Server(paramiko.ServerInterface):
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind == "session":
-            return paramiko.OPEN_SUCCEEDED
-        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            return OPEN_SUCCEEDED
+        return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         if self.username is None:

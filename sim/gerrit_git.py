@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ZERO_REV = "0" * 40
 
@@ -113,7 +114,7 @@ def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
     return subprocess.run(argv, env=_env(), capture_output=True, check=False).returncode == 0
 
 
-def diff_files(repo: Path, old: str | None, new: str) -> list[dict[str, object]]:
+def diff_files(repo: Path, old: str | None, new: str) -> list[dict[str, Any]]:
     """Gerrit's `files` entries for `old..new` (old None: against the empty tree)."""
     base = old or git(repo, "hash-object", "-t", "tree", "--stdin", stdin=b"").decode().strip()
     status = git(repo, "diff", "--name-status", "-z", "--no-renames", base, new).split(b"\0")
@@ -121,11 +122,12 @@ def diff_files(repo: Path, old: str | None, new: str) -> list[dict[str, object]]
     counts: dict[str, tuple[int, int]] = {}
     for item in numstat:
         if item:
-            ins, dels, path = item.split(b"\t", 2)
-            counts[path.decode("utf-8", "surrogateescape")] = (
-                int(ins) if ins.isdigit() else 0, int(dels) if dels.isdigit() else 0)
+            raw_ins, raw_dels, raw_path = item.split(b"\t", 2)
+            counts[raw_path.decode("utf-8", "surrogateescape")] = (
+                int(raw_ins) if raw_ins.isdigit() else 0,
+                int(raw_dels) if raw_dels.isdigit() else 0)
     kinds = {"A": "ADDED", "M": "MODIFIED", "D": "DELETED", "T": "REWRITE"}
-    files: list[dict[str, object]] = []
+    files: list[dict[str, Any]] = []
     for code, path_b in zip(status[0::2], status[1::2], strict=False):
         if not code:
             continue

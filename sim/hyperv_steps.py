@@ -82,11 +82,21 @@ class HyperVSteps:
     event_log: list[tuple[str, str, str]]
     _lock: threading.RLock
 
-    def write_file(self, path: str, data: bytes) -> None: ...
-    def read_file(self, path: str) -> bytes | None: ...
-    def files_under(self, folder: str) -> list[str]: ...
-    def remove_tree(self, folder: str) -> int: ...
-    def publish(self) -> None: ...
+    # The file store and state publication HyperVHost provides.
+    def write_file(self, path: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read_file(self, path: str) -> bytes | None:
+        raise NotImplementedError
+
+    def files_under(self, folder: str) -> list[str]:
+        raise NotImplementedError
+
+    def remove_tree(self, folder: str) -> int:
+        raise NotImplementedError
+
+    def publish(self) -> None:
+        raise NotImplementedError
 
     def _init_node(self, *, hyperv_role: bool) -> None:
         """A lab node: the role installed (it needs a restart, done before the node joins)."""
