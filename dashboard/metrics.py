@@ -111,21 +111,31 @@ class Snapshot:
 
 def _builds(session: Session) -> tuple[BuildGroup, ...]:
     """Builds by job and state, with each group's run-time histogram, in one scan."""
-    bounds: list[ColumnElement[bool]]
+    job: Any  # a column of builds, or of the subquery
+    build_state: Any
+    run: ColumnElement[Any]
+    total: ColumnElement[Any]
     if session.get_bind().dialect.name == "postgresql":
         # Interval comparisons: about half the cost of turning every row's
         # interval into seconds first (measured on 100,000 builds).
-        run: ColumnElement[Any] = Build.finished_at - Build.started_at
+        job, build_state = Build.job, Build.state
+        run = Build.finished_at - Build.started_at
         bounds = [run <= timedelta(seconds=b) for b in DURATION_BUCKETS]
-        total: ColumnElement[Any] = func.date_part("epoch", func.sum(run))
+        total = func.date_part("epoch", func.sum(run))
     else:
         # SQLite keeps timestamps as ISO text; julianday() reads them as days.
-        run = (func.julianday(Build.finished_at) - func.julianday(Build.started_at)) * 86400.0
+        # The LIMIT keeps the subquery from being flattened (SQLite's query
+        # optimizer overview: a subquery with LIMIT is not flattened into an
+        # aggregate), so each row's run time is computed once, not once per
+        # bucket: a third of the time on 100,000 builds.
+        seconds = (func.julianday(Build.finished_at) - func.julianday(Build.started_at)) * 86400.0
+        runs = select(Build.job, Build.state, seconds.label("run")).limit(-1).subquery()
+        job, build_state, run = runs.c.job, runs.c.state, runs.c.run
         bounds = [run <= b for b in DURATION_BUCKETS]
         total = func.sum(run)
-    query = (select(Build.job, Build.state, func.count(), func.count(run),
-                    func.coalesce(total, 0.0), *(func.count().filter(b) for b in bounds))
-             .group_by(Build.job, Build.state))
+    query = (select(job, build_state, func.count(), func.count(run), func.coalesce(total, 0.0),
+                    *(func.count().filter(b) for b in bounds))
+             .group_by(job, build_state))
     return tuple(BuildGroup(job=row[0], state=row[1], count=row[2], timed=row[3],
                             seconds=float(row[4]), buckets=tuple(row[5:]))
                  for row in session.execute(query))
