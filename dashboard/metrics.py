@@ -221,6 +221,11 @@ def _build_families(groups: Sequence[BuildGroup], jobs: Iterable[str]) -> Iterat
         "hypervci_queue_length", "Builds waiting for a worker (all jobs).",
         value=sum(g.count for g in groups if g.state == BuildState.QUEUED))
 
+    # A histogram over every finished build, not a window of recent ones: its
+    # buckets are counters, and a window would make them fall as old builds
+    # leave it (Prometheus reads a fall as a restart). rate()/increase() over a
+    # range pick the recent builds; a summary's quantiles could not be summed
+    # across jobs.
     durations = HistogramMetricFamily(
         "hypervci_build_duration_seconds", "Run time (start to finish) of every finished "
         "build that started, by job and result; use rate() or increase() for recent builds.",
