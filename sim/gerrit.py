@@ -4,7 +4,7 @@ Real paramiko clients (ours, gerritlib) connect with public-key auth and run
 `gerrit version|query|review|stream-events` exactly as against Gerrit; the
 answers come from `GerritState` (real git repositories, real event shapes).
 An `admin` account, whose key the sim creates in its state dir, also runs the
-`sim-*` control commands that `hyperv-ci sim ...` sends from another shell;
+`sim-*` control commands that `hyperv-ci-sim ...` sends from another shell;
 the running sim advertises itself in `STATE_DIR/sim-gerrit.json`.
 """
 

@@ -1,7 +1,7 @@
 """Logging for the simulators' paramiko server transports.
 
 A client that hangs up without reading the server's last packets (every
-`hyperv-ci sim` call does) makes paramiko log "Connection reset by peer" at
+`hyperv-ci-sim` call does) makes paramiko log "Connection reset by peer" at
 ERROR. For a server that is routine, so the simulators log their transports
 under their own channel, at WARNING and above, without that one line.
 """
@@ -31,5 +31,5 @@ def quiet_client_hangups(transport: paramiko.Transport, channel: str) -> None:
     logger = logging.getLogger(channel)
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
-        # As for paramiko's own channel (ci/cli.py): every connection's INFO is noise.
+        # As for paramiko's own channel (ci/app/cli.py quiets it): each connection's INFO is noise.
         logger.setLevel(logging.WARNING)
