@@ -14,9 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
+from ci.changes import ChangeInfo, change_info_from_query, change_info_from_rows
 from ci.config import Config
 from ci.models import Change, Patchset
-from runners.base import ChangeRef
 
 logger = logging.getLogger(__name__)
 
@@ -32,29 +32,6 @@ def parse_change_spec(spec: str) -> tuple[int, int | None]:
     if change < 1 or (ps is not None and ps < 1):
         raise ValueError(f"{spec!r} is not CHANGE or CHANGE,PATCHSET")
     return change, ps
-
-
-def change_info_from_query(row: dict[str, Any], patchset: int | None) -> queue.ChangeInfo:
-    """Build a ChangeInfo from one `gerrit query --format=JSON` row."""
-    sets = row.get("patchSets") or ([row["currentPatchSet"]] if "currentPatchSet" in row else [])
-    if not sets:
-        raise ValueError(f"change {row.get('number')} has no patch sets in the query answer")
-    chosen = sets[-1] if patchset is None else next(
-        (p for p in sets if int(p["number"]) == patchset), None)
-    if chosen is None:
-        raise ValueError(f"change {row.get('number')} has no patch set {patchset}")
-    files = chosen.get("files")
-    owner = row.get("owner") or {}
-    uploader = chosen.get("uploader") or {}
-    return queue.ChangeInfo(
-        number=int(row["number"]), project=str(row["project"]), branch=str(row["branch"]),
-        patchset=int(chosen["number"]), subject=row.get("subject", ""),
-        owner_name=owner.get("name", ""), owner_email=owner.get("email", ""),
-        url=row.get("url", ""), status=row.get("status", "NEW"),
-        revision=chosen.get("revision", ""), ref=chosen.get("ref", ""),
-        uploader_name=uploader.get("name", ""),
-        files=tuple(f["file"] for f in files if not f["file"].startswith("/")) if files else None,
-    )
 
 
 def jobs_for_project(config: Config, project: str) -> list[str]:
@@ -115,16 +92,13 @@ def manual_enqueue(
 
 
 def known_change_ref(sessions: sessionmaker[Session], change: int,
-                     patchset: int | None) -> ChangeRef | None:
+                     patchset: int | None) -> ChangeInfo | None:
     """The change as the database knows it (for `hyperv-ci render`), or None."""
     with sessions() as session:
         ps = _known_patchset(session, change, patchset)
         if ps is None or (patchset is not None and ps.number != patchset):
             return None
-        row = ps.change
-        return ChangeRef(project=row.project, branch=row.branch, number=row.number,
-                         patchset=ps.number, ref=ps.ref, revision=ps.revision,
-                         subject=row.subject, owner=row.owner_name, url=row.url)
+        return change_info_from_rows(ps.change, ps)
 
 
 def _gerrit_query(config: Config) -> Callable[[int], list[dict[str, Any]]]:

@@ -14,54 +14,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from ci.changes import ChangeInfo, change_ref, without_nul
 from ci.models import Build, BuildState, Change, Node, NodeState, OfflineCause, Patchset, utcnow
 
 logger = logging.getLogger(__name__)
 
 ACTIVE = (BuildState.QUEUED, BuildState.RUNNING)
-
-
-@dataclass(frozen=True)
-class ChangeInfo:
-    """What the queue records of a change and one of its patchsets."""
-
-    number: int
-    project: str
-    branch: str
-    patchset: int
-    subject: str = ""
-    owner_name: str = ""
-    owner_email: str = ""
-    url: str = ""
-    status: str = "NEW"
-    revision: str = ""
-    ref: str = ""
-    uploader_name: str = ""
-    files: tuple[str, ...] | None = None
-
-
-def change_ref(number: int, patchset: int) -> str:
-    """Gerrit's ref for a patchset: refs/changes/<last two digits>/<change>/<patchset>."""
-    return f"refs/changes/{number % 100:02d}/{number}/{patchset}"
-
-
-def without_nul(info: ChangeInfo) -> ChangeInfo:
-    """`info` with NUL characters dropped from its text: PostgreSQL refuses them
-    in text and JSON columns, and Gerrit's JSON may carry one escaped (`\\u0000`)."""
-    changes: dict[str, object] = {}
-    for field in fields(info):
-        value = getattr(info, field.name)
-        if isinstance(value, str) and "\x00" in value:
-            changes[field.name] = value.replace("\x00", "")
-    if info.files is not None and any("\x00" in name for name in info.files):
-        changes["files"] = tuple(name.replace("\x00", "") for name in info.files)
-    return replace(info, **changes) if changes else info  # type: ignore[arg-type]
 
 
 def upsert_patchset(session: Session, info: ChangeInfo) -> Patchset:

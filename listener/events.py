@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ci.queue import ChangeInfo
+from ci.changes import ChangeInfo
 
 logger = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci.changes import ChangeInfo, change_info_from_query
 from ci.config import Config
 from ci.db import transaction
-from ci.enqueue import change_info_from_query
 from ci.errors import HypervCIError, TransientError
 from ci.models import Build, Change, Event, Patchset, utcnow
-from ci.queue import ACTIVE, ChangeInfo, abort_change, enqueue, request_abort, upsert_patchset
+from ci.queue import ACTIVE, abort_change, enqueue, request_abort, upsert_patchset
 from ci.report_checks import CLOSED
 from listener.events import (
     ChangeAbandoned,

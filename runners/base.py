@@ -11,8 +11,9 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from ci.changes import ChangeInfo
 from ci.errors import ControlFlow, TransientError
 
 if TYPE_CHECKING:
@@ -98,26 +99,24 @@ class InfraError(TransientError):
 
 
 @dataclass(frozen=True)
-class ChangeRef:
-    """The change under test, as the job needs it (all Gerrit text is untrusted)."""
+class TestOutcome:
+    """One test's result, as its subunit stream reported it (and its re-runs decided)."""
 
-    project: str
-    branch: str
-    number: int
-    patchset: int
-    ref: str
-    revision: str
-    subject: str
-    owner: str
-    url: str = ""
+    __test__ = False  # not a pytest test class, despite the name
+
+    test_id: str
+    status: str  # one of runners.subunit.STATUSES (FLAKY only after runners.rerun)
+    duration: float | None = None  # seconds, when the stream carried both timestamps
+    details: str = ""  # traceback of a failure, reason of a skip
+    # Which run gave this status: 0 the first, N re-run N (runners.rerun).
+    attempt: int = 0
 
 
 @dataclass
 class JobResult:
     outcome: Outcome
     summary: str = ""
-    # Parsed per-test results: (test_id, status, duration seconds, details).
-    tests: list[tuple[str, str, float | None, str]] = field(default_factory=list)
+    tests: list[TestOutcome] = field(default_factory=list)
 
 
 @dataclass
@@ -126,7 +125,7 @@ class BuildContext:
 
     build_id: int
     job_name: str
-    change: ChangeRef
+    change: ChangeInfo
     config: Config
     # Where the job writes what it collects: private until the worker has
     # redacted it and moved it into the browsable log tree.
@@ -137,23 +136,34 @@ class BuildContext:
     should_abort: Callable[[], bool] = lambda: False
 
 
-class Runner(abc.ABC):
-    """One job type. Subclasses keep their state on the instance (one per build)."""
+# What a runner's `prepare` made for the rest of the build (nodes, connections,
+# rendered files): one value, handed to `run`, `collect` and `cleanup`.
+Prepared = TypeVar("Prepared")
+
+
+class Runner(abc.ABC, Generic[Prepared]):
+    """One job type; a fresh instance per build.
+
+    `prepare` either returns everything the build needs or raises (having
+    released what it took); `collect` runs only after a `prepare` that
+    returned, `cleanup` always (with None when `prepare` raised).
+    """
 
     #: Node labels the job needs, one entry per node (e.g. devstack + 2 x hyperv).
     def node_labels(self) -> list[str]:
         return []
 
-    def prepare(self, ctx: BuildContext) -> None:  # noqa: B027 - optional hook
+    @abc.abstractmethod
+    def prepare(self, ctx: BuildContext) -> Prepared:
         """Get nodes and sources ready; raise InfraError if the CI cannot."""
 
     @abc.abstractmethod
-    def run(self, ctx: BuildContext) -> JobResult:
+    def run(self, ctx: BuildContext, prepared: Prepared) -> JobResult:
         """Run the job proper and say how it ended."""
 
-    def collect(self, ctx: BuildContext) -> None:  # noqa: B027 - optional hook
-        """Gather logs into ctx.log_dir (always called)."""
+    def collect(self, ctx: BuildContext, prepared: Prepared) -> None:
+        """Gather logs into ctx.log_dir (always called once `prepare` returned)."""
 
-    def cleanup(self, ctx: BuildContext) -> list[str]:
+    def cleanup(self, ctx: BuildContext, prepared: Prepared | None) -> list[str]:
         """Leave nodes clean (always called); return names of nodes that failed to clean."""
         return []

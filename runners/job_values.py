@@ -14,9 +14,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ci.changes import ChangeInfo
 from ci.config import ConfigError, DevstackHypervJob, NodeConfig
 from ci.errors import PermanentError
-from runners.base import ChangeRef
 from runners.oslo_check import HYPERV_COMPUTE_DRIVERS, IN_TREE_HYPERV_DRIVERS
 
 #: The secrets a render needs: keystone admin, service users, RabbitMQ, MySQL.
@@ -59,7 +59,7 @@ def in_tree_driver_available(branch: str) -> bool:
     return (int(match.group(1)), int(match.group(2))) <= (2023, 2)
 
 
-def compute_driver_for(job: DevstackHypervJob, change: ChangeRef) -> str:
+def compute_driver_for(job: DevstackHypervJob, change: ChangeInfo) -> str:
     """The compute_driver nova.conf names for this change.
 
     The changed code must be the code that runs: a nova change runs nova's own
@@ -96,7 +96,7 @@ class DevstackPlugin:
     ref: str
 
 
-def devstack_plugins(job: DevstackHypervJob, change: ChangeRef, dest: str,
+def devstack_plugins(job: DevstackHypervJob, change: ChangeInfo, dest: str,
                      local_branch: str, branch: str) -> list[DevstackPlugin]:
     """The devstack plugins the controller needs.
 
@@ -176,7 +176,7 @@ def tempest_serial_regex(job: DevstackHypervJob) -> str:
     return f"^(?=.*?(?:{job.tempest.include_regex}))(?=.*?(?:{serial}))"
 
 
-def windows_projects(job: DevstackHypervJob, change: ChangeRef) -> list[str]:
+def windows_projects(job: DevstackHypervJob, change: ChangeInfo) -> list[str]:
     """The projects installed on a Hyper-V node, the change's own included."""
     projects = ["openstack/nova", "openstack/neutron", *job.extra_projects, change.project]
     return list(dict.fromkeys(p for p in projects if p not in ("openstack/requirements",)))

@@ -39,13 +39,16 @@ def change_environment(ctx: BuildContext) -> dict[str, str]:
     }
 
 
-class LocalRunner(Runner):
+class LocalRunner(Runner[None]):
     """Runs `job.command` in a new process group; the timeout kills the whole group."""
 
     def __init__(self, job: LocalJob) -> None:
         self.job = job
 
-    def run(self, ctx: BuildContext) -> JobResult:
+    def prepare(self, ctx: BuildContext) -> None:
+        """Nothing to get ready: the command runs on the worker host, in the log dir."""
+
+    def run(self, ctx: BuildContext, prepared: None) -> JobResult:
         env = {**os.environ, **self.job.env, **change_environment(ctx),
                "PYTHONIOENCODING": "utf-8"}
         with ctx.steps.step("run", node="localhost") as step:
@@ -79,12 +82,11 @@ class LocalRunner(Runner):
             else:
                 step.finish(StepState.SUCCEEDED, "", code)
         outcomes = _outcomes(ctx.log_dir)
-        tests = [(t.test_id, t.status, t.duration, t.details) for t in outcomes]
         if code != 0:
-            return JobResult(Outcome.FAILED, f"command exited with {code}", tests)
+            return JobResult(Outcome.FAILED, f"command exited with {code}", outcomes)
         if outcomes and not summarize(outcomes).passed:
-            return JobResult(Outcome.FAILED, "tests failed", tests)
-        return JobResult(Outcome.SUCCEEDED, "command succeeded", tests)
+            return JobResult(Outcome.FAILED, "tests failed", outcomes)
+        return JobResult(Outcome.SUCCEEDED, "command succeeded", outcomes)
 
     @staticmethod
     def _watch_abort(ctx: BuildContext, proc: subprocess.Popen[bytes]) -> None:

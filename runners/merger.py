@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ci.changes import ChangeInfo
 from ci.errors import ControlFlow
-from runners.base import ChangeRef, InfraError, OutputSink
+from runners.base import InfraError, OutputSink
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class MergeConflict(ControlFlow):
     Not an error of ours but the build's result: reported without a vote.
     """
 
-    def __init__(self, change: ChangeRef, files: Sequence[str]) -> None:
+    def __init__(self, change: ChangeInfo, files: Sequence[str]) -> None:
         self.files = list(files)
         listed = ", ".join(self.files) if self.files else "(no file reported)"
         super().__init__(
@@ -150,7 +151,7 @@ def _run_git(
     return subprocess.CompletedProcess(argv, code, out, err)
 
 
-def validate_change(change: ChangeRef) -> None:
+def validate_change(change: ChangeInfo) -> None:
     """Refuse a branch or ref that could be read as an option or is not a ref git accepts."""
     if not _CHANGE_REF.fullmatch(change.ref):
         raise MergeError(f"not a Gerrit change ref: {change.ref!r}")
@@ -184,7 +185,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def update_cache(git_url: str, change: ChangeRef, cache_dir: Path,
+def update_cache(git_url: str, change: ChangeInfo, cache_dir: Path,
                  on_output: OutputSink | None = None) -> Path:
     """Fetch the branch and the change's ref into the project's bare cache; returns its path."""
     validate_change(change)
@@ -217,7 +218,7 @@ def _conflicting_files(tree: Path) -> list[str]:
 
 def prepare_change(
     git_url: str,
-    change: ChangeRef,
+    change: ChangeInfo,
     workdir: Path,
     on_output: OutputSink | None = None,
     *,

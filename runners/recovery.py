@@ -17,15 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci.changes import ChangeInfo, change_info_from_rows
 from ci.config import Config, ConfigError, DevstackHypervJob, NodeConfig
 from ci.errors import PermanentError
 from ci.models import Build
 from runners import pool
-from runners.base import ChangeRef, CommandTimeout, ExecutorError
+from runners.base import CommandTimeout, ExecutorError
 from runners.health import check_node
 from runners.job_values import RenderError
 from runners.pool import Probe, Verdict
@@ -41,7 +42,7 @@ class DirtyBuild:
     """The build whose leftovers a node holds: its job and change pick the cleanup."""
 
     job: str
-    change: ChangeRef
+    change: ChangeInfo
 
 
 def dirty_build(sessions: sessionmaker[Session], build_id: int | None) -> DirtyBuild | None:
@@ -52,11 +53,8 @@ def dirty_build(sessions: sessionmaker[Session], build_id: int | None) -> DirtyB
         build = session.get(Build, build_id)
         if build is None:
             return None
-        change, patchset = build.patchset.change, build.patchset
-        return DirtyBuild(build.job, ChangeRef(
-            project=change.project, branch=change.branch, number=change.number,
-            patchset=patchset.number, ref=patchset.ref, revision=_PLACEHOLDER_REVISION,
-            subject=change.subject, owner=change.owner_name, url=change.url))
+        change = change_info_from_rows(build.patchset.change, build.patchset)
+        return DirtyBuild(build.job, replace(change, revision=_PLACEHOLDER_REVISION))
 
 
 def _job_for(config: Config, node: NodeConfig,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ci.config import Config, DevstackHypervJob, LocalJob
 from runners.base import Runner
 
 
-def make_runner(config: Config, job_name: str) -> Runner:
+def make_runner(config: Config, job_name: str) -> Runner[Any]:
     """A fresh runner (one per build) for the configured job."""
     job = config.jobs[job_name]
     if isinstance(job, LocalJob):

@@ -26,8 +26,8 @@ from urllib.parse import quote
 
 import jinja2
 
+from ci.changes import ChangeInfo
 from ci.config import Config, DevstackHypervJob, NodeConfig
-from runners.base import ChangeRef
 from runners.job_values import (
     DEVSTACK_PROJECTS,
     RenderError,
@@ -177,7 +177,7 @@ def make_environment() -> jinja2.Environment:
 # ---------------------------------------------------------------- helpers
 
 
-def _check_change(change: ChangeRef) -> None:
+def _check_change(change: ChangeInfo) -> None:
     if not _PROJECT_RE.match(change.project) or ".." in change.project:
         raise RenderError(f"project name {change.project!r} is not usable as a path")
     if not _REVISION_RE.match(change.revision):
@@ -211,7 +211,7 @@ def _pick_nodes(
 def render_job(
     config: Config,
     job_name: str,
-    change: ChangeRef,
+    change: ChangeInfo,
     nodes: Sequence[NodeConfig],
     secrets: Mapping[str, str] | None = None,
     build_id: int = 0,
@@ -334,10 +334,10 @@ EXAMPLE_SUBJECT = "EXAMPLE change (not read from Gerrit): render preview"
 EXAMPLE_BRANCH = "unmaintained/2023.1"
 
 
-def example_change(config: Config, number: int, patchset: int) -> ChangeRef:
+def example_change(config: Config, number: int, patchset: int) -> ChangeInfo:
     """A clearly-marked stand-in for a change the CI has not seen."""
     project = config.projects[0].name
-    return ChangeRef(
+    return ChangeInfo(
         project=project,
         # The newest branch where nova's in-tree Hyper-V driver and
         # networking-hyperv's devstack plugin both live (docs/devstack.md).
@@ -347,7 +347,7 @@ def example_change(config: Config, number: int, patchset: int) -> ChangeRef:
         ref=f"refs/changes/{number % 100:02d}/{number}/{patchset}",
         revision="0" * 40,
         subject=EXAMPLE_SUBJECT,
-        owner="Example Owner <example@example.invalid>",
+        owner_name="Example Owner <example@example.invalid>",
         url="",
     )
 
@@ -378,7 +378,7 @@ def render_command(
     job_name: str,
     change_spec: str,
     out_dir: Path,
-    change: ChangeRef | None = None,
+    change: ChangeInfo | None = None,
 ) -> list[Path]:
     """`hyperv-ci render JOB --change N,P --out DIR`: write the job's files with
     placeholder secrets. `change` is the real one when the caller knows it."""

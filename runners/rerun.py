@@ -45,7 +45,8 @@ def merge_rerun(outcomes: Sequence[TestOutcome], rerun: Sequence[TestOutcome],
     traceback (why it failed is what an operator wants to see). One that
     failed again stays failed, with the re-run's traceback added. A test the
     re-run did not report (it crashed, or the id matched nothing) stays as it
-    was. Tests only the re-run reported are ignored: they were not asked for.
+    was. A test the re-run decided carries its number (`attempt`). Tests only
+    the re-run reported are ignored: they were not asked for.
     """
     again = {t.test_id: t for t in rerun}
     merged = []
@@ -55,11 +56,12 @@ def merge_rerun(outcomes: Sequence[TestOutcome], rerun: Sequence[TestOutcome],
             merged.append(test)
         elif second.status in _PASSING:
             note = f"passed when re-run (re-run {attempt}); failed first with:"
-            merged.append(dataclasses.replace(test, status=FLAKY,
+            merged.append(dataclasses.replace(test, status=FLAKY, attempt=attempt,
                                               details=f"{note}\n{test.details}".rstrip()))
         else:
             extra = second.details.rstrip() or "(the re-run's stream carried no traceback)"
             details = (f"{test.details.rstrip()}\n{_RULE}\nre-run {attempt}: {second.status}\n"
                        f"{extra}")
-            merged.append(dataclasses.replace(test, details=details.lstrip("\n")))
+            merged.append(dataclasses.replace(test, attempt=attempt,
+                                              details=details.lstrip("\n")))
     return merged

@@ -17,7 +17,12 @@ from typing import Any, BinaryIO
 import subunit
 import testtools
 
+from runners.base import TestOutcome
+
 logger = logging.getLogger(__name__)
+
+__all__ = ["FLAKY", "STATUSES", "STREAM_STATUSES", "Summary", "TestOutcome", "parse_subunit",
+           "summarize"]
 
 # What a subunit stream can end a test with.
 STREAM_STATUSES = ("success", "fail", "skip", "xfail", "uxsuccess")
@@ -27,22 +32,6 @@ STATUSES = (*STREAM_STATUSES, FLAKY)
 _FAILING = frozenset({"fail", "uxsuccess"})
 # Details worth showing for a test, most useful first.
 _DETAIL_ORDER = ("traceback", "reason")
-
-
-@dataclass(frozen=True)
-class TestOutcome:
-    """One test's result as the stream reported it."""
-
-    __test__ = False  # not a pytest test class, despite the name
-
-    test_id: str
-    status: str  # one of STATUSES (FLAKY only after runners.rerun.merge_reruns)
-    duration: float | None = None  # seconds, when the stream carried both timestamps
-    details: str = ""  # traceback of a failure, reason of a skip
-
-    def as_tuple(self) -> tuple[str, str, float | None, str]:
-        """The shape of `runners.base.JobResult.tests`."""
-        return (self.test_id, self.status, self.duration, self.details)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class TempestStep:
             step.log(summarize(results).line())
             step.finish(StepState.ERROR, "no tests ran", run.exit_code)
             return JobResult(Outcome.ERROR, f"tempest ran no tests (exit {run.exit_code})",
-                             [r.as_tuple() for r in results])
+                             results)
         results = self._rerun_failed(step, results)
         summary = summarize(results)
         step.log(summary.line())
@@ -51,14 +51,13 @@ class TempestStep:
             step.log(format_failures(results))
         if summary.flaky:
             step.log(format_flaky(results))
-        tests = [r.as_tuple() for r in results]
         flaky = f"; flaky (passed when re-run): {names(summary.flaky)}" if summary.flaky else ""
         if summary.failed:
             step.finish(StepState.FAILED, summary.line(), run.exit_code)
             return JobResult(Outcome.FAILED,
-                             f"{summary.line()}; failed: {names(summary.failed)}{flaky}", tests)
+                             f"{summary.line()}; failed: {names(summary.failed)}{flaky}", results)
         step.finish(StepState.SUCCEEDED, summary.line(), run.exit_code)
-        return JobResult(Outcome.SUCCEEDED, summary.line() + flaky, tests)
+        return JobResult(Outcome.SUCCEEDED, summary.line() + flaky, results)
 
     def _stream(self, remote: str, name: str, run: CommandResult) -> list[TestOutcome]:
         """Download one subunit stream into the log tree and parse it; none is a CI error."""

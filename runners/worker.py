@@ -20,28 +20,29 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
+from ci.changes import change_info_from_rows
 from ci.config import Config
 from ci.models import Build, BuildState, TestResult
 from ci.report import queue_report
 from runners import pool
 from runners.base import (
     BuildContext,
-    ChangeRef,
     CommandStopped,
     ExecutorError,
     InfraError,
     JobResult,
     Outcome,
+    Runner,
 )
 from runners.logs import prune_logs, publish_logs
 from runners.registry import make_runner
 from runners.results import RESULTS_FILE, format_results
 from runners.steps import StepRecorder, make_redactor
-from runners.subunit import TestOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Worker:
         config: Config,
         sessions: sessionmaker[Session],
         name: str | None = None,
-        runner_factory: Callable[[Config, str], object] = make_runner,
+        runner_factory: Callable[[Config, str], Runner[Any]] = make_runner,
     ) -> None:
         self.config = config
         self.sessions = sessions
@@ -172,13 +173,7 @@ class Worker:
             build = session.get(Build, build_id)
             assert build is not None
             rel = build_log_path(build)
-            change = build.patchset.change
-            ref = ChangeRef(
-                project=change.project, branch=change.branch, number=change.number,
-                patchset=build.patchset.number, ref=build.patchset.ref,
-                revision=build.patchset.revision, subject=change.subject,
-                owner=change.owner_name, url=change.url,
-            )
+            ref = change_info_from_rows(build.patchset.change, build.patchset)
             node_names = [n.name for n in pool.nodes_of(session, build_id)]
             job_name = build.job
         log_dir = self.config.logs.dir / rel
@@ -214,8 +209,7 @@ class Worker:
             if result.tests:
                 heading = (f"{job_name} for change {ref.number},{ref.patchset} ({ref.project} "
                            f"{ref.branch}): {result.outcome.value}")
-                outcomes = [TestOutcome(*t) for t in result.tests]
-                (staging / RESULTS_FILE).write_text(format_results(outcomes, heading),
+                (staging / RESULTS_FILE).write_text(format_results(result.tests, heading),
                                                     encoding="utf-8")
             try:
                 publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes, staging=staging)
@@ -230,16 +224,20 @@ class Worker:
         failed_nodes: list[str] = []
         try:
             runner = self.runner_factory(self.config, ctx.job_name)
+            prepared: Any = None
+            ready = False  # `prepare` returned (its value may be None)
             try:
-                runner.prepare(ctx)
-                result = runner.run(ctx)
+                prepared = runner.prepare(ctx)
+                ready = True
+                result = runner.run(ctx, prepared)
             finally:
                 try:
-                    runner.collect(ctx)
+                    if ready:
+                        runner.collect(ctx, prepared)
                 except Exception:
                     logger.exception("build %s: log collection failed", ctx.build_id)
                 try:
-                    failed_nodes = list(runner.cleanup(ctx))
+                    failed_nodes = list(runner.cleanup(ctx, prepared))
                 except Exception as exc:
                     logger.exception("build %s: cleanup failed", ctx.build_id)
                     failed_nodes = [n.name for n in ctx.nodes]
@@ -281,8 +279,8 @@ class Worker:
             if build is None:
                 return  # superseded or aborted while running: no result, no vote
             session.add_all(
-                TestResult(build_id=build_id, test_id=t[0], status=t[1], duration=t[2],
-                           details=redact(t[3])[:20000])
+                TestResult(build_id=build_id, test_id=t.test_id, status=t.status,
+                           duration=t.duration, details=redact(t.details)[:20000])
                 for t in result.tests
             )
             retry = None

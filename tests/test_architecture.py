@@ -22,9 +22,7 @@ SHELL = "ci.app"
 SIM_ALLOWED = {"ci.app.demo"}
 # Core imports still waiting for their fix, each named exactly; an entry that no
 # longer matches a real import fails the test, so the list can only shrink.
-# ci/enqueue.py takes `ChangeRef` from runners.base until the change record
-# moves into the core (issue 13, "Typed records end to end").
-CORE_ALLOWED = {("ci.enqueue", "runners.base")}
+CORE_ALLOWED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

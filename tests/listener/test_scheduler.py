@@ -388,7 +388,7 @@ def test_an_unusable_gerrit_answer_is_permanent_not_a_gerrit_outage(
     store(sessions, uploaded(10, 2))
     assert scheduler.run_once() == 2
     (failed,) = failed_events(sessions)
-    assert "ValueError: change 10 has no patch sets in the query answer" in failed[1]
+    assert "NoSuchPatchset: change 10 has no patch sets in the query answer" in failed[1]
     assert builds(sessions) == [(10, 2, "hyperv-tempest", "queued", "patchset-created")]
 
 

@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci.changes import ChangeInfo
 from ci.config import Config, DevstackHypervJob, parse_config
 from ci.models import Build, BuildStep, Change, Patchset, StepState
-from runners.base import BuildContext, ChangeRef, JobResult, Outcome
+from runners.base import BuildContext, JobResult, Outcome
 from runners.devstack_hyperv import DevstackHypervRunner, extract_zip
 from runners.powershell import syntax_errors
 from runners.steps import StepRecorder, make_redactor
@@ -60,11 +61,11 @@ def make_config(lab: SimLab, gerrit: GerritState, **job: Any) -> Config:
     return parse_config(data)
 
 
-def push(gerrit: GerritState, files: dict[str, str], subject: str = SUBJECT) -> ChangeRef:
+def push(gerrit: GerritState, files: dict[str, str], subject: str = SUBJECT) -> ChangeInfo:
     pushed = gerrit.push(PROJECT, BRANCH, files=files, subject=subject, owner=OWNER)
-    return ChangeRef(project=PROJECT, branch=BRANCH, number=int(pushed["change"]),
+    return ChangeInfo(project=PROJECT, branch=BRANCH, number=int(pushed["change"]),
                      patchset=int(pushed["patchset"]), ref=str(pushed["ref"]),
-                     revision=str(pushed["revision"]), subject=subject, owner=OWNER)
+                     revision=str(pushed["revision"]), subject=subject, owner_name=OWNER)
 
 
 @dataclass
@@ -75,7 +76,7 @@ class BuildRun:
     runner: DevstackHypervRunner
 
 
-def run_build(config: Config, change: ChangeRef, sessions: sessionmaker[Session],
+def run_build(config: Config, change: ChangeInfo, sessions: sessionmaker[Session],
               tmp_path: Path, should_abort: Callable[[], bool] = lambda: False) -> BuildRun:
     """Drive the runner the way the worker does: prepare, run, then collect and cleanup always."""
     with sessions() as session, session.begin():
@@ -96,12 +97,14 @@ def run_build(config: Config, change: ChangeRef, sessions: sessionmaker[Session]
     job = config.jobs["hyperv"]
     assert isinstance(job, DevstackHypervJob)
     runner = DevstackHypervRunner(job, cache_dir=tmp_path / "git-cache", winrm_backoff=0.1)
+    prepared = None
     try:
-        runner.prepare(ctx)
-        result = runner.run(ctx)
+        prepared = runner.prepare(ctx)
+        result = runner.run(ctx, prepared)
     finally:
-        runner.collect(ctx)
-        failed = runner.cleanup(ctx)
+        if prepared is not None:
+            runner.collect(ctx, prepared)
+        failed = runner.cleanup(ctx, prepared)
     return BuildRun(result, failed, ctx, runner)
 
 
@@ -146,9 +149,9 @@ def test_whole_job_succeeds(lab: SimLab, gerrit: GerritState, tmp_path: Path,
 
     assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
     assert out.failed_nodes == []
-    statuses = {status for _id, status, _d, _t in out.result.tests}
+    statuses = {t.status for t in out.result.tests}
     assert "success" in statuses
-    assert all(test_id.startswith("tempest.") for test_id, *_ in out.result.tests)
+    assert all(t.test_id.startswith("tempest.") for t in out.result.tests)
     rows = steps_of(sqlite_sessions, out.ctx.build_id)
     names = {r.name for r in rows}
     assert names == {"prepare-change", "windows-teardown", "windows-bootstrap", "devstack",
@@ -166,7 +169,7 @@ def test_whole_job_succeeds(lab: SimLab, gerrit: GerritState, tmp_path: Path,
         assert logs and "实例 Zoë" in logs[0].read_text(encoding="utf-8")
     assert (out.ctx.log_dir / "rendered" / "hv-2-nova.conf").is_file()
     # The merged change (not the bare patchset) was checked out on the controller.
-    prepared = out.runner.prepared
+    prepared = out.runner.merged
     assert prepared is not None and prepared.merge_commit != change.revision
     assert f"at {prepared.merge_commit}" in step_log(out, step(rows, "devstack"))
     install = [t for _n, name, t in lab.winrm["hv-1"].scripts if name == "install"]
@@ -323,10 +326,10 @@ def test_tempest_failures_fail_the_build_with_per_test_results(
     out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
 
     assert out.result.outcome == Outcome.FAILED, out.result.summary
-    failed = [t for t in out.result.tests if t[1] == "fail"]
-    assert failed and all("test_list_servers" in t[0] for t in failed)
-    assert all(t[3] for t in failed)  # each failure carries its traceback
-    assert any(t[1] == "success" for t in out.result.tests)
+    failed = [t for t in out.result.tests if t.status == "fail"]
+    assert failed and all("test_list_servers" in t.test_id for t in failed)
+    assert all(t.details for t in failed)  # each failure carries its traceback
+    assert any(t.status == "success" for t in out.result.tests)
     # The summary (the vote's detail) names Class.test, not a bare method.
     assert "failed: ServersTestJSON.test_list_servers" in out.result.summary
     rows = steps_of(sqlite_sessions, out.ctx.build_id)
@@ -334,7 +337,7 @@ def test_tempest_failures_fail_the_build_with_per_test_results(
     assert tempest.state == StepState.FAILED
     # The step's own log says why: each failure with its traceback.
     assert tempest.output_tail is not None
-    assert f"FAIL: {failed[0][0]}" in tempest.output_tail
+    assert f"FAIL: {failed[0].test_id}" in tempest.output_tail
     assert "BuildErrorException" in tempest.output_tail and "could not be scheduled" in (
         tempest.output_tail)
     assert_cleaned_everywhere(rows)
@@ -351,7 +354,7 @@ def test_tempest_selection_include_exclude_and_concurrency(
     out = run_build(config, push(gerrit, {"a.py": "a\n"}), sqlite_sessions, tmp_path)
 
     assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
-    ids = [t[0] for t in out.result.tests]
+    ids = [t.test_id for t in out.result.tests]
     assert ids and all(i.startswith("tempest.api.network.") for i in ids), ids
     assert not any("test_list_networks" in i for i in ids)
     log = step_log(out, step(steps_of(sqlite_sessions, out.ctx.build_id), "tempest"))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runners.base import ChangeRef, InfraError
+from ci.changes import ChangeInfo
+from runners.base import InfraError
 from runners.merger import MergeConflict, MergeError, expand_git_url, prepare_change
 from sim import gerrit_git
 from sim.gerrit_state import GerritState
@@ -41,13 +42,13 @@ class Upstream:
         return rev
 
     def push(self, number: int, patchset: int, files: dict[str, str], subject: str,
-             parent: str | None = None) -> ChangeRef:
+             parent: str | None = None) -> ChangeInfo:
         rev = self._commit([parent or self.tip()], files, subject)
         ref = f"refs/changes/{number % 100:02d}/{number}/{patchset}"
         gerrit_git.update_ref(self.repo, ref, rev)
-        return ChangeRef(project="openstack/nova", branch="master", number=number,
+        return ChangeInfo(project="openstack/nova", branch="master", number=number,
                          patchset=patchset, ref=ref, revision=rev, subject=subject,
-                         owner="Zoë Hyper")
+                         owner_name="Zoë Hyper")
 
     def advance(self, files: dict[str, str], message: str) -> str:
         rev = self._commit([self.tip()], files, message)
@@ -145,23 +146,23 @@ def test_cache_is_reused_between_builds(upstream: Upstream, tmp_path: Path) -> N
 )
 def test_hostile_refs_and_branches_are_refused(upstream: Upstream, tmp_path: Path, ref: str,
                                                branch: str) -> None:
-    change = ChangeRef(project="openstack/nova", branch=branch, number=10001, patchset=1,
-                       ref=ref, revision="", subject="x", owner="x")
+    change = ChangeInfo(project="openstack/nova", branch=branch, number=10001, patchset=1,
+                       ref=ref, revision="", subject="x", owner_name="x")
     with pytest.raises(MergeError, match="not a"):
         prepare_change(upstream.url, change, tmp_path / "build")
     assert not (tmp_path / "build" / "src").exists()
 
 
 def test_missing_ref_is_an_infra_error(upstream: Upstream, tmp_path: Path) -> None:
-    change = ChangeRef(project="openstack/nova", branch="master", number=10099, patchset=1,
-                       ref="refs/changes/99/10099/1", revision="", subject="x", owner="x")
+    change = ChangeInfo(project="openstack/nova", branch="master", number=10099, patchset=1,
+                       ref="refs/changes/99/10099/1", revision="", subject="x", owner_name="x")
     with pytest.raises(InfraError, match="fetch failed"):
         prepare_change(upstream.url, change, tmp_path / "build")
 
 
 def test_revision_mismatch_is_an_infra_error(upstream: Upstream, tmp_path: Path) -> None:
     change = upstream.push(10006, 1, {"a.txt": "a\n"}, "Small")
-    stale = ChangeRef(**{**change.__dict__, "revision": "0" * 40})
+    stale = ChangeInfo(**{**change.__dict__, "revision": "0" * 40})
     with pytest.raises(MergeError, match="not the event's revision"):
         prepare_change(upstream.url, stale, tmp_path / "build")
 
@@ -176,10 +177,10 @@ def test_sim_gerrit_changes_merge_and_conflict(tmp_path: Path) -> None:
                        owner="Zoë")
     second = state.push(project, files={"驱动.py": "a = '第二'\n"}, subject="第二", owner="李")
 
-    def ref(pushed: dict[str, object]) -> ChangeRef:
-        return ChangeRef(project=project, branch="master", number=int(str(pushed["change"])),
+    def ref(pushed: dict[str, object]) -> ChangeInfo:
+        return ChangeInfo(project=project, branch="master", number=int(str(pushed["change"])),
                          patchset=int(str(pushed["patchset"])), ref=str(pushed["ref"]),
-                         revision=str(pushed["revision"]), subject="s", owner="o")
+                         revision=str(pushed["revision"]), subject="s", owner_name="o")
 
     cache = tmp_path / "cache"
     ok = prepare_change(git_url, ref(second), tmp_path / "b1", cache_dir=cache)

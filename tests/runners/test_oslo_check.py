@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from ci.changes import ChangeInfo
 from ci.config import Config, parse_config
-from runners.base import ChangeRef
 from runners.oslo_check import (
     DEFAULT_PYTHON,
     ROOT,
@@ -58,9 +58,9 @@ def rendered_job(branch: str = "unmaintained/2023.1", secrets: dict[str, str] | 
                  project: str = "openstack/compute-hyperv", **job: Any) -> RenderedJob:
     # compute-hyperv's change runs compute-hyperv's driver; a nova change, nova's own.
     config = make_config(**job)
-    change = ChangeRef(project=project, branch=branch, number=1, patchset=1,
+    change = ChangeInfo(project=project, branch=branch, number=1, patchset=1,
                        ref="refs/changes/01/1/1", revision="b" * 40,
-                       subject="Zoë's 修复", owner="Zoë")
+                       subject="Zoë's 修复", owner_name="Zoë")
     return render_job(config, "hyperv", change, config.nodes, secrets or SECRETS)
 
 

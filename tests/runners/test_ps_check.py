@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from ci.changes import ChangeInfo
 from ci.config import Config, parse_config
 from runners import ps_check
-from runners.base import ChangeRef
 from runners.ps_check import check_script, resolve_command, script_end
 from runners.render import render_job
 from runners.winrm import _GET_SCRIPT, _PUT_SCRIPT
@@ -58,10 +58,10 @@ def everything_on() -> dict[str, Any]:
     }
 
 
-def change(project: str, branch: str) -> ChangeRef:
-    return ChangeRef(project=project, branch=branch, number=12345, patchset=3,
+def change(project: str, branch: str) -> ChangeInfo:
+    return ChangeInfo(project=project, branch=branch, number=12345, patchset=3,
                      ref="refs/changes/45/12345/3", revision="a" * 40,
-                     subject="Zoë's fix ‘quoted’ $(x)", owner="Zoë <z@example.org>")
+                     subject="Zoë's fix ‘quoted’ $(x)", owner_name="Zoë <z@example.org>")
 
 
 CASES = [
@@ -74,7 +74,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("job", "ref"), CASES)
-def test_every_rendered_script_passes_the_check(job: dict[str, Any], ref: ChangeRef,
+def test_every_rendered_script_passes_the_check(job: dict[str, Any], ref: ChangeInfo,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SVC_PW", "svc-Pässword'$x")
     config = make_config(**job)

@@ -15,8 +15,8 @@ from typing import Any
 import jinja2
 import pytest
 
+from ci.changes import ChangeInfo
 from ci.config import Config, parse_config
-from runners.base import ChangeRef
 from runners.job_values import tempest_serial_regex
 from runners.powershell import ps_quote, syntax_errors
 from runners.render import (
@@ -71,7 +71,7 @@ def make_config(tmp: Path | None = None, **job: Any) -> Config:
     })
 
 
-def make_change(**fields: Any) -> ChangeRef:
+def make_change(**fields: Any) -> ChangeInfo:
     data: dict[str, Any] = {
         "project": "openstack/nova",
         "branch": "unmaintained/2023.1",  # nova's in-tree driver lives there, not on master
@@ -80,13 +80,13 @@ def make_change(**fields: Any) -> ChangeRef:
         "ref": "refs/changes/45/12345/3",
         "revision": "a" * 40,
         "subject": "Hyper-V: fix resize",
-        "owner": "Jane Doe <jane@example.org>",
+        "owner_name": "Jane Doe <jane@example.org>",
     }
     data.update(fields)
-    return ChangeRef(**data)
+    return ChangeInfo(**data)
 
 
-def render(config: Config | None = None, change: ChangeRef | None = None) -> RenderedJob:
+def render(config: Config | None = None, change: ChangeInfo | None = None) -> RenderedJob:
     config = config or make_config()
     return render_job(config, "hyperv", change or make_change(), config.nodes, SECRETS, 7)
 
@@ -266,7 +266,7 @@ def _without_literals(text: str, values: list[str], quote: Any) -> str:
 
 def test_hostile_change_text_is_only_ever_a_quoted_literal() -> None:
     # os-win: a nova change on a branch that is no release is refused before any text.
-    change = make_change(subject=HOSTILE_SUBJECT, owner=HOSTILE_OWNER, branch=HOSTILE_BRANCH,
+    change = make_change(subject=HOSTILE_SUBJECT, owner_name=HOSTILE_OWNER, branch=HOSTILE_BRANCH,
                          project="openstack/os-win")
     # The plugin's branch is set: local.conf takes no Gerrit text (a hostile
     # branch cannot name it, see test_render_devstack.py).
@@ -357,7 +357,7 @@ def test_prepare_checkout_unpacks_the_bundle(tmp_path: Path) -> None:
     _git("add", "README", cwd=source)
     _git("-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", "x", cwd=source)
     revision = _git("rev-parse", "HEAD", cwd=source)
-    change = make_change(revision=revision, subject=HOSTILE_SUBJECT, owner=HOSTILE_OWNER,
+    change = make_change(revision=revision, subject=HOSTILE_SUBJECT, owner_name=HOSTILE_OWNER,
                          branch=HOSTILE_BRANCH, project="openstack/os-win")
     rendered = render(make_config(tmp_path, networking_hyperv_ref="unmaintained/2023.1"), change)
     (tmp_path / "ws").mkdir()

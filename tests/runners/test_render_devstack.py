@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from ci.changes import ChangeInfo
 from ci.config import ConfigError, parse_config
-from runners.base import ChangeRef
 from runners.job_values import RenderError, in_tree_driver_available
 from runners.render import render_job
 from sim.devstack import make_devstack_node
@@ -37,17 +37,17 @@ def config_data(job: dict[str, Any] | None = None, **controller: Any) -> dict[st
     }
 
 
-def change(project: str = "openstack/nova", branch: str = "unmaintained/2023.1") -> ChangeRef:
-    return ChangeRef(project=project, branch=branch, number=9, patchset=1,
-                     ref="refs/changes/09/9/1", revision="b" * 40, subject="s", owner="o")
+def change(project: str = "openstack/nova", branch: str = "unmaintained/2023.1") -> ChangeInfo:
+    return ChangeInfo(project=project, branch=branch, number=9, patchset=1,
+                     ref="refs/changes/09/9/1", revision="b" * 40, subject="s", owner_name="o")
 
 
-def render(data: dict[str, Any], ref: ChangeRef | None = None) -> Any:
+def render(data: dict[str, Any], ref: ChangeInfo | None = None) -> Any:
     config = parse_config(data)
     return render_job(config, "hyperv", ref or change(), config.nodes)
 
 
-def nova_driver(data: dict[str, Any], ref: ChangeRef) -> str:
+def nova_driver(data: dict[str, Any], ref: ChangeInfo) -> str:
     conf = render(data, ref)["hv-1-nova.conf"]
     return next(line for line in conf.splitlines() if line.startswith("compute_driver"))
 

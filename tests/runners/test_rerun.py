@@ -47,6 +47,8 @@ def test_a_pass_on_re_run_is_flaky_with_its_first_traceback() -> None:
     # Not reported by the re-run (a class fixture, no loadable id): stays failed.
     assert by_id[FIRST[3].test_id].status == "fail"
     assert by_id[FIRST[5].test_id].status == "uxsuccess"
+    # Which run decided each: the re-run for the two it reported, else the first.
+    assert (flaky.attempt, again.attempt, by_id[FIRST[3].test_id].attempt) == (1, 1, 0)
     # Order and everything else untouched.
     assert [t.test_id for t in merged] == [t.test_id for t in FIRST]
     assert merged[0] == FIRST[0] and merged[4] == FIRST[4]

@@ -44,7 +44,7 @@ def test_real_run_is_parsed(run_stream: bytes) -> None:
     assert skip.status == "skip" and "RDP" in skip.details
     ok = by_id[f"{SERVERS}.test_update_server_name"]
     assert ok.status == "success" and ok.duration is not None and ok.duration > 0
-    assert ok.as_tuple() == (ok.test_id, "success", ok.duration, "")
+    assert ok == TestOutcome(ok.test_id, "success", ok.duration, "", attempt=0)
 
 
 def test_summary_of_a_run_with_failures(run_stream: bytes) -> None:

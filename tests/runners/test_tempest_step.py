@@ -88,7 +88,7 @@ def run_step(job: DevstackHypervJob, executor: SSHExecutor,
 
 
 def statuses(result: JobResult) -> dict[str, str]:
-    return {t[0].split("[")[0].rsplit(".", 1)[1]: t[1] for t in result.tests}
+    return {t.test_id.split("[")[0].rsplit(".", 1)[1]: t.status for t in result.tests}
 
 
 def test_a_pass_on_re_run_is_flaky_and_the_build_succeeds(
@@ -107,9 +107,9 @@ def test_a_pass_on_re_run_is_flaky_and_the_build_succeeds(
     assert (tmp_path / "logs" / "tempest.subunit").exists()
     rerun = parse_subunit((tmp_path / "logs" / "tempest-rerun-1.subunit").read_bytes())
     assert [(t.test_id, t.status) for t in rerun] == [
-        (t[0], "success") for t in result.tests if t[1] == "flaky"]
+        (t.test_id, "success") for t in result.tests if t.status == "flaky"]
     load_list = (node.root / "workspace" / "tempest" / "rerun-1.txt").read_text(encoding="utf-8")
-    assert load_list.splitlines() == [t[0] for t in result.tests if t[1] == "flaky"]
+    assert load_list.splitlines() == [t.test_id for t in result.tests if t.status == "flaky"]
 
 
 def test_a_failure_on_re_run_too_fails_the_build(
@@ -122,8 +122,9 @@ def test_a_failure_on_re_run_too_fails_the_build(
     assert result.outcome == Outcome.FAILED, result.summary
     assert statuses(result)[FLAKY] == "fail"
     assert f"failed: NetworksTest.{FLAKY}" in result.summary and "flaky" not in result.summary
-    failed = next(t for t in result.tests if t[1] == "fail")
-    assert "re-run 1: fail" in failed[3] and "re-run 2: fail" in failed[3]
+    failed = next(t for t in result.tests if t.status == "fail")
+    assert "re-run 1: fail" in failed.details and "re-run 2: fail" in failed.details
+    assert failed.attempt == 2  # decided by the last re-run
     assert "re-run 2 of 2" in log
 
 

@@ -130,8 +130,11 @@ def test_subunit_results_are_stored(sqlite_sessions: sessionmaker[Session],
     assert index.index("test-results.txt") < index.index(".log")
 
 
-class BrokenRunner(Runner):
-    def run(self, ctx: BuildContext) -> JobResult:
+class BrokenRunner(Runner[None]):
+    def prepare(self, ctx: BuildContext) -> None:
+        pass
+
+    def run(self, ctx: BuildContext, prepared: None) -> JobResult:
         raise InfraError("node unreachable")
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from ci.changes import ChangeInfo
 from ci.config import parse_config
-from runners.base import ChangeRef
 from runners.render import render_job
 from sim.devstack import DevstackNodePaths, make_devstack_node
 from sim.devstack_node.rules import known_variables
@@ -42,8 +42,8 @@ def rendered_conf(node: DevstackNodePaths, project: str = "openstack/nova",
             {"name": "hv-2", "label": "hyperv", "address": "10.0.0.12", "winrm": winrm},
         ],
     })
-    change = ChangeRef(project=project, branch=branch, number=7, patchset=2,
-                       ref="refs/changes/07/7/2", revision="a" * 40, subject="s", owner="o")
+    change = ChangeInfo(project=project, branch=branch, number=7, patchset=2,
+                       ref="refs/changes/07/7/2", revision="a" * 40, subject="s", owner_name="o")
     return render_job(config, "hyperv", change, config.nodes)["devstack-1-local.conf"]
 
 
