@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -148,9 +148,10 @@ class ReviewClient(Protocol):
     """The part of `ci.gerrit.GerritClient` the reporter uses."""
 
     def review(self, project: str, change: int, patchset: int, *, message: str,
-               labels: dict[str, int], tag: str | None = None) -> None: ...
+               labels: dict[str, int] | None = None, tag: str | None = None) -> None: ...
 
-    def query(self, query: str, **flags: bool) -> list[dict]: ...
+    def query(self, query: str, *, current_patch_set: bool = ..., patch_sets: bool = ...,
+              files: bool = ..., comments: bool = ...) -> list[dict[str, Any]]: ...
 
 
 def _claim(session: Session) -> Report | None:

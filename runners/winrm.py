@@ -148,8 +148,10 @@ class WinRMExecutor:
                 username=access.username,
                 password=access.password.resolve(),
                 server_cert_validation="validate" if validate else "ignore",
-                # None: the system CA store, never a CA bundle picked from the environment.
-                ca_trust_path=str(access.ca_file) if (validate and access.ca_file) else None,
+                # None: the system CA store, never a CA bundle picked from the environment
+                # (winrm/transport.py handles None; its annotation leaves it out).
+                ca_trust_path=(str(access.ca_file) if (validate and access.ca_file)
+                               else None),  # type: ignore[arg-type]
                 read_timeout_sec=read_timeout or access.read_timeout,
                 operation_timeout_sec=self._operation_timeout,
                 proxy=None,
