@@ -20,7 +20,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ci.changes import ChangeInfo, change_ref, without_nul
-from ci.models import Build, BuildState, Change, Node, NodeState, OfflineCause, Patchset, utcnow
+from ci.models import Build, BuildState, Change, Patchset, utcnow
+from ci.nodes import lose_build_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ def request_abort(session: Session, build_id: int, why: str = "aborted by an ope
 
 
 # The node pool decides whether a build's nodes can be had; it reserves them
-# in the same transaction as the claim (runners.pool.reserve).
+# in the same transaction as the claim (ci.nodes.reserve, through the job's
+# labels: runners.pool.PoolReserver).
 Reserver = Callable[[Session, Build], bool]
 
 
@@ -267,17 +269,7 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
         )
         if result.rowcount == 1:
             session.refresh(build)
-            # Without this the nodes keep build_id forever: health checks skip
-            # them and the retry may wait on a pool that never frees up.
-            freed = session.scalars(
-                update(Node)
-                .where(Node.build_id == build.id)
-                .values(state=NodeState.OFFLINE, offline_cause=OfflineCause.WORKER_LOST,
-                        build_id=None, dirty_build_id=build.id, updated_at=utcnow(),
-                        message=f"worker {build.worker} lost during build {build.id}: "
-                                "waiting to be cleaned and checked")
-                .returning(Node.name)
-            ).all()
+            freed = lose_build_nodes(session, build.id, f"{build.worker}")
             retry_after_error(session, build, max_attempts)
             reaped.append(build)
             logger.warning("build %s reaped: worker %s lost; nodes to recover: %s", build.id,

@@ -1,7 +1,8 @@
 """The runner interface every job type implements, and the executors' shared types.
 
-A worker drives a runner through prepare → run → collect → cleanup; collect
-and cleanup run whatever happened (they are called from `finally`).
+A worker drives a runner through prepare → run → collect → cleanup: `prepare`
+returns one value (its nodes, connections, rendered files) that the other
+three take; collect and cleanup run whatever `run` did (from `finally`).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -253,18 +254,16 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         def windows(node: str) -> None:
             for name in ("teardown", "bootstrap"):
                 self._step(ctx, f"windows-{name}", node,
-                           lambda step, name=name: self._ps_step(build, step, node,
-                                                                 f"{name}.ps1"))
+                           partial(self._ps_step, build, node=node, name=f"{name}.ps1"))
 
         # The real CI built devstack and the Windows nodes side by side.
         self._parallel([
             lambda: self._step(ctx, "devstack", controller,
                                lambda step: self._devstack(build, merged, step)),
-            *((lambda node=n.name: windows(node)) for n in build.hyperv)])
+            *(partial(windows, n.name) for n in build.hyperv)])
         self._parallel([
-            (lambda node=n.name: self._step(ctx, "hyperv-compute", node,
-                                            lambda step: self._compute(build, merged, step,
-                                                                       node)))
+            partial(self._step, ctx, "hyperv-compute", n.name,
+                    partial(self._compute, build, merged, node=n.name))
             for n in build.hyperv
         ])
         self._step(ctx, "wait-services", controller,
@@ -357,9 +356,8 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         """Step 6: logs of every node that was touched into ctx.log_dir."""
         if self.merged is None:
             return  # the change never merged: nothing reached the nodes
-        tasks = [lambda: self._collect_controller(ctx, prepared)]
-        tasks += [(lambda node=n.name: self._collect_windows(ctx, prepared, node))
-                  for n in prepared.hyperv]
+        tasks: list[Callable[[], None]] = [partial(self._collect_controller, ctx, prepared)]
+        tasks += [partial(self._collect_windows, ctx, prepared, n.name) for n in prepared.hyperv]
         try:
             self._parallel(tasks)
         except (InfraError, ExecutorError, CommandTimeout, OSError) as exc:

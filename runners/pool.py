@@ -1,332 +1,46 @@
-"""The node pool: which nodes exist, which are free, and who holds them.
+"""The runners' side of the node pool: which nodes a build's job needs.
 
-A build reserves every node its job needs in the transaction that claims it;
-each reservation is a conditional UPDATE (`state = ready AND build_id IS
-NULL`), so a node is never handed to two builds, on any engine.
-
-A node's life (docs/nodes.md):
-
-    ready ──reserve──▶ reserved ──release──▶ ready
-                          │  └─release, cleanup failed──▶ offline (cleanup-failed)
-                          └─reaper: worker lost──▶ offline (worker-lost)
-    offline (worker-lost) ──claim_recovery──▶ cleaning ──finish_recovery──▶
-        ready | offline (cleanup-failed: the cleanup failed) | offline (health-check)
-    offline (health-check) ──a passing check──▶ ready
-    offline (any) ──`nodes enable` (cleans and checks first)──▶ ready
-
-The decisions are pure functions of a node's row and what the I/O found
-(`recovery_verdict`); the I/O is runners/recovery.py's and the worker's.
+The node state machine itself (reserve, release, health, recovery, enable)
+is core: ci/nodes.py, beside the build transitions of ci/queue.py. This
+module adapts it to the job types, which live in runners (`PoolReserver`),
+and re-exports its names for the callers that still import them from here.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ci.config import Config, NodeConfig
-from ci.errors import TransientError
-from ci.models import Build, Node, NodeState, OfflineCause, utcnow
+from ci.config import Config
+from ci.models import Build
+from ci.nodes import (
+    OFFLINE_AFTER,
+    RECOVERY_STALE,
+    NodeBusy,
+    Probe,
+    RecoveryTask,
+    Verdict,
+    claim_for_enable,
+    claim_recovery,
+    enable,
+    finish_recovery,
+    mark_offline,
+    nodes_of,
+    record_health,
+    recovery_verdict,
+    release,
+    reserve,
+    set_drained,
+    sync_nodes,
+)
 
-logger = logging.getLogger(__name__)
-
-# After this many failed health checks in a row a node goes offline.
-OFFLINE_AFTER = 2
-# A node left `cleaning` this long (the worker recovering it died too) is
-# recovered again by another worker: longer than any cleanup may take.
-RECOVERY_STALE = timedelta(hours=1)
-
-
-def sync_nodes(session: Session, nodes: Sequence[NodeConfig]) -> None:
-    """Make the nodes table match the config (new nodes ready; removed nodes drained)."""
-    existing = {n.name: n for n in session.scalars(select(Node))}
-    for cfg in nodes:
-        row = existing.pop(cfg.name, None)
-        if row is None:
-            session.add(Node(name=cfg.name, label=cfg.label, address=cfg.address,
-                             state=NodeState.READY))
-        else:
-            row.label, row.address = cfg.label, cfg.address
-    for row in existing.values():
-        if not row.drained:
-            row.drained = True
-            row.message = "no longer in the configuration"
-
-
-def _free_nodes(session: Session, label: str) -> list[Node]:
-    query = (
-        select(Node)
-        .where(Node.label == label, Node.state == NodeState.READY, Node.drained.is_(False),
-               Node.build_id.is_(None))
-        .order_by(Node.name)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return list(session.scalars(query))
-
-
-def reserve(session: Session, build_id: int, labels: Sequence[str]) -> list[Node] | None:
-    """Reserve one node per entry of `labels` for the build, all or nothing.
-
-    Returns the nodes, or None (and reserves nothing) when the pool cannot
-    supply them now. Runs inside the caller's transaction.
-    """
-    wanted: dict[str, int] = {}
-    for label in labels:
-        wanted[label] = wanted.get(label, 0) + 1
-    taken: list[Node] = []
-    savepoint = session.begin_nested()
-    for label, count in wanted.items():
-        got = 0
-        for node in _free_nodes(session, label):
-            if got == count:
-                break
-            result = session.execute(
-                update(Node)
-                .where(Node.id == node.id, Node.state == NodeState.READY,
-                       Node.build_id.is_(None), Node.drained.is_(False))
-                .values(state=NodeState.RESERVED, build_id=build_id, updated_at=utcnow())
-            )
-            if result.rowcount == 1:
-                session.refresh(node)
-                taken.append(node)
-                got += 1
-        if got < count:
-            savepoint.rollback()
-            return None
-    savepoint.commit()
-    if taken:
-        logger.info("build %s reserved nodes %s", build_id, ", ".join(n.name for n in taken))
-    return taken
-
-
-def nodes_of(session: Session, build_id: int) -> list[Node]:
-    return list(session.scalars(select(Node).where(Node.build_id == build_id).order_by(Node.name)))
-
-
-def release(session: Session, build_id: int, failed: Sequence[str] = ()) -> None:
-    """Return a build's nodes to the pool; nodes whose cleanup failed go offline.
-
-    A node left dirty stays offline until an operator enables it: passing a
-    health check says nothing about the leftovers of a build.
-    """
-    for node in nodes_of(session, build_id):
-        node.build_id = None
-        if node.name in failed:
-            node.dirty_build_id = build_id  # what `nodes enable` cleans up after
-            _take_offline(node, OfflineCause.CLEANUP_FAILED,
-                          f"cleanup failed after build {build_id}")
-        else:
-            node.state = NodeState.READY
-            node.offline_cause = None
-            node.dirty_build_id = None
-            node.message = ""
-
-
-def _take_offline(node: Node, cause: OfflineCause, message: str) -> None:
-    node.state = NodeState.OFFLINE
-    node.offline_cause = cause
-    node.message = message
-    logger.warning("node %s offline (%s): %s", node.name, cause, message)
-
-
-def mark_offline(session: Session, name: str, message: str, *, cause: OfflineCause) -> None:
-    """Take a node offline for `cause` (which decides whether health checks may revive it)."""
-    node = session.scalar(select(Node).where(Node.name == name))
-    if node is not None:
-        _take_offline(node, cause, message)
-
-
-def record_health(session: Session, name: str, healthy: bool, message: str = "") -> Node | None:
-    """Apply one health-check result: failures take a node offline, success brings it back.
-
-    Only nodes that health checks took offline come back on a success; a node
-    offline for another cause (cleanup failed, worker lost) waits for `enable`.
-    """
-    node = session.scalar(select(Node).where(Node.name == name))
-    if node is None:
-        return None
-    node.last_checked_at = utcnow()
-    held = node.state == NodeState.OFFLINE and node.offline_cause != OfflineCause.HEALTH_CHECK
-    if healthy:
-        node.health_failures = 0
-        if node.state == NodeState.OFFLINE and not held:
-            node.state = NodeState.READY
-            node.offline_cause = None
-            node.message = "back online after a health check"
-            logger.info("node %s back online", name)
-        return node
-    node.health_failures += 1
-    if not held:  # keep the message naming the build or worker the operator must look at
-        node.message = message
-    if node.health_failures >= OFFLINE_AFTER and node.state == NodeState.READY:
-        node.state = NodeState.OFFLINE
-        node.offline_cause = OfflineCause.HEALTH_CHECK
-        logger.warning("node %s offline after %s failed checks: %s", name,
-                       node.health_failures, message)
-    return node
-
-
-@dataclass(frozen=True)
-class RecoveryTask:
-    """A node a worker has claimed to clean and check (state `cleaning`)."""
-
-    name: str
-    dirty_build_id: int | None  # whose job's cleanup to run, for that build's change
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What one cleanup or health check found."""
-
-    ok: bool
-    message: str
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Where a node goes after a recovery or an enable."""
-
-    state: NodeState
-    cause: OfflineCause | None
-    message: str
-
-    @property
-    def ready(self) -> bool:
-        return self.state == NodeState.READY
-
-
-def claim_recovery(session: Session, holder: str, now: datetime | None = None,
-                   ) -> list[RecoveryTask]:
-    """Claim the nodes a lost worker left (and stalled recoveries): they turn `cleaning`.
-
-    Each claim is a conditional UPDATE on the row as read, so two workers
-    never recover the same node.
-    """
-    now = now or utcnow()
-    rows = session.scalars(
-        select(Node).where(Node.build_id.is_(None),
-                           Node.offline_cause == OfflineCause.WORKER_LOST,
-                           Node.state.in_((NodeState.OFFLINE, NodeState.CLEANING)))
-        .order_by(Node.name))
-    tasks = []
-    for row in list(rows):
-        if row.state == NodeState.CLEANING and row.updated_at > now - RECOVERY_STALE:
-            continue  # another worker is on it
-        took_over = " (a stalled recovery taken over)" if row.state == NodeState.CLEANING else ""
-        result = session.execute(
-            update(Node)
-            .where(Node.id == row.id, Node.state == row.state,
-                   Node.updated_at == row.updated_at, Node.build_id.is_(None))
-            .values(state=NodeState.CLEANING, updated_at=now,
-                    message=f"{holder} is cleaning and checking it after build "
-                            f"{row.dirty_build_id}{took_over}"))
-        if result.rowcount == 1:
-            tasks.append(RecoveryTask(row.name, row.dirty_build_id))
-            logger.info("node %s: %s recovers it after build %s%s", row.name, holder,
-                        row.dirty_build_id, took_over)
-    return tasks
-
-
-def claim_for_enable(session: Session, name: str, force: bool = False) -> RecoveryTask | None:
-    """An operator's `nodes enable`: the node turns `cleaning` while it is cleaned
-    and checked, so no build and no recovery takes it meanwhile.
-
-    None for an unknown node; NodeBusy if it holds a build or a worker is
-    recovering it (`force` takes a recovering node anyway).
-    """
-    node = session.scalar(select(Node).where(Node.name == name))
-    if node is None:
-        return None
-    if node.build_id is not None:
-        raise NodeBusy(f"node {name!r} holds build {node.build_id}")
-    if node.state == NodeState.CLEANING and not force:
-        raise NodeBusy(f"node {name!r} is being recovered: {node.message}")
-    result = session.execute(
-        update(Node).where(Node.id == node.id, Node.state == node.state,
-                           Node.build_id.is_(None))
-        .values(state=NodeState.CLEANING, updated_at=utcnow(),
-                message="an operator's `nodes enable` is cleaning and checking it"))
-    if result.rowcount != 1:
-        raise NodeBusy(f"node {name!r} changed state meanwhile; try again")
-    return RecoveryTask(name, node.dirty_build_id)
-
-
-def recovery_verdict(cleanup: Probe, check: Probe | None, build_id: int | None) -> Verdict:
-    """Where a node goes after its cleanup and (if the cleanup passed) its health check."""
-    after = f"after build {build_id}" if build_id is not None else "after an unknown build"
-    if not cleanup.ok:
-        # The leftovers are still there: only an operator's `nodes enable` (which
-        # cleans again) may put it back.
-        return Verdict(NodeState.OFFLINE, OfflineCause.CLEANUP_FAILED,
-                       f"cleanup {after} failed: {cleanup.message}")
-    if check is None or not check.ok:
-        # Clean, but unreachable: a later passing health check revives it.
-        detail = check.message if check is not None else "not run"
-        return Verdict(NodeState.OFFLINE, OfflineCause.HEALTH_CHECK,
-                       f"cleaned {after}, but the health check failed: {detail}")
-    return Verdict(NodeState.READY, None, f"cleaned and checked {after}: {check.message}")
-
-
-def finish_recovery(session: Session, name: str, verdict: Verdict) -> bool:
-    """Apply a recovery's verdict to a node still `cleaning`; False if it is not."""
-    values: dict[str, object] = {
-        "state": verdict.state, "offline_cause": verdict.cause, "message": verdict.message,
-        "updated_at": utcnow(), "last_checked_at": utcnow()}
-    if verdict.cause != OfflineCause.CLEANUP_FAILED:
-        values["dirty_build_id"] = None
-    if verdict.ready:
-        values["health_failures"] = 0
-    result = session.execute(
-        update(Node).where(Node.name == name, Node.state == NodeState.CLEANING,
-                           Node.build_id.is_(None)).values(**values))
-    done = result.rowcount == 1
-    if done and verdict.ready:
-        logger.info("node %s back in service: %s", name, verdict.message)
-    elif done:
-        logger.warning("node %s stays offline (%s): %s", name, verdict.cause, verdict.message)
-    return done
-
-
-class NodeBusy(TransientError):
-    """The node holds a build: it cannot be enabled under that build's feet."""
-
-
-def enable(session: Session, name: str, message: str = "enabled by an operator",
-           *, force: bool = False) -> Node | None:
-    """An operator brings a node back into the pool, whatever took it offline.
-
-    Returns None for an unknown node; raises NodeBusy if it holds a build, or
-    a worker is recovering it (unless `force`). `hyperv-ci nodes enable` cleans
-    and checks the node before it calls this. Draining is left as it is.
-    """
-    node = session.scalar(select(Node).where(Node.name == name))
-    if node is None:
-        return None
-    if node.build_id is not None:
-        raise NodeBusy(f"node {name!r} holds build {node.build_id}")
-    if node.state == NodeState.CLEANING and not force:
-        raise NodeBusy(f"node {name!r} is being recovered: {node.message}")
-    node.state = NodeState.READY
-    node.offline_cause = None
-    node.health_failures = 0
-    node.dirty_build_id = None
-    node.message = message
-    logger.info("node %s enabled by an operator", name)
-    return node
-
-
-def set_drained(session: Session, name: str, drained: bool) -> bool:
-    """Drain (no new builds; a running build finishes) or undrain a node."""
-    node = session.scalar(select(Node).where(Node.name == name))
-    if node is None:
-        return False
-    node.drained = drained
-    return True
+__all__ = [
+    "OFFLINE_AFTER", "RECOVERY_STALE", "NodeBusy", "PoolReserver", "Probe", "RecoveryTask",
+    "Verdict", "claim_for_enable", "claim_recovery", "enable", "finish_recovery", "mark_offline",
+    "nodes_of", "record_health", "recovery_verdict", "release", "reserve", "set_drained",
+    "sync_nodes",
+]
 
 
 @dataclass

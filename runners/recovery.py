@@ -9,7 +9,7 @@ would overlap the retry. The node is cleaned with its job's own cleanup
 script (cleanup.sh ends the processes running from the job's directories and
 unstacks; cleanup.ps1 stops the services and every process under the
 Windows root), rendered for the build that left it dirty, then health-checked;
-`runners.pool.recovery_verdict` decides where it goes (docs/nodes.md).
+`ci.nodes.recovery_verdict` decides where it goes (docs/nodes.md).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci import nodes
 from ci.changes import ChangeInfo, change_info_from_rows
 from ci.config import Config, ConfigError, DevstackHypervJob, NodeConfig
 from ci.errors import PermanentError
 from ci.models import Build
-from runners import pool
+from ci.nodes import Probe, Verdict
 from runners.base import CommandTimeout, ExecutorError
 from runners.health import check_node
 from runners.job_values import RenderError
-from runners.pool import Probe, Verdict
 from runners.render import example_change, render_job
 
 logger = logging.getLogger(__name__)
@@ -137,11 +137,11 @@ def clean_and_check(config: Config, node: NodeConfig,
 
 
 def recover_one(config: Config, sessions: sessionmaker[Session],
-                task: pool.RecoveryTask) -> Verdict:
+                task: nodes.RecoveryTask) -> Verdict:
     """Clean and check one claimed node, record the verdict; returns it."""
     node = next((n for n in config.nodes if n.name == task.name), None)
     if node is None:
-        verdict = pool.recovery_verdict(Probe(False, "not in this worker's configuration"),
+        verdict = nodes.recovery_verdict(Probe(False, "not in this worker's configuration"),
                                         None, task.dirty_build_id)
     else:
         try:
@@ -150,9 +150,9 @@ def recover_one(config: Config, sessions: sessionmaker[Session],
         except Exception as exc:  # the node must leave `cleaning` whatever happened
             logger.exception("recovery of %s crashed", task.name)
             cleanup, check = Probe(False, f"{type(exc).__name__}: {exc}"), None
-        verdict = pool.recovery_verdict(cleanup, check, task.dirty_build_id)
+        verdict = nodes.recovery_verdict(cleanup, check, task.dirty_build_id)
     with sessions() as session, session.begin():
-        pool.finish_recovery(session, task.name, verdict)
+        nodes.finish_recovery(session, task.name, verdict)
     return verdict
 
 
@@ -160,7 +160,7 @@ def recover_nodes(config: Config, sessions: sessionmaker[Session],
                   holder: str) -> dict[str, Verdict]:
     """Claim every node waiting for recovery and recover them in parallel."""
     with sessions() as session, session.begin():
-        tasks: Sequence[pool.RecoveryTask] = pool.claim_recovery(session, holder)
+        tasks: Sequence[nodes.RecoveryTask] = nodes.claim_recovery(session, holder)
     if not tasks:
         return {}
     with ThreadPoolExecutor(max_workers=min(8, len(tasks)),
@@ -177,14 +177,14 @@ def enable_node(config: Config, sessions: sessionmaker[Session], name: str) -> V
     """`hyperv-ci nodes enable NAME`: clean and check the node, then return it to the
     pool; a failed cleanup or check leaves it offline and says why (the verdict).
 
-    Raises UnknownNode, or pool.NodeBusy while a build or a recovery holds it.
+    Raises UnknownNode, or nodes.NodeBusy while a build or a recovery holds it.
     """
     node = next((n for n in config.nodes if n.name == name), None)
     if node is None:
         raise UnknownNode(f"no node {name!r} in the configuration")
     with sessions() as session, session.begin():
-        pool.sync_nodes(session, config.nodes)  # a fresh database knows no node yet
-        task = pool.claim_for_enable(session, name)
+        nodes.sync_nodes(session, config.nodes)  # a fresh database knows no node yet
+        task = nodes.claim_for_enable(session, name)
     if task is None:
         raise UnknownNode(f"no node {name!r}")
     try:
@@ -192,12 +192,12 @@ def enable_node(config: Config, sessions: sessionmaker[Session], name: str) -> V
     except Exception as exc:  # the node must leave `cleaning` whatever happened
         logger.exception("cleaning %s for `nodes enable` crashed", name)
         cleanup, check = Probe(False, f"{type(exc).__name__}: {exc}"), None
-    verdict = pool.recovery_verdict(cleanup, check, task.dirty_build_id)
+    verdict = nodes.recovery_verdict(cleanup, check, task.dirty_build_id)
     if verdict.ready:
         verdict = Verdict(verdict.state, None, f"enabled by an operator: {verdict.message}")
     else:
         verdict = Verdict(verdict.state, verdict.cause,
                           f"`nodes enable` refused: {verdict.message}")
     with sessions() as session, session.begin():
-        pool.finish_recovery(session, name, verdict)
+        nodes.finish_recovery(session, name, verdict)
     return verdict

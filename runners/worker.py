@@ -28,6 +28,7 @@ from ci import queue
 from ci.changes import change_info_from_rows
 from ci.config import Config
 from ci.models import Build, BuildState, TestResult
+from ci.nodes import nodes_of, release, sync_nodes
 from ci.report import queue_report
 from runners import pool
 from runners.base import (
@@ -93,7 +94,7 @@ class Worker:
         """
         logger.info("worker %s started", self.name)
         with self.sessions() as session, session.begin():
-            pool.sync_nodes(session, self.config.nodes)
+            sync_nodes(session, self.config.nodes)
         if self.config.nodes:
             threading.Thread(target=self._keeper_loop, args=(stop,), name="keeper",
                              daemon=True).start()
@@ -174,7 +175,7 @@ class Worker:
             assert build is not None
             rel = build_log_path(build)
             ref = change_info_from_rows(build.patchset.change, build.patchset)
-            node_names = [n.name for n in pool.nodes_of(session, build_id)]
+            node_names = [n.name for n in nodes_of(session, build_id)]
             job_name = build.job
         log_dir = self.config.logs.dir / rel
         log_url = self.config.logs.url.rstrip("/") + "/" + rel + "/"
@@ -275,7 +276,7 @@ class Worker:
         with self.sessions() as session, session.begin():
             build = queue.finish(session, build_id, self.name, state, redact(result.summary),
                                  log_url=log_url, log_path=log_path)
-            pool.release(session, build_id, failed_nodes)
+            release(session, build_id, failed_nodes)
             if build is None:
                 return  # superseded or aborted while running: no result, no vote
             session.add_all(

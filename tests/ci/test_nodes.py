@@ -1,4 +1,4 @@
-"""The node pool on SQLite and PostgreSQL: atomic reservations, drain, health, offline."""
+"""ci.nodes on SQLite and PostgreSQL: atomic reservations, drain, health, offline, enable."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci import queue
+from ci import nodes, queue
 from ci.config import parse_config
 from ci.models import Node, NodeState, OfflineCause
-from runners import pool
 
 
 def node_configs() -> list:
@@ -43,18 +42,18 @@ def builds(sessions: sessionmaker[Session], count: int) -> list[int]:
 
 def synced(sessions: sessionmaker[Session]) -> None:
     with sessions() as session, session.begin():
-        pool.sync_nodes(session, node_configs())
+        nodes.sync_nodes(session, node_configs())
 
 
 def test_reserve_all_or_nothing(sessions: sessionmaker[Session]) -> None:
     synced(sessions)
     first, second = builds(sessions, 2)
     with sessions() as session, session.begin():
-        got = pool.reserve(session, first, ["devstack", "hyperv", "hyperv"])
+        got = nodes.reserve(session, first, ["devstack", "hyperv", "hyperv"])
         assert got is not None and sorted(n.name for n in got) == ["devstack-1", "hv-1", "hv-2"]
     with sessions() as session, session.begin():
         # Only hv-3 is left and no devstack: nothing may be taken.
-        assert pool.reserve(session, second, ["devstack", "hyperv"]) is None
+        assert nodes.reserve(session, second, ["devstack", "hyperv"]) is None
     with sessions() as session:
         hv3 = session.scalar(select(Node).where(Node.name == "hv-3"))
         assert hv3 is not None and hv3.state == NodeState.READY and hv3.build_id is None
@@ -66,9 +65,9 @@ def test_release_returns_nodes_or_takes_failed_ones_offline(
     synced(sessions)
     (build_id,) = builds(sessions, 1)
     with sessions() as session, session.begin():
-        pool.reserve(session, build_id, ["devstack", "hyperv"])
+        nodes.reserve(session, build_id, ["devstack", "hyperv"])
     with sessions() as session, session.begin():
-        pool.release(session, build_id, failed=["hv-1"])
+        nodes.release(session, build_id, failed=["hv-1"])
     with sessions() as session:
         states = {n.name: (n.state, n.offline_cause, n.message)
                   for n in session.scalars(select(Node))}
@@ -81,23 +80,23 @@ def test_drained_and_offline_nodes_are_not_handed_out(sessions: sessionmaker[Ses
     synced(sessions)
     (build_id,) = builds(sessions, 1)
     with sessions() as session, session.begin():
-        assert pool.set_drained(session, "hv-1", True)
-        pool.mark_offline(session, "hv-2", "unreachable", cause=OfflineCause.HEALTH_CHECK)
+        assert nodes.set_drained(session, "hv-1", True)
+        nodes.mark_offline(session, "hv-2", "unreachable", cause=OfflineCause.HEALTH_CHECK)
     with sessions() as session, session.begin():
-        got = pool.reserve(session, build_id, ["hyperv"])
+        got = nodes.reserve(session, build_id, ["hyperv"])
         assert got is not None and [n.name for n in got] == ["hv-3"]
 
 
 def test_health_checks_take_a_node_offline_and_back(sessions: sessionmaker[Session]) -> None:
     synced(sessions)
     with sessions() as session, session.begin():
-        pool.record_health(session, "hv-1", False, "WinRM refused")
+        nodes.record_health(session, "hv-1", False, "WinRM refused")
     with sessions() as session, session.begin():
-        node = pool.record_health(session, "hv-1", False, "WinRM refused")
+        node = nodes.record_health(session, "hv-1", False, "WinRM refused")
         assert node is not None and node.state == NodeState.OFFLINE
         assert node.offline_cause == OfflineCause.HEALTH_CHECK
     with sessions() as session, session.begin():
-        node = pool.record_health(session, "hv-1", True)
+        node = nodes.record_health(session, "hv-1", True)
         assert node is not None and node.state == NodeState.READY
         assert node.offline_cause is None and node.health_failures == 0
 
@@ -117,36 +116,36 @@ def test_health_checks_never_revive_a_node_they_did_not_take_offline(
     synced(sessions)
     (build_id,) = builds(sessions, 1)
     with sessions() as session, session.begin():
-        pool.reserve(session, build_id, ["hyperv"])
+        nodes.reserve(session, build_id, ["hyperv"])
     with sessions() as session, session.begin():
-        pool.release(session, build_id, failed=["hv-1"])
-        pool.mark_offline(session, "hv-2", "worker w lost during build 9",
+        nodes.release(session, build_id, failed=["hv-1"])
+        nodes.mark_offline(session, "hv-2", "worker w lost during build 9",
                           cause=OfflineCause.WORKER_LOST)
     for healthy in (True, False, False, True):
         with sessions() as session, session.begin():
-            pool.record_health(session, "hv-1", healthy, "WinRM refused")
-            pool.record_health(session, "hv-2", healthy, "WinRM refused")
+            nodes.record_health(session, "hv-1", healthy, "WinRM refused")
+            nodes.record_health(session, "hv-2", healthy, "WinRM refused")
     hv1, hv2 = node_row(sessions, "hv-1"), node_row(sessions, "hv-2")
     assert (hv1.state, hv1.offline_cause) == (NodeState.OFFLINE, OfflineCause.CLEANUP_FAILED)
     assert hv1.message == f"cleanup failed after build {build_id}"  # not a check's message
     assert (hv2.state, hv2.offline_cause) == (NodeState.OFFLINE, OfflineCause.WORKER_LOST)
     with sessions() as session, session.begin():
-        assert [n.name for n in pool.reserve(session, build_id, ["hyperv"]) or []] == ["hv-3"]
+        assert [n.name for n in nodes.reserve(session, build_id, ["hyperv"]) or []] == ["hv-3"]
 
 
 def test_enable_brings_any_offline_node_back(sessions: sessionmaker[Session]) -> None:
     synced(sessions)
     first, second = builds(sessions, 2)
     with sessions() as session, session.begin():
-        pool.reserve(session, first, ["hyperv"])
-        pool.reserve(session, second, ["hyperv"])
+        nodes.reserve(session, first, ["hyperv"])
+        nodes.reserve(session, second, ["hyperv"])
     with sessions() as session, session.begin():
-        pool.release(session, first, failed=["hv-1"])
-        pool.record_health(session, "hv-1", False, "WinRM refused")
-        assert pool.enable(session, "nope") is None
-        with pytest.raises(pool.NodeBusy, match=f"node 'hv-2' holds build {second}"):
-            pool.enable(session, "hv-2")
-        node = pool.enable(session, "hv-1")
+        nodes.release(session, first, failed=["hv-1"])
+        nodes.record_health(session, "hv-1", False, "WinRM refused")
+        assert nodes.enable(session, "nope") is None
+        with pytest.raises(nodes.NodeBusy, match=f"node 'hv-2' holds build {second}"):
+            nodes.enable(session, "hv-2")
+        node = nodes.enable(session, "hv-1")
         assert node is not None
     hv1, hv2 = node_row(sessions, "hv-1"), node_row(sessions, "hv-2")
     assert (hv1.state, hv1.offline_cause, hv1.health_failures, hv1.message) == (
@@ -165,7 +164,7 @@ def test_a_node_is_never_handed_to_two_builds(sessions: sessionmaker[Session]) -
     def grab(build_id: int) -> None:
         barrier.wait()
         with sessions() as session, session.begin():
-            if pool.reserve(session, build_id, ["hyperv", "hyperv"]) is not None:
+            if nodes.reserve(session, build_id, ["hyperv", "hyperv"]) is not None:
                 with lock:
                     winners.append(build_id)
 

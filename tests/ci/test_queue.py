@@ -9,10 +9,10 @@ from alembic import command
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci import nodes as ci_nodes
 from ci import queue
 from ci.db import alembic_config, ensure_schema, make_engine, make_sessionmaker
 from ci.models import Build, BuildState, Change, Node, NodeState, OfflineCause, utcnow
-from runners import pool
 
 
 def info(change: int = 10001, ps: int = 1, **kw: object) -> queue.ChangeInfo:
@@ -169,7 +169,7 @@ def add_nodes(sessions: sessionmaker[Session], *names: str) -> None:
 
 
 def two_nodes(session: Session, build: Build) -> bool:
-    return pool.reserve(session, build.id, ["hyperv", "hyperv"]) is not None
+    return ci_nodes.reserve(session, build.id, ["hyperv", "hyperv"]) is not None
 
 
 def test_reaper_frees_the_dead_workers_nodes_as_worker_lost(
@@ -197,8 +197,8 @@ def test_reaper_frees_the_dead_workers_nodes_as_worker_lost(
     with sessions() as session, session.begin():
         retry = queue.claim_next(session, "alive", 60, reserve=two_nodes)
         assert retry is not None and retry.retry_of_id == build_id
-        assert [n.name for n in pool.nodes_of(session, retry.id)] == ["hv-3", "hv-4"]
-        assert pool.record_health(session, "hv-1", True) is not None
+        assert [n.name for n in ci_nodes.nodes_of(session, retry.id)] == ["hv-3", "hv-4"]
+        assert ci_nodes.record_health(session, "hv-1", True) is not None
     with sessions() as session:
         assert session.scalar(select(Node.state).where(Node.name == "hv-1")) == NodeState.OFFLINE
 
@@ -213,12 +213,12 @@ def test_reaped_retry_gets_the_nodes_back_once_enabled(sessions: sessionmaker[Se
         assert queue.reap_expired(session, 3, now=utcnow() + timedelta(seconds=10))
     with sessions() as session, session.begin():
         assert queue.claim_next(session, "alive", 60, reserve=two_nodes) is None
-        assert pool.enable(session, "hv-1") is not None
-        assert pool.enable(session, "hv-2") is not None
+        assert ci_nodes.enable(session, "hv-1") is not None
+        assert ci_nodes.enable(session, "hv-2") is not None
     with sessions() as session, session.begin():
         retry = queue.claim_next(session, "alive", 60, reserve=two_nodes)
         assert retry is not None and retry.retry_of_id == build_id
-        assert [n.name for n in pool.nodes_of(session, retry.id)] == ["hv-1", "hv-2"]
+        assert [n.name for n in ci_nodes.nodes_of(session, retry.id)] == ["hv-1", "hv-2"]
 
 
 def test_upgrade_0002_classifies_offline_nodes_and_frees_reaped_ones(db_url: str) -> None:

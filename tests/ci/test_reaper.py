@@ -19,11 +19,11 @@ import yaml
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci import nodes as ci_nodes
 from ci import queue
 from ci.db import ensure_schema, make_engine, make_sessionmaker
 from ci.models import Build, BuildState, Node, NodeState, OfflineCause, utcnow
 from ci.reaper import reap_once
-from runners import pool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def test_concurrent_reapers_reap_each_build_once(sessions: sessionmaker[Session]
     ids = [enqueue(sessions, 20000 + i) for i in range(12)]
     with sessions() as session, session.begin():
         for _ in ids:
-            build = queue.claim_next(session, "dead", 5, reserve=lambda s, b: pool.reserve(
+            build = queue.claim_next(session, "dead", 5, reserve=lambda s, b: ci_nodes.reserve(
                 s, b.id, ["hyperv"]) is not None)
             assert build is not None
         session.execute(update(Build).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -131,7 +131,7 @@ def test_a_dead_worker_is_reaped_while_every_survivor_is_busy(tmp_path: Path) ->
         with sessions() as session, session.begin():
             session.add(Node(name="hv-1", label="hyperv", state=NodeState.READY))
             session.flush()
-            assert pool.reserve(session, doomed_build, ["hyperv"])
+            assert ci_nodes.reserve(session, doomed_build, ["hyperv"])
         procs["doomed"].send_signal(signal.SIGKILL)
         procs["doomed"].wait(timeout=10)
 
