@@ -40,10 +40,12 @@ demo: deps-demo $(STAMP)
 test: deps-test $(STAMP) $(OSLO_STAMP)
 	scripts/ensure-postgres
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/mypy ci listener runners dashboard
+	$(BIN)/pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy ci listener runners dashboard
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.listener_throughput

@@ -31,6 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ci.config import NodeConfig
+from ci.db import rows_changed
 from ci.errors import TransientError
 from ci.models import Node, NodeState, OfflineCause, utcnow
 
@@ -93,7 +94,7 @@ def reserve(session: Session, build_id: int, labels: Sequence[str]) -> list[Node
                        Node.build_id.is_(None), Node.drained.is_(False))
                 .values(state=NodeState.RESERVED, build_id=build_id, updated_at=utcnow())
             )
-            if result.rowcount == 1:
+            if rows_changed(result) == 1:
                 session.refresh(node)
                 taken.append(node)
                 got += 1
@@ -244,7 +245,7 @@ def claim_recovery(session: Session, holder: str, now: datetime | None = None,
             .values(state=NodeState.CLEANING, updated_at=now,
                     message=f"{holder} is cleaning and checking it after build "
                             f"{row.dirty_build_id}{took_over}"))
-        if result.rowcount == 1:
+        if rows_changed(result) == 1:
             tasks.append(RecoveryTask(row.name, row.dirty_build_id))
             logger.info("node %s: %s recovers it after build %s%s", row.name, holder,
                         row.dirty_build_id, took_over)
@@ -270,7 +271,7 @@ def claim_for_enable(session: Session, name: str, force: bool = False) -> Recove
                            Node.build_id.is_(None))
         .values(state=NodeState.CLEANING, updated_at=utcnow(),
                 message="an operator's `nodes enable` is cleaning and checking it"))
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         raise NodeBusy(f"node {name!r} changed state meanwhile; try again")
     return RecoveryTask(name, node.dirty_build_id)
 
@@ -303,7 +304,7 @@ def finish_recovery(session: Session, name: str, verdict: Verdict) -> bool:
     result = session.execute(
         update(Node).where(Node.name == name, Node.state == NodeState.CLEANING,
                            Node.build_id.is_(None)).values(**values))
-    done = result.rowcount == 1
+    done = rows_changed(result) == 1
     if done and verdict.ready:
         logger.info("node %s back in service: %s", name, verdict.message)
     elif done:

@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ci.changes import ChangeInfo, change_ref, without_nul
+from ci.db import rows_changed
 from ci.models import Build, BuildState, Change, Patchset, utcnow
 from ci.nodes import lose_build_nodes
 
@@ -82,10 +83,10 @@ def _stop(session: Session, build: Build, state: BuildState, why: str) -> bool:
         .values(state=state, abort_requested=True, summary=why,
                 finished_at=utcnow())
     )
-    if result.rowcount:
+    if rows_changed(result):
         session.refresh(build)
         logger.info("build %s %s: %s", build.id, state, why)
-    return bool(result.rowcount)
+    return bool(rows_changed(result))
 
 
 def enqueue(session: Session, patchset: Patchset, job: str, reason: str) -> Build | None:
@@ -171,7 +172,7 @@ def claim_next(
             .values(state=BuildState.RUNNING, worker=worker, started_at=now,
                     lease_expires_at=now + timedelta(seconds=lease_seconds))
         )
-        if result.rowcount == 1:
+        if rows_changed(result) == 1:
             session.refresh(build)
             logger.info("build %s claimed by %s", build.id, worker)
             return build
@@ -186,7 +187,7 @@ def renew_lease(session: Session, build_id: int, worker: str, lease_seconds: int
                Build.abort_requested.is_(False))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     )
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 def finish(
@@ -211,7 +212,7 @@ def finish(
     build = session.get(Build, build_id)
     if build is not None:
         session.refresh(build)
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         logger.info("build %s finished as %s but is %s: result dropped", build_id, state,
                     build.state if build else "gone")
         return None
@@ -267,7 +268,7 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
             .values(state=BuildState.ERROR, finished_at=utcnow(),
                     summary=f"worker {build.worker} stopped renewing its lease")
         )
-        if result.rowcount == 1:
+        if rows_changed(result) == 1:
             session.refresh(build)
             freed = lose_build_nodes(session, build.id, f"{build.worker}")
             retry_after_error(session, build, max_attempts)

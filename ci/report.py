@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
+from ci.db import rows_changed
 from ci.gerrit import GerritRejected, LabelRefused
 from ci.models import Build, BuildState, Report, ReportState, TestResult, utcnow
 from ci.report_checks import (
@@ -169,7 +170,7 @@ def _claim(session: Session) -> Report | None:
         .values(attempts=Report.attempts + 1,
                 next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
     )
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         return None
     session.refresh(candidate)
     return candidate
@@ -325,7 +326,7 @@ def _note_refusal(sessions: sessionmaker[Session], report: Report, refused: Labe
             Report.id == report.id, Report.state == ReportState.PENDING,
             Report.next_attempt_at == report.next_attempt_at).values(
                 label_refused=refused.message))
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         raise refused
     report.label_refused = refused.message
     vote = f"{report.label}{report.vote:+d}" if report.vote is not None else report.label
@@ -375,7 +376,7 @@ def _failed(sessions: sessionmaker[Session], report: Report, config: Config,
         result = session.execute(update(Report).where(
             Report.id == report.id, Report.state == ReportState.PENDING,
             Report.next_attempt_at == report.next_attempt_at).values(**values))
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         logger.warning("report %s attempt %s failed after its claim ran out: %s", report.id,
                        report.attempts, error)
     elif final:
@@ -399,7 +400,7 @@ def _not_sent(sessions: sessionmaker[Session], report: Report, reason: str) -> N
             Report.id == report.id, Report.state == ReportState.PENDING,
             Report.next_attempt_at == report.next_attempt_at).values(
                 state=ReportState.NOT_SENT, last_error=reason))
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         logger.warning("report %s: %s, noticed after its claim ran out", report.id, reason)
         return
     logger.warning("report %s NOT sent: %s (change %s,%s, vote %s withheld)", report.id, reason,

@@ -36,7 +36,10 @@ BATCH = 50
 
 
 class StatusClient(Protocol):
-    def query(self, query: str, **flags: bool) -> list[dict[str, Any]]: ...
+    """The part of `ci.gerrit.GerritClient` the status check uses."""
+
+    def query(self, query: str, *, current_patch_set: bool = ..., patch_sets: bool = ...,
+              files: bool = ..., comments: bool = ...) -> list[dict[str, Any]]: ...
 
 
 class CannotAsk(TransientError):

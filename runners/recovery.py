@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,7 +73,9 @@ def _render_nodes(config: Config, job: DevstackHypervJob, node: NodeConfig) -> l
     """`node` plus configured (or documentation-address) nodes to make the job's set:
     rendering wants one controller and `hyperv_nodes` computes; only `node`'s files run."""
     chosen = [node]
-    for label, count in (("devstack", 1), ("hyperv", job.hyperv_nodes)):
+    wanted: tuple[tuple[Literal["devstack", "hyperv"], int], ...] = (
+        ("devstack", 1), ("hyperv", job.hyperv_nodes))
+    for label, count in wanted:
         have = [n for n in chosen if n.label == label]
         others = [n for n in config.nodes if n.label == label and n.name != node.name]
         for extra in others[:max(0, count - len(have))]:

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import subunit
 import testtools
+from testtools.testresult.real import TestDict
 
 from runners.base import TestOutcome
 
@@ -94,7 +95,7 @@ def parse_subunit(stream: BinaryIO | bytes) -> list[TestOutcome]:
     fileobj: BinaryIO = io.BytesIO(stream) if isinstance(stream, bytes | bytearray) else stream
     outcomes: list[TestOutcome] = []
 
-    def on_test(test: dict[str, Any]) -> None:
+    def on_test(test: TestDict) -> None:
         status = test["status"]
         if status == "exists":
             return  # the enumeration event both producers send before running
