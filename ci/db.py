@@ -37,10 +37,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             # WAL lets the dashboard read while a worker writes; foreign keys
             # are off by default in SQLite.
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            _set_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -56,6 +56,28 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _set_wal(cursor: Any, attempts: int = 300) -> None:
+    """Switch a SQLite database to WAL (it stays so, in the file).
+
+    Changing the journal mode needs the database to itself and SQLite does not
+    wait for that in the busy handler: processes started together on a new
+    file got "database is locked". Once the file is in WAL, nothing is changed.
+    """
+    import sqlite3
+    import time
+
+    for attempt in range(attempts):
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 def rows_changed(result: Result[Any]) -> int:
