@@ -23,6 +23,7 @@ import io
 import re
 import threading
 import zipfile
+from abc import ABC, abstractmethod
 
 from sim.faults import FaultyConsole
 from sim.hyperv_script import (
@@ -71,7 +72,7 @@ class _Paths:
         self.python = f"{root}\\Python\\python.exe"
 
 
-class HyperVSteps:
+class HyperVSteps(ABC):
     """Step handlers; HyperVHost provides the state and the file store."""
 
     node_name: str
@@ -83,20 +84,20 @@ class HyperVSteps:
     _lock: threading.RLock
 
     # The file store and state publication HyperVHost provides.
-    def write_file(self, path: str, data: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write_file(self, path: str, data: bytes) -> None: ...
 
-    def read_file(self, path: str) -> bytes | None:
-        raise NotImplementedError
+    @abstractmethod
+    def read_file(self, path: str) -> bytes | None: ...
 
-    def files_under(self, folder: str) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def files_under(self, folder: str) -> list[str]: ...
 
-    def remove_tree(self, folder: str) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def remove_tree(self, folder: str) -> int: ...
 
-    def publish(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def publish(self) -> None: ...
 
     def _init_node(self, *, hyperv_role: bool) -> None:
         """A lab node: the role installed (it needs a restart, done before the node joins)."""
