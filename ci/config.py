@@ -18,7 +18,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ci.config_base import (
     ConfigError,
     Secret,
+    _check_one_source,
     _check_regex,
+    _check_secret_given,
     _check_vlan_range,
     _Strict,
     _vlan_bounds,
@@ -44,8 +46,7 @@ class DatabaseConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DatabaseConfig:
-        if self.password_env and self.password_file:
-            raise ValueError("give password_env or password_file, not both")
+        _check_one_source(self.password_env, self.password_file)
         return self
 
     @field_validator("url")
@@ -158,12 +159,7 @@ class WinRMAccess(_Strict):
     # node's OEM code page: cp437 for en-US, cp850 for much of Western Europe).
     oem_codepage: str = "cp437"
 
-    @field_validator("password")
-    @classmethod
-    def _password_given(cls, value: Secret) -> Secret:
-        if not value.given:
-            raise ValueError("name the password's source: password_env or password_file")
-        return value
+    _password_given = field_validator("password")(_check_secret_given)
 
     @field_validator("oem_codepage")
     @classmethod

@@ -60,6 +60,18 @@ def _check_regex(value: str) -> str:
     return value
 
 
+def _check_one_source(password_env: str | None, password_file: Path | None) -> None:
+    if password_env and password_file:
+        raise ValueError("give password_env or password_file, not both")
+
+
+def _check_secret_given(value: Secret) -> Secret:
+    """For a password that must be configured: it names its source."""
+    if not value.given:
+        raise ValueError("name the password's source: password_env or password_file")
+    return value
+
+
 class Secret(_Strict):
     """A secret given by reference: an environment variable or a file."""
 
@@ -68,8 +80,7 @@ class Secret(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> Secret:
-        if self.password_env and self.password_file:
-            raise ValueError("give password_env or password_file, not both")
+        _check_one_source(self.password_env, self.password_file)
         return self
 
     @property

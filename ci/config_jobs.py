@@ -13,6 +13,7 @@ from ci.config_base import (
     Secret,
     _check_image,
     _check_regex,
+    _check_secret_given,
     _check_vlan_range,
     _Strict,
 )
@@ -151,12 +152,7 @@ class ServiceAccount(_Strict):
                              "on the peer host)")
         return value
 
-    @field_validator("password")
-    @classmethod
-    def _password_given(cls, value: Secret) -> Secret:
-        if not value.given:
-            raise ValueError("name the password's source: password_env or password_file")
-        return value
+    _password_given = field_validator("password")(_check_secret_given)
 
 
 class WindowsPrerequisites(_Strict):
