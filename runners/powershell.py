@@ -6,6 +6,7 @@ literal, where nothing is interpolated) or as a data file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 
 import tree_sitter
@@ -27,6 +28,25 @@ def ps_quote(value: object) -> str:
 @cache
 def _parser() -> tree_sitter.Parser:
     return tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
+
+
+def parse_tree(script: str) -> tree_sitter.Node:
+    """The script's syntax tree (tree-sitter's PowerShell grammar)."""
+    return _parser().parse(script.encode("utf-8")).root_node
+
+
+def walk(node: tree_sitter.Node) -> Iterator[tree_sitter.Node]:
+    """Every node below `node` (itself first), in source order."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(current.children))
+
+
+def node_text(node: tree_sitter.Node) -> str:
+    """The source text a node spans."""
+    return (node.text or b"").decode("utf-8", "replace")
 
 
 def syntax_errors(script: str) -> list[str]:

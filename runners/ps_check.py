@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import tree_sitter
 
-from runners.powershell import _parser
+from runners.powershell import node_text, parse_tree, walk
 
 CATALOG_PATH = Path(__file__).with_name("data") / "powershell-catalog.json"
 
@@ -135,18 +134,6 @@ def _cmdlet(name: str) -> Command | None:
     return Command(canonical, "cmdlet", parameters, values)
 
 
-def _text(node: tree_sitter.Node) -> str:
-    return node.text.decode("utf-8") if node.text is not None else ""
-
-
-def _walk(node: tree_sitter.Node) -> Iterator[tree_sitter.Node]:
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(reversed(current.children))
-
-
 def _literal(node: tree_sitter.Node | None) -> str | None:
     """The value of a bareword or constant string argument (None for anything computed)."""
     while node is not None and node.type in ("array_literal_expression", "unary_expression",
@@ -154,7 +141,7 @@ def _literal(node: tree_sitter.Node | None) -> str | None:
         node = node.children[0]
     if node is None:
         return None
-    text = _text(node)
+    text = node_text(node)
     if node.type == "generic_token":
         return text
     if node.type == "verbatim_string_characters" and len(text) >= 2:
@@ -174,29 +161,29 @@ def _functions(root: tree_sitter.Node) -> dict[str, Command]:
     parameters to $args (about_Automatic_Variables), so nothing is refused there.
     """
     found: dict[str, Command] = {}
-    for node in _walk(root):
+    for node in walk(root):
         if node.type != "function_statement":
             continue
         name_node = next((c for c in node.children if c.type == "function_name"), None)
         if name_node is None:
             continue
-        name = re.sub(r"^(global|script|local|private):", "", _text(name_node), flags=re.I)
+        name = re.sub(r"^(global|script|local|private):", "", node_text(name_node), flags=re.I)
         parameters: dict[str, str] = {}
         advanced = False
-        for part in _walk(node):
+        for part in walk(node):
             if part is not node and part.type == "function_statement":
                 break  # a nested function's parameters are its own
             if part.type == "attribute_name":
-                advanced |= _text(part).lower() in ("cmdletbinding", "parameter")
+                advanced |= node_text(part).lower() in ("cmdletbinding", "parameter")
             if part.type == "script_parameter":
                 var = next((c for c in part.children if c.type == "variable"), None)
                 if var is None:
                     continue
-                pname = _text(var).lstrip("$")
+                pname = node_text(var).lstrip("$")
                 parameters[pname.lower()] = pname
-                for attr in (a for a in _walk(part) if a.type == "attribute"):
-                    if _text(attr).lower().startswith("[alias("):
-                        for arg in (a for a in _walk(attr) if a.type == "string_literal"):
+                for attr in (a for a in walk(part) if a.type == "attribute"):
+                    if node_text(attr).lower().startswith("[alias("):
+                        for arg in (a for a in walk(attr) if a.type == "string_literal"):
                             alias = _literal(arg)
                             if alias:
                                 parameters[alias.lower()] = pname
@@ -288,11 +275,11 @@ def _command_name(node: tree_sitter.Node) -> tuple[str, tree_sitter.Node] | None
     """The name a `command` node invokes, or None when it is computed (`& $exe`)."""
     for child in node.children:
         if child.type == "command_name":
-            return _text(child), child
+            return node_text(child), child
         if child.type == "command_name_expr":
             inner = child.children[0] if child.child_count == 1 else None
             if inner is not None and inner.type == "command_name":
-                return _text(inner), inner
+                return node_text(inner), inner
             literal = _literal(inner) if inner is not None else None
             return (literal, inner) if literal and inner is not None else None
     return None
@@ -300,10 +287,10 @@ def _command_name(node: tree_sitter.Node) -> tuple[str, tree_sitter.Node] | None
 
 def check_script(script: str) -> list[Problem]:
     """Every command and named parameter of `script` that PowerShell would refuse."""
-    root = _parser().parse(script.encode("utf-8")).root_node
+    root = parse_tree(script)
     functions = _functions(root)
     problems: list[Problem] = []
-    for node in _walk(root):
+    for node in walk(root):
         if node.type != "command":
             continue
         named = _command_name(node)
@@ -332,7 +319,7 @@ def _parameter_problems(node: tree_sitter.Node, name: str, command: Command) -> 
     for part in elements.children if elements is not None else ():
         if part.type != "command_parameter":
             continue
-        given = _text(part)[1:].rstrip(":")
+        given = node_text(part)[1:].rstrip(":")
         if not re.match(r"^[A-Za-z_?]", given):
             continue
         row, col = part.start_point
@@ -359,7 +346,7 @@ def script_end(script: str) -> ScriptEnd | None:
     Only the script's own statement list is looked at: an `exit` inside a
     function, `if` or loop depends on what runs, which nothing here evaluates.
     """
-    root = _parser().parse(script.encode("utf-8")).root_node
+    root = parse_tree(script)
     statements = next((c for c in root.children if c.type == "statement_list"), None)
     for node in statements.children if statements is not None else ():
         if node.type != "flow_control_statement" or not node.children:
@@ -368,14 +355,14 @@ def script_end(script: str) -> ScriptEnd | None:
         argument = node.children[1] if node.child_count > 1 else None
         row, col = node.start_point
         if keyword == "exit":
-            text = _text(argument).strip() if argument is not None else "0"
+            text = node_text(argument).strip() if argument is not None else "0"
             if re.fullmatch(r"-?\d+", text):
-                return ScriptEnd("exit", int(text), "", row + 1, col + 1, _text(node))
+                return ScriptEnd("exit", int(text), "", row + 1, col + 1, node_text(node))
         elif keyword == "throw":
             literal = _literal(_first_value(argument)) if argument is not None else None
             message = literal if literal is not None else (
-                _text(argument) if argument is not None else "ScriptHalted")
-            return ScriptEnd("throw", 1, message, row + 1, col + 1, _text(node))
+                node_text(argument) if argument is not None else "ScriptHalted")
+            return ScriptEnd("throw", 1, message, row + 1, col + 1, node_text(node))
     return None
 
 

@@ -27,7 +27,7 @@ from functools import cache
 
 import tree_sitter
 
-from runners.powershell import _parser
+from runners.powershell import node_text, parse_tree, walk
 from runners.ps_check import catalog
 from runners.windows_values import ARTEFACTS
 
@@ -51,28 +51,16 @@ def hyperv_cmdlets() -> frozenset[str]:
     )
 
 
-def _walk(node: tree_sitter.Node) -> Iterator[tree_sitter.Node]:
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(reversed(current.children))
-
-
-def _text(node: tree_sitter.Node) -> str:
-    return (node.text or b"").decode("utf-8", "replace")
-
-
 def _guard_names(root: tree_sitter.Node) -> set[str]:
     """Functions and variables whose value is `Get-Module -ListAvailable ... 'Hyper-V'`."""
     names: set[str] = set()
-    for node in _walk(root):
-        if node.type == "function_statement" and _GUARD_CALL.search(_text(node)):
+    for node in walk(root):
+        if node.type == "function_statement" and _GUARD_CALL.search(node_text(node)):
             name = next((c for c in node.children if c.type == "function_name"), None)
             if name is not None:
-                names.add(_text(name).lower())
-        elif node.type == "assignment_expression" and _GUARD_CALL.search(_text(node)):
-            names.add(_text(node.children[0]).lower())
+                names.add(node_text(name).lower())
+        elif node.type == "assignment_expression" and _GUARD_CALL.search(node_text(node)):
+            names.add(node_text(node.children[0]).lower())
     return names
 
 
@@ -84,10 +72,10 @@ def _guarded(node: tree_sitter.Node, guards: set[str]) -> bool:
             blocks = [c for c in parent.children if c.type == "statement_block"]
             condition = next((c for c in parent.children if c.type == "pipeline"), None)
             if blocks and blocks[0].id == child.id and condition is not None:
-                text = _text(condition).lower()
+                text = node_text(condition).lower()
                 negated = "-not" in text or "!" in text
                 if not negated and (any(g in text for g in guards)
-                                    or _GUARD_CALL.search(_text(condition))):
+                                    or _GUARD_CALL.search(node_text(condition))):
                     return True
         child, parent = parent, parent.parent
     return False
@@ -95,19 +83,19 @@ def _guarded(node: tree_sitter.Node, guards: set[str]) -> bool:
 
 def unguarded_hyperv_command(script: str) -> str | None:
     """The first Hyper-V module cmdlet the script would run without the role, if any."""
-    root = _parser().parse(script.encode("utf-8")).root_node
+    root = parse_tree(script)
     guards = _guard_names(root)
     module = hyperv_cmdlets()
-    for node in _walk(root):
+    for node in walk(root):
         if node.type != "command":
             continue
         name = next((c for c in node.children if c.type == "command_name"), None)
-        if name is None or _text(name).lower() not in module:
+        if name is None or node_text(name).lower() not in module:
             continue
         if any(a.type == "function_statement" for a in _ancestors(node)):
             continue  # a definition runs nothing; its call sites are what count
         if not _guarded(node, guards):
-            return _text(name)
+            return node_text(name)
     return None
 
 
