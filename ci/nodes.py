@@ -252,13 +252,9 @@ def claim_recovery(session: Session, holder: str, now: datetime | None = None,
     return tasks
 
 
-def claim_for_enable(session: Session, name: str, force: bool = False) -> RecoveryTask | None:
-    """An operator's `nodes enable`: the node turns `cleaning` while it is cleaned
-    and checked, so no build and no recovery takes it meanwhile.
-
-    None for an unknown node; NodeBusy if it holds a build or a worker is
-    recovering it (`force` takes a recovering node anyway).
-    """
+def _enableable(session: Session, name: str, force: bool) -> Node | None:
+    """The node an operator may enable (None: no such node); NodeBusy if it holds a
+    build, or a worker is recovering it and `force` is not given."""
     node = session.scalar(select(Node).where(Node.name == name))
     if node is None:
         return None
@@ -266,6 +262,19 @@ def claim_for_enable(session: Session, name: str, force: bool = False) -> Recove
         raise NodeBusy(f"node {name!r} holds build {node.build_id}")
     if node.state == NodeState.CLEANING and not force:
         raise NodeBusy(f"node {name!r} is being recovered: {node.message}")
+    return node
+
+
+def claim_for_enable(session: Session, name: str, force: bool = False) -> RecoveryTask | None:
+    """An operator's `nodes enable`: the node turns `cleaning` while it is cleaned
+    and checked, so no build and no recovery takes it meanwhile.
+
+    None for an unknown node; NodeBusy if it holds a build or a worker is
+    recovering it (`force` takes a recovering node anyway).
+    """
+    node = _enableable(session, name, force)
+    if node is None:
+        return None
     result = session.execute(
         update(Node).where(Node.id == node.id, Node.state == node.state,
                            Node.build_id.is_(None))
@@ -324,13 +333,9 @@ def enable(session: Session, name: str, message: str = "enabled by an operator",
     a worker is recovering it (unless `force`). `hyperv-ci nodes enable` cleans
     and checks the node before it calls this. Draining is left as it is.
     """
-    node = session.scalar(select(Node).where(Node.name == name))
+    node = _enableable(session, name, force)
     if node is None:
         return None
-    if node.build_id is not None:
-        raise NodeBusy(f"node {name!r} holds build {node.build_id}")
-    if node.state == NodeState.CLEANING and not force:
-        raise NodeBusy(f"node {name!r} is being recovered: {node.message}")
     node.state = NodeState.READY
     node.offline_cause = None
     node.health_failures = 0
