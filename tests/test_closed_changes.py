@@ -93,6 +93,11 @@ class Loop:
         stop.set()
         thread.join(timeout=20)
         assert not thread.is_alive(), "the listener did not stop"
+        # The server drops the stream a moment after the client closed it: wait,
+        # or the next start_listener counts the old stream as already there.
+        deadline = time.monotonic() + 20
+        while self.gerrit.state.subscriber_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._listener = None
 
     def run_build(self) -> None:
