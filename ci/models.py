@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -173,7 +174,16 @@ class Build(Base):
     """One run of one job for one patchset: the queue entry and its result."""
 
     __tablename__ = "builds"
-    __table_args__ = (Index("ix_builds_state_id", "state", "id"),)
+    __table_args__ = (
+        Index("ix_builds_state_id", "state", "id"),
+        # The history pages (dashboard/history.py): the list's keyset order, alone
+        # and under a job or result filter; a change's builds; a window's builds.
+        Index("ix_builds_created_at_id", "created_at", "id"),
+        Index("ix_builds_job_created_at_id", "job", "created_at", "id"),
+        Index("ix_builds_state_created_at_id", "state", "created_at", "id"),
+        Index("ix_builds_patchset_id", "patchset_id"),
+        Index("ix_builds_finished_at", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     patchset_id: Mapped[int] = mapped_column(ForeignKey("patchsets.id", ondelete="CASCADE"))
@@ -214,6 +224,8 @@ class Build(Base):
 
 class BuildStep(Base):
     __tablename__ = "build_steps"
+    # A node's builds (the history's node filter, failures per node).
+    __table_args__ = (Index("ix_build_steps_node_build_id", "node", "build_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
@@ -231,8 +243,19 @@ class BuildStep(Base):
     build: Mapped[Build] = relationship(back_populates="steps")
 
 
+# The statuses the partial index ix_test_results_failing holds (migration 0006).
+FAILING_RESULTS_SQL = "status IN ('fail', 'uxsuccess', 'flaky')"
+
+
 class TestResult(Base):
     __tablename__ = "test_results"
+    __table_args__ = (
+        # One test's history across builds (ci/test_history.py).
+        Index("ix_test_results_test_id_build_id", "test_id", "build_id"),
+        # The failing and flaky results of a window of builds: few of all rows.
+        Index("ix_test_results_failing", "build_id", "test_id",
+              postgresql_where=text(FAILING_RESULTS_SQL), sqlite_where=text(FAILING_RESULTS_SQL)),
+    )
     __test__ = False  # not a pytest class
 
     id: Mapped[int] = mapped_column(primary_key=True)
