@@ -201,7 +201,8 @@ class Build(Base):
     abort_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     summary: Mapped[str] = mapped_column(Text, default="")
     log_url: Mapped[str | None] = mapped_column(Text)
-    log_path: Mapped[str | None] = mapped_column(Text)
+    # Indexed: the log listing's banner finds the build of a log tree by it.
+    log_path: Mapped[str | None] = mapped_column(Text, index=True)
     # A build retried after an infrastructure error points at the first one.
     retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("builds.id"))
 
@@ -239,6 +240,12 @@ class BuildStep(Base):
     # The last few KB of output, refreshed while the step runs (the live view).
     output_tail: Mapped[str] = mapped_column(Text, default="")
     message: Mapped[str] = mapped_column(Text, default="")
+    # The tempest step's live progress, from its subunit stream as it arrives
+    # (runners/tempest_progress.py); None on every other step.
+    tests_done: Mapped[int | None] = mapped_column(Integer)
+    tests_passed: Mapped[int | None] = mapped_column(Integer)
+    tests_failed: Mapped[int | None] = mapped_column(Integer)
+    current_test: Mapped[str | None] = mapped_column(Text)
 
     build: Mapped[Build] = relationship(back_populates="steps")
 
