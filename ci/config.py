@@ -7,10 +7,9 @@ variable that holds it (`password_env`), a key by its file (`key_file`).
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -20,8 +19,6 @@ from ci.config_base import (
     Secret,
     _check_one_source,
     _check_regex,
-    _check_secret_given,
-    _check_vlan_range,
     _Strict,
     _vlan_bounds,
 )
@@ -34,6 +31,14 @@ from ci.config_jobs import (  # noqa: F401 - re-exported
     WindowsArtefact,
     WindowsPrerequisites,
     WindowsTools,
+)
+from ci.config_nodes import (  # noqa: F401 - re-exported
+    LabSetConfig,
+    NodeConfig,
+    ParentHostConfig,
+    SSHAccess,
+    WinRMAccess,
+    check_lab,
 )
 
 
@@ -136,77 +141,6 @@ class ProjectConfig(_Strict):
 
 
 
-class SSHAccess(_Strict):
-    port: int = Field(22, ge=1, le=65535)
-    username: str
-    key_file: Path
-    known_hosts: Path
-
-
-class WinRMAccess(_Strict):
-    scheme: Literal["http", "https"] = "https"
-    port: int | None = Field(None, ge=1, le=65535)
-    path: str = "/wsman"
-    transport: Literal["basic", "ntlm", "kerberos", "credssp", "plaintext", "ssl"] = "ntlm"
-    username: str
-    password: Secret
-    ca_file: Path | None = None
-    # Certificate validation is on unless an operator turns it off for one node.
-    verify_certificate: bool = True
-    operation_timeout: int = Field(20, ge=1)
-    read_timeout: int = Field(30, ge=2)
-    # What native tools that ignore the shell's UTF-8 code page write in (the
-    # node's OEM code page: cp437 for en-US, cp850 for much of Western Europe).
-    oem_codepage: str = "cp437"
-
-    _password_given = field_validator("password")(_check_secret_given)
-
-    @field_validator("oem_codepage")
-    @classmethod
-    def _codepage(cls, value: str) -> str:
-        try:
-            codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"unknown code page {value!r}") from None
-        return value
-
-    @model_validator(mode="after")
-    def _timeouts(self) -> WinRMAccess:
-        if self.read_timeout <= self.operation_timeout:
-            raise ValueError("read_timeout must be greater than operation_timeout")
-        return self
-
-    @property
-    def endpoint_port(self) -> int:
-        return self.port or (5986 if self.scheme == "https" else 5985)
-
-
-class NodeConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    label: Literal["devstack", "hyperv"]
-    address: str
-    ssh: SSHAccess | None = None
-    winrm: WinRMAccess | None = None
-    secrets: list[Secret] = Field(default_factory=list)
-    # A devstack controller's data network: the NIC that goes into the OVS
-    # bridge of the physical network (devstack creates the bridge but adds no
-    # port: lib/neutron, OVS_PHYSICAL_BRIDGE), and this lab set's tenant VLANs.
-    data_interface: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
-    vlan_range: str | None = None
-
-    _validate_vlan = field_validator("vlan_range")(_check_vlan_range)
-
-    @model_validator(mode="after")
-    def _access(self) -> NodeConfig:
-        if self.label == "devstack" and self.ssh is None:
-            raise ValueError("a devstack node needs an 'ssh' section")
-        if self.label == "hyperv" and self.winrm is None:
-            raise ValueError("a hyperv node needs a 'winrm' section")
-        if self.label != "devstack" and (self.data_interface or self.vlan_range):
-            raise ValueError("data_interface and vlan_range belong to a devstack node")
-        return self
-
-
 class LogsConfig(_Strict):
     dir: Path = Path(".demo/logs")
     url: str = "http://127.0.0.1:8080/logs/"
@@ -249,6 +183,10 @@ class Config(_Strict):
     projects: list[ProjectConfig] = Field(min_length=1)
     jobs: dict[str, JobConfig]
     nodes: list[NodeConfig] = Field(default_factory=list)
+    # Hyper-V hosts carrying the VMs of `provision: checkpoint` nodes.
+    parent_hosts: list[ParentHostConfig] = Field(default_factory=list)
+    # When given, the pool hands each build a whole set (docs/nodes.md).
+    lab_sets: list[LabSetConfig] = Field(default_factory=list)
     logs: LogsConfig = Field(default_factory=LogsConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     reporter: ReporterConfig = Field(default_factory=ReporterConfig)
@@ -263,6 +201,7 @@ class Config(_Strict):
         names = [n.name for n in self.nodes]
         if len(names) != len(set(names)):
             raise ValueError("nodes: node names must be unique")
+        check_lab(self.nodes, self.parent_hosts, self.lab_sets)
         _check_vlan_overlaps(self)
         return self
 
@@ -274,6 +213,7 @@ class Config(_Strict):
             refs.extend(node.secrets)
             if node.winrm:
                 refs.append(node.winrm.password)
+        refs.extend(parent.winrm.password for parent in self.parent_hosts)
         for job in self.jobs.values():
             if isinstance(job, DevstackHypervJob):
                 refs.extend([job.admin_password, job.service_password])
@@ -390,6 +330,9 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
                 "ca_file": fix(node.winrm.ca_file), "password": fix_secret(node.winrm.password)})
         update["secrets"] = [fix_secret(secret) for secret in node.secrets]
         nodes.append(node.model_copy(update=update))
+    parents = [parent.model_copy(update={"winrm": parent.winrm.model_copy(update={
+        "ca_file": fix(parent.winrm.ca_file), "password": fix_secret(parent.winrm.password)})})
+        for parent in config.parent_hosts]
     jobs: dict[str, JobConfig] = {}
     for name, job in config.jobs.items():
         if isinstance(job, DevstackHypervJob):
@@ -405,6 +348,6 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
         if rel and rel != ":memory:":
             db = db.model_copy(update={"url": f"sqlite:///{fix(Path(rel))}"})
     return config.model_copy(
-        update={"gerrit": gerrit, "nodes": nodes, "logs": logs, "database": db, "worker": worker,
-                "jobs": jobs}
+        update={"gerrit": gerrit, "nodes": nodes, "parent_hosts": parents, "logs": logs,
+                "database": db, "worker": worker, "jobs": jobs}
     )
