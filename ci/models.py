@@ -205,6 +205,9 @@ class Build(Base):
     log_path: Mapped[str | None] = mapped_column(Text, index=True)
     # A build retried after an infrastructure error points at the first one.
     retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("builds.id"))
+    # The operator who forced this build of a change the file filter excludes
+    # (the dashboard's "Force build"): the vote comment names them.
+    forced_by: Mapped[str | None] = mapped_column(String(255))
 
     patchset: Mapped[Patchset] = relationship(back_populates="builds")
     steps: Mapped[list[BuildStep]] = relationship(
@@ -341,3 +344,38 @@ class ListenerState(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class User(Base):
+    """A dashboard account (ci/accounts.py): only operators may act."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)  # Argon2id, PHC string
+    role: Mapped[str] = mapped_column(String(32), default="operator")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditEntry(Base):
+    """One operator action (ci/audit.py): who, when, what, on which target, from where.
+
+    `actor` is a name, not a key to users: the record outlives the account,
+    and a reverse proxy's users have no local row.
+    """
+
+    __tablename__ = "audit_log"
+    # The build and node pages list the entries of one target, newest first.
+    __table_args__ = (Index("ix_audit_log_target", "target_kind", "target_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))
+    auth: Mapped[str] = mapped_column(String(16))  # local | proxy
+    action: Mapped[str] = mapped_column(String(32))
+    target_kind: Mapped[str] = mapped_column(String(16))  # build | patchset | node
+    target_id: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(64), default="")  # the client's address
