@@ -186,7 +186,12 @@ class Build(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    patchset_id: Mapped[int] = mapped_column(ForeignKey("patchsets.id", ondelete="CASCADE"))
+    # A change's build runs a patchset; a baseline build (ci/baseline.py) runs a
+    # branch tip instead: no patchset, its `baseline` says which branch.
+    patchset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("patchsets.id", ondelete="CASCADE"))
+    baseline_id: Mapped[int | None] = mapped_column(
+        ForeignKey("baseline_runs.id", ondelete="CASCADE"), index=True)
     job: Mapped[str] = mapped_column(String(128))
     state: Mapped[str] = mapped_column(String(32), default=BuildState.QUEUED, index=True)
     reason: Mapped[str] = mapped_column(String(64), default="patchset-created")
@@ -208,8 +213,11 @@ class Build(Base):
     # The operator who forced this build of a change the file filter excludes
     # (the dashboard's "Force build"): the vote comment names them.
     forced_by: Mapped[str | None] = mapped_column(String(255))
+    # The commit the job tested (a change's merge onto its tip, or the tip itself).
+    tested_commit: Mapped[str | None] = mapped_column(String(64))
 
-    patchset: Mapped[Patchset] = relationship(back_populates="builds")
+    patchset: Mapped[Patchset | None] = relationship(back_populates="builds")
+    baseline: Mapped[BaselineRun | None] = relationship(back_populates="builds")
     steps: Mapped[list[BuildStep]] = relationship(
         back_populates="build", order_by="BuildStep.id", cascade="all, delete-orphan"
     )
@@ -379,3 +387,52 @@ class AuditEntry(Base):
     target_id: Mapped[str] = mapped_column(String(255))
     detail: Mapped[str] = mapped_column(Text, default="")
     source: Mapped[str] = mapped_column(String(64), default="")  # the client's address
+
+
+class BaselineRun(Base):
+    """One requested run of a job on a branch tip (ci/baseline.py): the branch's baseline.
+
+    `slot` is the schedule's period (`every-6h:<n>`) or a one-off name for a run
+    asked for by hand; the unique key lets any number of processes try to queue
+    a period's run and only one succeed.
+    """
+
+    __tablename__ = "baseline_runs"
+    __table_args__ = (UniqueConstraint("project", "branch", "job", "slot"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(255))
+    branch: Mapped[str] = mapped_column(String(255))
+    job: Mapped[str] = mapped_column(String(128))
+    slot: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    builds: Mapped[list[Build]] = relationship(back_populates="baseline", order_by="Build.id")
+
+
+class SignatureMatch(Base):
+    """A known-failure signature (ci/signatures.py) that matched a failed build."""
+
+    __tablename__ = "signature_matches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    signature_id: Mapped[str] = mapped_column(String(128))
+    bug: Mapped[str] = mapped_column(Text)
+    # What matched: a failed test (test/traceback signatures) or a log file's line.
+    test_id: Mapped[str | None] = mapped_column(Text)
+    file: Mapped[str | None] = mapped_column(Text)
+    excerpt: Mapped[str] = mapped_column(Text, default="")
+
+
+class FailureVerdict(Base):
+    """How the verdict (ci/verdict.py) explained one failed test of a failed build."""
+
+    __tablename__ = "failure_verdicts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    test_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))  # ci.verdict.FailureKind
+    reason: Mapped[str] = mapped_column(Text, default="")
+    link: Mapped[str | None] = mapped_column(Text)
