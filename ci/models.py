@@ -102,6 +102,9 @@ class OfflineCause(enum.StrEnum):
     # Its build's worker died mid-way: a worker cleans it, checks it and returns
     # it to the pool by itself (runners/recovery.py); state `cleaning` meanwhile.
     WORKER_LOST = "worker-lost"
+    # A checkpoint-provisioned node did not revert, start or answer as itself:
+    # its build was retried elsewhere; `nodes enable` (which reverts it) revives it.
+    PROVISION_FAILED = "provision-failed"
 
 
 class ReportState(enum.StrEnum):
@@ -307,6 +310,11 @@ class Node(Base):
     # build's job's, for that build's change. None once the node is clean.
     dirty_build_id: Mapped[int | None] = mapped_column(
         ForeignKey("builds.id", ondelete="SET NULL"))
+    # From the configuration: the lab set whose builds may use the node (None:
+    # no lab sets), and how it is made clean (`static` or `checkpoint`).
+    lab_set: Mapped[str | None] = mapped_column(String(128), index=True)
+    provision: Mapped[str] = mapped_column(String(32), default="static",
+                                           server_default="static")
 
 
 class Report(Base):
