@@ -40,6 +40,13 @@ from ci.config_nodes import (  # noqa: F401 - re-exported
     WinRMAccess,
     check_lab,
 )
+from ci.config_verdict import (  # noqa: F401 - re-exported
+    BaselineBranch,
+    BaselinesConfig,
+    VerdictConfig,
+    check_baselines,
+    load_verdict_signatures,
+)
 
 
 class DatabaseConfig(_Strict):
@@ -191,6 +198,8 @@ class Config(_Strict):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     reporter: ReporterConfig = Field(default_factory=ReporterConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -203,6 +212,7 @@ class Config(_Strict):
             raise ValueError("nodes: node names must be unique")
         check_lab(self.nodes, self.parent_hosts, self.lab_sets)
         _check_vlan_overlaps(self)
+        check_baselines(self.baselines, self.projects, self.jobs)
         return self
 
     def secrets(self) -> list[str]:
@@ -264,7 +274,9 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         raise ConfigError(_format_errors(exc)) from None
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
-    return config
+    # Known-failure signatures are read with the configuration: a bad one stops the load.
+    verdict = load_verdict_signatures(config.verdict, base_dir)
+    return config.model_copy(update={"verdict": verdict})
 
 
 def load_config(path: Path | str) -> Config:
