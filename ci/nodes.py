@@ -14,6 +14,7 @@ A node's life (docs/nodes.md):
         ready | offline (cleanup-failed: the cleanup failed) | offline (health-check)
     offline (health-check) ──a passing check──▶ ready
     offline (any) ──`nodes enable` (cleans and checks first)──▶ ready
+    offline (any) ──dashboard Enable──▶ offline (enable-requested) ──claim_recovery──▶ cleaning
 
 The decisions are pure functions of a node's row and what the I/O found
 (`recovery_verdict`); the I/O (cleanups, health checks over SSH and WinRM)
@@ -30,7 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ci.config import NodeConfig
+from ci.config import LabSetConfig, NodeConfig
 from ci.db import rows_changed
 from ci.errors import TransientError
 from ci.models import Node, NodeState, OfflineCause, utcnow
@@ -44,48 +45,90 @@ OFFLINE_AFTER = 2
 RECOVERY_STALE = timedelta(hours=1)
 
 
-def sync_nodes(session: Session, nodes: Sequence[NodeConfig]) -> None:
-    """Make the nodes table match the config (new nodes ready; removed nodes drained)."""
+def sync_nodes(session: Session, nodes: Sequence[NodeConfig],
+               lab_sets: Sequence[LabSetConfig] | None = None) -> None:
+    """Make the nodes table match the config (new nodes ready; removed nodes drained).
+
+    `lab_sets` (the config's, possibly empty) sets each node's set; None leaves
+    the sets as they are (a command that knows only the node list).
+    """
+    set_of = {name: s.name for s in lab_sets or () for name in (s.controller, *s.hyperv)}
     existing = {n.name: n for n in session.scalars(select(Node))}
     for cfg in nodes:
         row = existing.pop(cfg.name, None)
         if row is None:
-            session.add(Node(name=cfg.name, label=cfg.label, address=cfg.address,
-                             state=NodeState.READY))
-        else:
-            row.label, row.address = cfg.label, cfg.address
+            row = Node(name=cfg.name, label=cfg.label, address=cfg.address,
+                       state=NodeState.READY)
+            session.add(row)
+        row.label, row.address, row.provision = cfg.label, cfg.address, cfg.provision
+        if lab_sets is not None:
+            row.lab_set = set_of.get(cfg.name)
     for row in existing.values():
         if not row.drained:
             row.drained = True
             row.message = "no longer in the configuration"
 
 
-def _free_nodes(session: Session, label: str) -> list[Node]:
+def _free_nodes(session: Session, label: str, lab_set: str | None = None) -> list[Node]:
     query = (
         select(Node)
         .where(Node.label == label, Node.state == NodeState.READY, Node.drained.is_(False),
                Node.build_id.is_(None))
         .order_by(Node.name)
     )
+    if lab_set is not None:
+        query = query.where(Node.lab_set == lab_set)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return list(session.scalars(query))
 
 
-def reserve(session: Session, build_id: int, labels: Sequence[str]) -> list[Node] | None:
+def reserve(session: Session, build_id: int, labels: Sequence[str], *,
+            by_lab_set: bool = False) -> list[Node] | None:
     """Reserve one node per entry of `labels` for the build, all or nothing.
 
-    Returns the nodes, or None (and reserves nothing) when the pool cannot
-    supply them now. Runs inside the caller's transaction.
+    With `by_lab_set` every node comes from one lab set (the first, by name,
+    that has them all free): two builds never share a set's controller, its
+    VLAN range or its nodes. Returns the nodes, or None (and reserves
+    nothing) when the pool cannot supply them now. Runs inside the caller's
+    transaction.
     """
     wanted: dict[str, int] = {}
     for label in labels:
         wanted[label] = wanted.get(label, 0) + 1
+    if not by_lab_set:
+        taken = _reserve_from(session, build_id, wanted, None)
+    else:
+        taken = None
+        for lab_set in _lab_sets_with_free_nodes(session):
+            taken = _reserve_from(session, build_id, wanted, lab_set)
+            if taken is not None:
+                break
+    if taken:
+        where = f" of lab set {taken[0].lab_set}" if by_lab_set else ""
+        logger.info("build %s reserved nodes %s%s", build_id,
+                    ", ".join(n.name for n in taken), where)
+    return taken
+
+
+def _lab_sets_with_free_nodes(session: Session) -> list[str]:
+    """The sets no build holds a node of (a set serves one build at a time)."""
+    held = select(Node.lab_set).where(Node.lab_set.is_not(None), Node.build_id.is_not(None))
+    return list(session.scalars(
+        select(Node.lab_set).distinct()
+        .where(Node.lab_set.is_not(None), Node.state == NodeState.READY,
+               Node.drained.is_(False), Node.build_id.is_(None), Node.lab_set.not_in(held))
+        .order_by(Node.lab_set)))
+
+
+def _reserve_from(session: Session, build_id: int, wanted: dict[str, int],
+                  lab_set: str | None) -> list[Node] | None:
+    """All of `wanted` (label: count) from the free nodes (of `lab_set`), or None."""
     taken: list[Node] = []
     savepoint = session.begin_nested()
     for label, count in wanted.items():
         got = 0
-        for node in _free_nodes(session, label):
+        for node in _free_nodes(session, label, lab_set):
             if got == count:
                 break
             result = session.execute(
@@ -102,8 +145,6 @@ def reserve(session: Session, build_id: int, labels: Sequence[str]) -> list[Node
             savepoint.rollback()
             return None
     savepoint.commit()
-    if taken:
-        logger.info("build %s reserved nodes %s", build_id, ", ".join(n.name for n in taken))
     return taken
 
 
@@ -119,6 +160,8 @@ def release(session: Session, build_id: int, failed: Sequence[str] = ()) -> None
     """
     for node in nodes_of(session, build_id):
         node.build_id = None
+        if node.state == NodeState.OFFLINE:
+            continue  # taken offline during the build (provisioning failed): stays so
         if node.name in failed:
             node.dirty_build_id = build_id  # what `nodes enable` cleans up after
             _take_offline(node, OfflineCause.CLEANUP_FAILED,
@@ -230,7 +273,8 @@ def claim_recovery(session: Session, holder: str, now: datetime | None = None,
     now = now or utcnow()
     rows = session.scalars(
         select(Node).where(Node.build_id.is_(None),
-                           Node.offline_cause == OfflineCause.WORKER_LOST,
+                           Node.offline_cause.in_((OfflineCause.WORKER_LOST,
+                                                   OfflineCause.ENABLE_REQUESTED)),
                            Node.state.in_((NodeState.OFFLINE, NodeState.CLEANING)))
         .order_by(Node.name))
     tasks = []
@@ -342,6 +386,22 @@ def enable(session: Session, name: str, message: str = "enabled by an operator",
     node.dirty_build_id = None
     node.message = message
     logger.info("node %s enabled by an operator", name)
+    return node
+
+
+def request_enable(session: Session, name: str, requested_by: str) -> Node | None:
+    """The dashboard's Enable: the node waits (offline, `enable-requested`) for a
+    worker's keeper to clean and check it (claim_recovery), as `nodes enable` would;
+    a failed cleanup or check leaves it offline saying why. A node already in
+    service is left as it is. None for an unknown node; NodeBusy as for `enable`.
+    """
+    node = _enableable(session, name, force=False)
+    if node is None or node.state != NodeState.OFFLINE:
+        return node
+    node.offline_cause = OfflineCause.ENABLE_REQUESTED
+    node.message = f"enable requested by {requested_by}: waiting for a worker to clean and check it"
+    node.updated_at = utcnow()
+    logger.info("node %s: enable requested by %s", name, requested_by)
     return node
 
 

@@ -55,4 +55,5 @@ class PoolReserver:
         labels = node_labels_for(self.config, build.job)
         if not labels:
             return True
-        return reserve(session, build.id, labels) is not None
+        return reserve(session, build.id, labels,
+                       by_lab_set=bool(self.config.lab_sets)) is not None

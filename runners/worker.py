@@ -94,7 +94,7 @@ class Worker:
         """
         logger.info("worker %s started", self.name)
         with self.sessions() as session, session.begin():
-            sync_nodes(session, self.config.nodes)
+            sync_nodes(session, self.config.nodes, self.config.lab_sets)
         if self.config.nodes:
             threading.Thread(target=self._keeper_loop, args=(stop,), name="keeper",
                              daemon=True).start()
