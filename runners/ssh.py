@@ -245,6 +245,20 @@ class SSHExecutor:
             self.close()
             raise ExecutorError(f"download from {self._where()} failed: {exc}") from exc
 
+    def read_from(self, remote_path: str, offset: int, limit: int) -> bytes | None:
+        """Up to `limit` bytes of a remote file from `offset` (b"" when it has no more),
+        None when it does not exist yet: how a file still being written is followed."""
+        sftp = self._sftp_client()
+        try:
+            with sftp.open(remote_path, "rb") as remote:
+                remote.seek(offset)
+                return remote.read(limit)
+        except FileNotFoundError:
+            return None
+        except _TRANSPORT_ERRORS as exc:
+            self.close()
+            raise ExecutorError(f"read from {self._where()} failed: {exc}") from exc
+
     def get_tree(self, remote_dir: str, local_dir: Path) -> list[Path]:
         """Copy a remote directory tree (files, and files behind symlinks) into `local_dir`.
 

@@ -103,6 +103,13 @@ class StepHandle:
                 except Exception:  # a live-tail hiccup must not kill the timer thread noisily
                     logger.exception("could not update the live tail of step %s", self.step_id)
 
+    def record(self, **columns: object) -> None:
+        """Write live columns of the step's row now (the tempest step's test counts);
+        text is redacted as the output is."""
+        self._recorder.update(self.step_id, **{
+            name: self._recorder.redact(value) if isinstance(value, str) else value
+            for name, value in columns.items()})
+
     def finish(self, state: StepState, message: str = "", exit_code: int | None = None) -> None:
         """Record how the step ended (the context manager calls this if you do not)."""
         self.state = state

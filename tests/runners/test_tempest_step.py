@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ def make_job(node: DevstackNodePaths, **tempest: Any) -> DevstackHypervJob:
 
 
 def run_step(job: DevstackHypervJob, executor: SSHExecutor,
-             sessions: sessionmaker[Session], log_dir: Path) -> tuple[JobResult, str]:
+             sessions: sessionmaker[Session], log_dir: Path,
+             progress_seconds: float = 0.2) -> tuple[JobResult, str]:
     """TempestStep as the runner drives it: the rendered tempest.sh uploaded and run."""
     workspace = Path(job.workspace)
     workspace.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,8 @@ def run_step(job: DevstackHypervJob, executor: SSHExecutor,
 
     with recorder.step("tempest", "devstack-1") as step:
         result = TempestStep(job.tempest, executor, lambda args: run_script(step, args),
-                             str(workspace / "tempest" / "tempest.subunit"), log_dir).run(step)
+                             str(workspace / "tempest" / "tempest.subunit"), log_dir,
+                             progress_seconds).run(step)
     log = next(log_dir.glob("*-tempest-*.log")).read_text(encoding="utf-8")
     return result, log
 
@@ -169,3 +172,57 @@ def test_step_state_follows_the_verdict(
     with sqlite_sessions() as session:
         (row,) = session.query(BuildStep).all()
         assert row.state == StepState.SUCCEEDED
+
+
+def test_the_step_exit_code_is_the_verdict_not_tempest_sh_s(
+        node: DevstackNodePaths, executor: SSHExecutor, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    # tempest.sh exits 0 when tests fail (`tempest run --subunit` does): the step
+    # said "failed" with exit 0. Its exit code is now the verdict's.
+    (node.lab_dir / "faults" / "tempest-fail").write_text(FLAKY + "\n", encoding="utf-8")
+    result, log = run_step(make_job(node), executor, sqlite_sessions, tmp_path / "logs")
+    assert result.outcome == Outcome.FAILED
+    assert "tempest.sh exited 0" in log
+    with sqlite_sessions() as session:
+        (row,) = session.query(BuildStep).all()
+        assert (row.state, row.exit_code) == (StepState.FAILED, 1)
+        # The live counts end on the streams' verdict (re-run included).
+        assert (row.tests_done, row.tests_failed, row.current_test) == (
+            len(result.tests), 1, None)
+        assert row.tests_passed == len(result.tests) - 1
+
+
+def test_live_progress_moves_while_a_slow_run_goes_on(
+        node: DevstackNodePaths, executor: SSHExecutor, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    (node.lab_dir / "faults" / "tempest-slow").write_text("0.25\n", encoding="utf-8")
+    (node.lab_dir / "faults" / "tempest-flaky").write_text(FLAKY + "\n", encoding="utf-8")
+    seen: list[tuple[int | None, int | None, str | None]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        # What the dashboard would read, while the step runs.
+        while not done.wait(0.05):
+            with sqlite_sessions() as session:
+                row = session.query(BuildStep).one_or_none()
+                if row is not None and row.state == StepState.RUNNING:
+                    seen.append((row.tests_done, row.tests_failed, row.current_test))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result, _ = run_step(make_job(node, include_regex=r"^tempest\.", concurrency=2),
+                             executor, sqlite_sessions, tmp_path / "logs")
+    finally:
+        done.set()
+        watcher.join()
+    counts = sorted({d for d, _, _ in seen if d})
+    assert len(counts) >= 3, seen  # it moved at least twice before the step ended
+    assert counts[-1] <= len(result.tests)
+    assert any(current and current.startswith("tempest.") for _, _, current in seen)
+    # The flaky test counted failed while it was, then passed once re-run.
+    assert any(failed == 1 for _, failed, _ in seen), seen
+    with sqlite_sessions() as session:
+        (row,) = session.query(BuildStep).all()
+        assert (row.state, row.exit_code, row.tests_failed) == (StepState.SUCCEEDED, 0, 0)
+        assert row.tests_done == len(result.tests) == 15

@@ -6,6 +6,9 @@ line, and a test whose id contains one fails as a nova build error would.
 `faults/tempest-flaky` (same format) makes a test fail the first time it runs
 in a build and pass when it runs again: the first failure leaves a marker in
 `$HYPERV_CI_FLAKY_STATE`, which every stack.sh empties.
+`faults/tempest-slow` holds a number of seconds every test takes (a real
+tempest test boots servers for seconds to minutes): the live progress of a
+run can then be watched as the stream grows.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class BaseTestCase(testtools.testcase.WithAttributes, testtools.TestCase):
 
     def setUp(self) -> None:
         super().setUp()
+        slow = _fault_fragments("tempest-slow")
+        if slow:
+            time.sleep(float(slow[0]))
         self.server_name = "tempest-服务器-Zoë-" + uuid.uuid4().hex[:8]
 
     def call_api(self, what: str) -> dict[str, str]:
