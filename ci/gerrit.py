@@ -312,6 +312,21 @@ class GerritClient:
                       tick: float = 0.2) -> Iterator[bytes | None]:
         """Yield raw event lines from `gerrit stream-events` as they come.
 
+        Yields None when the stream has been quiet for `poll_timeout` seconds,
+        otherwise as `stream_chunks`, one line at a time.
+        """
+        for chunk in self.stream_chunks(stop, poll_timeout=poll_timeout, tick=tick):
+            if chunk is None:
+                yield None
+            else:
+                yield from chunk
+
+    def stream_chunks(self, stop: threading.Event, *, poll_timeout: float = 1.0,
+                      tick: float = 0.2) -> Iterator[list[bytes] | None]:
+        """Yield the complete event lines of each read of `gerrit stream-events`.
+
+        One list per read of the channel (as much as had arrived, up to 1 MiB),
+        so a reader hands a burst over in a few large pieces, not line by line.
         Yields None when the stream has been quiet for `poll_timeout` seconds
         (so the caller can flush a batch) and again every `poll_timeout` while
         it stays quiet. Returns when `stop` is set (checked every `tick`).
@@ -332,14 +347,15 @@ class GerritClient:
             channel = transport.open_session(timeout=self.timeout)
             channel.exec_command(shlex.join(["gerrit", "stream-events"]))
             channel.settimeout(tick)
-            yield from self._read_lines(channel, stop, poll_timeout, probe)
+            yield from self._read_chunks(channel, stop, poll_timeout, probe)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise GerritError(f"event stream lost: {type(exc).__name__}: {exc}") from exc
         finally:
             client.close()
 
-    def _read_lines(self, channel: paramiko.Channel, stop: threading.Event,
-                    poll_timeout: float, probe: LinkProbe | None) -> Iterator[bytes | None]:
+    def _read_chunks(self, channel: paramiko.Channel, stop: threading.Event,
+                     poll_timeout: float, probe: LinkProbe | None
+                     ) -> Iterator[list[bytes] | None]:
         silence = self.config.silence_timeout
         partial = b""
         last_data = last_yield = time.monotonic()
@@ -365,11 +381,11 @@ class GerritClient:
                 raise GerritError("event stream ended", exit_status=status,
                                   stderr=err.decode("utf-8", "replace"))
             last_data = last_yield = time.monotonic()
-            lines = (partial + data).split(b"\n")
+            lines = (partial + data).split(b"\n") if partial else data.split(b"\n")
             partial = lines.pop()
-            for line in lines:
-                if line.strip():
-                    yield line
+            chunk = [line for line in lines if line and not line.isspace()]
+            if chunk:
+                yield chunk
         # Ask Gerrit to end the command, as Zuul does, then close.
         with contextlib.suppress(OSError, EOFError):
             channel.sendall(b"\x03")

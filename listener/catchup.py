@@ -4,7 +4,8 @@ Gerrit replays nothing after a reconnect (stream-events has no resume point), so
 the listener queries the watched projects and makes up the events Gerrit
 would have sent, marked `"source": "catch-up"`:
 
-- `patchset-created` for an open change's current patch set;
+- `patchset-created` for an open change's current patch set, with the
+  patch set's `files` as the query listed them (a streamed event has none);
 - `comment-added` for each review message (`--comments` rows carry only
   timestamp, reviewer and message) written since the last stored event: the
   scheduler's recheck filter then decides, as for a streamed comment;
@@ -46,7 +47,9 @@ def _change_attrs(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _patchset_attrs(patchset: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in patchset.items() if k not in ("approvals", "files")}
+    # `files` stays (the query was asked for them): the scheduler then has the
+    # changed files without one more query per change.
+    return {k: v for k, v in patchset.items() if k != "approvals"}
 
 
 def _envelope(kind: str, row: dict[str, Any], patchset: dict[str, Any],

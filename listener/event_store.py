@@ -1,7 +1,12 @@
 """The `events` table's writer: raw lines stored in batches, duplicates dropped.
 
 One transaction per batch, never one per event: a commit per event caps intake
-far below a Gerrit burst (bench/listener_throughput.py measures it).
+far below a Gerrit burst (bench/listener_throughput.py measures it). The
+writer hands over whole received chunks (`add_all`) and commits whenever the
+reader has nothing more buffered, so a quiet stream's one event is stored at
+once and batches grow only under load. Each line is decoded once and only
+what de-duplication needs is read of it (`listener.events.Peek`); rows go in
+with one SQLAlchemy Core executemany, not the ORM.
 It remembers recent events so a line Gerrit sends twice, or one that catch-up
 made up and the stream also delivered, is stored once; listener/stream.py
 feeds it from the stream and from catch-up.
@@ -12,7 +17,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -24,18 +30,10 @@ from ci.models import Event, utcnow
 from listener.catchup import same_comment
 from listener.events import (
     CATCH_UP_SOURCE,
-    ChangeAbandoned,
-    ChangeEvent,
-    ChangeMerged,
-    ChangeRestored,
-    CommentAdded,
-    DedupKey,
-    GerritEvent,
-    Parsed,
     ParseError,
-    PatchsetCreated,
-    dedup_key,
-    parse_event,
+    Peek,
+    decode,
+    peek,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,46 +43,57 @@ PLAUSIBLE_SKEW = 600
 # What a line that cannot be stored as it is becomes (the scheduler acknowledges it).
 INVALID_TYPE = "invalid"
 _MAX_RETRY_DELAY = 30.0
+# Executed on the connection (Core): the ORM never sees these rows.
+_INSERT_EVENTS = insert(Event)
+_CLOSING = frozenset({"change-abandoned", "change-merged", "change-restored"})
+
+StoreKey = tuple[object, ...]
 
 
 class EventStore:
-    """Buffers raw lines and writes them to `events` one transaction per batch."""
+    """Buffers raw lines and writes them to `events` one transaction per batch.
 
-    def __init__(self, sessions: sessionmaker[Session], *, batch_size: int = 200,
-                 max_delay: float = 0.2, remember: int = 10000,
-                 on_flush: Callable[[int], None] | None = None,
+    `batch_size` caps a transaction (a longer burst is committed in several);
+    the caller flushes whenever its input runs dry.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], *, batch_size: int = 1000,
+                 remember: int = 10000, on_flush: Callable[[int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sessions = sessions
         self.batch_size = batch_size
-        self.max_delay = max_delay
         self.remember = remember
         self.on_flush = on_flush
         self.clock = clock
         self._rows: list[dict[str, Any]] = []
-        self._first_at = 0.0
         self._retry_at = 0.0
         self._retry_delay = 0.0
         self.implausible = 0  # events whose Gerrit timestamp was far from our clock
         self._skew_logged_at = 0.0
-        self._seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
+        self._seen: OrderedDict[StoreKey, None] = OrderedDict()
         self._patchsets: OrderedDict[tuple[int, int], None] = OrderedDict()
         # (change, author, text) -> [(timestamp, made up by catch-up)] of comment-added.
         self._comments: OrderedDict[tuple[int, str, str], list[tuple[int, bool]]] = \
             OrderedDict()
         # change -> its newest abandoned/merged/restored event type (None: none seen).
         self._changes: OrderedDict[int, str | None] = OrderedDict()
+        # When the newest committed line was received (None: not known yet).
+        self._last_received: datetime | None = None
         self.stored = 0
         self.duplicates = 0
+        self.flushes = 0
 
     def load(self) -> None:
         """Remember recent events (for de-duplication and catch-up) after a restart."""
         with transaction(self.sessions) as session:
-            raws = session.scalars(select(Event.raw).order_by(Event.id.desc())
-                                   .limit(self.remember)).all()
-        for raw in reversed(raws):
-            event = parse_event(raw)
-            if not isinstance(event, ParseError):
-                self._note(event)
+            rows = session.execute(select(Event.raw, Event.received_at)
+                                   .order_by(Event.id.desc()).limit(self.remember)).all()
+        if rows:
+            self._last_received = rows[0][1]
+        for raw, _received in reversed(rows):
+            data = decode(raw)
+            if not isinstance(data, ParseError):
+                self._note(peek(data))
 
     def last_event_ts(self) -> int | None:
         """When, on this host's clock, the newest stored event was received (None: none).
@@ -92,11 +101,14 @@ class EventStore:
         Catch-up starts from here. It is the CI's own observation, never
         Gerrit's `eventCreatedOn`: one event with a millisecond or future
         timestamp (a broken plugin, a clock ahead) would otherwise shrink every
-        later catch-up window to a second.
+        later catch-up window to a second. Kept in memory, set by every
+        commit (the rows carry it), read from the table only before the first.
         """
-        with transaction(self.sessions) as session:
-            received = session.scalar(
-                select(Event.received_at).order_by(Event.id.desc()).limit(1))
+        received = self._last_received
+        if received is None:
+            with transaction(self.sessions) as session:
+                received = session.scalar(
+                    select(Event.received_at).order_by(Event.id.desc()).limit(1))
         if received is None:
             return None
         ts, now = int(received.timestamp()), int(time.time())
@@ -106,31 +118,50 @@ class EventStore:
             return now
         return ts
 
-    def add(self, line: bytes | str) -> Parsed | None:
-        """Buffer one raw line; returns its parse, or None for a duplicate."""
-        event = parse_event(line)
-        if not isinstance(event, ParseError):
-            key = _store_key(event)
-            if (key is not None and key in self._seen) or self._known_comment(event):
+    def add(self, line: bytes | str) -> Peek | ParseError | None:
+        """Buffer one raw line; returns what was read of it, or None for a duplicate."""
+        accepted = self._add(line, utcnow())
+        if len(self._rows) >= self.batch_size:
+            self.flush()
+        return accepted
+
+    def add_all(self, lines: Iterable[bytes | str]) -> list[Peek | ParseError]:
+        """Buffer the lines of one received chunk (one receive time); returns the
+        ones that were not duplicates. Commits a full batch on the way."""
+        received = utcnow()
+        accepted = []
+        for line in lines:
+            item = self._add(line, received)
+            if item is not None:
+                accepted.append(item)
+            if len(self._rows) >= self.batch_size:
+                self.flush()
+        return accepted
+
+    def _add(self, line: bytes | str, received: datetime) -> Peek | ParseError | None:
+        data = decode(line)
+        if isinstance(data, ParseError):
+            item: Peek | ParseError = data
+            kind = INVALID_TYPE
+        else:
+            item = peek(data)
+            key = _store_key(item)
+            if (key is not None and key in self._seen) or self._known_comment(item):
                 self.duplicates += 1
-                logger.debug("duplicate %s event dropped", event.type)
+                logger.debug("duplicate %s event dropped", item.type)
                 return None
-            self._note(event)
-            if event.source != CATCH_UP_SOURCE:
-                self._check_clock(event.created_on)
+            self._note(item)
+            if item.source != CATCH_UP_SOURCE:
+                self._check_clock(item.created_on)
+            kind = item.type[:64]
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        kind = event.type[:64]
         if "\x00" in text:
             # PostgreSQL refuses NUL in text, and one bad line must not stop
             # every later one: kept as an invalid line with each NUL written
             # `\x00` (a raw NUL is never valid JSON, and `\x` keeps it so).
             text, kind = text.replace("\x00", "\\x00"), INVALID_TYPE
-        if not self._rows:
-            self._first_at = self.clock()
-        self._rows.append({"type": kind, "raw": text, "received_at": utcnow()})
-        if len(self._rows) >= self.batch_size:
-            self.flush()
-        return event
+        self._rows.append({"type": kind, "raw": text, "received_at": received})
+        return item
 
     def _check_clock(self, created_on: int | None) -> None:
         """Log Gerrit timestamps that cannot be right (milliseconds, far from our clock);
@@ -161,16 +192,15 @@ class EventStore:
         return self._changes.get(change)
 
     @staticmethod
-    def _comment_key(event: CommentAdded) -> tuple[int, str, str] | None:
+    def _comment_key(event: Peek) -> tuple[int, str, str] | None:
         if event.number is None:
             return None
-        author = event.author.username or event.author.name
-        return (event.number, author, event.comment.strip())
+        return (event.number, event.author, event.comment.strip())
 
-    def _known_comment(self, event: Parsed) -> bool:
+    def _known_comment(self, event: Peek) -> bool:
         """A made-up comment the stream delivered (or the other way round): the two
         timestamps differ by a second or so, so the exact dedup key misses it."""
-        if not isinstance(event, CommentAdded) or event.created_on is None:
+        if event.type != "comment-added" or event.created_on is None:
             return False
         key = self._comment_key(event)
         made_up = event.source == CATCH_UP_SOURCE
@@ -178,44 +208,41 @@ class EventStore:
             (made_up or was_made_up) and same_comment(ts, event.created_on)
             for ts, was_made_up in self._comments.get(key, ()))
 
-    def _note(self, event: Any) -> None:
+    def _note(self, event: Peek) -> None:
         key = _store_key(event)
-        if key is not None:
-            self._seen[key] = None
-            _bound(self._seen, self.remember)
-        if isinstance(event, PatchsetCreated) and event.change is not None:
-            self._patchsets[(event.change.number, event.change.patchset)] = None
-            _bound(self._patchsets, self.remember)
-        if isinstance(event, CommentAdded) and event.created_on is not None:
-            comment = self._comment_key(event)
-            if comment is not None:
-                self._comments.setdefault(comment, []).append(
-                    (event.created_on, event.source == CATCH_UP_SOURCE))
-                self._comments.move_to_end(comment)
-                _bound(self._comments, self.remember)
-        if isinstance(event, ChangeEvent) and event.number is not None:
-            status = event.type if isinstance(
-                event, ChangeAbandoned | ChangeMerged | ChangeRestored) else None
-            self._changes[event.number] = status or self._changes.get(event.number)
-            self._changes.move_to_end(event.number)
-            _bound(self._changes, self.remember)
+        if key is None:
+            return  # not a change event: nothing to remember of it
+        remember = self.remember
+        self._seen[key] = None
+        if len(self._seen) > remember:
+            _bound(self._seen, remember)
+        number = event.number
+        assert number is not None  # a store key names the change
+        if event.type == "patchset-created" and event.patchset is not None:
+            self._patchsets[(number, event.patchset)] = None
+            if len(self._patchsets) > remember:
+                _bound(self._patchsets, remember)
+        if event.type == "comment-added" and event.created_on is not None:
+            comment = (number, event.author, event.comment.strip())
+            self._comments.setdefault(comment, []).append(
+                (event.created_on, event.source == CATCH_UP_SOURCE))
+            self._comments.move_to_end(comment)
+            if len(self._comments) > remember:
+                _bound(self._comments, remember)
+        status = event.type if event.type in _CLOSING else None
+        self._changes[number] = status or self._changes.get(number)
+        self._changes.move_to_end(number)
+        if len(self._changes) > remember:
+            _bound(self._changes, remember)
 
     @property
     def pending(self) -> int:
         """Lines buffered, not yet committed."""
         return len(self._rows)
 
-    def due(self) -> bool:
-        """The oldest buffered line has waited `max_delay`."""
-        now = self.clock()
-        return bool(self._rows) and now >= self._retry_at and (
-            now - self._first_at >= self.max_delay)
-
-    def seconds_to_deadline(self) -> float | None:
-        """How long the buffer may still wait before it must be flushed (None: empty)."""
-        if not self._rows:
-            return None
-        return max(0.0, self._first_at + self.max_delay - self.clock())
+    def seconds_to_retry(self) -> float:
+        """How long a failed flush still waits before the next attempt (0: none pending)."""
+        return max(0.0, self._retry_at - self.clock()) if self._rows else 0.0
 
     def flush(self) -> int:
         """Commit every buffered line in one transaction.
@@ -247,6 +274,8 @@ class EventStore:
                 return 0
         self._rows = []
         self._retry_delay = 0.0
+        self._last_received = rows[-1]["received_at"]
+        self.flushes += 1
         self.stored += len(rows)
         logger.debug("stored %s events", len(rows))
         if self.on_flush is not None:
@@ -254,8 +283,9 @@ class EventStore:
         return len(rows)
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
+        # Core, one executemany: the ORM's per-row bookkeeping buys nothing here.
         with transaction(self.sessions) as session:
-            session.execute(insert(Event), rows)
+            session.connection().execute(_INSERT_EVENTS, rows)
 
     def _insert_each(self, rows: list[dict[str, Any]]) -> bool:
         """Store rows one at a time, a refused one as an ASCII-escaped invalid line.
@@ -284,13 +314,14 @@ class EventStore:
         return True
 
 
-def _store_key(event: GerritEvent) -> tuple[object, ...] | None:
-    """dedup_key, plus a comment's text: one reviewer's two comments of one second
-    (catch-up's timestamps are whole seconds: "lgtm" then "recheck") are two events."""
-    key: DedupKey | None = dedup_key(event)
-    if key is not None and isinstance(event, CommentAdded):
-        return (*key, event.comment)
-    return key
+def _store_key(event: Peek) -> StoreKey | None:
+    """`listener.events.dedup_key` of the line, plus a comment's text: one reviewer's
+    two comments of one second (catch-up's timestamps are whole seconds: "lgtm"
+    then "recheck") are two events."""
+    if event.number is None or not event.is_change_event:
+        return None
+    key = (event.type, event.number, event.patchset, event.created_on, event.actor)
+    return (*key, event.comment) if event.type == "comment-added" else key
 
 
 def _bound(memory: OrderedDict[Any, Any], size: int) -> None:

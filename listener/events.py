@@ -151,6 +151,15 @@ def _approvals(value: object) -> tuple[Approval, ...]:
     )
 
 
+def _files(value: object) -> tuple[str, ...] | None:
+    """A patch set's `files` (catch-up's events carry them, the stream's never do),
+    Gerrit's magic files (`/COMMIT_MSG`, ...) left out, as ci.changes does."""
+    if not isinstance(value, list):
+        return None
+    names = (_text(f.get("file")) for f in value if isinstance(f, dict))
+    return tuple(name for name in names if name and not name.startswith("/"))
+
+
 def _change_fields(data: dict[str, Any]) -> dict[str, Any]:
     change = _dict(data.get("change"))
     patchset = _dict(data.get("patchSet"))
@@ -177,6 +186,7 @@ def _change_fields(data: dict[str, Any]) -> dict[str, Any]:
             revision=_text(patchset.get("revision")),
             ref=_text(patchset.get("ref")),
             uploader_name=uploader.name or uploader.username,
+            files=_files(patchset.get("files")),
         )
     return {"number": number, "project": project, "branch": branch, "change": info}
 
@@ -208,6 +218,62 @@ def event_from_dict(data: dict[str, Any]) -> GerritEvent:
         return ChangeRestored(**common, restorer=_account(data.get("restorer")),
                               reason=_text(data.get("reason")))
     return OtherEvent(**common)
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """What the listener reads of a line before storing it: enough to drop a
+    duplicate and to notice dropped-output, nothing more (the typed parse of
+    `event_from_dict` waits for the scheduler, off the intake's hot path).
+
+    `actor` is the same as in `dedup_key`, `author` the comment's author
+    (username, else name), `patchset` None unless the event names both a
+    change and a patch set, as `ChangeEvent.change` is.
+    """
+
+    type: str
+    number: int | None = None
+    patchset: int | None = None
+    created_on: int | None = None
+    actor: str = ""
+    author: str = ""
+    comment: str = ""
+    source: str = "stream"
+
+    @property
+    def is_change_event(self) -> bool:
+        """What `ChangeEvent` is among the typed events: anything but dropped-output."""
+        return self.type != "dropped-output"
+
+
+_ACTORS = ("author", "uploader", "abandoner", "submitter", "restorer")
+
+
+def _who(value: object) -> str:
+    data = _dict(value)
+    return _text(data.get("username")) or _text(data.get("name"))
+
+
+def peek(data: dict[str, Any]) -> Peek:
+    """The de-duplication and routing fields of a decoded line (see `Peek`)."""
+    kind = _text(data.get("type")) or "unknown"
+    source = _text(data.get("source")) or "stream"
+    created_on = _int(data.get("eventCreatedOn"))
+    if kind == "dropped-output":
+        return Peek(kind, created_on=created_on, source=source)
+    number = _int(_dict(data.get("change")).get("number"))
+    patchset = _int(_dict(data.get("patchSet")).get("number")) if number is not None else None
+    actor = next((_who(data[key]) for key in _ACTORS if key in data), "")
+    if kind == "comment-added":
+        return Peek(kind, number, patchset, created_on, actor, _who(data.get("author")),
+                    _text(data.get("comment")), source)
+    return Peek(kind, number, patchset, created_on, actor, source=source)
+
+
+def peek_line(line: bytes | str) -> Peek | ParseError:
+    """`peek` of one raw line, or a ParseError (never raises)."""
+    data = decode(line)
+    return data if isinstance(data, ParseError) else peek(data)
 
 
 def decode(line: bytes | str) -> dict[str, Any] | ParseError:

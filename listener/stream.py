@@ -1,13 +1,16 @@
 """Gerrit's event stream → the `events` table, durably and without losing events.
 
-Kept thin on purpose, as Zuul's Gerrit driver keeps its reader: read a line, parse it
-once, drop duplicates, store it; deciding what to build is the scheduler's
-job. A reader thread follows `gerrit stream-events` (reconnecting with
-backoff 1 s → 60 s; the client's keepalive and silence watchdog end a dead
-stream) and hands lines through a bounded queue to the writer, which
-commits in batches (by size, after a short deadline, and whenever the stream
-goes quiet): one transaction per batch, never one per event (a commit
-per event caps intake far below what a burst from Gerrit delivers).
+Kept thin on purpose, as Zuul's Gerrit driver keeps its reader: read a line, decode
+only what de-duplication needs, drop duplicates, store it; deciding what to
+build (and the full typed parse) is the scheduler's job. A reader thread
+follows `gerrit stream-events` (reconnecting with backoff 1 s → 60 s; the
+client's keepalive and silence watchdog end a dead stream) and hands each
+received chunk of lines through a bounded queue to the writer. The writer
+takes whatever is queued and commits as soon as the queue is empty: a quiet
+stream's one event is committed at once, with no fixed window, and under
+load the batches grow by themselves (up to the store's batch size). One
+transaction per batch, never one per event (a commit per event caps intake
+far below what a burst from Gerrit delivers).
 
 Gerrit replays nothing after a reconnect and drops events when a client is
 slow (`dropped-output`), so after every (re)connect and every dropped-output
@@ -49,7 +52,6 @@ from listener.events import (
     ChangeEvent,
     ChangeMerged,
     CommentAdded,
-    DroppedOutput,
     PatchsetCreated,
     parse_event,
 )
@@ -64,19 +66,20 @@ CATCH_UP_SLACK = 300
 class StreamClient(Protocol):
     """What the listener needs of ci.gerrit.GerritClient (one per connection)."""
 
-    def stream_events(self, stop: threading.Event, *,
-                      poll_timeout: float = ...) -> Iterator[bytes | None]: ...
+    def stream_chunks(self, stop: threading.Event, *,
+                      poll_timeout: float = ...) -> Iterator[list[bytes] | None]: ...
 
     def query(self, q: str, /, *, current_patch_set: bool = ..., patch_sets: bool = ...,
-              comments: bool = ...) -> list[dict[str, Any]]: ...
+              files: bool = ..., comments: bool = ...) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
 
 
-# Markers passed from the reader to the writer besides raw lines (bytes).
+# Markers passed from the reader to the writer besides chunks of raw lines.
 _CATCH_UP = object()
-_QUIET = object()
 _ENDED = object()
+# The writer's longest wait for input: how soon it notices `stop`.
+_IDLE_WAIT = 0.2
 
 
 class Listener:
@@ -91,7 +94,7 @@ class Listener:
                  client_factory: Callable[[], StreamClient], *,
                  store: EventStore | None = None, backoff: float = 1.0,
                  max_backoff: float = 60.0, poll_timeout: float = 0.2,
-                 queue_size: int = 20000, on_flush: Callable[[int], None] | None = None,
+                 queue_size: int = 256, on_flush: Callable[[int], None] | None = None,
                  catch_up_retry: float = 5.0) -> None:
         self.config = config
         self.sessions = sessions
@@ -144,8 +147,8 @@ class Listener:
             if item is _ENDED:
                 reader.join()
                 return
-            if isinstance(item, bytes):
-                self.store.add(item)
+            if isinstance(item, list):
+                self.store.add_all(item)
         logger.warning("event stream reader did not stop within %s s; leaving it", limit)
 
     # -- the reader thread -------------------------------------------------------------------
@@ -165,7 +168,7 @@ class Listener:
                 client = self.client_factory()
                 connected = False
                 try:
-                    for line in client.stream_events(halt, poll_timeout=self.poll_timeout):
+                    for chunk in client.stream_chunks(halt, poll_timeout=self.poll_timeout):
                         if not connected:
                             # The stream is open: what was missed before now can be queried.
                             connected, delay = True, self.backoff
@@ -174,7 +177,8 @@ class Listener:
                                         self.connections)
                             self._note_refusal(None)
                             self._put(_CATCH_UP, halt)
-                        self._put(_QUIET if line is None else line, halt)
+                        if chunk is not None:  # None: quiet, nothing to hand over
+                            self._put(chunk, halt)
                 except GerritRefused as exc:
                     # Not a network blip: an operator must act (and may be under attack).
                     logger.error("event stream refused: %s; no event is received until "
@@ -213,30 +217,41 @@ class Listener:
         store = self.store
         catch_up_at: float | None = None
         while not stop.is_set():
-            wait = store.seconds_to_deadline()
-            try:
-                item = self._queue.get(timeout=0.2 if wait is None else min(wait, 0.2))
-            except queue.Empty:
-                item = _QUIET if store.pending else None
-            if item is _ENDED:  # the reader cannot end before halt; put it back for run()
-                self._queue.put(item)
-                return
-            if isinstance(item, bytes):
-                event = store.add(item)
-                if isinstance(event, DroppedOutput):
-                    logger.warning("Gerrit dropped events (dropped-output); catching up")
+            item = self._next(catch_up_at)
+            while item is not None:
+                if item is _ENDED:  # the reader cannot end before halt; put it back for run()
+                    self._queue.put(item)
+                    return
+                if isinstance(item, list):
+                    for event in store.add_all(item):
+                        if event.type == "dropped-output":
+                            logger.warning("Gerrit dropped events (dropped-output); catching up")
+                            catch_up_at = time.monotonic()
+                elif item is _CATCH_UP:
                     catch_up_at = time.monotonic()
-            elif item is _QUIET:
-                store.flush()
-            elif item is _CATCH_UP:
-                catch_up_at = time.monotonic()
-            if store.due():
-                store.flush()
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            # The reader has handed over everything it had: commit it now.
+            store.flush()
             if catch_up_at is not None and time.monotonic() >= catch_up_at:
-                store.flush()
                 catch_up_at = (None if self.catch_up()
                                else time.monotonic() + self.catch_up_retry)
         halt.set()
+
+    def _next(self, catch_up_at: float | None) -> object | None:
+        """The next item from the reader, or None after waiting as long as nothing
+        else is due (a failed flush's retry, a catch-up, a look at `stop`)."""
+        wait = _IDLE_WAIT
+        if self.store.pending:
+            wait = min(wait, self.store.seconds_to_retry())
+        if catch_up_at is not None:
+            wait = min(wait, max(0.0, catch_up_at - time.monotonic()))
+        try:
+            return self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
 
     def catch_up(self) -> bool:
         """Store what the stream missed since the last event; False if it must be retried.
@@ -270,8 +285,11 @@ class Listener:
         try:
             for name in projects:
                 # Comments need every patch set: a recheck may name an older one.
+                # The files come along (Gerrit lists them under each patch set),
+                # so the scheduler never asks for them change by change.
                 opened += client.query(f"status:open project:{name} -age:{age}s",
-                                       current_patch_set=True, patch_sets=True, comments=True)
+                                       current_patch_set=True, patch_sets=True, files=True,
+                                       comments=True)
                 closed += client.query(f"status:closed project:{name} -age:{age}s",
                                        current_patch_set=True)
         finally:

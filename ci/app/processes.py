@@ -25,12 +25,13 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci.config import Config
+from ci.config import Config, GerritConfig
 from ci.db import ensure_schema, make_engine, make_sessionmaker
 from ci.gerrit import GerritClient
+from ci.gerrit_rest import GerritRestClient
 from ci.heartbeat import Pulse, database_probe
 from ci.reaper import start_reaper
-from ci.report import send_pending
+from ci.report import ReviewClient, send_pending
 from dashboard import create_app
 from dashboard.server import RunningServer, start_in_thread
 from listener.scheduler import Scheduler
@@ -122,13 +123,20 @@ def listen(config: Config, sessions: sessionmaker[Session], stop: threading.Even
         thread.join()
 
 
+def review_client(gerrit: GerritConfig) -> ReviewClient:
+    """The client votes go out through: `gerrit review` over SSH, or REST."""
+    if gerrit.report == "rest":
+        return GerritRestClient(gerrit)
+    return GerritClient(gerrit)
+
+
 def work(config: Config, sessions: sessionmaker[Session], stop: threading.Event,
          name: str | None = None) -> None:
     """Run builds until `stop`; the outbox is sent from the worker's own thread,
     so a vote never waits behind a running build."""
 
     def report() -> None:
-        send_pending(sessions, lambda: GerritClient(config.gerrit), config)
+        send_pending(sessions, lambda: review_client(config.gerrit), config)
 
     Worker(config, sessions, name=name).run(stop, report=report)
 

@@ -57,11 +57,12 @@ class LossyClient(GerritClient):
 
     lose: ClassVar[set[int]] = set()
 
-    def stream_events(self, stop: threading.Event, *, poll_timeout: float = 1.0,
-                      tick: float = 0.2) -> Iterator[bytes | None]:
-        for line in super().stream_events(stop, poll_timeout=poll_timeout, tick=tick):
-            if line is None or orjson.loads(line).get("change", {}).get("number") not in self.lose:
-                yield line
+    def stream_chunks(self, stop: threading.Event, *, poll_timeout: float = 1.0,
+                      tick: float = 0.2) -> Iterator[list[bytes] | None]:
+        for chunk in super().stream_chunks(stop, poll_timeout=poll_timeout, tick=tick):
+            yield None if chunk is None else [
+                line for line in chunk
+                if orjson.loads(line).get("change", {}).get("number") not in self.lose]
 
 
 class Running:
@@ -121,7 +122,7 @@ def test_quiet_stream_flushes_a_partial_batch(
         make_listener: Callable[..., Listener], sim_gerrit: SimGerrit,
         sqlite_sessions: sessionmaker[Session]) -> None:
     flushes: list[int] = []
-    store = EventStore(sqlite_sessions, batch_size=1000, max_delay=3600, on_flush=flushes.append)
+    store = EventStore(sqlite_sessions, batch_size=1000, on_flush=flushes.append)
     with Running(make_listener(store=store)):
         sim_gerrit.state.push("openstack/nova", files=HYPERV_FILES)
         wait_for(lambda: stored(sqlite_sessions))
@@ -196,7 +197,7 @@ def test_silent_stream_reconnects(make_config: Callable[..., Config], sim_gerrit
 
 def test_event_store_batches_and_deduplicates(sqlite_sessions: sessionmaker[Session]) -> None:
     flushes: list[int] = []
-    store = EventStore(sqlite_sessions, batch_size=200, max_delay=3600, on_flush=flushes.append)
+    store = EventStore(sqlite_sessions, batch_size=200, on_flush=flushes.append)
     lines = [orjson.dumps({"type": "patchset-created", "eventCreatedOn": 1700000000 + i,
                            "change": {"number": i, "project": "p"},
                            "patchSet": {"number": 1}}) for i in range(450)]
@@ -392,7 +393,7 @@ def test_made_up_comment_matches_the_streamed_one_a_second_apart(
                              "change": {"number": 7, "project": "p"}, "patchSet": {"number": 1},
                              "author": {"username": "zoë"}, "comment": text})
 
-    store = EventStore(sqlite_sessions, max_delay=3600)
+    store = EventStore(sqlite_sessions)
     assert store.add(comment(1000)) is not None
     # Gerrit stamps the event and the stored message a moment apart.
     assert store.add(comment(1001, "catch-up")) is None
@@ -447,7 +448,7 @@ def test_a_nul_line_on_postgresql_is_kept_as_invalid_and_storage_goes_on(
     ensure_schema(engine)
     sessions = make_sessionmaker(engine)
     try:
-        store = EventStore(sessions, batch_size=1000, max_delay=3600)
+        store = EventStore(sessions, batch_size=1000)
         good = orjson.dumps({"type": "patchset-created", "eventCreatedOn": 1700000000,
                              "change": {"number": 5, "project": "openstack/nova",
                                         "subject": "NUL escaped \u0000 in JSON"},
@@ -485,7 +486,7 @@ def test_a_failing_flush_always_waits_before_it_retries(tmp_path: Path) -> None:
         return real()
 
     now = [100.0]
-    store = EventStore(sessions, batch_size=1000, max_delay=0.0,  # type: ignore[arg-type]
+    store = EventStore(sessions, batch_size=1000,  # type: ignore[arg-type]
                        clock=lambda: now[0])
     store.add(orjson.dumps({"type": "comment-added", "comment": "x"}))
     for _ in range(50):  # the quiet-stream path asks for a flush on every idle tick
