@@ -14,6 +14,12 @@ in name order (the SSH `ReviewCommand` builds the votes in a TreeMap):
   -1..+1 group CI` in project.config, access-control.txt): always refused with
   `Applying label "Code-Review": 2 is restricted` (an AuthException).
 
+A new vote on a closed change is refused by `PostReviewOp.validatePostSubmitLabels`
+(java/com/google/gerrit/server/restapi/change/PostReviewOp.java): `change is
+closed` on an abandoned change; on a merged one, `Voting on labels disallowed
+after submit: Verified` for a label without `allowPostSubmit` (only
+Code-Review has it here, as in Gerrit's default label).
+
 Any refusal fails the whole review: nothing is recorded, the message is lost too.
 Label names match case-insensitively (`LabelTypes.byLabel` lower-cases both).
 """
@@ -30,12 +36,23 @@ LABELS: dict[str, Range] = {"Code-Review": (-2, 2), "Verified": (-1, 1), "Workfl
 # What an account may vote unless granted otherwise: what a third-party CI
 # account gets on the projects it tests.
 DEFAULT_GRANT: dict[str, Range] = {"Verified": (-1, 1)}
+# Labels that may still be voted on after submit (`allowPostSubmit`).
+POST_SUBMIT = frozenset({"Code-Review"})
 
 _GRANT_RE = re.compile(r"^\s*([^=\s,]+)\s*=\s*([+-]?\d+)\s*\.\.\s*([+-]?\d+)\s*$")
 
 
 class LabelRejected(Exception):
-    """PostReview refused a vote; the text is Gerrit's own."""
+    """PostReview refused a vote; the text is Gerrit's own.
+
+    `http_status` is what the REST API answers for it (RestApiServlet maps
+    AuthException to 403, BadRequestException to 400, ResourceConflictException
+    to 409); over SSH every kind prints as `error: fatal: <text>`.
+    """
+
+    def __init__(self, message: str, http_status: int = 400) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 def format_value(value: int) -> str:
@@ -104,9 +121,24 @@ class LabelPolicy:
                 continue
             span = self.granted(account, canonical)
             if span is None or not span[0] <= value <= span[1]:
-                raise LabelRejected(f'Applying label "{canonical}": {value} is restricted')
+                raise LabelRejected(f'Applying label "{canonical}": {value} is restricted',
+                                    http_status=403)
             applied[canonical] = value
         return applied
+
+    def check_closed(self, status: str, old: dict[str, int], applied: dict[str, int]) -> None:
+        """Refuse a changed vote on a closed change, as validatePostSubmitLabels does."""
+        if status == "NEW":
+            return
+        changed = sorted(name for name, value in applied.items() if old.get(name, 0) != value)
+        if not changed:
+            return  # a comment alone (or the same votes again) is fine on a closed change
+        if status != "MERGED":
+            raise LabelRejected("change is closed", http_status=409)
+        disallowed = [name for name in changed if name not in POST_SUBMIT]
+        if disallowed:
+            raise LabelRejected("Voting on labels disallowed after submit: "
+                                + ", ".join(disallowed), http_status=409)
 
     def to_json(self) -> dict[str, object]:
         return {"labels": {k: list(v) for k, v in self.labels.items()},

@@ -238,8 +238,10 @@ class GerritState:
             who = self.account(author)
             applied = self.labels.check(who["username"], labels or {})
             now = int(time.time())
+            current = ps["approvals"].get(who["username"], {})
+            old = {name: current.get(name, {}).get("value", 0) for name in self.labels.labels}
+            self.labels.check_closed(rec["status"], old, applied)
             votes = ps["approvals"].setdefault(who["username"], {})
-            old = {name: votes.get(name, {}).get("value", 0) for name in self.labels.labels}
             summary = []
             for name in sorted(applied):
                 value = applied[name]
