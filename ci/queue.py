@@ -106,15 +106,18 @@ def enqueue(session: Session, patchset: Patchset, job: str, reason: str) -> Buil
                     patchset.number, newest)
         return None
     for build in _active_builds(session, change.number, job):
-        if build.patchset.number < patchset.number:
+        other = build.patchset
+        if other is None:  # joined on its patchset: never a baseline build
+            continue
+        if other.number < patchset.number:
             _stop(session, build, BuildState.SUPERSEDED,
                   f"superseded by patchset {patchset.number}")
-        elif build.patchset.number == patchset.number and build.state == BuildState.QUEUED:
+        elif other.number == patchset.number and build.state == BuildState.QUEUED:
             return None
-        elif build.patchset.number == patchset.number and build.state == BuildState.RUNNING:
+        elif other.number == patchset.number and build.state == BuildState.RUNNING:
             # A recheck while running restarts it on the same patchset.
             _stop(session, build, BuildState.SUPERSEDED, f"superseded by a new run ({reason})")
-        elif build.patchset.number > patchset.number:
+        elif other.number > patchset.number:
             return None  # an event for an outdated patchset: the newer one wins
     build = Build(patchset_id=patchset.id, job=job, state=BuildState.QUEUED, reason=reason)
     session.add(build)
@@ -224,11 +227,15 @@ def retry_after_error(session: Session, build: Build, max_attempts: int) -> Buil
     """Queue a new attempt of an errored build, unless it used all its attempts."""
     if build.attempt >= max_attempts:
         return None
-    if any(b.id != build.id for b in _active_builds(session, build.patchset.change.number,
-                                                      build.job)):
+    if build.patchset is not None:
+        active = _active_builds(session, build.patchset.change.number, build.job)
+    else:  # a baseline build (ci/baseline.py): the other attempts of its run
+        active = list(session.scalars(select(Build).where(
+            Build.baseline_id == build.baseline_id, Build.state.in_(ACTIVE))))
+    if any(b.id != build.id for b in active):
         return None  # a newer run already exists
-    retry = Build(patchset_id=build.patchset_id, job=build.job, state=BuildState.QUEUED,
-                  reason="retry after error", attempt=build.attempt + 1,
+    retry = Build(patchset_id=build.patchset_id, baseline_id=build.baseline_id, job=build.job,
+                  state=BuildState.QUEUED, reason="retry after error", attempt=build.attempt + 1,
                   retry_of_id=build.retry_of_id or build.id)
     session.add(retry)
     session.flush()

@@ -43,6 +43,7 @@ from ci.report_checks import (
     classify_send_error,
     closed_reason,
 )
+from ci.wakeup import REPORTS, announce
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,14 @@ def format_message(ci_name: str, state: BuildState, job_line: str, summary: str 
     return "\n".join(parts)
 
 
-def queue_report(session: Session, build: Build, config: Config) -> Report | None:
-    """Queue the build's report in the caller's transaction (None: nothing to report)."""
+def queue_report(session: Session, build: Build, config: Config,
+                 flaky: Sequence[str] | None = None) -> Report | None:
+    """Queue the build's report in the caller's transaction (None: nothing to report).
+
+    `flaky`: the build's flaky test ids when the caller has them at hand (the
+    worker does), else they are read from its stored results. The reporter
+    is woken once the transaction commits (ci.wakeup).
+    """
     state = BuildState(build.state)
     if state not in RESULT_WORDS or not config.reporter.enabled:
         return None
@@ -129,10 +136,11 @@ def queue_report(session: Session, build: Build, config: Config) -> Report | Non
     voting = bool(job and job.voting)
     vote = vote_for(state, voting)
     line = format_job_line(build.job, build.log_url, state, build.duration_seconds)
-    flaky = list(session.scalars(
-        select(TestResult.test_id).where(TestResult.build_id == build.id,
-                                         TestResult.status == FLAKY_STATUS)
-        .order_by(TestResult.id)))
+    if flaky is None:
+        flaky = list(session.scalars(
+            select(TestResult.test_id).where(TestResult.build_id == build.id,
+                                             TestResult.status == FLAKY_STATUS)
+            .order_by(TestResult.id)))
     message = format_message(config.gerrit.ci_name, state, line, build.summary, flaky)
     change = build.patchset.change
     report = Report(
@@ -142,6 +150,7 @@ def queue_report(session: Session, build: Build, config: Config) -> Report | Non
     )
     session.add(report)
     session.flush()
+    announce(session, REPORTS)
     return report
 
 
@@ -193,6 +202,8 @@ def requeue_failed(session: Session, report_id: int | None = None) -> list[Repor
         report.created_at = report.next_attempt_at = now
         logger.info("report %s requeued by an operator (change %s,%s)", report.id,
                     report.change_number, report.patchset_number)
+    if reports:
+        announce(session, REPORTS)
     return reports
 
 

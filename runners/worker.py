@@ -19,17 +19,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
-from ci.changes import change_info_from_rows
+from ci.changes import ChangeInfo, change_info_from_rows
 from ci.config import Config
 from ci.models import Build, BuildState, TestResult
 from ci.nodes import nodes_of, release, sync_nodes
 from ci.report import queue_report
+from ci.wakeup import BUILDS, REPORTS, Waiter, Wakeup, announce
 from runners import pool
 from runners.base import (
     BuildContext,
@@ -41,9 +43,10 @@ from runners.base import (
     Runner,
 )
 from runners.logs import prune_logs, publish_logs
-from runners.registry import make_runner
+from runners.registry import make_runner, node_labels_for
 from runners.results import RESULTS_FILE, format_results
 from runners.steps import StepRecorder, make_redactor
+from runners.subunit import FLAKY
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +88,19 @@ class Worker:
         self._last_prune = -math.inf  # prune at start; monotonic() may be small after a boot
 
     def run(self, stop: threading.Event, on_idle: Callable[[], None] | None = None,
-            report: Callable[[], object] | None = None) -> None:
-        """Loop until `stop` is set: reap, claim, run; `on_idle` runs between builds.
+            report: Callable[[], object] | None = None, wakeup: Wakeup | None = None) -> None:
+        """Loop until `stop` is set: claim, run; `on_idle` runs between builds.
 
-        `report` (one pass over the report outbox) runs from its own thread
-        every `reporter.poll_interval` seconds, so a vote goes out within
-        seconds even while a build runs for hours.
+        `report` (one pass over the report outbox) runs from its own thread,
+        so a vote goes out at once even while a build runs for hours. With a
+        `wakeup` hub (ci.wakeup) a queued build or report wakes its loop at
+        once; `worker.poll_interval` and `reporter.poll_interval` remain the
+        fallback polls, so a lost notification only delays the work.
         """
+        hub = wakeup or Wakeup()
+        if wakeup is None:
+            hub.close_when(stop)  # a private hub nobody signals: plain polling
+        builds = hub.waiter(BUILDS)
         logger.info("worker %s started", self.name)
         with self.sessions() as session, session.begin():
             sync_nodes(session, self.config.nodes, self.config.lab_sets)
@@ -100,7 +109,8 @@ class Worker:
                              daemon=True).start()
         reporter = None
         if report is not None:
-            reporter = threading.Thread(target=self._report_loop, args=(stop, report),
+            reporter = threading.Thread(target=self._report_loop,
+                                        args=(stop, report, hub.waiter(REPORTS)),
                                         name="reporter", daemon=True)
             reporter.start()
         while not stop.is_set():
@@ -112,27 +122,48 @@ class Worker:
             except Exception:
                 logger.exception("worker %s: unexpected error; continuing", self.name)
                 ran = False
-            if not ran:
-                stop.wait(self.config.worker.poll_interval)
+            if not ran and not stop.is_set():
+                builds.wait(self.config.worker.poll_interval)
         if reporter is not None:
             # Let a send in flight record its outcome (GerritClient times out in 30 s).
             reporter.join(timeout=120)
         logger.info("worker %s stopped", self.name)
 
     def run_once(self) -> bool:
-        """Reap dead workers' builds, then claim and run one build; False if none was ready."""
-        with self.sessions() as session, session.begin():
-            queue.reap_expired(session, self.config.worker.max_attempts)
+        """Claim and run one build; False if none was ready.
+
+        Dead workers' builds are reaped by the process's reaper thread
+        (ci/reaper.py), not here: the claim is one transaction.
+        """
+        claimed = self.claim()
+        if claimed is None:
+            return False
+        self._execute(claimed)
+        return True
+
+    def claim(self) -> ClaimedBuild | None:
+        """Claim a build and mark it started, log location included: one transaction."""
         with self.sessions() as session, session.begin():
             build = queue.claim_next(
                 session, self.name, self.config.worker.lease_seconds,
                 reserve=pool.PoolReserver(self.config), jobs=list(self.config.jobs),
+                claim_values=self._log_location,
             )
-            build_id = build.id if build else None
-        if build_id is None:
-            return False
-        self.execute(build_id)
-        return True
+            if build is None:
+                return None
+            # Only a job that takes nodes has any to look up.
+            nodes = (tuple(n.name for n in nodes_of(session, build.id))
+                     if node_labels_for(self.config, build.job) else ())
+            return ClaimedBuild(
+                build_id=build.id, job=build.job,
+                change=change_info_from_rows(build.patchset.change, build.patchset),
+                log_rel=build_log_path(build), node_names=nodes)
+
+    def _log_location(self, build: Build) -> dict[str, object]:
+        """Known from the start, so the dashboard links a running build's step logs."""
+        rel = build_log_path(build)
+        return {"log_url": self.config.logs.url.rstrip("/") + "/" + rel + "/",
+                "log_path": str(self.config.logs.dir / rel)}
 
     def _keeper_loop(self, stop: threading.Event) -> None:
         """Every tick: recover the nodes a lost worker left, and check the pool if
@@ -150,15 +181,16 @@ class Worker:
             except Exception:
                 logger.exception("health checks failed")
 
-    def _report_loop(self, stop: threading.Event, report: Callable[[], object]) -> None:
-        """Send the outbox now and every `reporter.poll_interval` seconds until `stop`."""
-        while True:
+    def _report_loop(self, stop: threading.Event, report: Callable[[], object],
+                     reports: Waiter) -> None:
+        """Send the outbox now, whenever a report is queued, and every
+        `reporter.poll_interval` seconds (retries, lost wakeups) until `stop`."""
+        while not stop.is_set():
             try:
                 report()
             except Exception:
                 logger.exception("sending reports failed")
-            if stop.wait(self.config.reporter.poll_interval):
-                return
+            reports.wait(self.config.reporter.poll_interval)
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune < 3600:
@@ -169,24 +201,25 @@ class Worker:
             logger.info("pruned %s build log trees past retention", removed)
 
     def execute(self, build_id: int) -> None:
-        """Run one claimed build to the end, whatever happens."""
+        """Run one claimed build (by id) to the end, whatever happens."""
         with self.sessions() as session:
             build = session.get(Build, build_id)
             assert build is not None
-            rel = build_log_path(build)
-            ref = change_info_from_rows(build.patchset.change, build.patchset)
-            node_names = [n.name for n in nodes_of(session, build_id)]
-            job_name = build.job
+            claimed = ClaimedBuild(
+                build_id=build_id, job=build.job,
+                change=change_info_from_rows(build.patchset.change, build.patchset),
+                log_rel=build_log_path(build),
+                node_names=tuple(n.name for n in nodes_of(session, build_id)))
+        self._execute(claimed)
+
+    def _execute(self, claimed: ClaimedBuild) -> None:
+        build_id, job_name, ref, rel = (claimed.build_id, claimed.job, claimed.change,
+                                        claimed.log_rel)
         log_dir = self.config.logs.dir / rel
         log_url = self.config.logs.url.rstrip("/") + "/" + rel + "/"
         # Step logs are redacted as they are written and browsable at once;
         # what the job collects waits in a private tree until it is redacted.
         staging = Path(tempfile.mkdtemp(prefix=f"hyperv-ci-build-{build_id}-"))
-        with self.sessions() as session, session.begin():
-            # Known from the start, so the dashboard links a running build's step logs.
-            running = session.get(Build, build_id)
-            assert running is not None
-            running.log_url, running.log_path = log_url, str(log_dir)
         redact = make_redactor(self.config.secrets())
         # `abort` asks the job to stop; `lease_done` stops the heartbeat. They
         # are separate because the lease must outlive the job: until `_record`
@@ -198,7 +231,7 @@ class Worker:
                                      name=f"lease-{build_id}", daemon=True)
         heartbeat.start()
         try:
-            nodes = [n for n in self.config.nodes if n.name in node_names]
+            nodes = [n for n in self.config.nodes if n.name in claimed.node_names]
             ctx = BuildContext(
                 build_id=build_id, job_name=job_name, change=ref, config=self.config,
                 log_dir=staging, log_url=log_url,
@@ -216,7 +249,7 @@ class Worker:
                 publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes, staging=staging)
             except OSError:
                 logger.exception("build %s: publishing logs failed", build_id)
-            self._record(build_id, result, failed_nodes, log_url, str(log_dir))
+            self._record(claimed, result, failed_nodes, log_url, str(log_dir))
         finally:
             lease_done.set()
             heartbeat.join(timeout=5)
@@ -268,15 +301,18 @@ class Worker:
                 abort.set()
                 return
 
-    def _record(self, build_id: int, result: JobResult, failed_nodes: list[str], log_url: str,
-                log_path: str) -> None:
+    def _record(self, claimed: ClaimedBuild, result: JobResult, failed_nodes: list[str],
+                log_url: str, log_path: str) -> None:
         """Finish the build, store its tests, release its nodes and queue its report: one commit."""
+        build_id = claimed.build_id
         state = OUTCOME_STATES[result.outcome]
         redact = make_redactor(self.config.secrets())
         with self.sessions() as session, session.begin():
             build = queue.finish(session, build_id, self.name, state, redact(result.summary),
                                  log_url=log_url, log_path=log_path)
-            release(session, build_id, failed_nodes)
+            if claimed.node_names:
+                release(session, build_id, failed_nodes)
+                announce(session, BUILDS)  # a build waiting for these nodes can start
             if build is None:
                 return  # superseded or aborted while running: no result, no vote
             session.add_all(
@@ -288,5 +324,16 @@ class Worker:
             if state == BuildState.ERROR:
                 retry = queue.retry_after_error(session, build, self.config.worker.max_attempts)
             if retry is None:
-                queue_report(session, build, self.config)
+                flaky = [t.test_id for t in result.tests if t.status == FLAKY]
+                queue_report(session, build, self.config, flaky=flaky)
 
+
+@dataclass(frozen=True)
+class ClaimedBuild:
+    """What the worker needs of a build it claimed, read in the claiming transaction."""
+
+    build_id: int
+    job: str
+    change: ChangeInfo
+    log_rel: str  # `build_log_path`: the build's tree under the log root
+    node_names: tuple[str, ...]

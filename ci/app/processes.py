@@ -32,6 +32,7 @@ from ci.gerrit_rest import GerritRestClient
 from ci.heartbeat import Pulse, database_probe
 from ci.reaper import start_reaper
 from ci.report import ReviewClient, send_pending
+from ci.wakeup import hub_of, start_wakeups
 from dashboard import create_app
 from dashboard.server import RunningServer, start_in_thread
 from listener.scheduler import Scheduler
@@ -81,8 +82,12 @@ def open_database(config: Config) -> Database:
 
 def start_timers(config: Config, sessions: sessionmaker[Session], stop: threading.Event, *,
                  heartbeat: Heartbeat | None = None) -> None:
-    """The reaper (a dead worker's build is reaped whatever this process is doing)
-    and, if asked, the heartbeat; both end with `stop`."""
+    """The process's wakeups (a committed build or report wakes its waiters here:
+    ci/wakeup.py, LISTEN on PostgreSQL), the reaper (a dead worker's build is
+    reaped whatever this process is doing) and, if asked, the heartbeat; all
+    end with `stop`."""
+    if hub_of(sessions) is None:
+        start_wakeups(sessions.kw["bind"], sessions, stop)
     start_reaper(sessions, config.worker.max_attempts, config.worker.lease_seconds, stop)
     if heartbeat is not None:
         Pulse(heartbeat.path, database_probe(config.database.sqlalchemy_url()),
@@ -133,12 +138,13 @@ def review_client(gerrit: GerritConfig) -> ReviewClient:
 def work(config: Config, sessions: sessionmaker[Session], stop: threading.Event,
          name: str | None = None) -> None:
     """Run builds until `stop`; the outbox is sent from the worker's own thread,
-    so a vote never waits behind a running build."""
+    so a vote never waits behind a running build. Both wake on the process's
+    wakeups (`start_timers`) and poll slowly besides."""
 
     def report() -> None:
         send_pending(sessions, lambda: review_client(config.gerrit), config)
 
-    Worker(config, sessions, name=name).run(stop, report=report)
+    Worker(config, sessions, name=name).run(stop, report=report, wakeup=hub_of(sessions))
 
 
 def start_dashboard(config: Config, sessions: sessionmaker[Session], host: str,
