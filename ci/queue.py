@@ -13,16 +13,18 @@ so a build is never run twice and a finished build never changes again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ci.changes import ChangeInfo, change_ref, without_nul
 from ci.db import rows_changed
 from ci.models import Build, BuildState, Change, Patchset, utcnow
 from ci.nodes import lose_build_nodes
+from ci.wakeup import BUILDS, announce
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +124,7 @@ def enqueue(session: Session, patchset: Patchset, job: str, reason: str) -> Buil
     build = Build(patchset_id=patchset.id, job=job, state=BuildState.QUEUED, reason=reason)
     session.add(build)
     session.flush()
+    announce(session, BUILDS)
     logger.info("build %s queued: change %s,%s job %s (%s)", build.id, change.number,
                 patchset.number, job, reason)
     return build
@@ -153,30 +156,46 @@ def claim_next(
     reserve: Reserver | None = None,
     jobs: Sequence[str] | None = None,
     scan: int = 20,
+    claim_values: Callable[[Build], Mapping[str, object]] | None = None,
 ) -> Build | None:
     """Claim the oldest queued build this worker can run now, or None.
 
     Candidates are locked with SKIP LOCKED (PostgreSQL), so concurrent
     workers look at different rows; the conditional UPDATE is the final
-    guard on every engine.
+    guard on every engine. The candidates come with their patchset and
+    change (one SELECT), and `claim_values(build)` adds columns to the
+    claiming UPDATE (the worker's log location): claim and start are one
+    UPDATE in the caller's transaction.
     """
-    query = select(Build).where(Build.state == BuildState.QUEUED).order_by(Build.id).limit(scan)
+    query = (
+        select(Build)
+        .options(joinedload(Build.patchset).joinedload(Patchset.change))
+        .where(Build.state == BuildState.QUEUED).order_by(Build.id).limit(scan)
+    )
     if jobs is not None:
         query = query.where(Build.job.in_(jobs))
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+        # OF builds: the patchset and change rows are read, not claimed (and a
+        # baseline build's missing patchset is the nullable side of the join).
+        query = query.with_for_update(skip_locked=True, of=Build)
     for build in session.scalars(query):
         if reserve is not None and not reserve(session, build):
             continue
         now = utcnow()
+        values: dict[str, object] = {
+            "state": BuildState.RUNNING, "worker": worker, "started_at": now,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            **(claim_values(build) if claim_values is not None else {}),
+        }
         result = session.execute(
             update(Build)
             .where(Build.id == build.id, Build.state == BuildState.QUEUED)
-            .values(state=BuildState.RUNNING, worker=worker, started_at=now,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .values(values)
         )
         if rows_changed(result) == 1:
-            session.refresh(build)
+            # What the UPDATE wrote, without reading the row back.
+            for key, value in values.items():
+                set_committed_value(build, key, value)
             logger.info("build %s claimed by %s", build.id, worker)
             return build
     return None
@@ -212,9 +231,9 @@ def finish(
         .values(state=state, summary=summary, finished_at=utcnow(), log_url=log_url,
                 log_path=log_path, lease_expires_at=None)
     )
-    build = session.get(Build, build_id)
-    if build is not None:
-        session.refresh(build)
+    # With its patchset and change in the same SELECT: the report needs them.
+    build = session.get(Build, build_id, populate_existing=True, options=[
+        joinedload(Build.patchset).joinedload(Patchset.change)])
     if rows_changed(result) != 1:
         logger.info("build %s finished as %s but is %s: result dropped", build_id, state,
                     build.state if build else "gone")
@@ -239,6 +258,7 @@ def retry_after_error(session: Session, build: Build, max_attempts: int) -> Buil
                   retry_of_id=build.retry_of_id or build.id)
     session.add(retry)
     session.flush()
+    announce(session, BUILDS)
     logger.info("build %s queued as attempt %s of build %s", retry.id, retry.attempt, build.id)
     return retry
 
