@@ -43,6 +43,7 @@ from runners.base import (
     Runner,
 )
 from runners.logs import prune_logs, publish_logs
+from runners.provision import power_off_build, provision_build
 from runners.registry import make_runner, node_labels_for
 from runners.results import RESULTS_FILE, format_results
 from runners.steps import StepRecorder, make_redactor
@@ -261,6 +262,7 @@ class Worker:
             prepared: Any = None
             ready = False  # `prepare` returned (its value may be None)
             try:
+                provision_build(ctx, self.sessions)  # checkpoint nodes: reverted, answering
                 prepared = runner.prepare(ctx)
                 ready = True
                 result = runner.run(ctx, prepared)
@@ -276,6 +278,7 @@ class Worker:
                     logger.exception("build %s: cleanup failed", ctx.build_id)
                     failed_nodes = [n.name for n in ctx.nodes]
                     ctx.steps.skip("cleanup", message=f"cleanup raised: {exc}")
+                failed_nodes = power_off_build(ctx, failed_nodes)
         except (InfraError, ExecutorError, CommandStopped) as exc:
             result = JobResult(Outcome.ERROR, f"infrastructure error: {exc}")
         except Exception as exc:

@@ -176,7 +176,17 @@ class HyperVHost(HyperVSteps):
             "cleanup": self._cleanup,
             "winrm-put": self._put,
             "winrm-get": self._get,
+            "provision-identity": self._identity,
         }
+
+    def _identity(self, script: str, out: FaultyConsole) -> int:
+        """runners/templates/provision-identity.ps1.j2: `$env:COMPUTERNAME` is the
+        NetBIOS name, which Windows keeps in capitals; then the checkpoint's marker."""
+        out.line(f"host={self.node_name.upper()}")
+        marker = self.read_file(script_parameters(script).get("markerpath", ""))
+        if marker is not None:
+            out.line("marker=" + marker.decode("utf-8-sig").strip())
+        return 0
 
     # -- the WinRM executor's own helpers (runners/winrm.py) --
     def _put(self, script: str, out: FaultyConsole) -> int:

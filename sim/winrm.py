@@ -75,12 +75,15 @@ class SimWinRMServer:
         *,
         config: WinRMConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        model: HyperVHost | None = None,
     ) -> None:
         self.node_name = node_name
         self.host = "127.0.0.1"
         self.port = port
-        self.faults = Faults()
-        self.model = HyperVHost(node_name, Path(lab_dir), self.faults)
+        # `model`: what answers the commands (default: a Hyper-V node of the lab;
+        # sim/hyperv_parent.py passes a parent host).
+        self.model = model or HyperVHost(node_name, Path(lab_dir), Faults())
+        self.faults = self.model.faults
         self.stats: Counter[str] = Counter()
         self.signals: list[
             tuple[str, str]

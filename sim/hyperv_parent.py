@@ -1,0 +1,178 @@
+"""A simulated parent Hyper-V host: VMs with checkpoints and power states, each VM
+a simulated node of the lab, reached over the same WS-Management stack.
+
+The CI's provisioning scripts (runners/templates/provision-*.ps1.j2) arrive at
+a `SimWinRMServer` like any node's and go through the same checks (syntax,
+cmdlets and parameters against Microsoft's catalog: sim/windows_shell.py);
+this model answers them from its VMs, dispatching on the script's step name
+and its `$VMName` / `$Checkpoint` assignments, as sim/hyperv_host.py does.
+
+A VM's guest is a simulated Windows node (its `SimWinRMServer` and
+`HyperVHost` state). A checkpoint captures the guest's state (files,
+services, VMs, event log, settings); applying it puts that state back, so
+whatever a build left on the node is gone. A VM that is off does not answer:
+its WinRM port refuses connections until the VM is started.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim.faults import Faults, FaultyConsole
+from sim.hyperv_host import HyperVHost
+from sim.windows_shell import script_parameters
+from sim.winrm import SimWinRMServer
+
+logger = logging.getLogger(__name__)
+
+# What a checkpoint does not capture: the model's identity, its test hooks and
+# its transcript (what the tests read), and its power (the VM's state says it).
+_NOT_CAPTURED = frozenset({"node_name", "state_file", "faults", "scripts", "_lock", "alive"})
+
+
+def capture(host: HyperVHost) -> dict[str, Any]:
+    """The guest's state as a checkpoint holds it (a deep copy)."""
+    with host._lock:
+        return {key: copy.deepcopy(value) for key, value in vars(host).items()
+                if key not in _NOT_CAPTURED}
+
+
+def restore(host: HyperVHost, state: dict[str, Any]) -> None:
+    """Put a captured state back (a deep copy: the checkpoint stays as it was)."""
+    with host._lock:
+        for key, value in state.items():
+            setattr(host, key, copy.deepcopy(value))
+    host.publish()
+
+
+@dataclass
+class SimVM:
+    """One VM on the parent: its power state, checkpoints, and the guest node."""
+
+    name: str
+    guest: SimWinRMServer
+    state: str = "Running"  # Hyper-V's VMState: Off, Running, Saved, ...
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def turn_off(self) -> None:
+        if self.state != "Off":
+            self.guest.kill()  # power pulled: connections reset, the port refuses
+            self.state = "Off"
+
+    def start(self) -> None:
+        if self.state != "Running":
+            self.guest.revive()
+            self.state = "Running"
+
+
+class ParentHostModel(HyperVHost):
+    """The parent's answers to the provisioning scripts (and every other shared step)."""
+
+    def __init__(self, node_name: str, lab_dir: Path) -> None:
+        self.parent_vms: dict[str, SimVM] = {}
+        # Each revert and power-off, in order: (step, VM name), for the tests.
+        self.operations: list[tuple[str, str]] = []
+        self._vm_lock = threading.RLock()
+        super().__init__(node_name, lab_dir, Faults())
+
+    def publish(self) -> None:
+        """A parent host is no compute node of any controller: nothing to publish."""
+
+    def _steps(self) -> dict[str, Callable[[str, FaultyConsole], int]]:
+        return {**super()._steps(), "provision-revert": self._revert,
+                "provision-power-off": self._power_off, "provision-status": self._status}
+
+    def _vm(self, script: str, out: FaultyConsole) -> SimVM | None:
+        """Get-VM -Name: Hyper-V refuses a name no VM has (Get-VM.md, "-Name":
+        the cmdlet gets the virtual machines with that name; none is an error)."""
+        name = script_parameters(script).get("vmname", "")
+        # VM names match case-insensitively (Get-VM -Name does so).
+        vm = next((v for key, v in self.parent_vms.items() if key.casefold() == name.casefold()),
+                  None)
+        if vm is None:
+            out.err(f'Get-VM : Hyper-V was unable to find a virtual machine with name "{name}".')
+        return vm
+
+    def _checkpoint(self, vm: SimVM, script: str, out: FaultyConsole) -> dict[str, Any] | None:
+        """Get-VMSnapshot -VMName -Name: an unknown checkpoint is an error, before
+        Restore-VMSnapshot changes anything (Get-VMSnapshot.md, Restore-VMSnapshot.md
+        in MicrosoftDocs/windows-powershell-docs, docset/winserver2022-ps/hyper-v)."""
+        name = script_parameters(script).get("checkpoint", "")
+        state = vm.checkpoints.get(name)
+        if state is None:
+            out.err("Get-VMSnapshot : Unable to find a snapshot matching the given criteria.")
+        return state
+
+    def _revert(self, script: str, out: FaultyConsole) -> int:
+        with self._vm_lock:
+            vm = self._vm(script, out)
+            if vm is None:
+                return 1
+            state = self._checkpoint(vm, script, out)
+            if state is None:
+                return 1
+            # Stop-VM -TurnOff, Restore-VMSnapshot, Start-VM (provision-revert.ps1.j2).
+            vm.turn_off()
+            restore(vm.guest.model, state)
+            vm.start()
+            self.operations.append(("revert", vm.name))
+        out.line(f"VM {vm.name} reverted to checkpoint "
+                 f"{script_parameters(script).get('checkpoint', '')} and started")
+        return 0
+
+    def _power_off(self, script: str, out: FaultyConsole) -> int:
+        with self._vm_lock:
+            vm = self._vm(script, out)
+            if vm is None:
+                return 1
+            vm.turn_off()
+            self.operations.append(("power-off", vm.name))
+        out.line(f"VM {vm.name} is off")
+        return 0
+
+    def _status(self, script: str, out: FaultyConsole) -> int:
+        with self._vm_lock:
+            vm = self._vm(script, out)
+            if vm is None or self._checkpoint(vm, script, out) is None:
+                return 1
+        out.line(f"VM {vm.name} is {vm.state}; checkpoint "
+                 f"{script_parameters(script).get('checkpoint', '')} present")
+        return 0
+
+
+class SimParentHost:
+    """A parent Hyper-V host over WinRM on 127.0.0.1 (start/stop like a node's server)."""
+
+    def __init__(self, name: str, lab_dir: Path, username: str, password: str) -> None:
+        self.model = ParentHostModel(name, Path(lab_dir))
+        self.server = SimWinRMServer(name, lab_dir, username, password, model=self.model)
+
+    def start(self) -> SimParentHost:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def add_vm(self, guest: SimWinRMServer, checkpoint: str = "clean",
+               marker: tuple[str, str] | None = None) -> SimVM:
+        """Carry `guest` as a running VM of the same name, with a clean checkpoint
+        taken now; `marker` (path, text) is written into the guest first, as an
+        operator does before taking the checkpoint."""
+        if marker is not None:
+            path, text = marker
+            guest.model.write_file(path, text.encode("utf-8"))
+        vm = SimVM(guest.node_name, guest, "Running" if guest.model.alive else "Off")
+        vm.checkpoints[checkpoint] = capture(guest.model)
+        with self.model._vm_lock:
+            self.model.parent_vms[vm.name] = vm
+        return vm
+
+    def vm(self, name: str) -> SimVM:
+        return self.model.parent_vms[name]

@@ -1,0 +1,185 @@
+"""Checkpoint provisioning against a simulated parent Hyper-V host over real WinRM:
+revert wipes what a build left, a VM that is off does not answer, the node must
+answer as itself, and every failure is a ProvisionError naming the cause."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ci.config import Config, NodeConfig, parse_config
+from runners import provision
+from runners.base import ExecutorError
+from runners.ps_check import check_script
+from runners.winrm import WinRMExecutor
+from sim.hyperv_parent import SimParentHost
+from sim.winrm import SimWinRMServer
+
+USER, PASSWORD_ENV = "Administrator", "HYPERV_CI_TEST_PROVISION_PW"
+MARKER = "hv-1 clean, 2026-12-01 — ü"
+
+
+@dataclass
+class Lab:
+    parent: SimParentHost
+    guest: SimWinRMServer
+    config: Config
+
+    @property
+    def node(self) -> NodeConfig:
+        return self.config.nodes[0]
+
+
+def winrm(server: SimWinRMServer) -> dict:
+    return {"scheme": "http", "port": server.port, "username": USER,
+            "password": {"password_env": PASSWORD_ENV}, "operation_timeout": 2,
+            "read_timeout": 5}
+
+
+def lab_config(parent: SimParentHost, guest: SimWinRMServer, **node: object) -> Config:
+    return parse_config({
+        "gerrit": {"host": "h", "username": "u", "key_file": "k", "known_hosts": "kh"},
+        "projects": [{"name": "p", "jobs": ["j"]}],
+        "jobs": {"j": {"type": "local", "command": ["true"]}},
+        "parent_hosts": [{"name": "hv-parent-1", "address": "127.0.0.1",
+                          "winrm": winrm(parent.server)}],
+        "nodes": [{"name": "hv-1", "label": "hyperv", "address": "127.0.0.1",
+                   "winrm": winrm(guest), "provision": "checkpoint", "parent": "hv-parent-1",
+                   "marker": MARKER, **node}],
+    })
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimParentHost,
+                                                                  SimWinRMServer]]:
+    os.environ[PASSWORD_ENV] = "pärent-Pw-1"
+    lab_dir = tmp_path_factory.mktemp("lab")
+    guest = SimWinRMServer("hv-1", lab_dir, USER, os.environ[PASSWORD_ENV]).start()
+    parent = SimParentHost("hv-parent-1", lab_dir, USER, os.environ[PASSWORD_ENV]).start()
+    parent.add_vm(guest, marker=(provision.WINDOWS_MARKER_PATH, MARKER))
+    yield parent, guest
+    parent.stop()
+    guest.stop()
+
+
+@pytest.fixture
+def lab(sim: tuple[SimParentHost, SimWinRMServer]) -> Lab:
+    parent, guest = sim
+    parent.vm("hv-1").start()  # whatever the last test left
+    return Lab(parent, guest, lab_config(parent, guest))
+
+
+@dataclass
+class Step:
+    """The two StepHandle methods provisioning writes to."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def put(node: NodeConfig, path: str, data: bytes) -> None:
+    executor = WinRMExecutor(node)
+    try:
+        executor.put(data, path)
+    finally:
+        executor.close()
+
+
+def test_revert_discards_what_a_build_left(lab: Lab) -> None:
+    put(lab.node, "C:\\OpenStack\\leftover.txt", b"from the last build")
+    lab.guest.model.services["nova-compute"] = "Running"
+    step = Step()
+    provision.provision_node(lab.config, lab.node, step, answer_timeout=10)
+    assert lab.guest.model.read_file("C:\\OpenStack\\leftover.txt") is None
+    assert "nova-compute" not in lab.guest.model.services
+    assert lab.parent.vm("hv-1").state == "Running"
+    assert lab.parent.model.operations[-1] == ("revert", "hv-1")
+    assert any(f"marker {MARKER!r}" in line for line in step.lines)
+    # The scripts that reached the parent passed Microsoft's cmdlet catalog.
+    parent_scripts = [text for _, name, text in lab.parent.model.scripts
+                      if name == "provision-revert"]
+    assert parent_scripts and check_script(parent_scripts[-1]) == []
+
+
+def test_a_vm_turned_off_does_not_answer_until_started(lab: Lab) -> None:
+    provision.power_off(lab.config, lab.node)
+    assert lab.parent.vm("hv-1").state == "Off"
+    with pytest.raises(ExecutorError):
+        provision.probe_identity(lab.node)
+    ok, message = provision.check_provisioned(lab.config, lab.node)
+    assert ok and "is Off" in message
+    provision.provision_node(lab.config, lab.node, Step(), answer_timeout=10)
+    assert provision.probe_identity(lab.node).host_name == "HV-1"
+
+
+def test_a_missing_checkpoint_is_refused_before_anything_changes(lab: Lab) -> None:
+    config = lab_config(lab.parent, lab.guest, checkpoint="no-such-checkpoint")
+    put(lab.node, "C:\\OpenStack\\kept.txt", b"x")
+    with pytest.raises(provision.ProvisionError,
+                       match="Unable to find a snapshot matching the given criteria"):
+        provision.provision_node(config, config.nodes[0], Step(), answer_timeout=10)
+    assert lab.parent.vm("hv-1").state == "Running"
+    assert lab.guest.model.read_file("C:\\OpenStack\\kept.txt") == b"x"
+    ok, message = provision.check_provisioned(config, config.nodes[0])
+    assert not ok and "Unable to find a snapshot" in message
+
+
+def test_an_unknown_vm_is_refused(lab: Lab) -> None:
+    config = lab_config(lab.parent, lab.guest, vm="hv-9")
+    with pytest.raises(provision.ProvisionError,
+                       match='unable to find a virtual machine with name "hv-9"'):
+        provision.provision_node(config, config.nodes[0], Step(), answer_timeout=10)
+
+
+def test_a_node_that_answers_with_another_marker_is_refused(lab: Lab) -> None:
+    config = lab_config(lab.parent, lab.guest, marker="a newer checkpoint")
+    with pytest.raises(provision.ProvisionError, match="is not the clean one"):
+        provision.provision_node(config, config.nodes[0], Step(), answer_timeout=10)
+
+
+def test_a_node_that_never_answers_times_out(lab: Lab, tmp_path: Path) -> None:
+    # The node's address points at a port nothing listens on.
+    dead = SimWinRMServer("hv-dead", tmp_path, USER, os.environ[PASSWORD_ENV]).start()
+    port = dead.port
+    dead.stop()
+    config = lab_config(lab.parent, lab.guest)
+    node = config.nodes[0].model_copy(update={
+        "winrm": config.nodes[0].winrm.model_copy(update={"port": port})})  # type: ignore[union-attr]
+    with pytest.raises(provision.ProvisionError, match="did not answer within 1 s"):
+        provision.wait_until_answers(node, Step().log, timeout=1, poll=0.2)
+
+
+@pytest.mark.parametrize(("host", "marker", "problem"), [
+    ("HV-1", MARKER, None),
+    ("hv-1.lab.example.org", MARKER, None),
+    ("HV-2", MARKER, "answered as host 'HV-2', not 'hv-1'"),
+    ("HV-1", None, "has no marker file"),
+    ("HV-1", "old", "has marker 'old'"),
+])
+def test_identity_problem(host: str, marker: str | None, problem: str | None) -> None:
+    node = NodeConfig(name="hv-1", label="hyperv", address="x", provision="checkpoint",
+                      parent="p", marker=MARKER,
+                      winrm={"username": "u", "password": {"password_env": "X"}})  # type: ignore[arg-type]
+    found = provision.identity_problem(node, provision.Identity(host, marker))
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_parse_identity_takes_the_first_of_each() -> None:
+    found = provision.parse_identity("host=HV-1\r\nmarker= ü clean \r\nhost=other\r\n")
+    assert found == provision.Identity("HV-1", "ü clean")
+
+
+def test_the_scripts_quote_what_they_are_given() -> None:
+    script = provision.render("provision-revert.ps1.j2", vm="hv'1; Remove-VM *",
+                              checkpoint="clean ‘x’")
+    assert "$VMName = 'hv''1; Remove-VM *'" in script
+    assert check_script(script) == []
