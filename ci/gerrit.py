@@ -22,7 +22,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import paramiko
@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 16000
 _READ_SIZE = 1 << 20
 _SPECIAL_FILES = ("/COMMIT_MSG", "/MERGE_LIST", "/PATCHSET_LEVEL")
+# Changes per batched files lookup: far inside Gerrit's default index.maxTerms
+# (1024 leaf terms, java/com/google/gerrit/index/IndexConfig.java) and one page
+# of its default query limit (500 rows; `query` pages past it anyway).
+FILES_BATCH = 100
 
 
 class GerritError(HypervCIError):
@@ -282,6 +286,23 @@ class GerritClient:
                     return [f["file"] for f in ps.get("files", [])
                             if f.get("file") not in _SPECIAL_FILES]
         raise GerritRejected(f"change {change} has no patch set {patchset}")
+
+    def files_of(self, patchsets: Iterable[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
+        """The changed files of many patch sets (magic files left out), asked with one
+        `gerrit query change:A OR change:B ...` per FILES_BATCH changes rather than
+        one query each; a patch set Gerrit does not list is absent from the answer."""
+        wanted = {(int(change), int(ps)) for change, ps in patchsets}
+        numbers = sorted({change for change, _ in wanted})
+        found: dict[tuple[int, int], list[str]] = {}
+        for at in range(0, len(numbers), FILES_BATCH):
+            terms = " OR ".join(f"change:{number}" for number in numbers[at:at + FILES_BATCH])
+            for row in self.query(terms, patch_sets=True, files=True):
+                for ps in row.get("patchSets", []):
+                    key = (int(row["number"]), int(ps["number"]))
+                    if key in wanted:
+                        found[key] = [f["file"] for f in ps.get("files", [])
+                                      if f.get("file") not in _SPECIAL_FILES]
+        return found
 
     def review(self, project: str, change: int, patchset: int, *, message: str,
                labels: dict[str, int] | None = None, tag: str | None = None) -> None:

@@ -87,6 +87,9 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(logs.bp)
+    from dashboard import charts_view, history, tests_view  # history, tests, charts (B2)
+    for blueprint in (history.bp, tests_view.bp, charts_view.bp):
+        app.register_blueprint(blueprint)
     bind = sessions.kw.get("bind")
     logger.info("dashboard app created (database %s)",
                 bind.url.render_as_string(hide_password=True) if bind is not None else "?")

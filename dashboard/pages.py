@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template, request
 
-from dashboard import data
+from dashboard import data, history
 from dashboard.context import db
 
 bp = Blueprint("pages", __name__)
@@ -36,7 +36,7 @@ def build(build_id: int) -> str:
 @bp.get("/changes/<int:number>")
 def change(number: int) -> str:
     """Every patchset of a change and the builds of each."""
-    view = data.change_detail(db(), number)
+    view = history.change_view(db(), number)  # with each build's nodes and failed tests
     if view is None:
         abort(404, description=f"no change {number}")
     return render_template("change.html", change=view)

@@ -117,6 +117,10 @@ def _query(s: _Session, args: list[str]) -> int:
     start_text = opts.get("start", ["0"])[-1]
     if not start_text.isdigit():
         raise _Fatal(f'"{start_text}" is not a valid value for "--start"')
+    # `--files` lists each shown patch set's files as Gerrit's EventFactory
+    # .addPatchSetFileNames does (PatchAttribute: file, fileOld, type, insertions,
+    # deletions <= 0, `/COMMIT_MSG` first), and only with --current-patch-set or
+    # --patch-sets (Documentation/cmd-query.txt): GerritState.query follows both.
     flags = {k: True for k in opts if k not in ("format", "start")}
     try:
         rows, more = s.sim.state.query(" ".join(terms), start=int(start_text),

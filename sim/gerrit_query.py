@@ -1,6 +1,8 @@
 """The subset of Gerrit's query language the simulated Gerrit understands.
 
-Terms are ANDed; a leading `-` negates one. Operators: `change:N|I...`, a plain
+Terms are ANDed (juxtaposed or with AND), OR and parentheses group them, a
+leading `-` or NOT negates one; more than Gerrit's default 1024 leaf terms is
+refused as Gerrit refuses it. Operators: `change:N|I...`, a plain
 change number or Change-Id, `status:`/`is:` open|closed|new|merged|abandoned,
 `project:`, `branch:`, `owner:`, `commit:`, `age:` (e.g. `-age:2h`),
 `after:`/`since:`/`before:`/`until:` ("YYYY-MM-DD[ HH:MM:SS]", UTC) and
@@ -76,36 +78,117 @@ def _term(op: str, value: str) -> Predicate:
     raise QueryError(f"Unsupported operator {op}:{value}")
 
 
-def parse_query(text: str) -> tuple[Predicate, int | None]:
-    """A predicate for `text` and the `limit:N` it names (None if none)."""
+# Gerrit's own default for index.maxTerms (java/com/google/gerrit/index/IndexConfig.java,
+# DEFAULT_MAX_TERMS = 1024); a query with more leaf terms is refused.
+MAX_TERMS = 1024
+
+
+def _tokens(text: str) -> list[str]:
+    """shlex words, with parentheses split off the words they touch."""
     try:
-        tokens = shlex.split(text)
+        words = shlex.split(text)
     except ValueError as exc:
         raise QueryError(f"line 1:{len(text)} {exc}") from None
-    if not tokens:
-        raise QueryError("query is empty")
-    predicates: list[Predicate] = []
-    limit: int | None = None
-    for token in tokens:
-        if token == "AND":
-            continue
-        if token in ("OR", "NOT", "(", ")"):
-            raise QueryError(f"the simulated Gerrit does not support {token}")
-        negate = token.startswith("-")
-        token = token.removeprefix("-")
+    tokens: list[str] = []
+    for word in words:
+        lead = len(word) - len(word.lstrip("("))
+        body = word[lead:]
+        trail = len(body) - len(body.rstrip(")"))
+        tokens += ["("] * lead + ([body[:len(body) - trail]] if body[:len(body) - trail] else [])
+        tokens += [")"] * trail
+    return tokens
+
+
+class _Parser:
+    """Gerrit's grammar (java/com/google/gerrit/index/query/Query.g): OR binds
+    loosest, then AND (written or implied by juxtaposition), then NOT or a
+    leading `-`, then a parenthesised query or one `operator:value` term."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.at = 0
+        self.terms = 0
+        self.limit: int | None = None
+
+    def peek(self) -> str | None:
+        return self.tokens[self.at] if self.at < len(self.tokens) else None
+
+    def take(self) -> str:
+        token = self.tokens[self.at]
+        self.at += 1
+        return token
+
+    def parse(self) -> Predicate:
+        pred = self.or_()
+        if self.peek() is not None:
+            raise QueryError(f"line 1:{self.at} extraneous input '{self.peek()}'")
+        return pred
+
+    def or_(self) -> Predicate:
+        preds = [self.and_()]
+        while self.peek() == "OR":
+            self.take()
+            preds.append(self.and_())
+        return preds[0] if len(preds) == 1 else (lambda c: any(p(c) for p in preds))
+
+    def and_(self) -> Predicate:
+        preds = [p for p in [self.not_()] if p is not None]
+        while self.peek() not in (None, "OR", ")"):
+            if self.peek() == "AND":
+                self.take()
+            pred = self.not_()
+            if pred is not None:
+                preds.append(pred)
+        if not preds:  # only limit: terms
+            return lambda c: True
+        return preds[0] if len(preds) == 1 else (lambda c: all(p(c) for p in preds))
+
+    def not_(self) -> Predicate | None:
+        token = self.peek()
+        if token is None or token in ("AND", "OR", ")"):
+            raise QueryError(f"line 1:{self.at} no viable alternative at input '{token}'")
+        if token == "NOT":
+            self.take()
+            inner = self.base()
+            return None if inner is None else (lambda c: not inner(c))
+        if token.startswith("-") and len(token) > 1:
+            self.tokens[self.at] = token[1:]
+            inner = self.base()
+            return None if inner is None else (lambda c: not inner(c))
+        return self.base()
+
+    def base(self) -> Predicate | None:
+        token = self.take()
+        if token == "(":
+            pred = self.or_()
+            if self.peek() != ")":
+                raise QueryError(f"line 1:{self.at} missing ')' at '{self.peek()}'")
+            self.take()
+            return pred
         op, sep, value = token.partition(":")
-        if not sep:
-            if re.fullmatch(r"[0-9]+|I[0-9a-f]{40}", token):
-                pred = _term("change", token)
-            else:
-                word = token.casefold()
-                pred = (lambda w: lambda c: w in c["commitMessage"].casefold())(word)
-        elif op == "limit" and not negate:
+        if sep and op == "limit":
             if not value.isdigit() or int(value) < 1:
                 raise QueryError(f"Invalid limit: {value}")
-            limit = int(value)
-            continue
-        else:
-            pred = _term(op, value)
-        predicates.append((lambda p: lambda c: not p(c))(pred) if negate else pred)
-    return (lambda c: all(p(c) for p in predicates)), limit
+            # cmd-query.txt: with several limit: operators the smallest wins.
+            self.limit = int(value) if self.limit is None else min(self.limit, int(value))
+            return None
+        self.terms += 1
+        if not sep:
+            if re.fullmatch(r"[0-9]+|I[0-9a-f]{40}", token):
+                return _term("change", token)
+            word = token.casefold()
+            return lambda c: word in c["commitMessage"].casefold()
+        return _term(op, value)
+
+
+def parse_query(text: str) -> tuple[Predicate, int | None]:
+    """A predicate for `text` and the `limit:N` it names (None if none)."""
+    tokens = _tokens(text)
+    if not tokens:
+        raise QueryError("query is empty")
+    parser = _Parser(tokens)
+    predicate = parser.parse()
+    if parser.terms > MAX_TERMS:
+        # QueryProcessor's check of the leaf count, with its message.
+        raise QueryError(f"too many terms in query: {parser.terms} terms (max = {MAX_TERMS})")
+    return predicate, parser.limit

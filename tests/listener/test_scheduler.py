@@ -39,6 +39,13 @@ class FakeGerrit:
             raise GerritError(f"change {change} has no patch set {patchset}", transient=False)
         return self.files[(change, patchset)]
 
+    def files_of(self, patchsets: Any) -> dict[tuple[int, int], list[str]]:
+        pairs = sorted(patchsets)
+        self.calls.append(("batch", pairs))
+        if self.fail or any(change in self.down_for for change, _ in pairs):
+            raise ConnectionResetError("gerrit went away")
+        return {pair: self.files[pair] for pair in pairs if pair in self.files}
+
     def query(self, q: str, *, current_patch_set: bool = False,
               files: bool = False) -> list[dict[str, Any]]:
         self.calls.append(("query", q))
@@ -422,3 +429,29 @@ def test_a_nul_in_gerrit_text_is_dropped_and_the_change_built(
     assert builds(sessions) == [(12, 1, "hyperv-tempest", "queued", "patchset-created")]
     with transaction(sessions) as session:
         assert session.scalars(select(Change.subject)).one() == "Hyper-V fix 修复"
+
+
+def test_a_page_of_uploads_asks_gerrit_for_their_files_once(
+        scheduler: Scheduler, sessions: sessionmaker[Session], gerrit: FakeGerrit) -> None:
+    for number in range(30, 36):
+        gerrit.files[(number, 1)] = HYPERV_FILES
+    gerrit.files[(33, 1)] = ["nova/compute/manager.py"]
+    store(sessions, *(uploaded(number, 1) for number in range(30, 36)))
+    assert scheduler.run_once() == 6
+    assert gerrit.calls == [("batch", [(n, 1) for n in range(30, 36)])]
+    assert [b[0] for b in builds(sessions)] == [30, 31, 32, 34, 35]
+
+
+def test_a_made_up_upload_with_its_files_needs_no_lookup(
+        scheduler: Scheduler, sessions: sessionmaker[Session], gerrit: FakeGerrit) -> None:
+    events = []
+    for number, path in ((40, "nova/virt/hyperv/vmops.py"), (41, "nova/compute/api.py")):
+        event = uploaded(number, 1) | {"source": "catch-up"}
+        event["patchSet"]["files"] = [
+            {"file": "/COMMIT_MSG", "type": "ADDED", "insertions": 9, "deletions": 0},
+            {"file": path, "type": "MODIFIED", "insertions": 2, "deletions": -1}]
+        events.append(event)
+    store(sessions, *events)
+    assert scheduler.run_once() == 2
+    assert gerrit.calls == []
+    assert builds(sessions) == [(40, 1, "hyperv-tempest", "queued", "catch-up")]

@@ -158,6 +158,10 @@ def test_reconnect_after_restart_catches_up(
     ]
     assert ignored["change"] not in {c[0] for c in stored_changes(sqlite_sessions)}
     assert stored(sqlite_sessions)[1]["change"]["subject"] == SUBJECT
+    # The catch-up query asked for the files, and the made-up upload keeps them.
+    made_up = parse_event(orjson.dumps(stored(sqlite_sessions)[1]))
+    assert made_up.change is not None  # type: ignore[union-attr]
+    assert made_up.change.files == tuple(HYPERV_FILES)  # type: ignore[union-attr]
 
 
 def test_dropped_output_triggers_catch_up(
