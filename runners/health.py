@@ -77,6 +77,16 @@ def check_node(node: NodeConfig, timeout: float = CHECK_TIMEOUT) -> tuple[bool, 
         return False, f"{type(exc).__name__}: {exc}"
 
 
+def _check(config: Config, node: NodeConfig, timeout: float) -> tuple[bool, str]:
+    """A static node answers itself; a provisioned one is off between builds, so its
+    parent host is asked for the VM and its checkpoint (runners/provision.py)."""
+    if node.provisioned:
+        from runners.provision import check_provisioned
+
+        return check_provisioned(config, node)
+    return check_node(node, timeout)
+
+
 def _idle_nodes(sessions: sessionmaker[Session], nodes: Sequence[NodeConfig]) -> list[NodeConfig]:
     """Nodes not held by a build nor by a recovery (which checks them itself):
     a running job must not share its node with a check."""
@@ -106,7 +116,7 @@ def run_health_checks(config: Config, sessions: sessionmaker[Session],
     with ThreadPoolExecutor(max_workers=min(8, len(nodes)),
                             thread_name_prefix="health") as pool:
         results = dict(zip([n.name for n in nodes],
-                           pool.map(lambda n: check_node(n, timeout), nodes), strict=True))
+                           pool.map(lambda n: _check(config, n, timeout), nodes), strict=True))
     with sessions() as session, session.begin():
         for name, (healthy, message) in results.items():
             record_health(session, name, healthy, message)

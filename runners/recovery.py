@@ -23,7 +23,8 @@ from typing import Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import nodes
-from ci.changes import ChangeInfo, change_info_from_rows
+from ci.baseline import change_info_of
+from ci.changes import ChangeInfo
 from ci.config import Config, ConfigError, DevstackHypervJob, NodeConfig
 from ci.errors import PermanentError
 from ci.models import Build
@@ -54,7 +55,7 @@ def dirty_build(sessions: sessionmaker[Session], build_id: int | None) -> DirtyB
         build = session.get(Build, build_id)
         if build is None:
             return None
-        change = change_info_from_rows(build.patchset.change, build.patchset)
+        change = change_info_of(build)
         return DirtyBuild(build.job, replace(change, revision=_PLACEHOLDER_REVISION))
 
 
@@ -129,9 +130,25 @@ def clean_node(config: Config, node: NodeConfig, dirty: DirtyBuild | None) -> Pr
     return Probe(True, _tail(result.stdout) or "cleaned")
 
 
+def turn_off_node(config: Config, node: NodeConfig) -> tuple[Probe, Probe | None]:
+    """A provisioned node's recovery: its VM is turned off, which ends every process
+    the dead build left on it, and the next build reverts it to its clean
+    checkpoint; the check is its parent host's (the VM and checkpoint exist)."""
+    from runners.provision import ProvisionError, check_provisioned, power_off
+
+    try:
+        power_off(config, node)
+    except ProvisionError as exc:
+        return Probe(False, str(exc)), None
+    healthy, message = check_provisioned(config, node)
+    return Probe(True, "VM turned off; reverted before its next build"), Probe(healthy, message)
+
+
 def clean_and_check(config: Config, node: NodeConfig,
                     dirty: DirtyBuild | None) -> tuple[Probe, Probe | None]:
     """The cleanup, then (only if it passed) a health check."""
+    if node.provisioned:
+        return turn_off_node(config, node)
     cleanup = clean_node(config, node, dirty)
     if not cleanup.ok:
         return cleanup, None
@@ -186,7 +203,8 @@ def enable_node(config: Config, sessions: sessionmaker[Session], name: str) -> V
     if node is None:
         raise UnknownNode(f"no node {name!r} in the configuration")
     with sessions() as session, session.begin():
-        nodes.sync_nodes(session, config.nodes)  # a fresh database knows no node yet
+        # A fresh database knows no node yet.
+        nodes.sync_nodes(session, config.nodes, config.lab_sets)
         task = nodes.claim_for_enable(session, name)
     if task is None:
         raise UnknownNode(f"no node {name!r}")

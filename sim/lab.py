@@ -21,14 +21,18 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
 from ci.config import NodeConfig
+from runners.provision import WINDOWS_MARKER_PATH
 from sim import sshd
 from sim.artefacts import ArtefactServer
 from sim.devstack import make_devstack_node
+from sim.hyperv_parent import SimParentHost
+from sim.lab_probe import install_controller_tools, prepare_node
 from sim.winrm import SimWinRMServer
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,13 @@ ACCOUNT_PASSWORD_ENV = "HYPERV_CI_SIM_ACCOUNT_PASSWORD"
 # The domain account the nodes' services run as (migration needs one, not LocalSystem).
 SERVICE_ACCOUNT = "HVCI\\hyperv-ci-svc"
 DEVSTACK_NODE = "devstack-1"
+PARENT_HOST = "hv-parent-1"
+CHECKPOINT = "clean"
+
+
+def marker_of(node: str) -> str:
+    """What a simulated node's clean checkpoint carries in its marker file."""
+    return f"hyperv-ci clean checkpoint of {node}"
 WINDOWS_ROOT = "C:\\OpenStack"
 
 
@@ -68,14 +79,17 @@ class _SSHServer(Protocol):
     def stop(self) -> None: ...
 
 
-def _start_ssh_server(workdir: Path, use_sshd: bool | None) -> _SSHServer:
+def _start_ssh_server(workdir: Path, use_sshd: bool | None, path_prefix: Path) -> _SSHServer:
     if use_sshd is None:
         use_sshd = sshd.available()
     if use_sshd:
-        return sshd.OpenSSHServer(workdir).start()
+        openssh = sshd.OpenSSHServer(workdir)
+        openssh.path_prefix = path_prefix
+        return openssh.start()
     from sim.exec_server import ParamikoExecServer
 
     server = ParamikoExecServer(workdir)
+    server.path_prefix = path_prefix
     server.start()
     return server
 
@@ -84,10 +98,14 @@ class SimLab:
     """Start with `.start()` (or `with SimLab(...) as lab:`), stop with `.stop()`."""
 
     def __init__(self, state_dir: Path, hyperv_nodes: int = 2, *, use_sshd: bool | None = None,
-                 winrm_timeouts: tuple[int, int] = (2, 5)) -> None:
+                 winrm_timeouts: tuple[int, int] = (2, 5), provisioned: bool = False) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.lab_dir = self.state_dir / "lab"
         self.hyperv_nodes = hyperv_nodes
+        # The Hyper-V nodes as VMs of a simulated parent host (sim/hyperv_parent.py),
+        # reverted to their clean checkpoint before every build.
+        self.provisioned = provisioned
+        self.parent: SimParentHost | None = None
         self.use_sshd = use_sshd
         self.winrm_timeouts = winrm_timeouts  # (operation, read) seconds for the node configs
         self.winrm: dict[str, SimWinRMServer] = {}
@@ -125,21 +143,37 @@ class SimLab:
             if not nova_manage.exists():
                 nova_manage.write_text(NOVA_MANAGE, encoding="utf-8")
                 nova_manage.chmod(0o755)
-            self.ssh = _start_ssh_server(self.state_dir / "sshd", self.use_sshd)
+            # The controller's CI account (`id`, `sudo`) as `lab check` sees it.
+            tools = install_controller_tools(self.state_dir / "devstack", sys.executable)
+            self.ssh = _start_ssh_server(self.state_dir / "sshd", self.use_sshd, tools)
             self.artefacts = ArtefactServer().start()
             for index in range(1, self.hyperv_nodes + 1):
                 name = f"hv-{index}"
                 server = SimWinRMServer(name, self.lab_dir, WINRM_USER,
                                         self._passwords[WINRM_PASSWORD_ENV])
+                prepare_node(server.model, SERVICE_ACCOUNT)  # as docs/lab.md has it done
                 self.winrm[name] = server.start()
+            if self.provisioned:
+                self._start_parent()
         except BaseException:
             self.stop()
             raise
         logger.info("simulated lab up: %s + %d Hyper-V nodes", DEVSTACK_NODE, self.hyperv_nodes)
         return self
 
+    def _start_parent(self) -> None:
+        """The parent host carrying every Hyper-V node as a VM, each with a clean
+        checkpoint taken now that carries the node's marker."""
+        self.parent = SimParentHost(PARENT_HOST, self.lab_dir, WINRM_USER,
+                                    self._passwords[WINRM_PASSWORD_ENV]).start()
+        for name, server in self.winrm.items():
+            self.parent.add_vm(server, CHECKPOINT, marker=(WINDOWS_MARKER_PATH, marker_of(name)))
+
     def stop(self) -> None:
         """Stop every node (idempotent)."""
+        if self.parent is not None:
+            self.parent.stop()
+            self.parent = None
         for server in self.winrm.values():
             server.stop()
         self.winrm.clear()
@@ -162,7 +196,6 @@ class SimLab:
         """The `nodes:` entries of a config reaching this lab (YAML-shaped, absolute paths)."""
         if self.ssh is None:
             raise RuntimeError("the lab is not started")
-        operation, read = self.winrm_timeouts
         nodes: list[dict[str, Any]] = [{
             "name": DEVSTACK_NODE, "label": "devstack", "address": "127.0.0.1",
             "ssh": {"port": self.ssh.port, "username": self.ssh.username,
@@ -173,12 +206,25 @@ class SimLab:
             # NTLM, hyperv-ci's default: the handshake and sealed messages operators run.
             nodes.append({
                 "name": name, "label": "hyperv", "address": server.host,
-                "winrm": {"scheme": "http", "port": server.port, "transport": "ntlm",
-                          "username": WINRM_USER,
-                          "password": {"password_env": WINRM_PASSWORD_ENV},
-                          "operation_timeout": operation, "read_timeout": read},
+                "winrm": self._winrm_access(server),
             })
+            if self.provisioned:
+                nodes[-1].update(provision="checkpoint", parent=PARENT_HOST,
+                                 checkpoint=CHECKPOINT, marker=marker_of(name))
         return nodes
+
+    def _winrm_access(self, server: SimWinRMServer) -> dict[str, Any]:
+        operation, read = self.winrm_timeouts
+        return {"scheme": "http", "port": server.port, "transport": "ntlm",
+                "username": WINRM_USER, "password": {"password_env": WINRM_PASSWORD_ENV},
+                "operation_timeout": operation, "read_timeout": read}
+
+    def parent_host_configs(self) -> list[dict[str, Any]]:
+        """The `parent_hosts:` entries (empty unless the lab is provisioned)."""
+        if self.parent is None:
+            return []
+        return [{"name": PARENT_HOST, "address": self.parent.server.host,
+                 "winrm": self._winrm_access(self.parent.server)}]
 
     def nodes(self) -> list[NodeConfig]:
         """`node_configs()` validated, for code that takes NodeConfig objects."""
