@@ -43,6 +43,18 @@ class ArtefactServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_HEAD(self) -> None:
+                # `hyperv-ci lab check` asks whether the node can fetch each file
+                # (RFC 9110 9.3.2: a HEAD is answered as a GET, without the content).
+                data = files.get(self.path.lstrip("/"))
+                if data is None:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 

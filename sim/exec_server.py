@@ -177,16 +177,17 @@ class _Server(paramiko.ServerInterface):
             return False
         if not argv:
             return False
-        threading.Thread(target=_run_command, args=(channel, argv), daemon=True,
+        threading.Thread(target=_run_command, args=(channel, argv, self.owner.environment()),
+                         daemon=True,
                          name="sim-exec").start()
         return True
 
 
-def _run_command(channel: paramiko.Channel, argv: list[str]) -> None:
+def _run_command(channel: paramiko.Channel, argv: list[str], env: dict[str, str]) -> None:
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True,
-                                cwd=os.path.expanduser("~"))
+                                cwd=os.path.expanduser("~"), env=env)
     except OSError as exc:
         channel.sendall_stderr(f"{argv[0]}: {exc.strerror}\n".encode())
         channel.send_exit_status(127)
@@ -234,9 +235,18 @@ class ParamikoExecServer:
         self.host_key_file = self.workdir / "host_ed25519"
         self.client_key_file = self.workdir / "client_ed25519"
         self.known_hosts_file = self.workdir / "known_hosts"
+        # A directory put first on every command's PATH: the simulated controller's
+        # system tools (sim/lab_probe.py), as sshd's SetEnv does in sim/sshd.py.
+        self.path_prefix: Path | None = None
         self._sock: socket.socket | None = None
         self._transports: list[paramiko.Transport] = []
         self._thread: threading.Thread | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.path_prefix is not None:
+            env["PATH"] = f"{self.path_prefix}{os.pathsep}{env.get('PATH', os.defpath)}"
+        return env
 
     def start(self) -> ParamikoExecServer:
         """Create keys and known_hosts, listen on a free port and accept in a thread."""

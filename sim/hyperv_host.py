@@ -18,10 +18,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from sim.faults import Faults, FaultyConsole
 from sim.hyperv_steps import HyperVSteps
+from sim.lab_probe import answer_lab_probe, answer_parent_probe
 from sim.windows_shell import (
     Console,
     clixml,
@@ -177,6 +179,9 @@ class HyperVHost(HyperVSteps):
             "winrm-put": self._put,
             "winrm-get": self._get,
             "provision-identity": self._identity,
+            # `hyperv-ci lab check`'s probes (sim/lab_probe.py).
+            "lab-probe": partial(answer_lab_probe, self),
+            "lab-parent-probe": partial(answer_parent_probe, self),
         }
 
     def _identity(self, script: str, out: FaultyConsole) -> int:

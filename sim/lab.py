@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -144,7 +143,7 @@ class SimLab:
                 nova_manage.write_text(NOVA_MANAGE, encoding="utf-8")
                 nova_manage.chmod(0o755)
             # The controller's CI account (`id`, `sudo`) as `lab check` sees it.
-            tools = install_controller_tools(self.state_dir / "devstack", sys.executable)
+            tools = install_controller_tools(self.state_dir / "devstack")
             self.ssh = _start_ssh_server(self.state_dir / "sshd", self.use_sshd, tools)
             self.artefacts = ArtefactServer().start()
             for index in range(1, self.hyperv_nodes + 1):

@@ -69,6 +69,9 @@ class OpenSSHServer:
         self.known_hosts_file = self.workdir / "known_hosts"
         self.config_file = self.workdir / "sshd_config"
         self.log_file = self.workdir / "sshd.log"
+        # A directory put first on every session's PATH (sshd_config SetEnv, OpenSSH 7.8+):
+        # the simulated controller's system tools (sim/lab_probe.py).
+        self.path_prefix: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- set-up -----------------------------------------------------------------
@@ -99,6 +102,8 @@ class OpenSSHServer:
             "Subsystem sftp internal-sftp",
             "LogLevel VERBOSE",
         ]
+        if self.path_prefix is not None:
+            lines.append(f"SetEnv PATH={self.path_prefix}:/usr/local/bin:/usr/bin:/bin")
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _write_known_hosts(self) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from sim import wsman_xml
 from sim.faults import Faults
 from sim.hyperv_host import HyperVHost
+from sim.lab_probe import set_wsman
 from sim.winrm_command import SimCommand
 from sim.wsman_config import WinRMConfig
 from sim.wsman_http import DropConnection, WSManHTTPServer
@@ -103,6 +104,8 @@ class SimWinRMServer:
         if tls is not None:
             self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ssl_context.load_cert_chain(str(tls[0]), str(tls[1]))
+        # What the node's WSMan: drive shows `hyperv-ci lab check` (sim/lab_probe.py).
+        set_wsman(self.model, self.config, tls is not None)
         self._lock = threading.Lock()
         self._shells: dict[str, SimShell] = {}
         self._httpd: WSManHTTPServer | None = None

@@ -35,6 +35,7 @@ COMMANDS = {
     "reports": "ci.app.admin:reports",
     "events": "ci.app.admin:events",
     "nodes": "ci.app.nodes:nodes",
+    "lab": "ci.app.lab:lab",
 }
 
 

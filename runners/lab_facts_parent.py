@@ -1,0 +1,89 @@
+"""Verdicts of `hyperv-ci lab check` on a parent Hyper-V host: pure functions.
+
+A parent host carries the VMs of provisioned nodes (`provision: checkpoint`).
+Each such node needs its VM, its clean checkpoint and, for a Hyper-V node VM,
+nested virtualization (`Set-VMProcessor -ExposeVirtualizationExtensions
+$true`; without it the role installs in the VM but no guest starts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ci.config import NodeConfig
+from runners.lab_facts import CheckResult, ProbeError, failed, passed, tagged_json
+
+
+@dataclass(frozen=True)
+class VMFacts:
+    name: str
+    exists: bool
+    state: str
+    checkpoints: list[str]
+    nested: bool
+
+
+def _listify(value: object) -> list[object]:
+    # ConvertTo-Json in Windows PowerShell 5.1 writes a one-element array as the element.
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def parse_parent_facts(stdout: str) -> tuple[bool, int, dict[str, VMFacts]]:
+    """(Hyper-V module present, the host's clock in ms, each VM's facts by lower-cased name)."""
+    data = tagged_json(stdout)
+    try:
+        vms = {}
+        for entry in _listify(data["vms"]):
+            assert isinstance(entry, dict)
+            vm = VMFacts(name=str(entry["Name"]), exists=bool(entry["Exists"]),
+                         state=str(entry["State"] or ""),
+                         checkpoints=[str(c) for c in _listify(entry["Checkpoints"])],
+                         nested=bool(entry["ExposeVirtualizationExtensions"]))
+            vms[vm.name.lower()] = vm  # Hyper-V VM names are case-insensitive
+        return bool(data["hyperv_module"]), int(data["unix_ms"]), vms
+    except (KeyError, TypeError, ValueError, AssertionError) as exc:
+        raise ProbeError(f"the parent host's facts lack or garble {exc}") from None
+
+
+def parent_verdicts(parent: str, module: bool, nodes: list[NodeConfig],
+                    vms: dict[str, VMFacts]) -> list[CheckResult]:
+    """Per node VM on `parent`: `vm`, `checkpoint` and (Hyper-V nodes) `nested-virtualization`.
+
+    The node's name goes into each result's detail; the result's node is the parent.
+    """
+    if not module:
+        return [failed("hyperv-role", parent, "no Hyper-V module on the parent host",
+                       "Install-WindowsFeature -Name Hyper-V -IncludeManagementTools -Restart")]
+    results = []
+    for node in nodes:
+        vm_name = node.vm_name
+        vm = vms.get(vm_name.lower())
+        who = f"{node.name}: VM {vm_name!r}"
+        if vm is None or not vm.exists:
+            results.append(failed("vm", parent, f"{who} does not exist on {parent}",
+                                  f"create the VM (docs/lab.md), or fix nodes.{node.name}.vm"))
+            continue
+        results.append(passed("vm", parent, f"{who} exists ({vm.state})"))
+        wanted = node.checkpoint
+        if wanted not in vm.checkpoints:
+            have = ", ".join(vm.checkpoints) or "none"
+            results.append(failed("checkpoint", parent, f"{who} has no checkpoint {wanted!r} "
+                                  f"(has: {have})",
+                                  f"prepare the VM, then Checkpoint-VM -Name '{vm_name}' "
+                                  f"-SnapshotName '{wanted}' (docs/lab.md)"))
+        else:
+            results.append(passed("checkpoint", parent, f"{who} has checkpoint {wanted!r}"))
+        if node.label != "hyperv":
+            continue
+        if vm.nested:
+            results.append(passed("nested-virtualization", parent,
+                                  f"{who} exposes the virtualization extensions"))
+        else:
+            results.append(failed("nested-virtualization", parent, f"{who} does not expose the "
+                                  "virtualization extensions: no guest can start in it",
+                                  f"Stop-VM -Name '{vm_name}' -TurnOff; Set-VMProcessor -VMName "
+                                  f"'{vm_name}' -ExposeVirtualizationExtensions $true; then "
+                                  "take the checkpoint again"))
+    return results
