@@ -42,6 +42,12 @@ class ChangeInfo:
         """The owner's name, as jobs show it."""
         return self.owner_name
 
+    @property
+    def branch_tip(self) -> bool:
+        """A baseline build's record (ci/baseline.py): no change (number 0); the ref to
+        test is the branch itself."""
+        return self.number == 0 and self.ref == f"refs/heads/{self.branch}"
+
 
 class NoSuchPatchset(PermanentError, ValueError):
     """Gerrit's answer holds no such patch set (or none at all): asking again won't help."""

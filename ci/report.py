@@ -43,6 +43,8 @@ from ci.report_checks import (
     classify_send_error,
     closed_reason,
 )
+from ci.verdict import Assessment, format_assessment, vote_for_failure
+from ci.verdict_record import assess
 from ci.wakeup import REPORTS, announce
 
 logger = logging.getLogger(__name__)
@@ -102,13 +104,25 @@ def vote_for(state: BuildState, voting: bool) -> int | None:
     return None
 
 
+# A failed build whose every failure the verdict explained (ci/verdict.py).
+EXPLAINED_HEADLINE = ("Build failed, but every failure is explained (below): "
+                      "not counted against the change.")
+# What the verdict classifies: a build that ran its tests.
+ASSESSED = (BuildState.SUCCEEDED, BuildState.FAILED)
+
+
 def format_message(ci_name: str, state: BuildState, job_line: str, summary: str = "",
-                   flaky: Sequence[str] = ()) -> str:
-    """The review comment: a headline, the job line, a short detail, and the flaky tests."""
-    parts = [HEADLINES[state], "", job_line]
+                   flaky: Sequence[str] = (), assessment: Assessment | None = None) -> str:
+    """The review comment: a headline, the job line, a short detail, and the flaky tests
+    (or, given the verdict's `assessment`, its failures, explained or new, and flaky tests)."""
+    explained = (assessment is not None and state == BuildState.FAILED
+                 and assessment.verdict.failures_explained)
+    parts = [EXPLAINED_HEADLINE if explained else HEADLINES[state], "", job_line]
     if summary and state != BuildState.SUCCEEDED:
         parts += ["", summary.strip()[:2000]]
-    if flaky:
+    if assessment is not None:
+        parts += format_assessment(assessment)
+    elif flaky:
         # Named even on success: a flaky test is a problem someone should look at.
         parts += ["", f"Flaky tests ({len(flaky)}): failed, then passed when re-run; "
                   "not counted against the change:"]
@@ -128,6 +142,11 @@ def queue_report(session: Session, build: Build, config: Config,
     is woken once the transaction commits (ci.wakeup).
     """
     state = BuildState(build.state)
+    if build.patchset is None:
+        # A baseline build (ci/baseline.py): never reported; its signature matches are kept.
+        if state in ASSESSED:
+            assess(session, build, config)
+        return None
     if state not in RESULT_WORDS or not config.reporter.enabled:
         return None
     if state == BuildState.ERROR and not config.reporter.report_errors:
@@ -136,12 +155,17 @@ def queue_report(session: Session, build: Build, config: Config,
     voting = bool(job and job.voting)
     vote = vote_for(state, voting)
     line = format_job_line(build.job, build.log_url, state, build.duration_seconds)
+    assessment = assess(session, build, config) if state in ASSESSED else None
+    if assessment is not None and vote == -1:
+        # Only new failures count against the change (ci/verdict.py).
+        vote = vote_for_failure(assessment.verdict, config.verdict.explained)
     if flaky is None:
         flaky = list(session.scalars(
             select(TestResult.test_id).where(TestResult.build_id == build.id,
                                              TestResult.status == FLAKY_STATUS)
             .order_by(TestResult.id)))
-    message = format_message(config.gerrit.ci_name, state, line, build.summary, flaky)
+    message = format_message(config.gerrit.ci_name, state, line, build.summary, flaky,
+                             assessment)
     change = build.patchset.change
     report = Report(
         build_id=build.id, project=change.project, change_number=change.number,

@@ -118,6 +118,8 @@ class JobResult:
     outcome: Outcome
     summary: str = ""
     tests: list[TestOutcome] = field(default_factory=list)
+    # The commit the job tested (the merge, or a baseline's branch tip), when it got one.
+    tested_commit: str | None = None
 
 
 @dataclass

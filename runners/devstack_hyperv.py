@@ -268,8 +268,9 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         ])
         self._step(ctx, "wait-services", controller,
                    lambda step: self._wait_services(build, step))
-        return self._step(ctx, "tempest", controller,
-                          lambda step: self._tempest(ctx, build, step))
+        result = self._step(ctx, "tempest", controller,
+                            lambda step: self._tempest(ctx, build, step))
+        return dataclasses.replace(result, tested_commit=merged.merge_commit)
 
     # -- the steps ---------------------------------------------------------------------------
     def _prepare_change(self, ctx: BuildContext, workdir: Path,

@@ -153,7 +153,7 @@ def _run_git(
 
 def validate_change(change: ChangeInfo) -> None:
     """Refuse a branch or ref that could be read as an option or is not a ref git accepts."""
-    if not _CHANGE_REF.fullmatch(change.ref):
+    if not change.branch_tip and not _CHANGE_REF.fullmatch(change.ref):
         raise MergeError(f"not a Gerrit change ref: {change.ref!r}")
     check = subprocess.run(["git", "check-ref-format", "--branch", change.branch],
                            env=_git_env(), capture_output=True, check=False)
@@ -197,11 +197,25 @@ def update_cache(git_url: str, change: ChangeInfo, cache_dir: Path,
             _run_git(["init", "--quiet", "--bare", str(cache)], on_output=on_output)
         _run_git(
             ["-C", str(cache), "fetch", "--no-tags", "--force", "--end-of-options", url,
-             f"+refs/heads/{change.branch}:refs/heads/{change.branch}",
-             f"+{change.ref}:{change.ref}"],
+             # A branch tip's ref is the branch: one refspec (git refuses a ref twice).
+             *dict.fromkeys([f"+refs/heads/{change.branch}:refs/heads/{change.branch}",
+                             f"+{change.ref}:{change.ref}"])],
             on_output=on_output,
         )
     return cache
+
+
+def _bundle_tip(change: ChangeInfo, tree: Path, bundle: Path,
+                on_output: OutputSink | None) -> PreparedChange:
+    """A baseline build's tree: the branch tip itself, nothing merged onto it."""
+    tip = _rev(tree, "HEAD")
+    _run_git(["-C", str(tree), "bundle", "create", "--quiet", str(bundle),
+              f"refs/heads/{change.branch}", "HEAD"], on_output=on_output)
+    if on_output:
+        on_output(f"testing the tip of {change.branch} ({tip[:12]}) as it is\n")
+    return PreparedChange(project=change.project, branch=change.branch, ref=change.ref,
+                          base_commit=tip, change_commit=tip, merge_commit=tip, checkout=tree,
+                          bundle=bundle)
 
 
 def _rev(repo: Path, name: str) -> str:
@@ -240,6 +254,8 @@ def prepare_change(
     # A local clone hard-links the objects: cheap, and independent of the cache afterwards.
     _run_git(["clone", "--quiet", "--branch", change.branch, "--end-of-options", str(cache),
               str(tree)], on_output=on_output)
+    if change.branch_tip:
+        return _bundle_tip(change, tree, bundle, on_output)
     _run_git(["-C", str(tree), "fetch", "--quiet", "--no-tags", "--end-of-options", str(cache),
               f"+{change.ref}:refs/hyperv-ci/change"], on_output=on_output)
     base = _rev(tree, "HEAD")

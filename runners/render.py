@@ -182,7 +182,7 @@ def _check_change(change: ChangeInfo) -> None:
         raise RenderError(f"project name {change.project!r} is not usable as a path")
     if not _REVISION_RE.match(change.revision):
         raise RenderError(f"revision {change.revision!r} is not a git object name")
-    if int(change.number) < 1 or int(change.patchset) < 1:
+    if not change.branch_tip and (int(change.number) < 1 or int(change.patchset) < 1):
         raise RenderError("change number and patchset must be positive")
 
 

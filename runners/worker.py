@@ -26,7 +26,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
-from ci.changes import ChangeInfo, change_info_from_rows
+from ci.baseline import change_info_of, log_path_of
+from ci.changes import ChangeInfo
 from ci.config import Config
 from ci.models import Build, BuildState, TestResult
 from ci.nodes import nodes_of, release, sync_nodes
@@ -60,9 +61,9 @@ OUTCOME_STATES = {
 
 
 def build_log_path(build: Build) -> str:
-    """`<change>/<patchset>/<job>-<build id>`: where a build's logs live under the log root."""
-    change = build.patchset.change
-    return f"{change.number}/{build.patchset.number}/{build.job}-{build.id}"
+    """`<change>/<patchset>/<job>-<build id>` (a baseline's: `baseline/<project>/<branch>/...`):
+    where a build's logs live under the log root."""
+    return log_path_of(build)
 
 
 def keeper_tick(health_interval: float) -> float:
@@ -156,8 +157,7 @@ class Worker:
             nodes = (tuple(n.name for n in nodes_of(session, build.id))
                      if node_labels_for(self.config, build.job) else ())
             return ClaimedBuild(
-                build_id=build.id, job=build.job,
-                change=change_info_from_rows(build.patchset.change, build.patchset),
+                build_id=build.id, job=build.job, change=change_info_of(build),
                 log_rel=build_log_path(build), node_names=nodes)
 
     def _log_location(self, build: Build) -> dict[str, object]:
@@ -207,8 +207,7 @@ class Worker:
             build = session.get(Build, build_id)
             assert build is not None
             claimed = ClaimedBuild(
-                build_id=build_id, job=build.job,
-                change=change_info_from_rows(build.patchset.change, build.patchset),
+                build_id=build_id, job=build.job, change=change_info_of(build),
                 log_rel=build_log_path(build),
                 node_names=tuple(n.name for n in nodes_of(session, build_id)))
         self._execute(claimed)
@@ -318,6 +317,7 @@ class Worker:
                 announce(session, BUILDS)  # a build waiting for these nodes can start
             if build is None:
                 return  # superseded or aborted while running: no result, no vote
+            build.tested_commit = result.tested_commit
             session.add_all(
                 TestResult(build_id=build_id, test_id=t.test_id, status=t.status,
                            duration=t.duration, details=redact(t.details)[:20000])

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ci.app.common import Ctx
 from ci.app.connect import sessions_of
+from ci.baseline import change_info_of
 from ci.config import Config, ConfigError
 from ci.db import make_sessionmaker, read_only_engine, schema_is_current
 from ci.enqueue import known_change_ref, manual_enqueue, parse_change_spec
@@ -46,10 +47,11 @@ def enqueue(obj: Ctx, project: str, change: str, jobs: tuple[str, ...]) -> None:
 
 
 def _build_dict(build: Build) -> dict[str, Any]:
-    change = build.patchset.change
+    # A baseline build (ci/baseline.py) runs a branch tip: change and patchset 0.
+    change = change_info_of(build)
     return {
         "id": build.id, "job": build.job, "state": build.state, "reason": build.reason,
-        "project": change.project, "change": change.number, "patchset": build.patchset.number,
+        "project": change.project, "change": change.number, "patchset": change.patchset,
         "subject": change.subject, "owner": change.owner_name,
         "created": build.created_at.isoformat(),
         "finished": build.finished_at.isoformat() if build.finished_at else None,
