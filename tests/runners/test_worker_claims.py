@@ -1,0 +1,93 @@
+"""The worker's database cost per build (issue 14): from claim to recorded
+result at most 8 statements and 3 commits, for a job that runs no step.
+
+Counted with SQLAlchemy's engine events, on both engines. SQLite's
+`BEGIN IMMEDIATE` (ci/db.py) is left out: it is how SQLite starts the
+transaction PostgreSQL's driver starts without a statement of its own.
+Each step a job records adds its own two commits (its row when it starts,
+its result when it ends), so the dashboard shows it live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ci.models import Build, BuildState, Report, TestResult
+from runners.base import BuildContext, JobResult, Outcome, Runner, TestOutcome
+from runners.worker import Worker
+from tests.ci.test_wakeup import enqueue, make_config
+
+MAX_STATEMENTS = 8
+MAX_COMMITS = 3
+
+
+class NoopRunner(Runner[None]):
+    """A job that runs nothing and reports `tests` (a no-op job)."""
+
+    def __init__(self, tests: list[TestOutcome]) -> None:
+        self.tests = tests
+
+    def prepare(self, ctx: BuildContext) -> None:
+        return None
+
+    def run(self, ctx: BuildContext, prepared: None) -> JobResult:
+        return JobResult(Outcome.SUCCEEDED, "nothing to do", list(self.tests))
+
+
+@dataclass
+class Counts:
+    statements: list[str] = field(default_factory=list)
+    commits: int = 0
+
+
+@contextmanager
+def counting(engine: Engine) -> Iterator[Counts]:
+    counts = Counts()
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.strip().upper() != "BEGIN IMMEDIATE":
+            counts.statements.append(statement.split("\n")[0][:120])
+
+    def on_commit(_conn: Any) -> None:
+        counts.commits += 1
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    event.listen(engine, "commit", on_commit)
+    try:
+        yield counts
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+        event.remove(engine, "commit", on_commit)
+
+
+def test_claim_to_recorded_result_costs_at_most_8_statements_and_3_commits(
+    engine: Engine, sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    tests = [TestOutcome(f"tempest.api.test_{i}", "success", 0.1) for i in range(50)]
+    tests.append(TestOutcome("tempest.api.test_flaky", "flaky", 0.2, "Traceback: früh", 1))
+    config = make_config(tmp_path)
+    build_id = enqueue(sessions, 601)
+    worker = Worker(config, sessions, name="w1", runner_factory=lambda _c, _j: NoopRunner(tests))
+    with counting(engine) as counts:
+        assert worker.run_once()
+    assert len(counts.statements) <= MAX_STATEMENTS, counts.statements
+    assert counts.commits <= MAX_COMMITS, counts.statements
+    # And it did the whole job: result, tests, report (naming the flaky test).
+    with sessions() as session:
+        build = session.get(Build, build_id)
+        assert build is not None and build.state == BuildState.SUCCEEDED
+        assert build.log_url and build.log_path
+        stored = session.scalars(select(TestResult).where(TestResult.build_id == build_id))
+        assert len(list(stored)) == 51
+        (report,) = session.scalars(select(Report))
+        assert "tempest.api.test_flaky" in report.message
+    with counting(engine) as idle:
+        assert not worker.run_once()
+    assert idle.commits <= 1 and len(idle.statements) <= 1, idle.statements
