@@ -285,6 +285,9 @@ class TestResult(Base):
     status: Mapped[str] = mapped_column(String(32))  # success fail skip xfail uxsuccess
     duration: Mapped[float | None] = mapped_column(Float)
     details: Mapped[str] = mapped_column(Text, default="")
+    # The test's other attachments, a file in the build's log tree (relative to
+    # its log URL); None when it had none. Never stored in the database.
+    attachments: Mapped[str | None] = mapped_column(String(512))
 
     build: Mapped[Build] = relationship(back_populates="tests")
 
