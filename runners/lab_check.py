@@ -23,17 +23,7 @@ from ci.config import Config, DevstackHypervJob, NodeConfig, ParentHostConfig
 from ci.errors import HypervCIError
 from ci.preflight import worker_problems
 from runners.base import CommandTimeout, ExecutorError
-from runners.lab_facts import (
-    CheckResult,
-    ProbeError,
-    Thresholds,
-    clock_verdict,
-    failed,
-    parse_windows_facts,
-    passed,
-    windows_verdicts,
-    winrm_failure,
-)
+from runners.lab_facts import parse_windows_facts, windows_verdicts
 from runners.lab_facts_controller import (
     controller_probe_argv,
     controller_verdicts,
@@ -41,6 +31,15 @@ from runners.lab_facts_controller import (
     ssh_failure,
 )
 from runners.lab_facts_parent import parent_verdicts, parse_parent_facts
+from runners.lab_verdict import (
+    CheckResult,
+    ProbeError,
+    Thresholds,
+    clock_verdict,
+    failed,
+    passed,
+    winrm_failure,
+)
 from runners.render import make_environment
 
 logger = logging.getLogger(__name__)

@@ -4,74 +4,28 @@ The node's probe (runners/templates/lab-probe.ps1.j2) prints what it found as
 one JSON line; `parse_windows_facts` reads it into a typed record and
 `windows_verdicts` turns it into one `CheckResult` per check, each FAIL with
 the command or setting that fixes it. The controller's and the parent hosts'
-verdicts are in runners/lab_facts_linux.py and runners/lab_facts_parent.py;
-the I/O is in runners/lab_check.py.
+verdicts are in runners/lab_facts_controller.py and runners/lab_facts_parent.py,
+what they share in runners/lab_verdict.py; the I/O is in runners/lab_check.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ci.config import DevstackHypervJob, NodeConfig
-from ci.errors import PermanentError
-
-FACTS_TAG = "hyperv-ci-lab-facts: "
-GIB = 1024 ** 3
-
-
-class ProbeError(PermanentError):
-    """A probe's output is not what the probe prints (another program answered?)."""
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One line of the report: `name` on `node`, PASS or FAIL, and how to fix a FAIL."""
-
-    name: str
-    node: str
-    passed: bool
-    detail: str
-    fix: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What `lab check` asks of a node's resources (docs/lab.md, "Sizing")."""
-
-    windows_free_gib: float = 40.0  # the instances drive: guests, their resize copies, images
-    controller_free_gib: float = 30.0  # devstack's checkout, venvs, glance images, logs
-    controller_memory_gib: float = 8.0  # devstack's services plus tempest's workers
-    # Kerberos' default "Maximum tolerance for computer clock synchronization" is
-    # 5 minutes (Microsoft: Kerberos Policy settings); NTLM over WinRM fails the same way.
-    max_clock_skew: float = 300.0
-
-
-def passed(name: str, node: str, detail: str) -> CheckResult:
-    return CheckResult(name, node, True, detail)
-
-
-def failed(name: str, node: str, detail: str, fix: str) -> CheckResult:
-    return CheckResult(name, node, False, detail, fix)
-
-
-def tagged_json(stdout: str, tag: str = FACTS_TAG) -> dict[str, Any]:
-    """The JSON object on the probe's tagged line (the last one, if it printed several)."""
-    lines = [line[len(tag):] for line in stdout.splitlines() if line.startswith(tag)]
-    if not lines:
-        raise ProbeError(f"the probe printed no '{tag.strip()}' line")
-    try:
-        data = json.loads(lines[-1])
-    except json.JSONDecodeError as exc:
-        raise ProbeError(f"the probe's facts are not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProbeError("the probe's facts are not a JSON object")
-    return data
+from runners.lab_verdict import (
+    GIB,
+    CheckResult,
+    ProbeError,
+    Thresholds,
+    clock_verdict,
+    failed,
+    listify,
+    passed,
+    tagged_json,
+)
 
 
 @dataclass(frozen=True)
@@ -105,24 +59,17 @@ def _flag(value: object) -> bool:
     return str(value).strip().lower() == "true"
 
 
-def _listify(value: object) -> list[Any]:
-    # ConvertTo-Json in Windows PowerShell 5.1 writes a one-element array as the element.
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
 def parse_windows_facts(stdout: str) -> WindowsFacts:
     data = tagged_json(stdout)
     try:
         return WindowsFacts(
             unix_ms=int(data["unix_ms"]), ps_version=str(data["ps_version"]),
-            hostname=str(data["hostname"]), resolved=[str(a) for a in _listify(data["resolved"])],
+            hostname=str(data["hostname"]), resolved=[str(a) for a in listify(data["resolved"])],
             winrm_basic=_flag(data["winrm_basic"]),
             winrm_allow_unencrypted=_flag(data["winrm_allow_unencrypted"]),
-            winrm_listeners=[str(x) for x in _listify(data["winrm_listeners"])],
+            winrm_listeners=[str(x) for x in listify(data["winrm_listeners"])],
             hyperv_feature=str(data["hyperv_feature"]), hyperv_module=bool(data["hyperv_module"]),
-            adapters=_listify(data["adapters"]), ipv4=_listify(data["ipv4"]),
+            adapters=listify(data["adapters"]), ipv4=listify(data["ipv4"]),
             vswitch=data["vswitch"], vmhost=data["vmhost"], msiscsi=data["msiscsi"],
             account_sid=str(data["account_sid"] or ""), logon_right=bool(data["logon_right"]),
             instances_drive=str(data["instances_drive"]),
@@ -176,16 +123,6 @@ def winrm_transport_verdict(node: NodeConfig, facts: WindowsFacts) -> CheckResul
     return passed(name, node.name, f"{access.transport} over {access.scheme} ({how}); "
                   f"Basic {'on' if facts.winrm_basic else 'off'}, AllowUnencrypted "
                   f"{'on' if facts.winrm_allow_unencrypted else 'off'}")
-
-
-def clock_verdict(node: str, skew: float, limit: float) -> CheckResult:
-    detail = f"node clock {'ahead of' if skew >= 0 else 'behind'} the worker by {abs(skew):.1f} s"
-    if abs(skew) > limit:
-        return failed("clock", node, detail + f" (more than {limit:.0f} s: Kerberos and NTLM "
-                      "refuse the logon)",
-                      "sync both to one time source: w32tm /resync on the node "
-                      "(a domain member follows its domain controller), NTP on the worker")
-    return passed("clock", node, detail)
 
 
 def _hyperv(node: str, facts: WindowsFacts) -> CheckResult:
@@ -383,25 +320,3 @@ def windows_verdicts(node: NodeConfig, job: DevstackHypervJob, facts: WindowsFac
     results += _files(name, job, facts)
     results.append(_hostname(node, facts))
     return results
-
-
-def winrm_failure(node: NodeConfig, error: str) -> CheckResult:
-    """The `winrm` check's FAIL for a node the probe could not run on, with its fix."""
-    access = node.winrm
-    assert access is not None
-    where = f"{access.scheme}://{node.address}:{access.endpoint_port}"
-    lowered = error.lower()
-    if "certificate" in lowered or "ssl" in lowered:
-        fix = ("the node's certificate must name the address the configuration uses and be "
-               "signed by winrm.ca_file's CA (docs/winrm.md, 'The listener')")
-    elif "invalidcredentials" in lowered or "401" in lowered:
-        fix = (f"check winrm.username/password; with transport {access.transport} the node must "
-               "allow it (Basic needs Service\\Auth\\Basic true; docs/winrm.md)")
-    elif "refused" in lowered or "newconnectionerror" in lowered or "timed out" in lowered:
-        fix = (f"create a {access.scheme.upper()} listener on port {access.endpoint_port} and "
-               "open the firewall for it (docs/winrm.md, 'The listener')")
-    elif "500" in lowered and access.scheme == "http":
-        fix = "the node refuses unencrypted messages: use transport ntlm or scheme https"
-    else:
-        fix = "run `winrm quickconfig -transport:https` on the node and read docs/winrm.md"
-    return failed("winrm", node.name, f"{where}: {error}", fix)

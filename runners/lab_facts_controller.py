@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import paramiko
 
 from ci.config import DevstackHypervJob, NodeConfig
-from runners.lab_facts import GIB, CheckResult, ProbeError, Thresholds, failed, passed
+from runners.lab_verdict import GIB, CheckResult, ProbeError, Thresholds, failed, passed
 
 FACT_TAG = "hyperv-ci-lab-fact "
 # $1 the devstack checkout, $2 the data interface ('' for none), $3 the devstack

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ci.config import NodeConfig
-from runners.lab_facts import CheckResult, ProbeError, failed, passed, tagged_json
+from runners.lab_verdict import CheckResult, ProbeError, failed, listify, passed, tagged_json
 
 
 @dataclass(frozen=True)
@@ -23,23 +23,16 @@ class VMFacts:
     nested: bool
 
 
-def _listify(value: object) -> list[object]:
-    # ConvertTo-Json in Windows PowerShell 5.1 writes a one-element array as the element.
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
 def parse_parent_facts(stdout: str) -> tuple[bool, int, dict[str, VMFacts]]:
     """(Hyper-V module present, the host's clock in ms, each VM's facts by lower-cased name)."""
     data = tagged_json(stdout)
     try:
         vms = {}
-        for entry in _listify(data["vms"]):
+        for entry in listify(data["vms"]):
             assert isinstance(entry, dict)
             vm = VMFacts(name=str(entry["Name"]), exists=bool(entry["Exists"]),
                          state=str(entry["State"] or ""),
-                         checkpoints=[str(c) for c in _listify(entry["Checkpoints"])],
+                         checkpoints=[str(c) for c in listify(entry["Checkpoints"])],
                          nested=bool(entry["ExposeVirtualizationExtensions"]))
             vms[vm.name.lower()] = vm  # Hyper-V VM names are case-insensitive
         return bool(data["hyperv_module"]), int(data["unix_ms"]), vms
