@@ -75,7 +75,8 @@ def builds_view(session: Session, where: BuildFilter, after: Cursor | None,
         "filter": where.as_params(),
         "builds": builds,
         "next_cursor": next_cursor,
-        "next_url": (url_for("history.builds", **params, after=next_cursor)
+        "next_url": (url_for("history.builds", **params, after=next_cursor,
+                             limit=limit if limit != DEFAULT_LIMIT else None)
                      if next_cursor else None),
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.models import (
@@ -85,9 +86,12 @@ def seed_history(sessions: sessionmaker[Session]) -> HistoryWorld:
         ps1 = Patchset(change=hyperv, number=1, revision="a" * 40)
         ps_nova1 = Patchset(change=nova, number=1, revision="b" * 40)
         ps_nova2 = Patchset(change=nova, number=2, revision="c" * 40)
-        s.add_all([hyperv, nova, ps1, ps_nova1, ps_nova2,
-                   Node(name="hv-1", label="hyperv"), Node(name=HOSTILE_NODE, label="hyperv"),
-                   Node(name="devstack-1", label="devstack")])
+        s.add_all([hyperv, nova, ps1, ps_nova1, ps_nova2])
+        # The dashboard's own test world may hold some of these nodes already.
+        known = set(s.scalars(select(Node.name)))
+        s.add_all(Node(name=name, label=label) for name, label in [
+            ("hv-1", "hyperv"), (HOSTILE_NODE, "hyperv"), ("devstack-1", "devstack")]
+            if name not in known)
         s.flush()
         a = _build(s, ps1, "hyperv-local", BuildState.FAILED, now - 3 * day, 60)
         _results(s, a, [(PASSES, "success", 1.0), (RECHECK_FLAKY, "fail", 2.0),
