@@ -444,6 +444,6 @@ class FailureVerdict(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
     test_id: Mapped[str] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(String(16))  # ci.verdict.FailureKind
+    kind: Mapped[str] = mapped_column(String(32))  # ci.verdict.FailureKind
     reason: Mapped[str] = mapped_column(Text, default="")
     link: Mapped[str | None] = mapped_column(Text)

@@ -35,6 +35,8 @@ COMMANDS = {
     "reports": "ci.app.admin:reports",
     "events": "ci.app.admin:events",
     "nodes": "ci.app.nodes:nodes",
+    "baseline": "ci.app.baseline:baseline",
+    "signatures": "ci.app.signatures:signatures",
     "lab": "ci.app.lab:lab",
 }
 

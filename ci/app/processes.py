@@ -25,6 +25,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci.baseline import start_schedule
 from ci.config import Config, GerritConfig
 from ci.db import ensure_schema, make_engine, make_sessionmaker
 from ci.gerrit import GerritClient
@@ -89,6 +90,8 @@ def start_timers(config: Config, sessions: sessionmaker[Session], stop: threadin
     if hub_of(sessions) is None:
         start_wakeups(sessions.kw["bind"], sessions, stop)
     start_reaper(sessions, config.worker.max_attempts, config.worker.lease_seconds, stop)
+    # Scheduled baseline builds: every process tries, a period's run is queued once.
+    start_schedule(config, sessions, stop)
     if heartbeat is not None:
         Pulse(heartbeat.path, database_probe(config.database.sqlalchemy_url()),
               heartbeat.interval).start(stop)

@@ -63,7 +63,7 @@ def upgrade() -> None:
         sa.Column('id', sa.Integer(), nullable=False),
         sa.Column('build_id', sa.Integer(), nullable=False),
         sa.Column('test_id', sa.Text(), nullable=False),
-        sa.Column('kind', sa.String(length=16), nullable=False),
+        sa.Column('kind', sa.String(length=32), nullable=False),
         sa.Column('reason', sa.Text(), nullable=False),
         sa.Column('link', sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(['build_id'], ['builds.id'],
