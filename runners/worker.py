@@ -44,7 +44,7 @@ from runners.base import (
     Outcome,
     Runner,
 )
-from runners.logs import prune_logs, publish_logs
+from runners.logs import prune_logs, publish_logs, published_name
 from runners.provision import power_off_build, provision_build
 from runners.registry import make_runner, node_labels_for
 from runners.results import RESULTS_FILE, format_results
@@ -323,7 +323,8 @@ class Worker:
                 # One executemany (no ids read back): 1,500 tests are one statement.
                 session.execute(insert(TestResult), [
                     {"build_id": build_id, "test_id": t.test_id, "status": t.status,
-                     "duration": t.duration, "details": redact(t.details)[:20000]}
+                     "duration": t.duration, "details": redact(t.details)[:20000],
+                     "attachments": published_name(Path(log_path), t.attachments) or None}
                     for t in result.tests])
             retry = None
             if state == BuildState.ERROR:
