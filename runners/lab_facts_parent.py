@@ -3,7 +3,8 @@
 A parent host carries the VMs of provisioned nodes (`provision: checkpoint`).
 Each such node needs its VM, its clean checkpoint and, for a Hyper-V node VM,
 nested virtualization (`Set-VMProcessor -ExposeVirtualizationExtensions
-$true`; without it the role installs in the VM but no guest starts).
+$true`; without it the role installs in the VM but no guest starts) and MAC
+address spoofing on its adapters (without it nested guests get no network).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class VMFacts:
     state: str
     checkpoints: list[str]
     nested: bool
+    mac_spoofing: list[str]  # each network adapter's MacAddressSpoofing (On/Off)
 
 
 def parse_parent_facts(stdout: str) -> tuple[bool, int, dict[str, VMFacts]]:
@@ -33,7 +35,8 @@ def parse_parent_facts(stdout: str) -> tuple[bool, int, dict[str, VMFacts]]:
             vm = VMFacts(name=str(entry["Name"]), exists=bool(entry["Exists"]),
                          state=str(entry["State"] or ""),
                          checkpoints=[str(c) for c in listify(entry["Checkpoints"])],
-                         nested=bool(entry["ExposeVirtualizationExtensions"]))
+                         nested=bool(entry["ExposeVirtualizationExtensions"]),
+                         mac_spoofing=[str(m) for m in listify(entry.get("MacAddressSpoofing"))])
             vms[vm.name.lower()] = vm  # Hyper-V VM names are case-insensitive
         return bool(data["hyperv_module"]), int(data["unix_ms"]), vms
     except (KeyError, TypeError, ValueError, AssertionError) as exc:
@@ -79,4 +82,17 @@ def parent_verdicts(parent: str, module: bool, nodes: list[NodeConfig],
                                   f"Stop-VM -Name '{vm_name}' -TurnOff; Set-VMProcessor -VMName "
                                   f"'{vm_name}' -ExposeVirtualizationExtensions $true; then "
                                   "take the checkpoint again"))
+        # Microsoft, "Run Hyper-V in a Virtual Machine with Nested Virtualization":
+        # nested guests reach the network through the VM's adapter only with MAC
+        # address spoofing on (the VM's vSwitch drops frames from unknown MACs).
+        if vm.mac_spoofing and all(m == "On" for m in vm.mac_spoofing):
+            results.append(passed("mac-address-spoofing", parent,
+                                  f"{who}: MAC address spoofing On on every adapter"))
+        else:
+            shown = ", ".join(vm.mac_spoofing) or "no adapter"
+            results.append(failed(
+                "mac-address-spoofing", parent,
+                f"{who}: MacAddressSpoofing {shown}: guests on the node get no network",
+                f"Get-VMNetworkAdapter -VMName '{vm_name}' | Set-VMNetworkAdapter "
+                "-MacAddressSpoofing On; then take the checkpoint again"))
     return results

@@ -13,7 +13,8 @@ reference pages (MicrosoftDocs/windows-powershell-docs, docset/winserver2022-ps)
   (VirtualMachineMigrationEnabled, VirtualMachineMigrationAuthenticationType
   CredSSP/Kerberos), hyperv/Get-VM.md (State Off/Running/...),
   hyperv/Get-VMSnapshot.md (Name), hyperv/Get-VMProcessor.md and
-  hyperv/Set-VMProcessor.md (ExposeVirtualizationExtensions);
+  hyperv/Set-VMProcessor.md (ExposeVirtualizationExtensions),
+  hyperv/Get-VMNetworkAdapter.md and Set-VMNetworkAdapter.md (MacAddressSpoofing On/Off);
 - servermanager/Get-WindowsFeature.md (InstallState Installed/Available);
 - netadapter/Get-NetAdapter.md (Name, InterfaceDescription, Status Up/Disconnected);
 - nettcpip/Get-NetIPAddress.md (IPAddress, PrefixLength, InterfaceAlias);
@@ -74,8 +75,10 @@ class WindowsLabState:
          "InterfaceAlias": "Loopback Pseudo-Interface 1"}])
     # Domain accounts that exist (name -> SID): what NTAccount.Translate finds.
     accounts: dict[str, str] = field(default_factory=dict)
-    # Parent hosts: VMs whose processor exposes the virtualization extensions.
+    # Parent hosts, per VM (lower-cased name; absent: as docs/lab.md sets it up):
+    # ExposeVirtualizationExtensions, and MacAddressSpoofing of its one adapter.
     nested: dict[str, bool] = field(default_factory=dict)
+    mac_spoofing: dict[str, str] = field(default_factory=dict)
     # The node's WinRM service settings, set from its SimWinRMServer.
     allow_basic: bool = False
     allow_unencrypted: bool = False
@@ -193,12 +196,13 @@ def answer_parent_probe(host: HyperVHost, script: str, out: FaultyConsole) -> in
         vm = next((v for key, v in vms.items() if key.casefold() == name.casefold()), None)
         if vm is None:
             answers.append({"Name": name, "Exists": False, "State": "", "Checkpoints": [],
-                            "ExposeVirtualizationExtensions": False})
+                            "ExposeVirtualizationExtensions": False, "MacAddressSpoofing": []})
             continue
         answers.append({"Name": name, "Exists": True, "State": vm.state,
                         "Checkpoints": sorted(vm.checkpoints),
                         "ExposeVirtualizationExtensions": state.nested.get(name.casefold(),
-                                                                           True)})
+                                                                           True),
+                        "MacAddressSpoofing": [state.mac_spoofing.get(name.casefold(), "On")]})
     facts = {"unix_ms": int((time.time() + state.clock_offset) * 1000),
              "hyperv_module": host.hyperv_role, "vms": answers if host.hyperv_role else []}
     out.line(FACTS_TAG + json.dumps(facts, ensure_ascii=False))

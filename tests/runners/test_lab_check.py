@@ -29,7 +29,8 @@ EVERY_CHECK = {
              "instances-disk", "clock", "python", "tools", "hostname"],
     "devstack-1": ["ssh", "user", "sudo", "devstack-checkout", "devstack-branch",
                    "data-interface", "disk", "memory"],
-    PARENT_HOST: ["winrm", "clock", "vm", "checkpoint", "nested-virtualization"],
+    PARENT_HOST: ["winrm", "clock", "vm", "checkpoint", "nested-virtualization",
+                  "mac-address-spoofing"],
     "worker": ["worker-files"],
 }
 
@@ -237,6 +238,8 @@ FAULTS = {
     "no-nested-virtualization": Fault(PARENT_HOST, "nested-virtualization",
                                       "-ExposeVirtualizationExtensions $true",
                                       _state("nested", {"hv-1": False}, node=PARENT_HOST)),
+    "no-mac-address-spoofing": Fault(PARENT_HOST, "mac-address-spoofing", "-MacAddressSpoofing On",
+                                     _state("mac_spoofing", {"hv-1": "Off"}, node=PARENT_HOST)),
     "worker-file-missing": Fault("worker", "worker-files", "readable",
                                  _node("hv-1", winrm={"ca_file": "/nonexistent/ca.pem"})),
 }
