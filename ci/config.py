@@ -33,6 +33,7 @@ from ci.config_jobs import (  # noqa: F401 - re-exported
     WindowsPrerequisites,
     WindowsTools,
 )
+from ci.config_dashboard import DashboardAuthConfig
 from ci.config_nodes import (  # noqa: F401 - re-exported
     LabSetConfig,
     NodeConfig,
@@ -214,6 +215,13 @@ class ReporterConfig(_Strict):
 class DashboardConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # Login and actions (docs/dashboard.md): reading is public unless this is false.
+    public_read: bool = True
+    # Signs the session cookies; made once (0600) and kept, so a restart does not
+    # log everyone out. None: $XDG_STATE_HOME/hyperv-ci/dashboard-secret-key.
+    secret_key_file: Path | None = None
+    cookie_secure: bool | None = None  # None: Secure when the request is https
+    auth: DashboardAuthConfig = Field(default_factory=DashboardAuthConfig)
 
 
 class Config(_Strict):

@@ -102,6 +102,9 @@ class OfflineCause(enum.StrEnum):
     # Its build's worker died mid-way: a worker cleans it, checks it and returns
     # it to the pool by itself (runners/recovery.py); state `cleaning` meanwhile.
     WORKER_LOST = "worker-lost"
+    # An operator asked from the dashboard to enable it: a worker's keeper cleans
+    # and checks it first, as `nodes enable` does (the dashboard runs no I/O on nodes).
+    ENABLE_REQUESTED = "enable-requested"
     # A checkpoint-provisioned node did not revert, start or answer as itself:
     # its build was retried elsewhere; `nodes enable` (which reverts it) revives it.
     PROVISION_FAILED = "provision-failed"

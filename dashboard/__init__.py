@@ -9,8 +9,6 @@ marked safe.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,13 +21,9 @@ from ci.config import Config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
 from ci.report import format_duration as report_duration
 from dashboard.context import EXTENSION, DashboardState, close_db, csrf_token
+from dashboard.secret_key import secret_key
 
 logger = logging.getLogger(__name__)
-
-SECRET_KEY_ENV = "HYPERV_CI_SECRET_KEY"  # noqa: S105 - a variable name, not a key
-# Without a configured key, every app of this process shares one random key:
-# sessions (and so CSRF tokens) then last as long as the process.
-_PROCESS_KEY = secrets.token_hex(32)
 
 # Pages load only our own script and stylesheet: an injected <script> would not run.
 SECURITY_HEADERS = {
@@ -49,7 +43,7 @@ def create_app(
     """Build the dashboard app; opens (and upgrades) its own database unless given sessions."""
     app = Flask(__name__)
     app.config.from_mapping(
-        SECRET_KEY=os.environ.get(SECRET_KEY_ENV) or _PROCESS_KEY,
+        SESSION_COOKIE_NAME="hyperv_ci_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=64 * 1024,  # the forms are a token and a field or two
@@ -58,6 +52,8 @@ def create_app(
     )
     if test_config:
         app.config.from_mapping(test_config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = secret_key(config.dashboard)
     if sessions is None:
         engine = make_engine(config.database.sqlalchemy_url())
         ensure_schema(engine)
@@ -79,7 +75,10 @@ def create_app(
             response.headers.setdefault(name, value)
         return response
 
-    from dashboard import actions, api, health, logs, metrics, pages
+    from dashboard import actions, api, audit_page, auth, health, logs, metrics, pages
+
+    auth.configure(app)  # sessions, who is asking, /login and /logout
+    app.register_blueprint(audit_page.bp)
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)

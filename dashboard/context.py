@@ -60,6 +60,12 @@ def csrf_token() -> str:
     return token
 
 
+def new_csrf_token() -> str:
+    """Replace the session's token (at login and logout: no token outlives them)."""
+    session.pop(CSRF_FIELD, None)
+    return csrf_token()
+
+
 def check_csrf() -> None:
     """Refuse (400) a POST whose form token is missing or not this session's."""
     expected = session.get(CSRF_FIELD)

@@ -35,6 +35,7 @@ COMMANDS = {
     "reports": "ci.app.admin:reports",
     "events": "ci.app.admin:events",
     "nodes": "ci.app.nodes:nodes",
+    "users": "ci.app.users:users",
     "baseline": "ci.app.baseline:baseline",
     "signatures": "ci.app.signatures:signatures",
     "lab": "ci.app.lab:lab",

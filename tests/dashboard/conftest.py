@@ -74,6 +74,7 @@ def make_config(tmp_path: Path, database_url: str = "sqlite://") -> Config:
             "hyperv-extra": {"type": "local", "command": ["true"]},
         },
         "logs": {"dir": str(logs), "url": "http://127.0.0.1:8080/logs/"},
+        "dashboard": {"secret_key_file": str(tmp_path / "dashboard-secret-key")},
     })
 
 
@@ -174,6 +175,31 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def world(dash_sessions: sessionmaker[Session], dash_config: Config) -> World:
     return populate(dash_sessions, dash_config.logs.dir)
+
+
+OPERATOR_NAME = "opérateur Zoë"
+OPERATOR_PASSWORD = "correct horse battery 电池"
+
+
+@pytest.fixture
+def operator_account(dash_sessions: sessionmaker[Session]) -> str:
+    """An operator account (a non-ASCII name) in the app's database; returns its name."""
+    from ci import accounts
+
+    with dash_sessions() as s, s.begin():
+        accounts.create(s, OPERATOR_NAME, OPERATOR_PASSWORD)
+    return OPERATOR_NAME
+
+
+@pytest.fixture
+def logged_in(client: FlaskClient, operator_account: str) -> str:
+    """The test client's session is the operator's (as after /login; test_auth.py
+    tests the login itself). Returns the operator's name."""
+    from dashboard.auth import SESSION_USER
+
+    with client.session_transaction() as browser_session:
+        browser_session[SESSION_USER] = operator_account
+    return operator_account
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,6 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from ci.models import Build, BuildState, Node, NodeState
 
 Csrf = Callable[[str], str]
+
+# Actions need a logged-in operator (tests/dashboard/test_auth_actions.py: refused without).
+pytestmark = pytest.mark.usefixtures("logged_in")
 
 
 def flashes(client: FlaskClient, path: str) -> str:
@@ -26,7 +30,7 @@ def test_abort_running_build(client: FlaskClient, world: Any, csrf: Csrf,
     with dash_sessions() as s:
         build = s.get(Build, world.running_id)
         assert build.state == BuildState.ABORTED and build.abort_requested
-        assert build.summary == "aborted from the dashboard"
+        assert build.summary == "aborted from the dashboard by opérateur Zoë"
     assert f"Build {world.running_id} aborted." in flashes(client, page)
 
 
@@ -108,14 +112,17 @@ def test_enable_an_offline_node(client: FlaskClient, world: Any, csrf: Csrf,
 
     response = client.post("/nodes/hv-2/enable", data={"csrf_token": token, "next": "/nodes"})
     assert response.status_code == 303 and response.headers["Location"] == "/nodes"
-    # Enabling is not undraining: the operator drained it for a reason of its own.
-    assert row("hv-2") == (NodeState.READY, None, 0, None, "enabled by an operator", True)
-    assert "Node hv-2 enabled." in flashes(client, "/nodes")
+    # Not enabled yet: a worker's keeper cleans and checks it first, as `nodes enable`
+    # does (test_auth_actions.py). Enabling is not undraining either.
+    assert row("hv-2") == (NodeState.OFFLINE, "enable-requested", 3, None,
+                           "enable requested by opérateur Zoë: waiting for a worker to "
+                           "clean and check it", True)
+    assert "Node hv-2: a worker will clean and health-check it" in flashes(client, "/nodes")
 
     response = client.post("/nodes/devstack-1/enable", data={"csrf_token": token})
     assert response.status_code == 303 and response.headers["Location"] == "/nodes"
     assert row("devstack-1") == (NodeState.RESERVED, None, 0, world.running_id, "", False)
-    assert "Node devstack-1 holds a build" in flashes(client, "/nodes")
+    assert "Node devstack-1 not enabled: node &#39;devstack-1&#39; holds build" in flashes(client, "/nodes")
     assert client.post("/nodes/nope/enable", data={"csrf_token": token}).status_code == 404
 
 
@@ -136,9 +143,12 @@ def test_missing_or_wrong_csrf_is_400(client: FlaskClient, world: Any, csrf: Csr
         assert s.scalar(select(Node.state).where(Node.name == "hv-2")) == NodeState.OFFLINE
 
 
-def test_token_of_another_session_is_refused(app: Any, world: Any, csrf: Csrf) -> None:
+def test_token_of_another_session_is_refused(app: Any, world: Any, csrf: Csrf,
+                                            logged_in: str) -> None:
     stolen = csrf("/nodes")
     other = app.test_client()
+    with other.session_transaction() as other_session:  # logged in too, in its own session
+        other_session["user"] = logged_in
     other.get("/nodes")
     assert other.post("/nodes/hv-1/drain", data={"csrf_token": stolen}).status_code == 400
 

@@ -14,6 +14,8 @@ from ci import queue
 from ci.config import Config, parse_config
 from ci.models import Build
 
+pytestmark = pytest.mark.usefixtures("logged_in")  # actions need an operator
+
 
 @pytest.fixture
 def dash_config(tmp_path: Path) -> Config:

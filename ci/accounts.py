@@ -1,0 +1,150 @@
+"""Dashboard accounts: create, remove, disable, list, and check a password.
+
+Passwords are kept only as Argon2id hashes (argon2-cffi's PasswordHasher, the
+parameters of RFC 9106's "second recommended option" as that library ships
+them). A check of a name that has no account still hashes a password, against a
+fixed dummy hash, so a wrong name and a wrong password take the same time and
+answer the same: a caller learns nothing about which names exist.
+
+Every function works in the caller's transaction and returns typed records,
+never ORM rows (a record outlives its session).
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from ci.errors import PermanentError
+from ci.models import User
+
+logger = logging.getLogger(__name__)
+
+OPERATOR = "operator"
+ROLES = (OPERATOR,)
+MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 1024  # hashing a megabyte "password" per request is a cheap DoS
+MAX_NAME_LENGTH = 64
+
+_HASHER = PasswordHasher()
+# Verified against when the name has no account: the same work as a real check.
+_DUMMY_HASH = _HASHER.hash("no such account: this hash only spends the time")
+
+
+class AccountError(PermanentError):
+    """The account cannot be made or changed as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """A dashboard account, without its hash."""
+
+    name: str
+    role: str
+    created_at: datetime
+    disabled: bool
+
+    @property
+    def may_act(self) -> bool:
+        """Whether this account may recheck, abort, drain or enable."""
+        return self.role == OPERATOR and not self.disabled
+
+
+def _record(user: User) -> Account:
+    return Account(user.name, user.role, user.created_at, user.disabled)
+
+
+def check_name(name: str) -> str:
+    """The name as stored (NFC); AccountError if it is empty, too long or has
+    control or separator characters (names are shown on every audited action)."""
+    name = unicodedata.normalize("NFC", name.strip())
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise AccountError(f"a name is 1 to {MAX_NAME_LENGTH} characters")
+    if any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in name):
+        raise AccountError("a name has no control, format or line-separator characters")
+    return name
+
+
+def check_password(password: str) -> None:
+    """AccountError unless the password is long enough and not absurdly long."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise AccountError(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
+
+
+def create(session: Session, name: str, password: str, role: str = OPERATOR) -> Account:
+    """Add an account; AccountError if the name is taken or name/password/role is invalid."""
+    name = check_name(name)
+    check_password(password)
+    if role not in ROLES:
+        raise AccountError(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise AccountError(f"an account named {name!r} exists")
+    user = User(name=name, password_hash=_HASHER.hash(password), role=role, disabled=False)
+    session.add(user)
+    session.flush()
+    logger.info("dashboard account %r created (%s)", name, role)
+    return _record(user)
+
+
+def remove(session: Session, name: str) -> bool:
+    """Delete the account (its audit entries keep its name); False if there is none."""
+    result = session.execute(delete(User).where(User.name == check_name(name)))
+    removed = bool(getattr(result, "rowcount", 0))
+    if removed:
+        logger.info("dashboard account %r removed", name)
+    return removed
+
+
+def set_disabled(session: Session, name: str, disabled: bool) -> bool:
+    """Disable (it can neither log in nor act, its sessions end) or re-enable an account."""
+    user = session.scalar(select(User).where(User.name == check_name(name)))
+    if user is None:
+        return False
+    user.disabled = disabled
+    return True
+
+
+def list_accounts(session: Session) -> list[Account]:
+    """Every account, by name."""
+    return [_record(u) for u in session.scalars(select(User).order_by(User.name))]
+
+
+def find(session: Session, name: str) -> Account | None:
+    """The account of that name, or None (a session's per-request check)."""
+    user = session.scalar(select(User).where(User.name == name))
+    return _record(user) if user is not None else None
+
+
+def verify(session: Session, name: str, password: str) -> Account | None:
+    """The account if the password is its own and it is not disabled, else None.
+
+    Every failure (no such name, wrong password, disabled) costs one Argon2
+    check and returns the same None. A hash made with older parameters is
+    replaced, in the caller's transaction, by one made with the current ones.
+    """
+    try:
+        name = check_name(name)
+    except AccountError:
+        name = ""
+    user = session.scalar(select(User).where(User.name == name)) if name else None
+    if len(password) > MAX_PASSWORD_LENGTH:
+        # No stored password is this long: fail, after the same work on a bounded input.
+        user, password = None, password[:MAX_PASSWORD_LENGTH]
+    try:
+        _HASHER.verify(user.password_hash if user is not None else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None or user.disabled:
+        return None
+    if _HASHER.check_needs_rehash(user.password_hash):
+        user.password_hash = _HASHER.hash(password)
+    return _record(user)
