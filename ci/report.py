@@ -112,12 +112,17 @@ ASSESSED = (BuildState.SUCCEEDED, BuildState.FAILED)
 
 
 def format_message(ci_name: str, state: BuildState, job_line: str, summary: str = "",
-                   flaky: Sequence[str] = (), assessment: Assessment | None = None) -> str:
+                   flaky: Sequence[str] = (), assessment: Assessment | None = None,
+                   forced_by: str | None = None) -> str:
     """The review comment: a headline, the job line, a short detail, and the flaky tests
-    (or, given the verdict's `assessment`, its failures, explained or new, and flaky tests)."""
+    (or, given the verdict's `assessment`, its failures, explained or new, and flaky tests);
+    for a forced build (`forced_by`), who forced it, since the file filter excludes it."""
     explained = (assessment is not None and state == BuildState.FAILED
                  and assessment.verdict.failures_explained)
     parts = [EXPLAINED_HEADLINE if explained else HEADLINES[state], "", job_line]
+    if forced_by:
+        parts += ["", f"Forced by {forced_by} from the {ci_name} dashboard: this change "
+                  "touches none of the files this CI watches, so it would not run by itself."]
     if summary and state != BuildState.SUCCEEDED:
         parts += ["", summary.strip()[:2000]]
     if assessment is not None:
@@ -129,7 +134,8 @@ def format_message(ci_name: str, state: BuildState, job_line: str, summary: str 
         parts += [f"- {test_id}" for test_id in flaky[:FLAKY_LISTED]]
         if len(flaky) > FLAKY_LISTED:
             parts.append(f"- and {len(flaky) - FLAKY_LISTED} more (test-results.txt)")
-    parts += ["", f"Reply 'recheck' to run {ci_name} again."]
+    if not forced_by:  # a 'recheck' comment does not run a change the filter excludes
+        parts += ["", f"Reply 'recheck' to run {ci_name} again."]
     return "\n".join(parts)
 
 
@@ -165,7 +171,7 @@ def queue_report(session: Session, build: Build, config: Config,
                                              TestResult.status == FLAKY_STATUS)
             .order_by(TestResult.id)))
     message = format_message(config.gerrit.ci_name, state, line, build.summary, flaky,
-                             assessment)
+                             assessment, forced_by=build.forced_by)
     change = build.patchset.change
     report = Report(
         build_id=build.id, project=change.project, change_number=change.number,
