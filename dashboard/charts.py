@@ -69,13 +69,17 @@ def nice_max(value: float) -> float:
 def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], *,
                x_ticks: Sequence[Tick], x_range: tuple[float, float],
                y_format: Callable[[float], str], y_max: float | None = None,
-               width: int = 720, height: int = 260, empty: str = "no data in this window",
-               ) -> str:
-    """Each series as a polyline with dots, a legend, y gridlines labelled by y_format."""
+               integer: bool = False, dots: bool = True, width: int = 720, height: int = 260,
+               empty: str = "no data in this window") -> str:
+    """Each series as a polyline (with a dot per point unless `dots` is False: a dense
+    series), a legend, and four y intervals labelled by y_format (whole numbers
+    each when `integer`: counts)."""
     left, right, top, bottom = 56, 170, 28, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [y for points in series.values() for _, y in points]
-    top_y = y_max if y_max is not None else nice_max(max(values, default=0.0))
+    top_y = y_max if y_max is not None else 4 * nice_max(max(values, default=0.0) / 4)
+    if integer:
+        top_y = 4 * max(1.0, math.ceil(top_y / 4))
     x0, x1 = x_range
     span = (x1 - x0) or 1.0
 
@@ -106,7 +110,7 @@ def line_chart(title: str, series: Mapping[str, Sequence[tuple[float, float]]], 
         if len(points) > 1:
             body.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" '
                         f'stroke-width="2"/>')
-        for x, y in points:
+        for x, y in points if dots else ():
             body.append(f'<circle cx="{px(x)}" cy="{py(y)}" r="2.5" fill="{colour}">'
                         f"<title>{text(name)}: {text(y_format(y))}</title></circle>")
         legend_y = top + 12 + index * 16

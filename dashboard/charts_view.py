@@ -23,7 +23,7 @@ from ci.build_stats import (
 )
 from ci.models import utcnow
 from ci.test_history import test_history
-from dashboard.charts import Tick, bar_chart, line_chart
+from dashboard.charts import Tick, bar_chart, line_chart, nice_max
 from dashboard.context import db
 from dashboard.data import iso
 
@@ -124,10 +124,13 @@ def render_chart(kind: str, days: int, by: GroupBy) -> str:
                           x_ticks=_day_ticks(since, until), x_range=_day_range(since, until),
                           y_format=_percent, y_max=1.0)
     if kind == "duration":
-        return line_chart(f"Median build duration per day, by {by}",
-                          _day_series(found["duration"], "median_seconds"),
+        series = _day_series(found["duration"], "median_seconds")
+        longest = max((y for points in series.values() for _, y in points), default=0.0)
+        # Four intervals of a round number of minutes.
+        top = 4 * 60 * max(1.0, nice_max(longest / 60 / 4))
+        return line_chart(f"Median build duration per day, by {by}", series,
                           x_ticks=_day_ticks(since, until), x_range=_day_range(since, until),
-                          y_format=_minutes)
+                          y_format=_minutes, y_max=top)
     if kind == "queue":
         start = since.timestamp()
         samples = [(datetime.fromisoformat(s["at"]).timestamp(), float(s["queued"]))
@@ -135,7 +138,8 @@ def render_chart(kind: str, days: int, by: GroupBy) -> str:
         ticks = [Tick(datetime.combine(date.fromordinal(int(t.x)), time(), tzinfo=UTC)
                       .timestamp(), t.label) for t in _day_ticks(since, until)]
         return line_chart("Builds waiting in the queue", {"queued": samples}, x_ticks=ticks,
-                          x_range=(start, until.timestamp()), y_format=_count)
+                          x_range=(start, until.timestamp()), y_format=_count,
+                          integer=True, dots=False)
     bars = [(n["node"], float(n["builds"]), float(n["failed"])) for n in found["nodes"]]
     return bar_chart("Failed builds per node (failed or error / all)", bars,
                      value_format=_count)
