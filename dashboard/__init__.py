@@ -80,6 +80,9 @@ def create_app(
     auth.configure(app)  # sessions, who is asking, /login and /logout
     app.register_blueprint(audit_page.bp)
 
+    from dashboard import polish
+
+    polish.install(app)  # the favicon, the 404/500 pages, relative times
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)

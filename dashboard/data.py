@@ -6,18 +6,17 @@ data (the templates escape them, the API encodes them as JSON strings).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flask import url_for
-from sqlalchemy import func, select
+from flask import abort, request, url_for
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session, selectinload
 
-from ci import queue, stream_status
+from ci import stream_status
 from ci.models import (
     Build,
     BuildState,
@@ -28,14 +27,23 @@ from ci.models import (
     Patchset,
     ReportState,
     StepState,
+    TestResult,
     utcnow,
 )
+from dashboard import live
 from dashboard.context import config
 
 # subunit statuses that make a run fail, shown first on the build page.
 FAILURE_STATUSES = ("fail", "uxsuccess")
 STATUS_ORDER = ("fail", "uxsuccess", "flaky", "success", "xfail", "skip")
 RECENT_LIMIT = 50
+# The build page: failures (and flaky tests) shown with their tracebacks, and
+# the full list a page at a time (a tempest run has 1,500 tests).
+FAILURES_SHOWN = 25
+TESTS_PER_PAGE = 100
+ACTIVE = (BuildState.QUEUED, BuildState.RUNNING)
+# The builds whose run time predicts a running one's: they ran to a verdict.
+ETA_STATES = (BuildState.SUCCEEDED, BuildState.FAILED)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -76,20 +84,25 @@ def _join_url(base: str | None, name: str | None) -> str | None:
 def build_dict(build: Build) -> dict[str, Any]:
     """The summary of one build, as listed on the status and change pages."""
     patchset = build.patchset
-    change = patchset.change
+    change = patchset.change if patchset is not None else None
+    # A baseline build tests a branch tip: no change, its run names project and branch.
+    baseline = build.baseline if patchset is None else None
     return {
         "id": build.id,
         "job": build.job,
         "state": build.state,
         "reason": build.reason,
         "attempt": build.attempt,
-        "change": change.number,
-        "patchset": patchset.number,
-        "project": change.project,
-        "branch": change.branch,
-        "subject": change.subject,
-        "owner": change.owner_name,
-        "change_url": change.url,
+        "change": change.number if change is not None else None,
+        "patchset": patchset.number if patchset is not None else None,
+        "project": change.project if change is not None else
+        (baseline.project if baseline is not None else ""),
+        "branch": change.branch if change is not None else
+        (baseline.branch if baseline is not None else ""),
+        "subject": change.subject if change is not None else
+        (f"baseline of {baseline.branch}" if baseline is not None else ""),
+        "owner": change.owner_name if change is not None else "",
+        "change_url": change.url if change is not None else "",
         "created": iso(build.created_at),
         "started": iso(build.started_at),
         "finished": iso(build.finished_at),
@@ -103,8 +116,16 @@ def build_dict(build: Build) -> dict[str, Any]:
     }
 
 
+def progress_dict(step: BuildStep) -> dict[str, Any] | None:
+    """The tempest step's live test counts (None on a step that has none)."""
+    if step.tests_done is None:
+        return None
+    return {"done": step.tests_done, "passed": step.tests_passed or 0,
+            "failed": step.tests_failed or 0, "current": step.current_test}
+
+
 def step_dict(step: BuildStep, log_base: str | None) -> dict[str, Any]:
-    """One step of a build, with its live output tail."""
+    """One step of a build, with its live output tail and test progress."""
     return {
         "id": step.id,
         "name": step.name,
@@ -118,6 +139,7 @@ def step_dict(step: BuildStep, log_base: str | None) -> dict[str, Any]:
         "log_url": _join_url(log_base, step.log_name),
         "message": step.message,
         "output_tail": step.output_tail,
+        "progress": progress_dict(step),
     }
 
 
@@ -138,12 +160,19 @@ def node_dict(node: Node) -> dict[str, Any]:
     }
 
 
-def _preload(session: Session, builds: Iterable[Build]) -> None:
-    """Load the builds' patchsets and changes in one query (not one per row)."""
-    ids = {b.patchset_id for b in builds}
-    if ids:
-        list(session.scalars(select(Patchset).options(selectinload(Patchset.change))
-                             .where(Patchset.id.in_(ids))))
+# Every build a page lists comes with its patchset, change and baseline run in
+# the same round trips (selectin: one query per relation, not one per row).
+WITH_CHANGE = (selectinload(Build.patchset).selectinload(Patchset.change),
+               selectinload(Build.baseline))
+
+
+def _builds(session: Session, *where: Any, newest_first: bool = False,
+            limit: int | None = None) -> list[Build]:
+    query = select(Build).where(*where).options(*WITH_CHANGE)
+    query = query.order_by(Build.id.desc() if newest_first else Build.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
 
 
 def _current_steps(session: Session, builds: Sequence[Build]) -> dict[int, BuildStep]:
@@ -158,31 +187,94 @@ def _current_steps(session: Session, builds: Sequence[Build]) -> dict[int, Build
     return current
 
 
+def _expected_durations(session: Session, jobs: Iterable[str]) -> dict[str, float]:
+    """Per job, the median run time of its newest finished builds (one statement)."""
+    branches = [
+        select(Build.job, Build.started_at, Build.finished_at)
+        .where(Build.job == job, Build.state.in_(ETA_STATES),
+               Build.started_at.is_not(None), Build.finished_at.is_not(None))
+        .order_by(Build.created_at.desc(), Build.id.desc()).limit(live.ETA_SAMPLE)
+        .subquery().select()  # SQLite takes ORDER BY/LIMIT in a union only inside a subquery
+        for job in sorted(set(jobs))
+    ]
+    if not branches:
+        return {}
+    durations: dict[str, list[float]] = {}
+    for job, started, finished in session.execute(union_all(*branches)):
+        durations.setdefault(job, []).append((_aware(finished) - _aware(started))
+                                             .total_seconds())
+    return {job: m for job, values in durations.items()
+            if (m := live.median_duration(values)) is not None}
+
+
+def _aware(value: datetime) -> datetime:
+    # A union's columns come back without the model's type: SQLite drops the zone.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _eta_dict(build: Build, expected: dict[str, float], now: datetime) -> dict[str, Any] | None:
+    estimate = live.eta(build.started_at, expected.get(build.job), now)
+    return None if estimate is None else {
+        "expected": round(estimate.expected, 1), "remaining": round(estimate.remaining, 1),
+        "text": estimate.text()}
+
+
 def nodes(session: Session) -> list[dict[str, Any]]:
     """The node pool, by label then name."""
-    return [node_dict(n) for n in session.scalars(select(Node).order_by(Node.label, Node.name))]
+    return [node_dict(n) for n in _node_rows(session)]
+
+
+def _node_rows(session: Session) -> list[Node]:
+    return list(session.scalars(select(Node).order_by(Node.label, Node.name)))
+
+
+def _waits(queued: Sequence[Build], pool: Sequence[Node]) -> dict[int, live.Wait]:
+    from runners.registry import node_labels_for  # which nodes each job type reserves
+
+    cfg = config()
+    labels = {job: tuple(node_labels_for(cfg, job)) if job in cfg.jobs else ()
+              for job in {b.job for b in queued}}
+    return live.queue_waits(
+        [live.QueuedBuild(b.id, labels[b.job]) for b in queued],
+        [live.PoolNode(n.name, n.label, n.state, n.drained, n.build_id, n.lab_set,
+                       n.offline_cause) for n in pool],
+        by_lab_set=bool(cfg.lab_sets))
 
 
 def status(session: Session) -> dict[str, Any]:
-    """Queued, running and recently finished builds, and the pool."""
-    queued = queue.queued_builds(session)
-    running = queue.running_builds(session)
-    recent = [b for b in queue.recent_builds(session, RECENT_LIMIT)
-              if BuildState(b.state).finished]
-    _preload(session, [*queued, *running, *recent])
+    """Queued builds (with their place and why they wait), running ones (with an
+    ETA), recently finished ones, the pool."""
+    queued = _builds(session, Build.state == BuildState.QUEUED)
+    running = _builds(session, Build.state == BuildState.RUNNING)
+    recent = _builds(session, Build.state.not_in(ACTIVE), newest_first=True,
+                     limit=RECENT_LIMIT)
+    pool = _node_rows(session)
     steps = _current_steps(session, running) if running else {}
+    expected = _expected_durations(session, (b.job for b in running))
+    now = utcnow()
     running_dicts = []
     for build in running:
         item = build_dict(build)
         step = steps.get(build.id)
         item["current_step"] = step.name if step is not None else None
         item["current_step_node"] = step.node if step is not None else None
+        item["progress"] = progress_dict(step) if step is not None else None
+        item["eta"] = _eta_dict(build, expected, now)
         running_dicts.append(item)
+    waits = _waits(queued, pool) if queued else {}
+    queued_dicts = []
+    for build in queued:
+        item = build_dict(build)
+        wait = waits[build.id]
+        item["position"] = wait.position
+        item["waiting_for"] = wait.reason
+        item["can_start"] = wait.can_start
+        queued_dicts.append(item)
     return {
-        "queued": [build_dict(b) for b in queued],
+        "queued": queued_dicts,
         "running": running_dicts,
         "recent": [build_dict(b) for b in recent],
-        "nodes": nodes(session),
+        "nodes": [node_dict(n) for n in pool],
         "events": events_summary(session),
         "stream_error": stream_error(session),
     }
@@ -208,35 +300,41 @@ def events_summary(session: Session, shown: int = 5) -> dict[str, Any]:
     }
 
 
-def count_tests(statuses: Iterable[str]) -> dict[str, int]:
-    """How many tests ended in each status, failures first."""
-    counts = Counter(statuses)
-    ordered = {s: counts.pop(s) for s in STATUS_ORDER if s in counts}
-    ordered.update(sorted(counts.items()))
-    return ordered
-
-
-def build_detail(session: Session, build_id: int) -> dict[str, Any] | None:
-    """One build with its steps, tests (failures first) and report; None if unknown."""
+def build_detail(session: Session, build_id: int, tests_page: int = 1,
+                 tests_status: str | None = None) -> dict[str, Any] | None:
+    """One build: its verdict, failures (with tracebacks), steps, one page of its
+    tests and its report; None if unknown. A build's tests can be thousands:
+    they are counted and paged in the database, never all loaded."""
     build = session.scalar(
         select(Build).where(Build.id == build_id).options(
-            selectinload(Build.steps), selectinload(Build.tests), selectinload(Build.report),
-            selectinload(Build.patchset).selectinload(Patchset.change))
+            selectinload(Build.steps), selectinload(Build.report), *WITH_CHANGE)
     )
     if build is None:
         return None
     item = build_dict(build)
     # Only the current patchset can be rechecked (ci.queue.enqueue refuses older ones).
-    item["current_patchset"] = session.scalar(
+    item["current_patchset"] = None if build.patchset is None else session.scalar(
         select(func.max(Patchset.number)).where(Patchset.change_id == build.patchset.change_id))
     item["steps"] = [step_dict(s, item["log_url"]) for s in build.steps]
-    tests = sorted(build.tests, key=lambda t: (t.status not in FAILURE_STATUSES, t.id))
-    item["test_counts"] = count_tests(t.status for t in tests)
-    item["tests"] = [
-        {"test_id": t.test_id, "status": t.status, "duration": t.duration,
-         "details": t.details, "failed": t.status in FAILURE_STATUSES}
-        for t in tests
-    ]
+    item["eta"] = item["wait"] = None
+    if build.state == BuildState.RUNNING:
+        item["eta"] = _eta_dict(build, _expected_durations(session, [build.job]), utcnow())
+    elif build.state == BuildState.QUEUED:
+        queued = _builds(session, Build.state == BuildState.QUEUED)
+        wait = _waits(queued, _node_rows(session)).get(build.id)
+        item["wait"] = None if wait is None else {"position": wait.position,
+                                                  "reason": wait.reason}
+    item["test_counts"] = count_tests_of(session, build_id)
+    item["failures"] = _tests(session, build_id, FAILURE_STATUSES, limit=FAILURES_SHOWN)
+    item["flaky"] = _tests(session, build_id, ("flaky",), limit=FAILURES_SHOWN)
+    total = (item["test_counts"].get(tests_status, 0) if tests_status
+             else sum(item["test_counts"].values()))
+    pages = max(1, -(-total // TESTS_PER_PAGE))
+    page = min(max(tests_page, 1), pages)
+    item["tests"] = _tests(session, build_id, (tests_status,) if tests_status else None,
+                           limit=TESTS_PER_PAGE, offset=(page - 1) * TESTS_PER_PAGE)
+    item["tests_page"] = {"page": page, "pages": pages, "per_page": TESTS_PER_PAGE,
+                          "total": total, "status": tests_status}
     report = build.report
     item["report"] = None if report is None else {
         "state": report.state, "label": report.label, "vote": report.vote,
@@ -247,6 +345,41 @@ def build_detail(session: Session, build_id: int) -> dict[str, Any] | None:
         "not_sent": report.last_error if report.state == ReportState.NOT_SENT else None,
     }
     return item
+
+
+def request_tests_page() -> dict[str, Any]:
+    """`tests_page` and `tests_status` of the request, for build_detail; 400 when bad."""
+    page = request.args.get("tests_page", "1")
+    status = request.args.get("tests_status") or None
+    if not page.isdigit() or int(page) < 1:
+        abort(400, description="tests_page must be a page number (1, 2, ...)")
+    if status is not None and status not in STATUS_ORDER:
+        abort(400, description="tests_status must be one of " + ", ".join(STATUS_ORDER))
+    return {"tests_page": int(page), "tests_status": status}
+
+
+def count_tests_of(session: Session, build_id: int) -> dict[str, int]:
+    """How many of the build's tests ended in each status, failures first."""
+    rows = session.execute(select(TestResult.status, func.count())
+                           .where(TestResult.build_id == build_id)
+                           .group_by(TestResult.status)).all()
+    counts = {status: int(n) for status, n in rows}
+    ordered = {s: counts.pop(s) for s in STATUS_ORDER if s in counts}
+    ordered.update(sorted(counts.items()))
+    return ordered
+
+
+def _tests(session: Session, build_id: int, statuses: Sequence[str] | None, *,
+           limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    query = select(TestResult).where(TestResult.build_id == build_id)
+    if statuses is not None:
+        query = query.where(TestResult.status.in_(statuses))
+    # Failures first (the API's readers look at the head of the list), then stream order.
+    query = (query.order_by(TestResult.status.not_in(FAILURE_STATUSES), TestResult.id)
+             .limit(limit).offset(offset))
+    return [{"test_id": t.test_id, "status": t.status, "duration": t.duration,
+             "details": t.details, "failed": t.status in FAILURE_STATUSES}
+            for t in session.scalars(query)]
 
 
 def change_detail(session: Session, number: int) -> dict[str, Any] | None:

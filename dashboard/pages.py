@@ -27,7 +27,7 @@ def status() -> str:
 @bp.get("/builds/<int:build_id>")
 def build(build_id: int) -> str:
     """One build: steps with live output, tempest results, the report, actions."""
-    view = data.build_detail(db(), build_id)
+    view = data.build_detail(db(), build_id, **data.request_tests_page())
     if view is None:
         abort(404, description=f"no build {build_id}")
     return render_template("build.html", build=view)

@@ -37,6 +37,48 @@ function formatDuration(seconds) {
   return `${s}s`;
 }
 
+// "3 min ago" as dashboard/polish.py's `ago` writes it, kept current in the page.
+function formatAgo(iso, now) {
+  let seconds = (now - Date.parse(iso)) / 1000;
+  const future = seconds < 0;
+  seconds = Math.abs(seconds);
+  if (seconds < 45) return "just now";
+  let text = `${Math.max(1, Math.round(seconds / 60))} min`;
+  for (const [size, unit] of [[86400 * 365, "year"], [86400 * 30, "month"], [86400, "day"], [3600, "hour"]]) {
+    if (seconds >= size * 0.95) {
+      const count = Math.round(seconds / size);
+      text = `${count} ${unit}${count !== 1 ? "s" : ""}`;
+      break;
+    }
+  }
+  return future ? `in ${text}` : `${text} ago`;
+}
+
+function refreshTimes(root) {
+  const now = Date.now();
+  root.querySelectorAll("time[datetime]").forEach((el) => {
+    const text = formatAgo(el.getAttribute("datetime"), now);
+    if (el.textContent !== text) el.textContent = text;
+  });
+}
+
+function setText(el, text) {
+  if (el && el.textContent !== text) el.textContent = text;
+}
+
+// The tempest step's live counts (the step's "progress" in /api/builds/<id>).
+function setProgress(box, progress) {
+  if (!box) return;
+  if (!progress) { box.hidden = true; return; }
+  setText(box.querySelector(".progress-done"), String(progress.done));
+  setText(box.querySelector(".progress-passed"), String(progress.passed));
+  setText(box.querySelector(".progress-failed"), String(progress.failed));
+  const current = box.querySelector(".progress-current-box");
+  current.hidden = !progress.current;
+  setText(box.querySelector(".progress-current"), progress.current || "");
+  box.hidden = false;
+}
+
 function setBadge(cell, state) {
   const badge = cell.querySelector(".state");
   if (!badge || badge.textContent === state) return;
@@ -61,13 +103,17 @@ function liveBuild(root) {
       window.location.reload();
       return;
     }
-    document.getElementById("build-duration").textContent = formatDuration(build.duration);
+    setText(document.getElementById("build-duration"), formatDuration(build.duration));
+    setText(document.getElementById("build-elapsed"), formatDuration(build.duration));
+    const eta = root.querySelector(".verdict .eta");
+    if (eta && build.eta) setText(eta, build.eta.text);
     for (const step of build.steps) {
       const body = root.querySelector(`tbody.step[data-step-id="${step.id}"]`);
       if (!body) continue;
       setBadge(body.querySelector(".step-state"), step.state);
       body.querySelector(".step-duration").textContent = formatDuration(step.duration);
       body.querySelector(".step-exit").textContent = step.exit_code === null ? "" : String(step.exit_code);
+      setProgress(body.querySelector(`p.progress[data-progress-for="${step.id}"]`), step.progress);
       const tail = body.querySelector("pre.tail");
       if (tail.textContent !== step.output_tail) {
         const atBottom = tail.scrollTop + tail.clientHeight >= tail.scrollHeight - 4;
@@ -82,6 +128,7 @@ function liveBuild(root) {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-refresh]").forEach(refreshFragment);
+  setInterval(() => refreshTimes(document), 30 * 1000);
   const build = document.getElementById("build");
   if (build && build.dataset.live === "1") liveBuild(build);
   document.addEventListener("submit", (event) => {
