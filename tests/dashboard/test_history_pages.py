@@ -202,3 +202,11 @@ def test_statements_per_page(client: FlaskClient, history: HistoryWorld,
         response = client.get(path)
     assert response.status_code == 200
     assert len(seen) <= QUERY_BUDGET[path], "\n".join(seen)
+
+
+def test_build_and_node_pages_link_to_the_histories(client: FlaskClient,
+                                                    history: HistoryWorld) -> None:
+    found = links(page(client, f"/builds/{history.builds['a']}"))
+    assert f"/tests/{ALWAYS_FAILS}" in found and f"/tests/{RERUN_FLAKY}" in found
+    assert "/builds?node=hv-1" in found and "/builds?node=devstack-1" in found
+    assert f"/builds?node={HOSTILE_NODE}" in links(page(client, "/nodes"))
