@@ -121,8 +121,8 @@ def format_message(ci_name: str, state: BuildState, job_line: str, summary: str 
                  and assessment.verdict.failures_explained)
     parts = [EXPLAINED_HEADLINE if explained else HEADLINES[state], "", job_line]
     if forced_by:
-        parts += ["", f"Forced by {forced_by} from the {ci_name} dashboard: this change "
-                  "touches none of the files this CI watches, so it would not run by itself."]
+        parts += ["", f"Forced by {forced_by} from the {ci_name} dashboard: the file "
+                  "filter excludes this change, so it would not run by itself."]
     if summary and state != BuildState.SUCCEEDED:
         parts += ["", summary.strip()[:2000]]
     if assessment is not None:
