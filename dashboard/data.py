@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from flask import abort, request, url_for
 from sqlalchemy import func, select, union_all
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from ci import stream_status
 from ci.models import (
@@ -161,9 +161,9 @@ def node_dict(node: Node) -> dict[str, Any]:
 
 
 # Every build a page lists comes with its patchset, change and baseline run in
-# the same round trips (selectin: one query per relation, not one per row).
-WITH_CHANGE = (selectinload(Build.patchset).selectinload(Patchset.change),
-               selectinload(Build.baseline))
+# the same statement (many-to-one joins), never one lazy load per row.
+WITH_CHANGE = (joinedload(Build.patchset).joinedload(Patchset.change),
+               joinedload(Build.baseline))
 
 
 def _builds(session: Session, *where: Any, newest_first: bool = False,
@@ -244,8 +244,9 @@ def _waits(queued: Sequence[Build], pool: Sequence[Node]) -> dict[int, live.Wait
 def status(session: Session) -> dict[str, Any]:
     """Queued builds (with their place and why they wait), running ones (with an
     ETA), recently finished ones, the pool."""
-    queued = _builds(session, Build.state == BuildState.QUEUED)
-    running = _builds(session, Build.state == BuildState.RUNNING)
+    active = _builds(session, Build.state.in_(ACTIVE))
+    queued = [b for b in active if b.state == BuildState.QUEUED]
+    running = [b for b in active if b.state == BuildState.RUNNING]
     recent = _builds(session, Build.state.not_in(ACTIVE), newest_first=True,
                      limit=RECENT_LIMIT)
     pool = _node_rows(session)
@@ -325,14 +326,18 @@ def build_detail(session: Session, build_id: int, tests_page: int = 1,
         item["wait"] = None if wait is None else {"position": wait.position,
                                                   "reason": wait.reason}
     item["test_counts"] = count_tests_of(session, build_id)
-    item["failures"] = _tests(session, build_id, FAILURE_STATUSES, limit=FAILURES_SHOWN)
-    item["flaky"] = _tests(session, build_id, ("flaky",), limit=FAILURES_SHOWN)
+    counts = item["test_counts"]
+    item["failures"] = _tests(session, build_id, FAILURE_STATUSES, limit=FAILURES_SHOWN) \
+        if any(s in counts for s in FAILURE_STATUSES) else []
+    item["flaky"] = _tests(session, build_id, ("flaky",), limit=FAILURES_SHOWN) \
+        if "flaky" in counts else []
     total = (item["test_counts"].get(tests_status, 0) if tests_status
              else sum(item["test_counts"].values()))
     pages = max(1, -(-total // TESTS_PER_PAGE))
     page = min(max(tests_page, 1), pages)
-    item["tests"] = _tests(session, build_id, (tests_status,) if tests_status else None,
-                           limit=TESTS_PER_PAGE, offset=(page - 1) * TESTS_PER_PAGE)
+    item["tests"] = [] if not total else _tests(
+        session, build_id, (tests_status,) if tests_status else None,
+        limit=TESTS_PER_PAGE, offset=(page - 1) * TESTS_PER_PAGE)
     item["tests_page"] = {"page": page, "pages": pages, "per_page": TESTS_PER_PAGE,
                           "total": total, "status": tests_status}
     report = build.report

@@ -161,7 +161,7 @@ def _node_state(node: PoolNode, free: set[str]) -> str:
         return f"{node.name} drained"
     if node.build_id is not None:
         return f"{node.name} busy (build #{node.build_id})"
-    if node.name in free:
+    if node.free and node.name not in free:
         return f"{node.name} promised to an older queued build"
     return f"{node.name} {node.state}"
 
