@@ -15,6 +15,7 @@ from ci.config import Config
 from ci.models import Build, BuildState, BuildStep, StepState, utcnow
 from dashboard import create_app
 from dashboard.server import start_in_thread
+from tests.dashboard.conftest import OPERATOR_PASSWORD
 
 pytestmark = pytest.mark.browser
 
@@ -100,7 +101,13 @@ def test_status_page_refreshes_itself(page: Page, base_url: str, world: Any,
 
 
 def test_recheck_button_queues_a_build(page: Page, base_url: str, world: Any,
-                                       dash_sessions: sessionmaker[Session]) -> None:
+                                       dash_sessions: sessionmaker[Session],
+                                       operator_account: str) -> None:
+    # Actions need an operator (test_browser_auth.py tests the refusals).
+    page.goto(f"{base_url}/login")
+    page.get_by_label("Name").fill(operator_account)
+    page.get_by_label("Password").fill(OPERATOR_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
     # Patchset 1 is outdated: its build page sends the reviewer to the change.
     page.goto(f"{base_url}/builds/{world.finished_id}")
     expect(page.get_by_role("button", name="Recheck")).to_have_count(0)
