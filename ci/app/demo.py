@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.orm import Session, sessionmaker
 
+from ci import accounts
 from ci.app.processes import listen, open_database, start_dashboard, start_timers, work
 from ci.config import Config, parse_config
 from sim.gerrit import SimGerrit, make_client_identity
@@ -32,6 +34,7 @@ from sim.lab import SimLab
 
 logger = logging.getLogger(__name__)
 
+DEMO_OPERATOR = "demo-operator"
 DEMO_PASSWORD_ENV = ("HYPERV_CI_DEMO_ADMIN_PASSWORD", "HYPERV_CI_DEMO_SERVICE_PASSWORD")
 
 
@@ -45,6 +48,16 @@ def free_port(preferred: int, host: str = "127.0.0.1") -> int:
                 continue
             return int(sock.getsockname()[1])
     raise OSError("no free port")
+
+
+def make_demo_operator(sessions: sessionmaker[Session]) -> tuple[str, str]:
+    """The demo's dashboard operator, with a new random password at each start
+    (the state directory outlives a run; an old password must not)."""
+    password = secrets.token_urlsafe(12)
+    with sessions() as session, session.begin():
+        accounts.remove(session, DEMO_OPERATOR)
+        accounts.create(session, DEMO_OPERATOR, password)
+    return DEMO_OPERATOR, password
 
 
 def demo_config(raw: dict[str, Any], *, state_dir: Path, gerrit_port: int, key_file: Path,
@@ -65,7 +78,8 @@ def demo_config(raw: dict[str, Any], *, state_dir: Path, gerrit_port: int, key_f
     data.setdefault("worker", {})
     data["worker"]["git_cache_dir"] = str((state_dir / "git-cache").resolve())
     data.setdefault("dashboard", {})
-    data["dashboard"].update(host="127.0.0.1", port=dashboard_port)
+    data["dashboard"].update(host="127.0.0.1", port=dashboard_port,
+                             secret_key_file=str((state_dir / "dashboard-secret-key").resolve()))
     return data
 
 
@@ -83,6 +97,7 @@ class Demo:
         self._cleanups: list[Callable[[], None]] = []
         self.config: Config | None = None
         self.url = ""
+        self.operator: tuple[str, str] | None = None  # the dashboard account: name, password
         self.gerrit: SimGerrit | None = None
         self.lab: SimLab | None = None
 
@@ -130,6 +145,7 @@ class Demo:
 
     def _start_services(self, config: Config, port: int) -> None:
         database = open_database(config)
+        self.operator = make_demo_operator(database.sessions)
         self._cleanups.append(database.engine.dispose)
         sessions, stop = database.sessions, self.stop_event
         start_timers(config, sessions, stop)
@@ -170,6 +186,8 @@ def run_demo(config_path: Path, state_dir: Path, stop: threading.Event) -> None:
         print(
             f"\nhyperv-ci demo is running.\n"
             f"  dashboard:  {demo.url}\n"
+            f"  log in as:  {demo.operator[0] if demo.operator else '?'}  password: "
+            f"{demo.operator[1] if demo.operator else '?'}\n"
             f"  state:      {demo.state_dir}\n\n"
             f"From a second shell, push a change to the simulated Gerrit:\n"
             f"  .venv/bin/hyperv-ci-sim push --project openstack/nova "

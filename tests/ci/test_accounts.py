@@ -219,3 +219,16 @@ def test_users_disable_and_remove(config_file: Path, sqlite_url: str) -> None:
     assert users(config_file, "remove", NAME) == (0, f"{NAME} removed\n")
     code, out = users(config_file, "remove", NAME)
     assert code == 2 and "no account" in out
+
+
+def test_the_demo_makes_an_operator_with_a_new_password_each_start(
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    from ci.app.demo import DEMO_OPERATOR, make_demo_operator
+
+    name, first = make_demo_operator(sqlite_sessions)
+    again, second = make_demo_operator(sqlite_sessions)  # a restart on the same state dir
+    assert name == again == DEMO_OPERATOR and first != second
+    with sqlite_sessions() as s, s.begin():
+        assert accounts.verify(s, DEMO_OPERATOR, first) is None
+        account = accounts.verify(s, DEMO_OPERATOR, second)
+        assert account is not None and account.may_act
