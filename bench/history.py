@@ -45,7 +45,7 @@ JOBS = ("hyperv-local", "hyperv-extra")
 RESULT_INDEXES = {
     "ix_test_results_build_id": "CREATE INDEX ix_test_results_build_id ON test_results (build_id)",
     "ix_test_results_test_id_build_id": "CREATE INDEX ix_test_results_test_id_build_id "
-                                        "ON test_results (test_id, build_id)",
+                                        "ON test_results (test_id, build_id, status)",
     "ix_test_results_failing": "CREATE INDEX ix_test_results_failing ON test_results "
                                "(build_id, test_id) WHERE status IN ('fail', 'uxsuccess', "
                                "'flaky')",

@@ -274,8 +274,9 @@ FAILING_RESULTS_SQL = "status IN ('fail', 'uxsuccess', 'flaky')"
 class TestResult(Base):
     __tablename__ = "test_results"
     __table_args__ = (
-        # One test's history across builds (ci/test_history.py).
-        Index("ix_test_results_test_id_build_id", "test_id", "build_id"),
+        # One test's history across builds, with the status the flaky query
+        # reads from the index alone (ci/test_history.py).
+        Index("ix_test_results_test_id_build_id", "test_id", "build_id", "status"),
         # The failing and flaky results of a window of builds: few of all rows.
         Index("ix_test_results_failing", "build_id", "test_id",
               postgresql_where=text(FAILING_RESULTS_SQL), sqlite_where=text(FAILING_RESULTS_SQL)),

@@ -22,7 +22,7 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Literal
 
-from sqlalchemy import Select, case, func, select, text
+from sqlalchemy import Select, and_, case, func, select, text
 from sqlalchemy.orm import Session
 
 from ci.models import FAILING_RESULTS_SQL, Build, BuildState, Change, Patchset, TestResult
@@ -35,7 +35,6 @@ DEFAULT_WINDOW = 200  # builds the /tests statistics cover
 MAX_WINDOW = 2000
 SortKey = Literal["failures", "rate", "slowest", "name"]
 SORT_KEYS: tuple[SortKey, ...] = ("failures", "rate", "slowest", "name")
-_CHUNK = 500  # ids per IN list: well under SQLite's bound-parameter limit
 DETAILS_SHOWN = 4000  # characters of a failure's traceback in a history row
 
 
@@ -246,57 +245,37 @@ def summarize(test_id: str, runs: Sequence[TestRun]) -> TestStats:
     )
 
 
-def _chunks(values: Sequence[int] | Sequence[str]) -> Iterable[Sequence[int] | Sequence[str]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start:start + _CHUNK]
-
-
 def flaky_tests(session: Session, since: datetime, limit: int = 200) -> list[FlakyTest]:
-    """Tests that flipped in builds finished since `since`, most flips first.
+    """Tests that flipped in builds finished since `since`, most flips first (one statement).
 
-    Reads the window's builds, then its failing and flaky results (the
-    partial index ix_test_results_failing), then, for patchsets built more
-    than once by one job, the other results of just the tests that failed
-    there.
+    The window's builds, grouped by code (patchset and job); the tests with a
+    failing or flaky result in a group (the partial index
+    ix_test_results_failing, per build); then every result of just those tests
+    in the builds of their group (ix_test_results_test_id_build_id).
     """
-    window = session.execute(select(Build.id, Build.patchset_id, Build.job, Build.finished_at)
-                             .where(Build.finished_at >= since)).all()
-    if not window:
-        return []
-    finished = {row.id: row.finished_at for row in window}
     # Same code = same patchset and job. A baseline build (no patchset) tests a
-    # branch tip that moves: it is a group of its own (the id, negated, as key).
-    group_of = {row.id: (row.patchset_id if row.patchset_id is not None else -row.id, row.job)
-                for row in window}
+    # branch tip that moves: it is a group of its own (its id, negated).
+    code = func.coalesce(Build.patchset_id, -Build.id)
+    window = (select(Build.id, code.label("code"), Build.job, Build.finished_at)
+              .where(Build.finished_at >= since).cte("flaky_window"))
     # The literal predicate of the partial index, so PostgreSQL can prove it applies.
-    failing = session.execute(
-        select(TestResult.build_id, TestResult.test_id, TestResult.status)
-        .where(text(FAILING_RESULTS_SQL))
-        .where(Build.finished_at >= since).join(Build, Build.id == TestResult.build_id)).all()
-    runs: dict[tuple[str, tuple[int, str]], dict[int, str]] = {}
-    for build_id, test_id, status in failing:
-        runs.setdefault((test_id, group_of[build_id]), {})[build_id] = status
-
-    members: dict[tuple[int, str], list[int]] = {}
-    for build_id, group in group_of.items():
-        members.setdefault(group, []).append(build_id)
-    rebuilt = {group for group, ids in members.items() if len(ids) > 1}
-    wanted = {(test_id, group) for test_id, group in runs if group in rebuilt}
-    if wanted:
-        build_ids = sorted({b for _, group in wanted for b in members[group]})
-        test_ids = sorted({test_id for test_id, _ in wanted})
-        for ids in _chunks(build_ids):
-            for names in _chunks(test_ids):
-                rows = session.execute(
-                    select(TestResult.build_id, TestResult.test_id, TestResult.status)
-                    .where(TestResult.build_id.in_(ids), TestResult.test_id.in_(names)))
-                for build_id, test_id, status in rows:
-                    key = (test_id, group_of[build_id])
-                    if key in wanted:
-                        runs[key][build_id] = status
-
+    failed = (select(window.c.code, window.c.job, TestResult.test_id).distinct()
+              .join(window, window.c.id == TestResult.build_id)
+              .where(text(FAILING_RESULTS_SQL)).cte("flaky_failed"))
+    rows = session.execute(
+        select(TestResult.build_id, TestResult.test_id, TestResult.status, window.c.code,
+               window.c.job, window.c.finished_at)
+        .select_from(failed)
+        .join(window, and_(window.c.code == failed.c.code, window.c.job == failed.c.job))
+        .join(TestResult, and_(TestResult.build_id == window.c.id,
+                               TestResult.test_id == failed.c.test_id)))
+    runs: dict[tuple[str, int, str], dict[int, str]] = {}
+    finished: dict[int, datetime | None] = {}
+    for build_id, test_id, status, group, job, finished_at in rows:
+        runs.setdefault((test_id, group, job), {})[build_id] = status
+        finished[build_id] = finished_at
     by_test: dict[str, list[list[tuple[int, str]]]] = {}
-    for (test_id, _group), statuses in runs.items():
+    for (test_id, _group, _job), statuses in runs.items():
         by_test.setdefault(test_id, []).append(sorted(statuses.items()))
     found = [flaky for test_id, groups in by_test.items()
              if (flaky := classify_flaky(test_id, groups, finished)) is not None]

@@ -7,8 +7,9 @@ Create Date: 2026-12-02 00:00:00.000000
 The indexes the dashboard's history, test and chart pages look up by
 (docs/dashboard.md): the build list's keyset order, alone and under a job or
 result filter; a change's builds; a node's builds; the builds finished in a
-window; one test's history; and the failing (or flaky) results of a window
-of builds, a small part of all results (a partial index).
+window; one test's history, with each result's status (so the flaky query
+reads it from the index alone); and the failing (or flaky) results of a
+window of builds, a small part of all results (a partial index).
 """
 
 import sqlalchemy as sa
@@ -34,8 +35,9 @@ def upgrade() -> None:
     with op.batch_alter_table('build_steps', schema=None) as batch_op:
         batch_op.create_index('ix_build_steps_node_build_id', ['node', 'build_id'], unique=False)
     with op.batch_alter_table('test_results', schema=None) as batch_op:
-        batch_op.create_index('ix_test_results_test_id_build_id', ['test_id', 'build_id'],
-                              unique=False)
+        # status too: the flaky query reads it from the index alone.
+        batch_op.create_index('ix_test_results_test_id_build_id',
+                              ['test_id', 'build_id', 'status'], unique=False)
         batch_op.create_index('ix_test_results_failing', ['build_id', 'test_id'], unique=False,
                               postgresql_where=FAILING, sqlite_where=FAILING)
 
