@@ -345,3 +345,20 @@ def test_waitress_drops_an_underscore_twin_of_the_header(served_proxy: int, worl
         served_proxy, "X-Remote-User: real-user")
     sneaky = _raw_get(served_proxy, "X_Remote_User: mallory")
     assert "mallory" not in sneaky and "this request did not come" in sneaky
+
+
+def test_compose_keeps_the_session_key_on_a_volume() -> None:
+    import json
+
+    from ci.config import load_config
+    from tests.test_compose import CI_CONFIG, COMPOSE_FILE, run_compose
+
+    result = run_compose(COMPOSE_FILE, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    dashboard = json.loads(result.stdout)["services"]["dashboard"]
+    key_file = load_config(CI_CONFIG).dashboard.secret_key_file
+    assert key_file is not None
+    volumes = {v["target"]: v for v in dashboard["volumes"]}
+    assert volumes[str(key_file.parent)]["type"] == "volume"
+    # The anchor's mounts are still there (a service's `volumes` replaces the anchor's).
+    assert {"/etc/hyperv-ci", "/srv/hyperv-ci/logs"} <= set(volumes)
