@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from ci.config import NodeConfig
 from runners.provision import WINDOWS_MARKER_PATH
+from sim import lab_sets as lab_sets_sim
 from sim import sshd
 from sim.artefacts import ArtefactServer
 from sim.devstack import make_devstack_node
@@ -46,6 +47,7 @@ ACCOUNT_PASSWORD_ENV = "HYPERV_CI_SIM_ACCOUNT_PASSWORD"
 SERVICE_ACCOUNT = "HVCI\\hyperv-ci-svc"
 DEVSTACK_NODE = "devstack-1"
 PARENT_HOST = "hv-parent-1"
+IMAGE_NAME = "cirros-0.6.2-x86_64-disk.vhdx"
 CHECKPOINT = "clean"
 
 
@@ -93,14 +95,30 @@ def _start_ssh_server(workdir: Path, use_sshd: bool | None, path_prefix: Path) -
     return server
 
 
+def _prepare_tree(tree: Path, devstack: Any) -> None:
+    """What the lab adds to a controller's tree: the guest image and nova-manage."""
+    image = tree / "images" / IMAGE_NAME
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"conectix" + bytes(504))  # a VHD footer's cookie
+    nova_manage = Path(devstack.bin_dir) / "nova-manage"
+    if not nova_manage.exists():
+        nova_manage.write_text(NOVA_MANAGE, encoding="utf-8")
+        nova_manage.chmod(0o755)
+
+
 class SimLab:
     """Start with `.start()` (or `with SimLab(...) as lab:`), stop with `.stop()`."""
 
     def __init__(self, state_dir: Path, hyperv_nodes: int = 2, *, use_sshd: bool | None = None,
-                 winrm_timeouts: tuple[int, int] = (2, 5), provisioned: bool = False) -> None:
+                 winrm_timeouts: tuple[int, int] = (2, 5), provisioned: bool = False,
+                 lab_sets: int = 1) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.lab_dir = self.state_dir / "lab"
-        self.hyperv_nodes = hyperv_nodes
+        self.hyperv_nodes = hyperv_nodes  # per lab set
+        # Lab sets beyond the first each add a controller (sim/lab_sets.py) and
+        # `hyperv_nodes` more Windows nodes; `lab_set_configs()` groups them.
+        self.lab_sets = lab_sets
+        self.controllers: list[lab_sets_sim.ExtraController] = []
         # The Hyper-V nodes as VMs of a simulated parent host (sim/hyperv_parent.py),
         # reverted to their clean checkpoint before every build.
         self.provisioned = provisioned
@@ -117,7 +135,7 @@ class SimLab:
     @property
     def image_path(self) -> Path:
         """The guest image on the simulated controller (a stand-in file)."""
-        return self.state_dir / "devstack" / "images" / "cirros-0.6.2-x86_64-disk.vhdx"
+        return self.state_dir / "devstack" / "images" / IMAGE_NAME
 
     @property
     def faults_dir(self) -> Path:
@@ -134,24 +152,26 @@ class SimLab:
             value = os.environ.get(env) or secrets.token_urlsafe(18)
             os.environ[env] = value
             self._passwords[env] = value
+        if self.lab_sets > 1:
+            why = lab_sets_sim.can_run_sets(self.use_sshd)
+            if why is not None:
+                raise lab_sets_sim.LabSetsUnavailable(why)
         try:
             self.devstack = make_devstack_node(self.state_dir / "devstack", self.lab_dir)
-            self.image_path.parent.mkdir(parents=True, exist_ok=True)
-            self.image_path.write_bytes(b"conectix" + bytes(504))  # a VHD footer's cookie
-            nova_manage = Path(self.devstack.bin_dir) / "nova-manage"
-            if not nova_manage.exists():
-                nova_manage.write_text(NOVA_MANAGE, encoding="utf-8")
-                nova_manage.chmod(0o755)
+            _prepare_tree(self.state_dir / "devstack", self.devstack)
             # The controller's CI account (`id`, `sudo`) as `lab check` sees it.
             tools = install_controller_tools(self.state_dir / "devstack")
             self.ssh = _start_ssh_server(self.state_dir / "sshd", self.use_sshd, tools)
             self.artefacts = ArtefactServer().start()
-            for index in range(1, self.hyperv_nodes + 1):
+            for index in range(1, self.hyperv_nodes * self.lab_sets + 1):
                 name = f"hv-{index}"
                 server = SimWinRMServer(name, self.lab_dir, WINRM_USER,
                                         self._passwords[WINRM_PASSWORD_ENV])
                 prepare_node(server.model, SERVICE_ACCOUNT)  # as docs/lab.md has it done
                 self.winrm[name] = server.start()
+            for index in range(2, self.lab_sets + 1):
+                self.controllers.append(lab_sets_sim.start_controller(
+                    self.state_dir, self.lab_dir, f"devstack-{index}", index, _prepare_tree))
             if self.provisioned:
                 self._start_parent()
         except BaseException:
@@ -173,6 +193,9 @@ class SimLab:
         if self.parent is not None:
             self.parent.stop()
             self.parent = None
+        for controller in self.controllers:
+            controller.server.stop()
+        self.controllers.clear()
         for server in self.winrm.values():
             server.stop()
         self.winrm.clear()
@@ -195,12 +218,11 @@ class SimLab:
         """The `nodes:` entries of a config reaching this lab (YAML-shaped, absolute paths)."""
         if self.ssh is None:
             raise RuntimeError("the lab is not started")
-        nodes: list[dict[str, Any]] = [{
-            "name": DEVSTACK_NODE, "label": "devstack", "address": "127.0.0.1",
-            "ssh": {"port": self.ssh.port, "username": self.ssh.username,
-                    "key_file": str(self.ssh.client_key_file),
-                    "known_hosts": str(self.ssh.known_hosts_file)},
-        }]
+        several = self.lab_sets > 1  # then each controller has its own VLANs
+        nodes: list[dict[str, Any]] = [lab_sets_sim.controller_entry(
+            DEVSTACK_NODE, self.ssh, lab_sets_sim.vlan_range(1) if several else None)]
+        nodes += [lab_sets_sim.controller_entry(c.name, c.server, lab_sets_sim.vlan_range(i))
+                  for i, c in enumerate(self.controllers, start=2)]
         for name, server in self.winrm.items():
             # NTLM, hyperv-ci's default: the handshake and sealed messages operators run.
             nodes.append({
@@ -217,6 +239,17 @@ class SimLab:
         return {"scheme": "http", "port": server.port, "transport": "ntlm",
                 "username": WINRM_USER, "password": {"password_env": WINRM_PASSWORD_ENV},
                 "operation_timeout": operation, "read_timeout": read}
+
+    def lab_set_configs(self) -> list[dict[str, Any]]:
+        """The `lab_sets:` entries (empty for a lab of one set): set N is controller
+        devstack-N and every lab_sets-th Windows node from hv-N (hv-1 and hv-3 in
+        set-1 of two), so a pool that ignored the sets would mix them."""
+        if self.lab_sets == 1:
+            return []
+        names = list(self.winrm)
+        return [{"name": f"set-{index}", "controller": f"devstack-{index}",
+                 "hyperv": names[index - 1::self.lab_sets]}
+                for index in range(1, self.lab_sets + 1)]
 
     def parent_host_configs(self) -> list[dict[str, Any]]:
         """The `parent_hosts:` entries (empty unless the lab is provisioned)."""

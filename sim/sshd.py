@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 SSHD = Path("/usr/sbin/sshd")  # sshd refuses to re-exec unless run by absolute path
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
+# sshd in a mount namespace of its own where $1 is bind-mounted over $2
+# (unshare(1), mount(8): private propagation keeps the mount out of the host's).
+BIND_WRAPPER = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh")
 
 
 def available() -> bool:
@@ -58,8 +62,12 @@ def node_config(name: str, port: int, username: str, key_file: Path,
 class OpenSSHServer:
     """One sshd process listening on 127.0.0.1 with a fresh set of keys."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, bind: tuple[Path, Path] | None = None) -> None:
         self.workdir = Path(workdir).resolve()
+        # (tree, seen_at): in every session of this sshd, `tree` appears at
+        # `seen_at` (a private mount namespace; needs root). Two simulated
+        # controllers on one machine each see their own tree at the job's paths.
+        self.bind = bind
         self.host = HOST
         self.port = 0
         self.username = getpass.getuser()
@@ -134,6 +142,9 @@ class OpenSSHServer:
 
     def _launch(self) -> bool:
         argv = [str(SSHD), "-D", "-e", "-f", str(self.config_file), "-p", str(self.port)]
+        if self.bind is not None:
+            tree, seen_at = self.bind
+            argv = [*BIND_WRAPPER, str(tree), str(seen_at), *argv]
         with self.log_file.open("wb") as log:
             # stderr goes to a file so sshd never blocks on a full pipe.
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,

@@ -67,6 +67,12 @@ def stack(node: Node) -> None:
         with main_log.open("a", encoding="utf-8") as fh:
             fh.write(f"{stamp} | {line}\n")
 
+    if node.fault("stack-wait") is not None:
+        # A test holds every stack.sh here until it removes the fault, e.g. to see
+        # two lab sets' builds stacking at the same time.
+        say("+ ./stack.sh:main:230   lab fault stack-wait: waiting until it is removed")
+        while node.fault("stack-wait") is not None:
+            time.sleep(0.1)
     if node.fault("stack-hang") is not None:
         say("+ lib/nova:start_nova_api:1023   wait_for_service 60 http://127.0.0.1/compute/v2.1")
         time.sleep(3600)
