@@ -1,23 +1,25 @@
 """Build statistics over time, for the charts: pass rate, duration, queue length,
 failures per node.
 
-One query reads the window's builds (`ix_builds_created_at_id`), another the
-nodes their steps ran on; the series are pure functions of those rows, so
-they are tested without a database and the same numbers feed the SVG charts
-and the JSON API.
+A year is ~100,000 builds, so the per-day numbers are counted by the
+database (`day_counts`: one GROUP BY over `ix_builds_finished_at`) and only
+the queue, which needs each build's wait, reads rows, of at most
+QUEUE_MAX_DAYS. The series are pure functions of those rows (tested without
+a database); the same numbers feed the SVG charts and the JSON API.
 """
 
 from __future__ import annotations
 
-import statistics
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import Float, String, func, select
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
 
 from ci.models import BaselineRun, Build, BuildState, BuildStep, Change, Patchset
 
@@ -27,18 +29,55 @@ GroupBy = Literal["job", "project"]
 PASSED = BuildState.SUCCEEDED.value
 FAILED = BuildState.FAILED.value
 NODE_FAILED = frozenset({BuildState.FAILED.value, BuildState.ERROR.value})
+QUEUE_MAX_DAYS = 31  # the queue chart reads each build's wait: a month at most
+
+
+class utc_day(FunctionElement[str]):  # named like the SQL function it is
+    """The UTC calendar day of a stored timestamp, as `YYYY-MM-DD`."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(utc_day)
+def _utc_day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
+    # SQLite keeps UTC timestamps as text (ci.models.UTCDateTime): date() reads them.
+    return f"date({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element: utc_day, compiler: Any, **kw: Any) -> str:
+    return f"to_char({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+class elapsed_seconds(FunctionElement[float]):  # named like the SQL function it is
+    """Seconds from the first timestamp to the second."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(elapsed_seconds)
+def _elapsed_sqlite(element: elapsed_seconds, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+@compiles(elapsed_seconds, "postgresql")
+def _elapsed_postgresql(element: elapsed_seconds, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses.clauses)
+    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
 
 
 @dataclass(frozen=True)
-class BuildPoint:
-    """What the charts need of one build."""
+class DayCount:
+    """Builds of one job (or project) that finished on one UTC day in one state."""
 
-    job: str
-    project: str
+    name: str
+    day: date
     state: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    builds: int
+    mean_seconds: float | None  # their mean run time (None: none had started)
 
 
 @dataclass(frozen=True)
@@ -57,7 +96,7 @@ class DayRate:
 class DayDuration:
     day: date
     builds: int
-    median_seconds: float
+    mean_seconds: float
 
 
 @dataclass(frozen=True)
@@ -77,75 +116,78 @@ class NodeFailures:
         return self.failed / self.builds if self.builds else 0.0
 
 
-def build_points(session: Session, since: datetime) -> list[BuildPoint]:
-    """Every build created since `since`, with its change's project (one statement).
+def day_counts(session: Session, since: datetime, group_by: GroupBy) -> list[DayCount]:
+    """Builds that reached a verdict (passed or failed) since `since`, counted per job
+    (or project), UTC day of finishing and state, with their mean run time (one
+    statement)."""
+    day = utc_day(Build.finished_at).label("day")
+    if group_by == "job":
+        name: Any = Build.job
+        query = select(Build.job.label("name"), day)
+    else:
+        # A baseline build runs a branch tip: its project is its run's.
+        name = func.coalesce(Change.project, BaselineRun.project, "")
+        query = (select(name.label("name"), day)
+                 .outerjoin(Patchset, Patchset.id == Build.patchset_id)
+                 .outerjoin(Change, Change.id == Patchset.change_id)
+                 .outerjoin(BaselineRun, BaselineRun.id == Build.baseline_id))
+    query = (query.add_columns(Build.state, func.count(),
+                               func.avg(elapsed_seconds(Build.started_at, Build.finished_at)))
+             .where(Build.finished_at >= since, Build.state.in_((PASSED, FAILED)))
+             .group_by(name, day, Build.state))
+    rows: Any = session.execute(query)  # (name, day, state, count, mean seconds)
+    return [DayCount(name_, date.fromisoformat(day_), state, int(builds),
+                     None if mean is None else float(mean))
+            for name_, day_, state, builds, mean in rows]
 
-    A build queued before the window is left out: queue lengths at the
-    window's start may read low by the builds that waited across it.
-    """
-    rows = session.execute(
-        select(Build.job, func.coalesce(Change.project, BaselineRun.project, ""), Build.state,
-               Build.created_at, Build.started_at, Build.finished_at)
-        # Outer joins: a baseline build runs a branch tip, its project is its run's.
-        .outerjoin(Patchset, Patchset.id == Build.patchset_id)
-        .outerjoin(Change, Change.id == Patchset.change_id)
-        .outerjoin(BaselineRun, BaselineRun.id == Build.baseline_id)
-        .where(Build.created_at >= since))
-    return [BuildPoint(*row) for row in rows]
+
+def pass_rate_by_day(counts: Iterable[DayCount]) -> dict[str, list[DayRate]]:
+    """Per job (or project) and day: builds that passed and failed."""
+    days: dict[str, dict[date, list[int]]] = {}
+    for count in counts:
+        entry = days.setdefault(count.name, {}).setdefault(count.day, [0, 0])
+        entry[0 if count.state == PASSED else 1] += count.builds
+    return {name: [DayRate(day, p, f) for day, (p, f) in sorted(by_day.items())]
+            for name, by_day in sorted(days.items())}
 
 
-def _key(group_by: GroupBy) -> Callable[[BuildPoint], str]:
-    return (lambda p: p.job) if group_by == "job" else (lambda p: p.project)
-
-
-def _day(moment: datetime) -> date:
-    return moment.astimezone(UTC).date()
-
-
-def pass_rate_by_day(points: Iterable[BuildPoint], group_by: GroupBy) -> dict[str, list[DayRate]]:
-    """Per job (or project) and UTC day of finishing: builds that passed and failed."""
-    key = _key(group_by)
-    counts: dict[str, dict[date, list[int]]] = {}
-    for point in points:
-        if point.finished_at is None or point.state not in (PASSED, FAILED):
+def duration_by_day(counts: Iterable[DayCount]) -> dict[str, list[DayDuration]]:
+    """Per job (or project) and day: the mean run time of builds that passed or failed."""
+    days: dict[str, dict[date, list[float]]] = {}
+    for count in counts:
+        if count.mean_seconds is None:
             continue
-        day = counts.setdefault(key(point), {}).setdefault(_day(point.finished_at), [0, 0])
-        day[0 if point.state == PASSED else 1] += 1
-    return {name: [DayRate(day, p, f) for day, (p, f) in sorted(days.items())]
-            for name, days in sorted(counts.items())}
+        entry = days.setdefault(count.name, {}).setdefault(count.day, [0.0, 0.0])
+        entry[0] += count.builds
+        entry[1] += count.builds * count.mean_seconds
+    return {name: [DayDuration(day, int(n), total / n)
+                   for day, (n, total) in sorted(by_day.items())]
+            for name, by_day in sorted(days.items())}
 
 
-def duration_by_day(points: Iterable[BuildPoint],
-                    group_by: GroupBy) -> dict[str, list[DayDuration]]:
-    """Per job (or project) and UTC day of finishing: the median run time of builds
-    that ran to a verdict (passed or failed)."""
-    key = _key(group_by)
-    runs: dict[str, dict[date, list[float]]] = {}
-    for point in points:
-        if (point.finished_at is None or point.started_at is None
-                or point.state not in (PASSED, FAILED)):
-            continue
-        seconds = (point.finished_at - point.started_at).total_seconds()
-        runs.setdefault(key(point), {}).setdefault(_day(point.finished_at), []).append(seconds)
-    return {name: [DayDuration(day, len(values), statistics.median(values))
-                   for day, values in sorted(days.items())]
-            for name, days in sorted(runs.items())}
+def queue_spans(session: Session, since: datetime) -> list[tuple[datetime, datetime | None]]:
+    """(created, left the queue) of every build created since `since`: it left when it
+    started, or, never started, when it finished (superseded or aborted while
+    queued); None while it still waits. One statement on ix_builds_created_at_id.
 
-
-def queue_length(points: Sequence[BuildPoint], since: datetime, until: datetime,
-                 samples: int = 96) -> list[QueueSample]:
-    """How many builds waited at `samples` evenly spaced moments of [since, until].
-
-    A build waits from its creation until it starts (or, never started, until
-    it finished: superseded or aborted in the queue; or until now).
+    A build queued before the window is left out: the queue at the window's
+    start may read low by the builds that waited across it.
     """
+    rows = session.execute(select(Build.created_at,
+                                  func.coalesce(Build.started_at, Build.finished_at))
+                           .where(Build.created_at >= since))
+    return [(created, left) for created, left in rows]
+
+
+def queue_length(spans: Sequence[tuple[datetime, datetime | None]], since: datetime,
+                 until: datetime, samples: int = 96) -> list[QueueSample]:
+    """How many builds waited at `samples` evenly spaced moments of [since, until]."""
     if samples < 2 or until <= since:
         return []
     step = (until - since) / (samples - 1)
     # Waiting at t = started waiting by t - stopped waiting by t (two sorted lists).
-    starts = sorted(p.created_at for p in points)
-    ends = sorted(max(end, p.created_at) for p in points
-                  if (end := p.started_at or p.finished_at) is not None)
+    starts = sorted(created for created, _ in spans)
+    ends = sorted(max(left, created) for created, left in spans if left is not None)
     out = []
     for i in range(samples):
         at = since + step * i
@@ -176,5 +218,5 @@ def failures_per_node(session: Session, since: datetime) -> list[NodeFailures]:
 
 def window_start(now: datetime, days: int) -> datetime:
     """Midnight UTC `days - 1` days before now: the window covers `days` whole days."""
-    today = datetime.combine(_day(now), datetime.min.time(), tzinfo=UTC)
+    today = datetime.combine(now.astimezone(UTC).date(), datetime.min.time(), tzinfo=UTC)
     return today - timedelta(days=max(1, days) - 1)

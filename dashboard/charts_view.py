@@ -1,4 +1,4 @@
-"""`/charts`: pass rate and build duration per day (per job or project), queue
+"""`/charts`: pass rate and mean build duration per day (per job or project), queue
 length over time, failures per node; each an SVG image of its own
 (`/charts/<kind>.svg`) so the page stays a plain document under the CSP.
 `/charts/test.svg?id=` draws one test's durations and failures.
@@ -13,12 +13,14 @@ from typing import Any, cast
 from flask import Blueprint, Response, abort, render_template, request
 
 from ci.build_stats import (
+    QUEUE_MAX_DAYS,
     GroupBy,
-    build_points,
+    day_counts,
     duration_by_day,
     failures_per_node,
     pass_rate_by_day,
     queue_length,
+    queue_spans,
     window_start,
 )
 from ci.models import utcnow
@@ -81,26 +83,29 @@ def _svg(document: str) -> Response:
 
 
 def charts_data(days: int, by: GroupBy, parts: Sequence[str] = KINDS) -> dict[str, Any]:
-    """The numbers of the charts named in `parts` for the window (one statement for
-    the build charts, one for the nodes')."""
+    """The numbers of the charts named in `parts` for the window: one statement for
+    pass rate and duration, one for the queue (its last QUEUE_MAX_DAYS days at
+    most), one for the nodes."""
     session = db()
     now = utcnow()
     since = window_start(now, days)
     found: dict[str, Any] = {"days": days, "by": by, "since": iso(since), "until": iso(now)}
-    points = build_points(session, since) if set(parts) - {"nodes"} else []
+    counts = day_counts(session, since, by) if {"pass-rate", "duration"} & set(parts) else []
     if "pass-rate" in parts:
         found["pass_rate"] = {
             name: [{"day": r.day.isoformat(), "passed": r.passed, "failed": r.failed,
                     "rate": r.rate} for r in rates]
-            for name, rates in pass_rate_by_day(points, by).items()}
+            for name, rates in pass_rate_by_day(counts).items()}
     if "duration" in parts:
         found["duration"] = {
             name: [{"day": d.day.isoformat(), "builds": d.builds,
-                    "median_seconds": d.median_seconds} for d in durations]
-            for name, durations in duration_by_day(points, by).items()}
+                    "mean_seconds": round(d.mean_seconds, 1)} for d in durations]
+            for name, durations in duration_by_day(counts).items()}
     if "queue" in parts:
-        found["queue"] = [{"at": iso(s.at), "queued": s.queued}
-                          for s in queue_length(points, since, now)]
+        queue_since = window_start(now, min(days, QUEUE_MAX_DAYS))
+        samples = queue_length(queue_spans(session, queue_since), queue_since, now)
+        found["queue"] = {"since": iso(queue_since),
+                          "samples": [{"at": iso(q.at), "queued": q.queued} for q in samples]}
     if "nodes" in parts:
         found["nodes"] = [{"node": n.node, "builds": n.builds, "failed": n.failed,
                            "rate": round(n.rate, 4)} for n in failures_per_node(session, since)]
@@ -124,22 +129,23 @@ def render_chart(kind: str, days: int, by: GroupBy) -> str:
                           x_ticks=_day_ticks(since, until), x_range=_day_range(since, until),
                           y_format=_percent, y_max=1.0)
     if kind == "duration":
-        series = _day_series(found["duration"], "median_seconds")
+        series = _day_series(found["duration"], "mean_seconds")
         longest = max((y for points in series.values() for _, y in points), default=0.0)
         # Four intervals of a round number of minutes.
         top = 4 * 60 * max(1.0, nice_max(longest / 60 / 4))
-        return line_chart(f"Median build duration per day, by {by}", series,
+        return line_chart(f"Mean build duration per day, by {by}", series,
                           x_ticks=_day_ticks(since, until), x_range=_day_range(since, until),
                           y_format=_minutes, y_max=top)
     if kind == "queue":
-        start = since.timestamp()
-        samples = [(datetime.fromisoformat(s["at"]).timestamp(), float(s["queued"]))
-                   for s in found["queue"]]
+        queue_since = datetime.fromisoformat(found["queue"]["since"])
+        samples = [(datetime.fromisoformat(q["at"]).timestamp(), float(q["queued"]))
+                   for q in found["queue"]["samples"]]
         ticks = [Tick(datetime.combine(date.fromordinal(int(t.x)), time(), tzinfo=UTC)
-                      .timestamp(), t.label) for t in _day_ticks(since, until)]
-        return line_chart("Builds waiting in the queue", {"queued": samples}, x_ticks=ticks,
-                          x_range=(start, until.timestamp()), y_format=_count,
-                          integer=True, dots=False)
+                      .timestamp(), t.label) for t in _day_ticks(queue_since, until)]
+        return line_chart(f"Builds waiting in the queue, last {min(days, QUEUE_MAX_DAYS)} days",
+                          {"queued": samples}, x_ticks=ticks,
+                          x_range=(queue_since.timestamp(), until.timestamp()),
+                          y_format=_count, integer=True, dots=False)
     bars = [(n["node"], float(n["builds"]), float(n["failed"])) for n in found["nodes"]]
     return bar_chart("Failed builds per node (failed or error / all)", bars,
                      value_format=_count)

@@ -167,8 +167,9 @@ SCHEMAS: dict[str, Schema] = {
             "day": DAY, "passed": INT, "failed": INT,
             "rate": nullable({"type": "number", "minimum": 0, "maximum": 1})}))},
         "duration": {"type": "object", "additionalProperties": array(obj({
-            "day": DAY, "builds": INT, "median_seconds": NUMBER}))},
-        "queue": array(obj({"at": TIME, "queued": {"type": "integer", "minimum": 0}})),
+            "day": DAY, "builds": INT, "mean_seconds": NUMBER}))},
+        "queue": obj({"since": TIME, "samples": array(obj({
+            "at": TIME, "queued": {"type": "integer", "minimum": 0}}))}),
         "nodes": array(obj({"node": STRING, "builds": INT, "failed": INT, "rate": NUMBER})),
     }),
 }

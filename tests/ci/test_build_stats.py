@@ -1,70 +1,64 @@
-"""ci/build_stats.py: the chart series (pure) and the two queries behind them."""
+"""ci/build_stats.py: the chart series (pure) and the queries behind them, whose
+day and run-time arithmetic is per dialect (so both engines run them)."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.build_stats import (
-    BuildPoint,
-    build_points,
+    DayCount,
+    day_counts,
     duration_by_day,
     failures_per_node,
     pass_rate_by_day,
     queue_length,
+    queue_spans,
     window_start,
 )
 from tests.history_seed import HOSTILE_NODE, seed_history
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
-
-
-def point(job: str, state: str, created_h: float, start_h: float | None,
-          end_h: float | None, project: str = "p") -> BuildPoint:
-    at = lambda h: None if h is None else T0 + timedelta(hours=h)  # noqa: E731
-    created = at(created_h)
-    assert created is not None
-    return BuildPoint(job, project, state, created, at(start_h), at(end_h))
-
-
-POINTS = [
-    point("a", "succeeded", 0, 1, 2),
-    point("a", "failed", 0, 1, 4),
-    point("a", "error", 0, 1, 2),  # infrastructure: no verdict on the code
-    point("a", "succeeded", 24, 25, 26),
-    point("b", "failed", 1, 3, 5, project="q"),
-    point("b", "superseded", 1, None, 2, project="q"),  # waited, then left the queue
-    point("b", "queued", 2, None, None, project="q"),  # still waiting
+DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
+COUNTS = [
+    DayCount("a", DAY1, "succeeded", 1, 3600.0),
+    DayCount("a", DAY1, "failed", 3, 7200.0),
+    DayCount("a", DAY2, "succeeded", 2, None),  # never started: no run time
+    DayCount("b", DAY1, "failed", 1, 60.0),
 ]
 
 
-def test_pass_rate_by_day_counts_only_verdicts() -> None:
-    rates = pass_rate_by_day(POINTS, "job")
+def test_pass_rate_by_day() -> None:
+    rates = pass_rate_by_day(COUNTS)
     assert [(r.day, r.passed, r.failed, r.rate) for r in rates["a"]] == [
-        (date(2026, 11, 1), 1, 1, 0.5), (date(2026, 11, 2), 1, 0, 1.0)]
-    assert [(r.passed, r.failed) for r in rates["b"]] == [(0, 1)]
-    assert set(pass_rate_by_day(POINTS, "project")) == {"p", "q"}
+        (DAY1, 1, 3, 0.25), (DAY2, 2, 0, 1.0)]
+    assert [(r.passed, r.failed, r.rate) for r in rates["b"]] == [(0, 1, 0.0)]
 
 
-def test_duration_by_day_is_the_median_run_time() -> None:
-    durations = duration_by_day(POINTS, "job")
-    # 1 h and 3 h on day one (the error build is left out): median 2 h.
-    assert [(d.builds, d.median_seconds) for d in durations["a"]] == [(2, 7200.0), (1, 3600.0)]
+def test_duration_by_day_is_the_mean_over_both_verdicts() -> None:
+    durations = duration_by_day(COUNTS)
+    # (1 * 1 h + 3 * 2 h) / 4 builds; day two had no run time.
+    assert [(d.day, d.builds, d.mean_seconds) for d in durations["a"]] == [(DAY1, 4, 6300.0)]
 
 
-def test_queue_length_counts_builds_between_creation_and_start() -> None:
-    samples = queue_length(POINTS, T0, T0 + timedelta(hours=4), samples=9)  # every 30 min
+def at(hours: float | None) -> datetime | None:
+    return None if hours is None else T0 + timedelta(hours=hours)
+
+
+def test_queue_length_counts_builds_between_creation_and_leaving() -> None:
+    spans = [(T0, at(1)), (T0, at(1)), (T0, at(1)),  # three wait an hour
+             (at(1), at(3)), (at(1), at(2)),  # one starts at 13:00, one leaves at 12:00
+             (at(2), None)]  # still waiting
+    samples = queue_length([(c, e) for c, e in spans if c is not None], T0, at(4) or T0,
+                           samples=9)  # every 30 min
     assert [s.queued for s in samples] == [
-        3,  # 10:00 three created at 10:00, none started
-        3,  # 10:30
-        2,  # 11:00 those three start; two of project q are created
-        2,  # 11:30
-        2,  # 12:00 the superseded one leaves the queue, the last one arrives
-        2,  # 12:30
-        1,  # 13:00 q's failed build starts; the queued one still waits
-        1, 1]
-    assert queue_length(POINTS, T0, T0, samples=9) == []
+        3, 3,  # 10:00, 10:30
+        2, 2,  # 11:00 the first three start; two more arrive
+        2, 2,  # 12:00 one leaves, the last arrives
+        1, 1, 1]  # 13:00 one starts; one still waits
+    assert queue_length([], T0, T0, samples=9) == []
 
 
 def test_window_start_is_midnight() -> None:
@@ -74,13 +68,26 @@ def test_window_start_is_midnight() -> None:
 
 def test_queries(sessions: sessionmaker[Session]) -> None:
     world = seed_history(sessions)
+    month = world.now - timedelta(days=30)
     with sessions() as s:
-        points = build_points(s, world.now - timedelta(days=30))
-        assert len(points) == len(world.builds)
-        assert {p.project for p in points} == {"openstack/compute-hyperv", "openstack/nova"}
-        assert build_points(s, world.now - timedelta(hours=2)) == [
-            p for p in points if p.state == "queued"]
-        nodes = {n.node: (n.builds, n.failed) for n in failures_per_node(
-            s, world.now - timedelta(days=30))}
+        by_job = day_counts(s, month, "job")
+        by_project = day_counts(s, month, "project")
+        spans = queue_spans(s, month)
+        nodes = {n.node: (n.builds, n.failed) for n in failures_per_node(s, month)}
+    # The verdicts: hyperv-local a, b, b2 failed (60, 50, 55 min, three days) and d
+    # passed (30 min); hyperv-extra c failed. The error and the queued build are not.
+    totals = {}
+    for c in by_job:
+        totals[(c.name, c.state)] = totals.get((c.name, c.state), 0) + c.builds
+    assert totals == {("hyperv-local", "failed"): 3, ("hyperv-local", "succeeded"): 1,
+                      ("hyperv-extra", "failed"): 1}
+    passed = next(c for c in by_job if c.state == "succeeded")
+    assert passed.mean_seconds == pytest.approx(30 * 60, abs=0.01)
+    d_finished = world.now - timedelta(days=1) + timedelta(minutes=32)
+    assert passed.day == d_finished.astimezone(UTC).date()  # the UTC day it finished
+    assert {c.name for c in by_project} == {"openstack/compute-hyperv", "openstack/nova"}
+    assert sum(c.builds for c in by_project) == 5
+    assert len(spans) == len(world.builds)
+    assert sum(1 for _, left in spans if left is None) == 1  # f still waits
     # devstack-1: a, b, c, b2 failed, d passed; hv-1: a, b2 failed, e errored.
     assert nodes == {"devstack-1": (5, 4), "hv-1": (3, 3), HOSTILE_NODE: (2, 1)}
