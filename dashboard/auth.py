@@ -179,8 +179,11 @@ def _form_next() -> str:
 
 
 def is_local_path(target: str) -> bool:
-    """Only a path on this site: never another host (an open redirect)."""
-    return target.startswith("/") and not target.startswith("//") and "\\" not in target
+    """Only a path on this site: never another host (an open redirect). Browsers
+    drop tabs and newlines from a URL and read a backslash as a slash, so
+    "/<tab>/evil" is "//evil": refused, with every other control or space."""
+    return (target.startswith("/") and not target.startswith("//") and "\\" not in target
+            and not any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7f for ch in target))
 
 
 # -- the login rate limit -----------------------------------------------------------------------

@@ -362,3 +362,13 @@ def test_compose_keeps_the_session_key_on_a_volume() -> None:
     assert volumes[str(key_file.parent)]["type"] == "volume"
     # The anchor's mounts are still there (a service's `volumes` replaces the anchor's).
     assert {"/etc/hyperv-ci", "/srv/hyperv-ci/logs"} <= set(volumes)
+
+
+def test_next_is_only_ever_a_path_of_this_site(client: FlaskClient, world: Any,
+                                               operator_account: str) -> None:
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example",
+                   "/\t/evil.example", "/\n/evil.example", "javascript:alert(1)", "évil"):
+        response = log_in(client, next_=target)
+        assert response.headers["Location"] == "/", repr(target)
+    assert log_in(client, next_="/changes/1001?x=é").headers["Location"].startswith(
+        "/changes/1001?x=")
