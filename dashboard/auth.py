@@ -100,7 +100,12 @@ def _identify() -> None:
     """First thing in every request: who is asking. The lookup's transaction is
     ended at once, so the request's session is free for an action's own
     `session.begin()` (and SQLite's write lock, which every transaction takes
-    here (ci/db.py), is not held while the page renders)."""
+    here (ci/db.py), is not held while the page renders). /healthz, /metrics
+    and the static files need no one: they do not read the users table (a
+    health check must answer 503 for a database down, not fail here)."""
+    if request.endpoint == "static" or request.blueprint in {"health", "metrics"}:
+        g.actor = None
+        return
     g.actor = _resolve_actor()
     db().rollback()
 

@@ -372,3 +372,18 @@ def test_next_is_only_ever_a_path_of_this_site(client: FlaskClient, world: Any,
         assert response.headers["Location"] == "/", repr(target)
     assert log_in(client, next_="/changes/1001?x=é").headers["Location"].startswith(
         "/changes/1001?x=")
+
+
+def test_healthz_answers_503_for_a_logged_in_browser_too(dash_config: Config) -> None:
+    # A load balancer reusing an operator's cookie, or a private dashboard: /healthz
+    # must not look the user up (that would be a 500 when the database is down).
+    from ci.db import make_engine, make_sessionmaker
+
+    sessions = make_sessionmaker(make_engine("postgresql+psycopg://hypervci@127.0.0.1:1/x"))
+    private = dash_config.model_copy(update={"dashboard": dash_config.dashboard.model_copy(
+        update={"public_read": False})})
+    client = create_app(private, sessions=sessions,
+                        test_config={"TESTING": True}).test_client()
+    with client.session_transaction() as browser_session:
+        browser_session["user"] = OPERATOR_NAME
+    assert client.get("/healthz").status_code == 503
