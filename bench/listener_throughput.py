@@ -1,213 +1,264 @@
-"""Listener throughput: events/s read from a real SimGerrit stream and stored in batches.
+"""Listener intake against its anchors, in one run: events/s from a simulated Gerrit.
 
-    python -m bench.listener_throughput [--events 20000] [--pg URL]
+    python -m bench.listener_throughput [--events 50000] [--runs 5] [--quick]
+                                        [--pg URL] [--results FILE] [--profile]
 
-Prints figures only (compare ratios within one run: absolute numbers drift
-from run to run on a shared machine).
+Every reader receives the same corpus (Gerrit-3.x-shaped events of 1.5–3 KB)
+from the same simulated Gerrit over SSH, each in a process of its own, runs
+interleaved (bare, gerritlib, SQLite, PostgreSQL, bare, ...), medians taken:
+
+- the bare paramiko reader: `exec_command`, `for line in stdout`, `json.loads`,
+  stores nothing (the ceiling a Python reader reaches);
+- gerritlib's GerritWatcher as shipped (the `bench` extra), counted off its queue;
+- hyperv-ci's Listener + EventStore, until every line is committed, on
+  SQLite and on PostgreSQL.
+
+Records listener.{bare,gerritlib,sqlite,pg}_eps and listener.ratio_{sqlite,pg}
+(÷ bare) and listener.ratio_gerritlib (sqlite ÷ gerritlib). `--profile` runs the
+SQLite listener once more under cProfile and prints where its writer spends time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import json
 import logging
+import pstats
+import statistics
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import orjson
-from sqlalchemy import create_engine, text
-from sqlalchemy.orm import Session, sessionmaker
-
-from ci.config import Config, parse_config
-from ci.db import ensure_schema, make_engine, make_sessionmaker
-from ci.gerrit import GerritClient
-from listener.event_store import EventStore
-from listener.events import parse_event
-from listener.stream import Listener
-from sim.gerrit import SimGerrit, make_client_identity
+from bench.listener_sim import SimProcess, Target, corpus, run_reader
+from bench.results import RESULTS, record
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-def sample_lines(count: int) -> list[bytes]:
-    """Gerrit-3.x-shaped patchset-created lines of about 2 KB with non-ASCII text."""
-    lines = []
-    for i in range(count):
-        number = 100000 + i
-        event = {
-            "uploader": {"name": "Zoë Ñúñez 李", "email": "zoe@example.org", "username": "zoe"},
-            "patchSet": {"number": 1, "revision": f"{i:040x}", "parents": [f"{i + 1:040x}"],
-                         "ref": f"refs/changes/{number % 100:02d}/{number}/1",
-                         "uploader": {"name": "Zoë Ñúñez 李", "username": "zoe"},
-                         "createdOn": 1700000000 + i, "kind": "REWORK",
-                         "sizeInsertions": 12, "sizeDeletions": -3},
-            "change": {"project": "openstack/nova", "branch": "master", "id": f"I{i:040x}",
-                       "number": number, "subject": f"Hyper-V: 修复实例名 {i} — café",
-                       "owner": {"name": "Zoë Ñúñez 李", "username": "zoe"},
-                       "url": f"https://review.example.org/c/openstack/nova/+/{number}",
-                       "commitMessage": "Hyper-V: 修复 unicode\n\n" + "détails " * 150,
-                       "createdOn": 1700000000 + i, "status": "NEW"},
-            "project": "openstack/nova", "refName": "refs/heads/master",
-            "type": "patchset-created", "eventCreatedOn": 1700000000 + i,
-        }
-        lines.append(orjson.dumps(event))
-    return lines
+# -- the readers (each runs in a child process: module-level functions) ------------------------
 
 
-def rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:>10,.0f} events/s  ({count} in {seconds:.2f} s)"
+def bare_reader(target: Target, count: int, ready: Callable[[], None]) -> float:
+    """paramiko's file-like stdout, one `json.loads` a line; the time of the last one."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(target.known_hosts)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect("127.0.0.1", port=target.port, username=target.username,
+                   key_filename=target.key_file, allow_agent=False, look_for_keys=False)
+    try:
+        _stdin, stdout, _stderr = client.exec_command("gerrit stream-events")
+        ready()
+        for seen, line in enumerate(stdout, 1):
+            json.loads(line)
+            if seen == count:
+                break
+        return time.monotonic()
+    finally:
+        client.close()
 
 
-def bench_read(sim: SimGerrit, client: GerritClient, lines: list[bytes],
-               parse: bool) -> float:
-    """Seconds to receive every line through `gerrit stream-events` (optionally parsed)."""
-    stop = threading.Event()
-    got = 0
-    connected = threading.Event()
-    done = threading.Event()
+def gerritlib_reader(target: Target, count: int, ready: Callable[[], None]) -> float:
+    """gerritlib's watcher as shipped (it logs each event through pprint.pformat,
+    even with DEBUG off), its events taken off `event_queue`."""
+    from gerritlib.gerrit import Gerrit
 
-    def read() -> None:
-        nonlocal got
-        for line in client.stream_events(stop, poll_timeout=0.05):
-            connected.set()
-            if line is None:
-                continue
-            if parse:
-                parse_event(line)
-            got += 1
-            if got == len(lines):
-                done.set()
-                stop.set()
-
-    thread = threading.Thread(target=read)
-    thread.start()
-    connected.wait(30)
-    texts = [line.decode() for line in lines]
-    start = time.perf_counter()
-    for line in texts:
-        sim.emit_raw(line)
-    done.wait(300)
-    elapsed = time.perf_counter() - start
-    stop.set()
-    thread.join()
-    return elapsed
+    logging.getLogger("gerrit").setLevel(logging.CRITICAL)  # its host-key warning
+    gerrit = Gerrit("127.0.0.1", target.username, port=target.port, keyfile=target.key_file)
+    gerrit.startWatching(retry_delay=1)
+    ready()
+    events = gerrit.event_queue
+    for _ in range(count):
+        events.get()
+    return time.monotonic()
 
 
-def bench_store(sessions: sessionmaker[Session], lines: list[bytes], batch: int) -> float:
-    store = EventStore(sessions, batch_size=batch, max_delay=3600)
-    start = time.perf_counter()
-    for line in lines:
-        store.add(line)
-    store.flush()
-    return time.perf_counter() - start
+def listener_reader(target: Target, count: int, ready: Callable[[], None], *, url: str,
+                    profile: str = "") -> float:
+    """hyperv-ci's Listener + EventStore; the time the last line was committed."""
+    from sqlalchemy import text
 
+    from ci.db import ensure_schema, make_engine, make_sessionmaker
+    from ci.gerrit import GerritClient
+    from listener.stream import Listener
 
-def bench_listener(config_for: Callable[[str], Config], url: str, sim: SimGerrit,
-                   lines: list[bytes]) -> float:
-    """Seconds from the first emitted line until the Listener has stored them all."""
-    config = config_for(url)
+    config = bench_config(target, url)
     engine = make_engine(url)
     ensure_schema(engine)
+    with engine.begin() as conn:  # every run starts from an empty table
+        conn.execute(text("DELETE FROM events"))
     sessions = make_sessionmaker(engine)
-    listener = Listener(config, sessions, lambda: GerritClient(config.gerrit))
+    done = threading.Event()
+    finished = [0.0]
+
+    def flushed(_rows: int) -> None:
+        if listener.store.stored >= count and not done.is_set():
+            finished[0] = time.monotonic()
+            done.set()
+
+    listener = Listener(config, sessions, lambda: GerritClient(config.gerrit),
+                        on_flush=flushed)
     stop = threading.Event()
-    thread = threading.Thread(target=listener.run, args=(stop,))
+    profiler = cProfile.Profile() if profile else None
+
+    def run() -> None:
+        if profiler is not None:
+            profiler.enable()
+        listener.run(stop)
+        if profiler is not None:
+            profiler.disable()
+
+    thread = threading.Thread(target=run, name="listener-writer")
     thread.start()
-    while listener.connections < 1:
+    deadline = time.monotonic() + 30
+    while listener.connections < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    start = time.perf_counter()
-    for line in lines:
-        sim.emit_raw(line.decode())
-    deadline = time.monotonic() + 300
-    while listener.store.stored < len(lines) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    elapsed = time.perf_counter() - start
-    if listener.store.stored < len(lines):
-        print(f"  (only {listener.store.stored} of {len(lines)} stored)")
+    ready()
+    if not done.wait(600):
+        raise RuntimeError(f"only {listener.store.stored} of {count} events stored")
     stop.set()
     thread.join()
     engine.dispose()
-    return elapsed
+    if profiler is not None:
+        profiler.dump_stats(profile)
+    return finished[0]
 
 
-def pg_database(admin: str) -> tuple[str, Callable[[], None]] | None:
-    """A scratch PostgreSQL database URL and its cleanup, or None if unreachable."""
+def bench_config(target: Target, url: str) -> Any:
+    from ci.config import parse_config
+
+    return parse_config({
+        "database": {"url": url},
+        "gerrit": {"host": "127.0.0.1", "port": target.port, "username": target.username,
+                   "key_file": target.key_file, "known_hosts": target.known_hosts,
+                   "keepalive": 0},
+        "projects": [{"name": "openstack/nova", "files": ["^nova/virt/hyperv/"],
+                      "jobs": ["hyperv"]}],
+        "jobs": {"hyperv": {"type": "local", "command": ["true"]}},
+    })
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def pg_database(admin: str) -> Iterator[str | None]:
+    """A scratch PostgreSQL database's URL (None if PostgreSQL is unreachable)."""
+    from sqlalchemy import create_engine, text
+
     name = f"hypervci_bench_{uuid.uuid4().hex[:8]}"
     try:
         engine = create_engine(admin, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
     except Exception as exc:
-        print(f"PostgreSQL not reachable ({type(exc).__name__}); skipping its rows")
-        return None
-
-    def drop() -> None:
+        print(f"PostgreSQL not reachable ({type(exc).__name__}); its figures are left out")
+        yield None
+        return
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()
 
-    return admin.rsplit("/", 1)[0] + "/" + name, drop
+
+@contextmanager
+def simulated_gerrit(root: Path, lines: list[bytes]) -> Iterator[tuple[SimProcess, Target]]:
+    """A simulated Gerrit process holding `lines`, and how a reader reaches it."""
+    from sim.gerrit import make_client_identity
+
+    key_file, key_line = make_client_identity(root, "hyperv-ci")
+    path = root / "corpus.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    # Room for the whole corpus in the stream's queue: this measures the reader,
+    # not Gerrit's 128-event limit (which a slow reader meets as dropped-output).
+    sim = SimProcess(root / "sim", {"hyperv-ci": key_line}, queue_size=len(lines) + 10)
+    try:
+        sim.load(path)
+        yield sim, Target(sim.port, str(sim.known_hosts), str(key_file))
+    finally:
+        sim.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20000)
-    parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    lines = sample_lines(args.events)
+def gerritlib_missing() -> str | None:
+    try:
+        import gerritlib.gerrit  # noqa: F401
+    except ImportError as exc:
+        return f"gerritlib is not installed (pip install -e '.[bench]'): {exc}"
+    return None
+
+
+def measure(events: int, runs: int, pg_admin: str, profile: bool) -> dict[str, float]:
+    lines = corpus(events)
     mean = sum(map(len, lines)) / len(lines)
-    print(f"{len(lines)} patchset-created lines, mean {mean:,.0f} bytes")
+    print(f"{len(lines):,} events of {min(map(len, lines)):,}–{max(map(len, lines)):,} bytes "
+          f"(mean {mean:,.0f}), {runs} interleaved run(s), medians")
+    rates: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, pg_database(pg_admin) as pg_url, \
+            simulated_gerrit(Path(tmp), lines) as (sim, target):
+        readers: list[tuple[str, Callable[..., float], dict[str, Any]]] = [
+            ("bare", bare_reader, {})]
+        missing = gerritlib_missing()
+        if missing:
+            print(missing)
+        else:
+            readers.append(("gerritlib", gerritlib_reader, {"tail": True}))
+        readers.append(("sqlite", listener_reader, {"url": f"sqlite:///{tmp}/bench.db"}))
+        if pg_url:
+            readers.append(("pg", listener_reader, {"url": pg_url}))
+        for _ in range(runs):
+            for name, reader, extra in readers:
+                sim.wait_subscribers(0)
+                rates.setdefault(name, []).append(
+                    run_reader(reader, sim, target, len(lines), **extra))
+        if profile:
+            sim.wait_subscribers(0)
+            stats = Path(tmp) / "listener.prof"
+            run_reader(listener_reader, sim, target, len(lines),
+                       url=f"sqlite:///{tmp}/profile.db", profile=str(stats))
+            print("\nwhere the SQLite listener's writer thread spends its time (cProfile):")
+            pstats.Stats(str(stats)).sort_stats("tottime").print_stats(18)
+    eps = {name: statistics.median(values) for name, values in rates.items()}
+    labels = {"bare": "bare paramiko reader, json.loads per line",
+              "gerritlib": "gerritlib GerritWatcher as shipped",
+              "sqlite": "hyperv-ci Listener + EventStore, SQLite",
+              "pg": "hyperv-ci Listener + EventStore, PostgreSQL"}
+    for name, value in eps.items():
+        spread = ", ".join(f"{v:,.0f}" for v in rates[name])
+        print(f"  {labels[name]:<46} {value:>9,.0f} events/s  ({spread})")
+    figures = {f"listener.{name}_eps": round(value) for name, value in eps.items()}
+    if "sqlite" in eps:
+        figures["listener.ratio_sqlite"] = round(eps["sqlite"] / eps["bare"], 3)
+        if "gerritlib" in eps:
+            figures["listener.ratio_gerritlib"] = round(eps["sqlite"] / eps["gerritlib"], 2)
+    if "pg" in eps:
+        figures["listener.ratio_pg"] = round(eps["pg"] / eps["bare"], 3)
+    return figures
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        key_file, key_line = make_client_identity(root, "hyperv-ci")
-        sim = SimGerrit(root / "sim", users={"hyperv-ci": key_line},
-                        stream_queue_size=len(lines) + 10).start()
-        try:
-            def config_for(url: str) -> Config:
-                return parse_config({
-                    "database": {"url": url},
-                    "gerrit": {"host": "127.0.0.1", "port": sim.port, "username": "hyperv-ci",
-                               "key_file": str(key_file), "known_hosts": str(sim.known_hosts_file)},
-                    "projects": [{"name": "openstack/nova", "jobs": ["j"]}],
-                    "jobs": {"j": {"type": "local", "command": ["true"]}},
-                })
 
-            client = GerritClient(config_for("sqlite://").gerrit)
-            print("\nreading the stream (SimGerrit over SSH on loopback)")
-            print("  raw lines          ", rate(len(lines), bench_read(sim, client, lines, False)))
-            print("  lines + parse_event", rate(len(lines), bench_read(sim, client, lines, True)))
-
-            # Each engine gets two databases: the listener's must not hold the
-            # store rows, or it would rightly drop the same lines as duplicates.
-            urls = [("SQLite", f"sqlite:///{root / 'bench.db'}",
-                     f"sqlite:///{root / 'bench-listener.db'}")]
-            scratch = [db for db in (pg_database(args.pg), pg_database(args.pg)) if db]
-            if len(scratch) == 2:
-                urls.append(("PostgreSQL", scratch[0][0], scratch[1][0]))
-            try:
-                for label, url, url2 in urls:
-                    engine = make_engine(url)
-                    ensure_schema(engine)
-                    sessions = make_sessionmaker(engine)
-                    print(f"\nstoring on {label} (EventStore, parse + dedup + insert)")
-                    few = lines[: min(len(lines), 2000)]
-                    print("  1 per transaction  ", rate(len(few), bench_store(sessions, few, 1)))
-                    for batch in (200, 1000):
-                        print(f"  batches of {batch:<8}", rate(len(lines),
-                                                            bench_store(sessions, lines, batch)))
-                    engine.dispose()
-                    print(f"  Listener end to end ({label})",
-                          rate(len(lines), bench_listener(config_for, url2, sim, lines)))
-            finally:
-                for _url, drop in scratch:
-                    drop()
-        finally:
-            sim.stop()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=int, default=50000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2,000 events, once")
+    parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL ('' for none)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    events, runs = (min(args.events, 2000), 1) if args.quick else (args.events, args.runs)
+    figures = measure(events, runs, args.pg, args.profile)
+    for key, value in figures.items():
+        print(f"{key} = {value}")
+    record(figures, path=args.results)
 
 
 if __name__ == "__main__":
