@@ -22,8 +22,8 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Literal
 
-from sqlalchemy import Select, and_, case, func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, and_, case, exists, func, null, select, text, union_all
+from sqlalchemy.orm import Session, aliased
 
 from ci.models import FAILING_RESULTS_SQL, Build, BuildState, Change, Patchset, TestResult
 
@@ -98,7 +98,7 @@ class FlakyTest:
     rerun_flips: int  # builds where it failed then passed on a re-run
     recheck_flips: int  # outcome changes between builds of one patchset and job
     builds: tuple[int, ...]  # the builds involved, newest first
-    last_seen: datetime | None
+    last_failed: datetime | None  # when the newest of those where it failed finished
 
     @property
     def flips(self) -> int:
@@ -129,9 +129,10 @@ def recheck_flips(statuses: Sequence[str]) -> int:
 
 
 def classify_flaky(test_id: str, runs_by_group: Iterable[Sequence[tuple[int, str]]],
-                   finished: dict[int, datetime | None]) -> FlakyTest | None:
+                   failed_at: dict[int, datetime | None]) -> FlakyTest | None:
     """A FlakyTest from the (build_id, status) runs of one test, one sequence per
-    (patchset, job) in build order; None when it never flipped."""
+    (patchset, job) in build order; None when it never flipped. `failed_at` holds
+    the finishing time of the builds where it failed (or was flaky)."""
     rerun = 0
     recheck = 0
     involved: set[int] = set()
@@ -147,7 +148,7 @@ def classify_flaky(test_id: str, runs_by_group: Iterable[Sequence[tuple[int, str
     if not rerun and not recheck:
         return None
     builds = tuple(sorted(involved, reverse=True))
-    seen = [when for b in builds if (when := finished.get(b)) is not None]
+    seen = [when for b in builds if (when := failed_at.get(b)) is not None]
     return FlakyTest(test_id, rerun, recheck, builds, max(seen) if seen else None)
 
 
@@ -259,25 +260,36 @@ def flaky_tests(session: Session, since: datetime, limit: int = 200) -> list[Fla
     window = (select(Build.id, code.label("code"), Build.job, Build.finished_at)
               .where(Build.finished_at >= since).cte("flaky_window"))
     # The literal predicate of the partial index, so PostgreSQL can prove it applies.
-    failed = (select(window.c.code, window.c.job, TestResult.test_id).distinct()
-              .join(window, window.c.id == TestResult.build_id)
-              .where(text(FAILING_RESULTS_SQL)).cte("flaky_failed"))
-    rows = session.execute(
-        select(TestResult.build_id, TestResult.test_id, TestResult.status, window.c.code,
-               window.c.job, window.c.finished_at)
-        .select_from(failed)
-        .join(window, and_(window.c.code == failed.c.code, window.c.job == failed.c.job))
-        .join(TestResult, and_(TestResult.build_id == window.c.id,
-                               TestResult.test_id == failed.c.test_id)))
+    failing = (select(TestResult.build_id, TestResult.test_id, TestResult.status,
+                      window.c.code, window.c.job, window.c.finished_at)
+               .join(window, window.c.id == TestResult.build_id)
+               .where(text(FAILING_RESULTS_SQL)).cte("flaky_failing"))
+    failed = select(failing.c.code, failing.c.job, failing.c.test_id).distinct().cte(
+        "flaky_failed")
+    # The same tests' results in the other builds of their group: a lookup each,
+    # none for the builds where they failed (known already).
+    other = aliased(TestResult)
+    # No finishing time: only the failures' are shown (and converting 10,000s of
+    # timestamps is a good part of the cost).
+    others = (select(other.build_id, other.test_id, other.status, window.c.code,
+                     window.c.job, null().label("finished_at"))
+              .select_from(failed)
+              .join(window, and_(window.c.code == failed.c.code, window.c.job == failed.c.job))
+              .where(~exists().where(failing.c.build_id == window.c.id,
+                                     failing.c.test_id == failed.c.test_id))
+              .join(other, and_(other.build_id == window.c.id,
+                                other.test_id == failed.c.test_id)))
+    rows = session.execute(union_all(select(failing), others))
     runs: dict[tuple[str, int, str], dict[int, str]] = {}
-    finished: dict[int, datetime | None] = {}
+    failed_at: dict[int, datetime | None] = {}
     for build_id, test_id, status, group, job, finished_at in rows:
         runs.setdefault((test_id, group, job), {})[build_id] = status
-        finished[build_id] = finished_at
+        if finished_at is not None:
+            failed_at[build_id] = finished_at
     by_test: dict[str, list[list[tuple[int, str]]]] = {}
     for (test_id, _group, _job), statuses in runs.items():
         by_test.setdefault(test_id, []).append(sorted(statuses.items()))
     found = [flaky for test_id, groups in by_test.items()
-             if (flaky := classify_flaky(test_id, groups, finished)) is not None]
+             if (flaky := classify_flaky(test_id, groups, failed_at)) is not None]
     found.sort(key=lambda f: (-f.flips, f.test_id))
     return found[:limit]

@@ -158,7 +158,7 @@ SCHEMAS: dict[str, Schema] = {
         "tests": array(obj({
             "test_id": STRING, "url": STRING, "flips": {"type": "integer", "minimum": 1},
             "rerun_flips": INT, "recheck_flips": INT, "builds": array(BUILD_LINK),
-            "last_seen": nullable(TIME)})),
+            "last_failed": nullable(TIME)})),
     }),
     "Charts": obj({
         "days": INT, "by": {"type": "string", "enum": ["job", "project"]},

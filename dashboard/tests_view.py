@@ -116,7 +116,7 @@ def flaky_dict(flaky: FlakyTest) -> dict[str, Any]:
         "rerun_flips": flaky.rerun_flips,
         "recheck_flips": flaky.recheck_flips,
         "builds": [{"id": b, "url": url_for("pages.build", build_id=b)} for b in flaky.builds],
-        "last_seen": iso(flaky.last_seen),
+        "last_failed": iso(flaky.last_failed),
     }
 
 
