@@ -413,7 +413,10 @@ def test_made_up_comment_matches_the_streamed_one_a_second_apart(
     assert again.add(comment(999, "catch-up")) is None
 
 
-@pytest.mark.parametrize("created_on", [int(time.time() * 1000), int(time.time()) + 86400 * 30])
+# Named ids: values computed from the clock would differ between pytest-xdist's
+# workers, which must collect the same tests.
+@pytest.mark.parametrize("created_on", [int(time.time() * 1000), int(time.time()) + 86400 * 30],
+                         ids=["milliseconds", "a-month-ahead"])
 def test_a_bad_gerrit_timestamp_never_shrinks_the_catch_up_window(
         make_listener: Callable[..., Listener], sim_gerrit: SimGerrit,
         client_key: tuple[Path, str], tmp_path: Path,
