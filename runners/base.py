@@ -111,6 +111,9 @@ class TestOutcome:
     details: str = ""  # traceback of a failure, reason of a skip
     # Which run gave this status: 0 the first, N re-run N (runners.rerun).
     attempt: int = 0
+    # The test's other attachments (logging, stdout...): a file in the build's
+    # log tree, relative to it ("" when none or not stored: runners.subunit).
+    attachments: str = ""
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 from ci.config import LocalJob
 from ci.models import StepState
 from runners.base import BuildContext, JobResult, Outcome, Runner
-from runners.subunit import TestOutcome, parse_subunit, summarize
+from runners.subunit import AttachmentStore, TestOutcome, parse_subunit, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -103,4 +103,5 @@ def _outcomes(log_dir: Path) -> list[TestOutcome]:
     path = log_dir / SUBUNIT_FILE
     if not path.is_file():
         return []
-    return parse_subunit(path.read_bytes())
+    # Attachments go beside the stream, into the tree the worker publishes.
+    return parse_subunit(path.read_bytes(), AttachmentStore(log_dir))

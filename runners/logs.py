@@ -140,6 +140,15 @@ def publish_logs(log_dir: Path, redact: Redactor, gzip_over: int,
     write_index(log_dir)
 
 
+def published_name(log_dir: Path, rel: str) -> str:
+    """`rel` (a file of the build's tree) as `publish_logs` left it: `.gz` added
+    when it was big enough to compress, so a link to it is not dead."""
+    if not rel or (log_dir / rel).is_file():
+        return rel
+    compressed = rel + ".gz"
+    return compressed if (log_dir / compressed).is_file() else rel
+
+
 def prune_logs(root: Path, retention_days: int, now: float | None = None) -> int:
     """Delete build log trees older than the retention; returns how many were removed.
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import subunit
@@ -22,8 +24,8 @@ from runners.base import TestOutcome
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FLAKY", "STATUSES", "STREAM_STATUSES", "Summary", "TestOutcome", "parse_subunit",
-           "summarize"]
+__all__ = ["FLAKY", "STATUSES", "STREAM_STATUSES", "AttachmentStore", "Summary", "TestOutcome",
+           "parse_subunit", "summarize"]
 
 # What a subunit stream can end a test with.
 STREAM_STATUSES = ("success", "fail", "skip", "xfail", "uxsuccess")
@@ -60,6 +62,13 @@ class Summary:
         return f"{self.total} tests: " + (", ".join(parts) if parts else "none ran")
 
 
+def _text(content: Any) -> str:
+    try:
+        return str(content.as_text())
+    except (UnicodeDecodeError, LookupError):
+        return b"".join(content.iter_bytes()).decode("utf-8", errors="replace")
+
+
 def _details_text(details: dict[str, Any]) -> str:
     names = [n for n in _DETAIL_ORDER if n in details]
     names += sorted(n for n in details if n not in _DETAIL_ORDER)
@@ -68,13 +77,56 @@ def _details_text(details: dict[str, Any]) -> str:
         content = details[name]
         if content.content_type.type != "text":
             continue  # binary attachments (e.g. captured pickles) are not for humans
-        try:
-            text = content.as_text()
-        except (UnicodeDecodeError, LookupError):
-            text = b"".join(content.iter_bytes()).decode("utf-8", errors="replace")
+        text = _text(content)
         if text.strip():
             texts.append(text if name in _DETAIL_ORDER else f"{name}:\n{text}")
     return "\n".join(texts)
+
+
+def _kept_names(status: str) -> tuple[str, ...]:
+    """The details a stored result keeps: a failure's traceback (the dashboard
+    and the report show it) and any test's reason (a skip's); the rest is a file."""
+    return _DETAIL_ORDER if status in _FAILING else ("reason",)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class AttachmentStore:
+    """Writes tests' attachments under `root/prefix`, one text file per test.
+
+    Tempest attaches each test's captured logging (and stdout/stderr when
+    captured) to its subunit events; on a heavy run that is megabytes, which
+    belong in the log tree beside the stream, not in the database. Files are
+    numbered in stream order, so two test ids that sanitise alike never share
+    one. They land in the build's private staging tree, which the worker
+    redacts before publishing (runners/logs.py).
+    """
+
+    root: Path
+    prefix: str = "attachments"
+    written: int = 0
+
+    def write(self, test_id: str, details: dict[str, Any]) -> str:
+        """The test's attachments as one file; returns its path relative to `root`."""
+        self.written += 1
+        short = ".".join(test_id.split("[", 1)[0].split(".")[-2:])  # Class.test_method
+        name = _UNSAFE.sub("_", short)
+        rel = f"{self.prefix}/{self.written:04d}-{name.strip('_')[:80] or 'test'}.txt"
+        parts = [f"{test_id}\n"]
+        for key in sorted(details):
+            content = details[key]
+            if content.content_type.type == "text":
+                parts.append(f"\n===== {key} ({content.content_type}) =====\n{_text(content)}\n")
+            else:
+                size = sum(len(chunk) for chunk in content.iter_bytes())
+                parts.append(f"\n===== {key} ({content.content_type}): {size} bytes of binary, "
+                             "kept in the subunit stream only =====\n")
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(parts), encoding="utf-8", errors="replace")
+        return rel
 
 
 def _duration(timestamps: Iterable[Any]) -> float | None:
@@ -84,8 +136,14 @@ def _duration(timestamps: Iterable[Any]) -> float | None:
     return max((stop - start).total_seconds(), 0.0)
 
 
-def parse_subunit(stream: BinaryIO | bytes) -> list[TestOutcome]:
+def parse_subunit(stream: BinaryIO | bytes,
+                  attachments: AttachmentStore | None = None) -> list[TestOutcome]:
     """Every test of a subunit v2 stream, in the order they completed.
+
+    With an `attachments` store, each outcome's details keep only a failure's
+    traceback and a reason; its other attachments go to a file of the store
+    (`TestOutcome.attachments`). Without one, details hold every text
+    attachment (for callers that store nothing).
 
     Bytes that are not subunit are tolerated (collected under a "stdout"
     attachment and ignored); a corrupt packet shows up as a failing test
@@ -99,13 +157,22 @@ def parse_subunit(stream: BinaryIO | bytes) -> list[TestOutcome]:
         status = test["status"]
         if status == "exists":
             return  # the enumeration event both producers send before running
-        details = _details_text(test["details"])
+        every = test["details"]
+        stored = ""
+        if attachments is not None:
+            kept = _kept_names(status if status in STREAM_STATUSES else "fail")
+            rest = {k: v for k, v in every.items() if k not in kept}
+            every = {k: v for k, v in every.items() if k in kept}
+            if rest:
+                stored = attachments.write(test["id"], rest)
+        details = _details_text(every)
         if status not in STREAM_STATUSES:
             logger.warning("test %s ended with status %r; counting it as failed",
                            test["id"], status)
             details = (details + "\n" if details else "") + "the test did not complete"
             status = "fail"
-        outcomes.append(TestOutcome(test["id"], status, _duration(test["timestamps"]), details))
+        outcomes.append(TestOutcome(test["id"], status, _duration(test["timestamps"]), details,
+                                    attachments=stored))
 
     result = testtools.StreamToDict(on_test)
     case = subunit.ByteStreamToStreamResult(fileobj, non_subunit_name="stdout")

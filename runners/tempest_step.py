@@ -27,7 +27,7 @@ from runners.rerun import load_list, merge_rerun, rerun_ids
 from runners.results import format_failures, format_flaky, short_name
 from runners.ssh import SSHExecutor
 from runners.steps import StepHandle
-from runners.subunit import TestOutcome, parse_subunit, summarize
+from runners.subunit import AttachmentStore, TestOutcome, parse_subunit, summarize
 from runners.tempest_progress import POLL_SECONDS, Progress, ProgressWatcher, TestCounter
 
 # Runs the uploaded tempest.sh with these arguments, output into the step.
@@ -87,8 +87,13 @@ class TempestStep:
 
         return ProgressWatcher(self.ssh, paths, counter, publish, self.progress_seconds)
 
-    def _stream(self, remote: str, name: str, run: CommandResult) -> list[TestOutcome]:
-        """Download one subunit stream into the log tree and parse it; none is a CI error."""
+    def _stream(self, remote: str, name: str, run: CommandResult,
+                attachments: str = "attachments") -> list[TestOutcome]:
+        """Download one subunit stream into the log tree and parse it; none is a CI error.
+
+        The tests' attachments (captured logging...) go to files under
+        `attachments` in the log tree, not into the results (runners/subunit.py).
+        """
         local = self.log_dir / name
         try:
             self.ssh.get(remote, local)
@@ -97,7 +102,7 @@ class TempestStep:
             # tempest.sh's last words say why (e.g. tempest is not installed).
             raise InfraError(f"no subunit stream from tempest (exit {run.exit_code})"
                              f"{last_line(run.stderr)}: {exc}") from exc
-        return parse_subunit(local.read_bytes())
+        return parse_subunit(local.read_bytes(), AttachmentStore(self.log_dir, attachments))
 
     def _rerun_failed(self, step: StepHandle, results: list[TestOutcome],
                       counter: TestCounter) -> list[TestOutcome]:
@@ -114,7 +119,8 @@ class TempestStep:
             with self._watch(step, counter, [str(remote_dir / f"rerun-{attempt}.subunit")]):
                 run = self.run_script(["rerun", str(attempt)])
             again = self._stream(str(remote_dir / f"rerun-{attempt}.subunit"),
-                                 f"tempest-rerun-{attempt}.subunit", run)
+                                 f"tempest-rerun-{attempt}.subunit", run,
+                                 f"attachments/rerun-{attempt}")
             results = merge_rerun(results, again, attempt)
         return results
 
