@@ -327,9 +327,11 @@ def build_detail(session: Session, build_id: int, tests_page: int = 1,
                                                   "reason": wait.reason}
     item["test_counts"] = count_tests_of(session, build_id)
     counts = item["test_counts"]
-    item["failures"] = _tests(session, build_id, FAILURE_STATUSES, limit=FAILURES_SHOWN) \
+    logs = item["log_url"]  # tests' attachment files are in the build's log tree
+    item["failures"] = _tests(session, build_id, FAILURE_STATUSES, limit=FAILURES_SHOWN,
+                              log_base=logs) \
         if any(s in counts for s in FAILURE_STATUSES) else []
-    item["flaky"] = _tests(session, build_id, ("flaky",), limit=FAILURES_SHOWN) \
+    item["flaky"] = _tests(session, build_id, ("flaky",), limit=FAILURES_SHOWN, log_base=logs) \
         if "flaky" in counts else []
     total = (item["test_counts"].get(tests_status, 0) if tests_status
              else sum(item["test_counts"].values()))
@@ -337,7 +339,7 @@ def build_detail(session: Session, build_id: int, tests_page: int = 1,
     page = min(max(tests_page, 1), pages)
     item["tests"] = [] if not total else _tests(
         session, build_id, (tests_status,) if tests_status else None,
-        limit=TESTS_PER_PAGE, offset=(page - 1) * TESTS_PER_PAGE)
+        limit=TESTS_PER_PAGE, offset=(page - 1) * TESTS_PER_PAGE, log_base=logs)
     item["tests_page"] = {"page": page, "pages": pages, "per_page": TESTS_PER_PAGE,
                           "total": total, "status": tests_status}
     report = build.report
@@ -375,7 +377,7 @@ def count_tests_of(session: Session, build_id: int) -> dict[str, int]:
 
 
 def _tests(session: Session, build_id: int, statuses: Sequence[str] | None, *,
-           limit: int, offset: int = 0) -> list[dict[str, Any]]:
+           limit: int, offset: int = 0, log_base: str | None = None) -> list[dict[str, Any]]:
     query = select(TestResult).where(TestResult.build_id == build_id)
     if statuses is not None:
         query = query.where(TestResult.status.in_(statuses))
@@ -383,7 +385,8 @@ def _tests(session: Session, build_id: int, statuses: Sequence[str] | None, *,
     query = (query.order_by(TestResult.status.not_in(FAILURE_STATUSES), TestResult.id)
              .limit(limit).offset(offset))
     return [{"test_id": t.test_id, "status": t.status, "duration": t.duration,
-             "details": t.details, "failed": t.status in FAILURE_STATUSES}
+             "details": t.details, "failed": t.status in FAILURE_STATUSES,
+             "attachments_url": _join_url(log_base, t.attachments)}
             for t in session.scalars(query)]
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.models import Build, BuildState, TestResult
+from dashboard import create_app
 from runners.subunit import AttachmentStore, parse_subunit
 from runners.worker import Worker
 from tests.runners.test_worker import enqueue, make_config
@@ -95,3 +96,10 @@ def test_the_database_holds_no_passing_attachment_and_the_files_are_published(
     assert failed.details == "Traceback: 实例 boom\n"
     assert failed.attachments and (tree / failed.attachments).is_file()
     assert (tree / "attachments" / "index.html").is_file()  # browsable like the rest
+    # The build page links the failure's attachments and a passing test's.
+    client = create_app(config, sessions=sqlite_sessions,
+                        test_config={"TESTING": True}).test_client()
+    page = client.get(f"/builds/{build_id}").get_data(as_text=True)
+    assert f'href="{build.log_url}{failed.attachments}">attachments</a>' in page
+    first = next(r for r in rows if r.status == "success")
+    assert f'href="{build.log_url}{first.attachments}">attachments</a>' in page
