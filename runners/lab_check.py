@@ -48,6 +48,19 @@ PROBE_TIMEOUT = 120.0
 WORKER = "worker"  # the node name of the checks on the worker host itself
 
 
+# Every check, by the kind of machine it runs on (docs/lab.md lists them for operators).
+CHECKS: dict[str, tuple[str, ...]] = {
+    "windows": ("winrm", "winrm-transport", "powershell", "hyperv-role", "vswitch",
+                "vswitch-adapter", "data-network", "msiscsi", "service-account", "migration",
+                "instances-disk", "clock", "python", "tools", "hostname"),
+    "controller": ("ssh", "user", "sudo", "devstack-checkout", "devstack-branch",
+                   "data-interface", "disk", "memory"),
+    "parent": ("winrm", "clock", "vm", "checkpoint", "nested-virtualization",
+               "mac-address-spoofing"),
+    "worker": ("worker-files",),
+}
+
+
 class LabCheckError(HypervCIError):
     """The check cannot start: no devstack-hyperv job, or an unknown node name."""
 

@@ -18,21 +18,13 @@ from typing import Any
 import pytest
 
 from ci.config import Config, parse_config
-from runners.lab_check import LabCheckError, LabReport, run_lab_check
+from runners.lab_check import CHECKS, LabCheckError, LabReport, run_lab_check
 from runners.lab_verdict import Thresholds
 from sim.lab import PARENT_HOST, SERVICE_ACCOUNT, SimLab
 from sim.lab_probe import lab_state, set_controller_account
 
-EVERY_CHECK = {
-    "hv-1": ["winrm", "winrm-transport", "powershell", "hyperv-role", "vswitch",
-             "vswitch-adapter", "data-network", "msiscsi", "service-account", "migration",
-             "instances-disk", "clock", "python", "tools", "hostname"],
-    "devstack-1": ["ssh", "user", "sudo", "devstack-checkout", "devstack-branch",
-                   "data-interface", "disk", "memory"],
-    PARENT_HOST: ["winrm", "clock", "vm", "checkpoint", "nested-virtualization",
-                  "mac-address-spoofing"],
-    "worker": ["worker-files"],
-}
+EVERY_CHECK = {"hv-1": CHECKS["windows"], "devstack-1": CHECKS["controller"],
+               PARENT_HOST: CHECKS["parent"], "worker": CHECKS["worker"]}
 
 
 @pytest.fixture(scope="module")
