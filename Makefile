@@ -50,6 +50,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.listener_throughput
 	$(BIN)/python -m bench.winrm_transfer
+	$(BIN)/python -m bench.login
 
 clean:
 	rm -rf $(VENV) $(OSLO_VENV) .demo
