@@ -73,6 +73,7 @@ function setProgress(box, progress) {
   setText(box.querySelector(".progress-done"), String(progress.done));
   setText(box.querySelector(".progress-passed"), String(progress.passed));
   setText(box.querySelector(".progress-failed"), String(progress.failed));
+  setText(box.querySelector(".progress-skipped"), String(progress.done - progress.passed - progress.failed));
   const current = box.querySelector(".progress-current-box");
   current.hidden = !progress.current;
   setText(box.querySelector(".progress-current"), progress.current || "");
