@@ -18,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.gerrit_state import wire_json
+
+if TYPE_CHECKING:
+    from ci.config import Config
 
 _CTX = multiprocessing.get_context("spawn")
 _NAMES = ["Zoë Ñúñez 李", "Łukasz Żółć", "Ørjan Æsir", "Jürgen Müller", "Σοφία Παπαδάκη"]
@@ -187,6 +190,22 @@ class Target:
     known_hosts: str
     key_file: str
     username: str = "hyperv-ci"
+
+
+def bench_config(target: Target, url: str) -> Config:
+    """A configuration watching nova's Hyper-V driver (a files filter, as on the real
+    CI: deciding an upload needs its files) through the simulated Gerrit."""
+    from ci.config import parse_config
+
+    return parse_config({
+        "database": {"url": url},
+        "gerrit": {"host": "127.0.0.1", "port": target.port, "username": target.username,
+                   "key_file": target.key_file, "known_hosts": target.known_hosts,
+                   "keepalive": 0},
+        "projects": [{"name": "openstack/nova", "files": ["^nova/virt/hyperv/"],
+                      "jobs": ["hyperv"]}],
+        "jobs": {"hyperv": {"type": "local", "command": ["true"]}},
+    })
 
 
 def _reader_main(conn: Connection, reader: Callable[..., float], target: Target, count: int,

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.listener_sim import SimProcess, Target, corpus, run_reader
+from bench.listener_sim import SimProcess, Target, bench_config, corpus, run_reader
 from bench.results import RESULTS, record
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -129,20 +129,6 @@ def listener_reader(target: Target, count: int, ready: Callable[[], None], *, ur
     if profiler is not None:
         profiler.dump_stats(profile)
     return finished[0]
-
-
-def bench_config(target: Target, url: str) -> Any:
-    from ci.config import parse_config
-
-    return parse_config({
-        "database": {"url": url},
-        "gerrit": {"host": "127.0.0.1", "port": target.port, "username": target.username,
-                   "key_file": target.key_file, "known_hosts": target.known_hosts,
-                   "keepalive": 0},
-        "projects": [{"name": "openstack/nova", "files": ["^nova/virt/hyperv/"],
-                      "jobs": ["hyperv"]}],
-        "jobs": {"hyperv": {"type": "local", "command": ["true"]}},
-    })
 
 
 # -- the run -----------------------------------------------------------------------------------

@@ -455,3 +455,24 @@ def test_a_made_up_upload_with_its_files_needs_no_lookup(
     assert scheduler.run_once() == 2
     assert gerrit.calls == []
     assert builds(sessions) == [(40, 1, "hyperv-tempest", "queued", "catch-up")]
+
+
+class _RestoreBreaks(Scheduler):
+    def on_change_restored(self, session: Session, event: Any, target: Any) -> str:
+        raise RuntimeError("a bug in one handler")
+
+
+def test_one_failing_event_of_a_group_fails_alone(
+        config: Config, sessions: sessionmaker[Session], gerrit: FakeGerrit) -> None:
+    scheduler = _RestoreBreaks(config, sessions, gerrit)
+    events = []
+    for number in (50, 51, 52):
+        event = uploaded(number, 1) | {"source": "catch-up"}
+        event["patchSet"]["files"] = [{"file": "nova/virt/hyperv/vmops.py"}]
+        events.append(event)
+    events.insert(1, {"type": "change-restored", **change(50, 1)})
+    restore_id = store(sessions, *events)[1]
+    assert scheduler.run_once() == 4
+    assert [b[0] for b in builds(sessions)] == [50, 51, 52]
+    ((event_id, outcome),) = failed_events(sessions)
+    assert event_id == restore_id and "RuntimeError: a bug in one handler" in outcome
