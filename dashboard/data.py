@@ -6,13 +6,14 @@ data (the templates escape them, the API encodes them as JSON strings).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flask import abort, request, url_for
+from flask import abort, g, request, url_for
 from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -64,15 +65,23 @@ def build_log_url(build: Build) -> str | None:
         return build.log_url
     if not build.log_path:
         return None
-    root = config().logs.dir.resolve()
-    path = Path(build.log_path)
-    if not path.is_absolute():
-        path = root / path
-    try:
-        rel = path.resolve().relative_to(root).as_posix()
-    except ValueError:
-        return None  # published somewhere we do not serve
-    return url_for("logs.serve", subpath="" if rel == "." else rel + "/")
+    # Lexically, not with resolve(): a page lists up to a hundred builds, and the
+    # file system is asked (symlinks and all) only when /logs/ serves the tree.
+    for root in _logs_roots():
+        rel = os.path.relpath(os.path.normpath(os.path.join(root, build.log_path)), root)
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            rel = Path(rel).as_posix()
+            return url_for("logs.serve", subpath="" if rel == "." else rel + "/")
+    return None  # published somewhere we do not serve
+
+
+def _logs_roots() -> tuple[str, ...]:
+    """The served log directory as configured and resolved (the worker writes
+    log_path from the configured one), worked out once per request."""
+    if "logs_roots" not in g:
+        configured = config().logs.dir.absolute()
+        g.logs_roots = tuple(dict.fromkeys((str(configured), str(configured.resolve()))))
+    return tuple(g.logs_roots)
 
 
 def _join_url(base: str | None, name: str | None) -> str | None:
