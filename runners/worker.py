@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from runners.base import (
     JobResult,
     Outcome,
     Runner,
+    TestOutcome,
 )
 from runners.logs import prune_logs, publish_logs, published_name
 from runners.provision import power_off_build, provision_build
@@ -321,17 +322,24 @@ class Worker:
             build.tested_commit = result.tested_commit
             if result.tests:
                 # One executemany (no ids read back): 1,500 tests are one statement.
-                session.execute(insert(TestResult), [
-                    {"build_id": build_id, "test_id": t.test_id, "status": t.status,
-                     "duration": t.duration, "details": redact(t.details)[:20000],
-                     "attachments": published_name(Path(log_path), t.attachments) or None}
-                    for t in result.tests])
+                session.execute(insert(TestResult),
+                                test_result_rows(build_id, result.tests, redact, Path(log_path)))
             retry = None
             if state == BuildState.ERROR:
                 retry = queue.retry_after_error(session, build, self.config.worker.max_attempts)
             if retry is None:
                 flaky = [t.test_id for t in result.tests if t.status == FLAKY]
                 queue_report(session, build, self.config, flaky=flaky)
+
+
+def test_result_rows(build_id: int, tests: Sequence[TestOutcome], redact: Callable[[str], str],
+                     log_dir: Path) -> list[dict[str, object]]:
+    """The `test_results` rows of a build's tests: details redacted and capped,
+    attachments named as published in `log_dir` (their content stays there)."""
+    return [{"build_id": build_id, "test_id": t.test_id, "status": t.status,
+             "duration": t.duration, "details": redact(t.details)[:20000],
+             "attachments": published_name(log_dir, t.attachments) or None}
+            for t in tests]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,180 @@
+"""Claims per second: worker processes on PostgreSQL draining a queue of no-op builds.
+
+    python -m bench.claims [--builds 2000] [--workers 8] [--quick] [--pg URL] [--results FILE]
+
+A fresh database gets `--builds` queued builds (one change each, through the
+real `ci.queue.enqueue`); then `--workers` worker PROCESSES, each a real
+`runners.worker.Worker` whose job does nothing (`NoopRunner`: no step, no
+node), claim, run, record and queue the report of every build until none is
+left. Each process notes the builds its runner ran; a build run twice is a
+failure of the claim (`claims.double`, must be 0).
+
+Records claims.pg_8_workers_per_s (builds ÷ seconds from the start signal to
+the last recorded result; the key names the 8 workers even when `--workers`
+differs, so only a default run writes it) and claims.double.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.results import RESULTS, record
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _noop_runner_factory(_config: Any, _job: str) -> Any:
+    from runners.base import BuildContext, JobResult, Outcome, Runner
+
+    class NoopRunner(Runner[None]):
+        """A job that runs nothing: what is left is the worker's own cost."""
+
+        def prepare(self, ctx: BuildContext) -> None:
+            return None
+
+        def run(self, ctx: BuildContext, prepared: None) -> JobResult:
+            _RAN.append(ctx.build_id)
+            return JobResult(Outcome.SUCCEEDED, "nothing to do")
+
+    return NoopRunner()
+
+
+_RAN: list[int] = []  # the builds this process's runner ran
+
+
+def bench_config(url: str, logs: Path) -> Any:
+    from ci.config import parse_config
+
+    return parse_config({
+        "database": {"url": url},
+        "gerrit": {"host": "127.0.0.1", "username": "hyperv-ci", "key_file": "k",
+                   "known_hosts": "kh"},
+        "projects": [{"name": "openstack/nova", "jobs": ["noop"]}],
+        "jobs": {"noop": {"type": "local", "command": ["true"]}},
+        "logs": {"dir": str(logs), "url": "http://logs.example.org/"},
+        "worker": {"lease_seconds": 120},
+    })
+
+
+def worker_process(url: str, logs: str, name: str, start: Any, out: Any) -> None:
+    """One worker process: wait for the start signal, drain the queue, report what ran."""
+    from sqlalchemy import func, select
+
+    from ci.db import make_engine, make_sessionmaker
+    from ci.models import Build, BuildState
+    from runners.worker import Worker
+
+    config = bench_config(url, Path(logs))
+    engine = make_engine(url)
+    worker = Worker(config, make_sessionmaker(engine), name=name,
+                    runner_factory=_noop_runner_factory)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:  # opens the pool's connection before the clock starts
+        session.execute(select(1))
+    start.wait()
+    while True:
+        if worker.run_once():
+            continue
+        # None claimable: every queued row may be locked by other workers' claims.
+        with sessions() as session:
+            if not session.scalar(select(func.count()).select_from(Build)
+                                  .where(Build.state == BuildState.QUEUED)):
+                break
+        time.sleep(0.005)
+    engine.dispose()
+    out.put((name, list(_RAN), time.time()))
+
+
+def fill_queue(url: str, builds: int) -> None:
+    from ci import queue
+    from ci.changes import ChangeInfo
+    from ci.db import make_engine, make_sessionmaker, transaction
+
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        for number in range(10001, 10001 + builds):
+            patchset = queue.upsert_patchset(session, ChangeInfo(
+                number=number, project="openstack/nova", branch="master", patchset=1,
+                subject=f"Réglage {number}"))
+            queue.enqueue(session, patchset, "noop", "patchset-created")
+    engine.dispose()
+
+
+def run(pg_admin: str, builds: int, workers: int) -> dict[str, float | int]:
+    from sqlalchemy import create_engine, func, select, text
+
+    from ci.db import ensure_schema, make_engine
+    from ci.models import Build, BuildState, Report
+
+    name = f"hypervci_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
+    url = pg_admin.rsplit("/", 1)[0] + "/" + name
+    try:
+        engine = make_engine(url)
+        ensure_schema(engine)
+        fill_queue(url, builds)
+        ctx = multiprocessing.get_context("spawn")
+        start, out = ctx.Event(), ctx.Queue()
+        with tempfile.TemporaryDirectory() as logs:
+            procs = [ctx.Process(target=worker_process, args=(url, logs, f"w{i}", start, out))
+                     for i in range(workers)]
+            for proc in procs:
+                proc.start()
+            time.sleep(3.0)  # every process imported and connected (they wait on `start`)
+            began = time.time()
+            start.set()
+            results = [out.get(timeout=600) for _ in procs]
+            for proc in procs:
+                proc.join(timeout=60)
+        with engine.connect() as conn:
+            last = conn.scalar(select(func.max(Build.finished_at)))
+            done = conn.scalar(select(func.count()).select_from(Build)
+                               .where(Build.state == BuildState.SUCCEEDED))
+            reports = conn.scalar(select(func.count()).select_from(Report))
+        engine.dispose()
+        ran = Counter(build_id for _name, ids, _t in results for build_id in ids)
+        double = sum(1 for n in ran.values() if n > 1)
+        if done != builds or len(ran) != builds or reports != builds:
+            raise SystemExit(f"only {done} of {builds} builds succeeded ({len(ran)} ran, "
+                             f"{reports} reports)")
+        elapsed = (last.timestamp() if last else time.time()) - began
+        per_worker = {n: len(ids) for n, ids, _t in results}
+        print(f"{builds} builds, {workers} worker processes: {elapsed:.2f} s, "
+              f"{builds / elapsed:.0f} claims/s, run twice: {double}; per worker {per_worker}")
+        return {"per_s": builds / elapsed, "double": double}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def main(argv: list[str] | None = None) -> dict[str, float | int]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--builds", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="200 builds, 2 workers (a smoke run)")
+    parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.builds, args.workers = 200, 2
+    figures = run(args.pg, args.builds, args.workers)
+    out: dict[str, float | int] = {"claims.double": figures["double"]}
+    if args.workers == 8 and not args.quick:
+        out["claims.pg_8_workers_per_s"] = round(figures["per_s"], 1)
+    record(out, path=args.results)
+    return out
+
+
+if __name__ == "__main__":
+    main()
