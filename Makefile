@@ -47,9 +47,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy ci listener runners dashboard
 
+# Every benchmark, then one table of every figure and its goal (bench/run.py).
 bench: $(STAMP)
-	$(BIN)/python -m bench.listener_throughput
-	$(BIN)/python -m bench.winrm_transfer
+	scripts/ensure-postgres
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.login
 
 clean:
