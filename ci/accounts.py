@@ -124,27 +124,65 @@ def find(session: Session, name: str) -> Account | None:
     return _record(user) if user is not None else None
 
 
-def verify(session: Session, name: str, password: str) -> Account | None:
-    """The account if the password is its own and it is not disabled, else None.
+@dataclass(frozen=True)
+class Stored:
+    """What a password check needs of an account (read in a short transaction)."""
 
-    Every failure (no such name, wrong password, disabled) costs one Argon2
-    check and returns the same None. A hash made with older parameters is
-    replaced, in the caller's transaction, by one made with the current ones.
-    """
+    account: Account
+    password_hash: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A password check's outcome: the account (None: refused), and the new hash
+    to store when the old one was made with older parameters."""
+
+    account: Account | None
+    new_hash: str | None = None
+
+
+def stored(session: Session, name: str) -> Stored | None:
+    """The account and hash of that name; None for none, or a name that cannot be one."""
     try:
         name = check_name(name)
     except AccountError:
-        name = ""
-    user = session.scalar(select(User).where(User.name == name)) if name else None
+        return None
+    user = session.scalar(select(User).where(User.name == name))
+    return Stored(_record(user), user.password_hash) if user is not None else None
+
+
+def check(found: Stored | None, password: str) -> Checked:
+    """The Argon2 check itself, outside any transaction (it takes a moment: no
+    database lock is held meanwhile).
+
+    Every failure (no such name, wrong password, disabled, an over-long
+    password) costs one Argon2 check and gives the same refusal.
+    """
     if len(password) > MAX_PASSWORD_LENGTH:
         # No stored password is this long: fail, after the same work on a bounded input.
-        user, password = None, password[:MAX_PASSWORD_LENGTH]
+        found, password = None, password[:MAX_PASSWORD_LENGTH]
     try:
-        _HASHER.verify(user.password_hash if user is not None else _DUMMY_HASH, password)
+        _HASHER.verify(found.password_hash if found is not None else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
-        return None
-    if user is None or user.disabled:
-        return None
-    if _HASHER.check_needs_rehash(user.password_hash):
-        user.password_hash = _HASHER.hash(password)
-    return _record(user)
+        return Checked(None)
+    if found is None or found.account.disabled:
+        return Checked(None)
+    if _HASHER.check_needs_rehash(found.password_hash):
+        return Checked(found.account, _HASHER.hash(password))
+    return Checked(found.account)
+
+
+def store_hash(session: Session, name: str, password_hash: str) -> None:
+    """Replace an account's hash (an upgrade after a successful check)."""
+    user = session.scalar(select(User).where(User.name == name))
+    if user is not None:
+        user.password_hash = password_hash
+
+
+def verify(session: Session, name: str, password: str) -> Account | None:
+    """`stored`, `check` and `store_hash` in the caller's transaction: the account
+    if the password is its own and it is not disabled, else None."""
+    outcome = check(stored(session, name), password)
+    if outcome.account is not None and outcome.new_hash is not None:
+        store_hash(session, outcome.account.name, outcome.new_hash)
+    return outcome.account

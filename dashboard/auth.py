@@ -59,6 +59,10 @@ SESSION_LIFETIME = timedelta(hours=12)  # idle sessions end; each request renews
 OPEN_BLUEPRINTS = frozenset({"auth", "health", "metrics"})
 LOGIN_FAILURES_ALLOWED = 10  # per address and name, within the window
 LOGIN_WINDOW_SECONDS = 300.0
+# Password checks at once, per process: each Argon2id check takes 64 MiB and a
+# core for a moment; a flood of logins (one per made-up name gets past the rate
+# limit) then waits here instead of starving the pages of memory and CPU.
+_PASSWORD_CHECKS = threading.BoundedSemaphore(2)
 
 
 class CookieSessions(SecureCookieSessionInterface):
@@ -268,7 +272,15 @@ def login_submit() -> ResponseReturnValue:
         flash(f"Too many failed logins: try again in {retry} s.", "error")
         return _login_page(429, name, {"Retry-After": str(retry)})
     with db().begin():
-        account = accounts.verify(db(), name, password)
+        found = accounts.stored(db(), name)
+    # The check runs in no transaction: SQLite's write lock, which every
+    # transaction takes here (ci/db.py), is not held while Argon2 works.
+    with _PASSWORD_CHECKS:
+        outcome = accounts.check(found, password)
+    account = outcome.account
+    if account is not None and outcome.new_hash is not None:
+        with db().begin():
+            accounts.store_hash(db(), account.name, outcome.new_hash)
     if account is None:
         _limit().failed(address, name)
         logger.warning("failed dashboard login from %s", address)

@@ -387,3 +387,57 @@ def test_healthz_answers_503_for_a_logged_in_browser_too(dash_config: Config) ->
     with client.session_transaction() as browser_session:
         browser_session["user"] = OPERATOR_NAME
     assert client.get("/healthz").status_code == 503
+
+
+def test_at_most_two_password_checks_run_at_once(app: Flask, world: Any,
+                                                 operator_account: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each check waits (up to 1 s) for all four logins to be inside at once: without
+    # the limit they are, at once; with it, at most two ever are.
+    import threading
+
+    lock, everyone_in = threading.Lock(), threading.Event()
+    inside, most = [0], [0]
+
+    in_transaction: list[bool] = []
+
+    def slow_check(found: Any, password: str) -> accounts.Checked:
+        from dashboard.context import db
+
+        in_transaction.append(db().in_transaction())  # no lock held while hashing
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            if inside[0] == 4:
+                everyone_in.set()
+        everyone_in.wait(1.0)
+        with lock:
+            inside[0] -= 1
+        return accounts.Checked(None)
+
+    monkeypatch.setattr(accounts, "check", slow_check)
+    clients = [app.test_client() for _ in range(4)]
+    tokens = [token_of(c) for c in clients]
+    threads = [threading.Thread(target=c.post, args=("/login",), kwargs={"data": {
+        "csrf_token": t, "name": f"user {i}", "password": "x" * 12}})
+        for i, (c, t) in enumerate(zip(clients, tokens, strict=True))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert most[0] == 2
+    assert in_transaction == [False] * 4
+
+
+def test_login_upgrades_an_old_hash(client: FlaskClient, dash_sessions: sessionmaker[Session],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from ci.models import User
+
+    weak = accounts._HASHER.hash(OPERATOR_PASSWORD)  # the fast test parameters
+    with dash_sessions() as s, s.begin():
+        s.add(User(name=OPERATOR_NAME, password_hash=weak, role="operator", disabled=False))
+    monkeypatch.setattr(accounts, "_HASHER", PasswordHasher())  # the product's
+    assert log_in(client).status_code == 303
+    with dash_sessions() as s:
+        stored = s.scalar(select(User.password_hash).where(User.name == OPERATOR_NAME))
+    assert stored != weak and not accounts._HASHER.check_needs_rehash(stored)
