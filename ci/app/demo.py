@@ -31,6 +31,7 @@ from ci.app.processes import listen, open_database, start_dashboard, start_timer
 from ci.config import Config, parse_config
 from sim.gerrit import SimGerrit, make_client_identity
 from sim.lab import SimLab
+from sim.lab_sets import can_run_sets
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,19 @@ def make_demo_operator(sessions: sessionmaker[Session]) -> tuple[str, str]:
 
 def demo_config(raw: dict[str, Any], *, state_dir: Path, gerrit_port: int, key_file: Path,
                 known_hosts: Path, git_root: str, nodes: list[dict[str, Any]],
-                job_overrides: dict[str, Any], dashboard_port: int) -> dict[str, Any]:
+                job_overrides: dict[str, Any], dashboard_port: int,
+                parent_hosts: list[dict[str, Any]] | None = None,
+                lab_sets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The demo's YAML with the run-time facts filled in (pure)."""
     data = copy.deepcopy(raw)
     data["database"] = {"url": f"sqlite:///{(state_dir / 'hyperv-ci.db').resolve()}"}
     data["gerrit"].update(host="127.0.0.1", port=gerrit_port, key_file=str(key_file),
                           known_hosts=str(known_hosts), git_url=git_root + "/{project}.git")
     data["nodes"] = nodes
+    if parent_hosts:
+        data["parent_hosts"] = parent_hosts
+    if lab_sets:
+        data["lab_sets"] = lab_sets
     for job in data["jobs"].values():
         if job.get("type") == "devstack-hyperv":
             job.update(job_overrides)
@@ -87,11 +94,12 @@ class Demo:
     """The running demo; `start` then `stop` (tests drive it this way too)."""
 
     def __init__(self, config_path: Path, state_dir: Path, *, dashboard_port: int | None = None,
-                 hyperv_nodes: int | None = None) -> None:
+                 hyperv_nodes: int | None = None, lab_sets: int | None = None) -> None:
         self.config_path = config_path
         self.state_dir = state_dir.resolve()
         self.dashboard_port = dashboard_port
         self.hyperv_nodes = hyperv_nodes
+        self.lab_sets = lab_sets  # None: two where the machine can simulate them
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._cleanups: list[Callable[[], None]] = []
@@ -122,7 +130,11 @@ class Demo:
             for job in raw["jobs"].values():
                 if job.get("type") == "devstack-hyperv":
                     job["hyperv_nodes"] = self.hyperv_nodes
-        self.lab = SimLab(self.state_dir / "lab", hyperv_nodes=hv_count)
+        # Provisioned nodes (reverted to a checkpoint before every build) in two lab
+        # sets, where this machine can simulate two controllers (sim/lab_sets.py).
+        sets = self.lab_sets or (1 if can_run_sets(None) else 2)
+        self.lab = SimLab(self.state_dir / "lab", hyperv_nodes=hv_count, provisioned=True,
+                          lab_sets=sets)
         self.lab.start()
         self._cleanups.append(self.lab.stop)
 
@@ -135,7 +147,8 @@ class Demo:
         data = demo_config(raw, state_dir=self.state_dir, gerrit_port=self.gerrit.port,
                            key_file=key_file, known_hosts=known_hosts, git_root=git_root,
                            nodes=self.lab.node_configs(), job_overrides=self.lab.job_overrides(),
-                           dashboard_port=port)
+                           dashboard_port=port, parent_hosts=self.lab.parent_host_configs(),
+                           lab_sets=self.lab.lab_set_configs())
         (self.state_dir / "demo-config.yaml").write_text(
             yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
         config = parse_config(data)
@@ -151,7 +164,10 @@ class Demo:
         start_timers(config, sessions, stop)
         self._spawn("listener", listen, config, sessions, stop)
         # The worker sends the outbox from its own thread, within seconds of a build's end.
-        self._spawn("worker", work, config, sessions, stop, "demo-worker")
+        # One worker per lab set: builds run on every set at once.
+        for index in range(1, max(1, len(config.lab_sets)) + 1):
+            name = "demo-worker" if index == 1 else f"demo-worker-{index}"
+            self._spawn(name, work, config, sessions, stop, name)
         server = start_dashboard(config, sessions, "127.0.0.1", port)
         self._cleanups.append(server.close)
         self.url = f"http://127.0.0.1:{server.port}/"
