@@ -172,14 +172,14 @@ def check_lab(nodes: list[NodeConfig], parents: list[ParentHostConfig],
         where = f"lab_sets.{index}"
         members = [(f"{where}.controller", lab_set.controller, "devstack")]
         members += [(f"{where}.hyperv", name, "hyperv") for name in lab_set.hyperv]
-        for key, name, label in members:
-            node = by_name.get(name)
-            if node is None:
-                raise ValueError(f"{key}: unknown node {name!r}")
-            if node.label != label:
-                raise ValueError(f"{key}: {name} is a {node.label} node, not a {label} node")
+        for place, name, label in members:
+            member = by_name.get(name)
+            if member is None:
+                raise ValueError(f"{place}: unknown node {name!r}")
+            if member.label != label:
+                raise ValueError(f"{place}: {name} is a {member.label} node, not a {label} node")
             if name in member_of:
                 # Two sets sharing a node would let two builds use it at once.
-                raise ValueError(f"{key}: {name} is already in lab set {member_of[name]}: "
+                raise ValueError(f"{place}: {name} is already in lab set {member_of[name]}: "
                                  "a node belongs to one lab set")
             member_of[name] = lab_set.name
