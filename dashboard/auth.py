@@ -43,6 +43,7 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Response
 
 from ci import accounts
@@ -95,7 +96,12 @@ def peer_address() -> str:
 def current_actor() -> Actor | None:
     """The logged-in user of this request (cached per request), or None."""
     if "actor" not in g:
-        _identify()
+        try:
+            _identify()
+        except SQLAlchemyError:
+            # Only an error page gets here (before_request failed on this very
+            # lookup): it renders as logged out rather than failing again.
+            g.actor = None
     actor: Actor | None = g.actor
     return actor
 

@@ -441,3 +441,15 @@ def test_login_upgrades_an_old_hash(client: FlaskClient, dash_sessions: sessionm
     with dash_sessions() as s:
         stored = s.scalar(select(User.password_hash).where(User.name == OPERATOR_NAME))
     assert stored != weak and not accounts._HASHER.check_needs_rehash(stored)
+
+
+def test_a_database_down_is_a_500_page_for_a_logged_in_browser(dash_config: Config) -> None:
+    from ci.db import make_engine, make_sessionmaker
+
+    sessions = make_sessionmaker(make_engine("postgresql+psycopg://hypervci@127.0.0.1:1/x"))
+    client = create_app(dash_config, sessions=sessions).test_client()
+    with client.session_transaction() as browser_session:
+        browser_session["user"] = OPERATOR_NAME
+    page = client.get("/nodes")
+    # The error page renders (as logged out), not a second failure inside it.
+    assert page.status_code == 500 and "<nav>" in page.get_data(as_text=True)
