@@ -94,39 +94,55 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 @dataclass
 class AttachmentStore:
-    """Writes tests' attachments under `root/prefix`, one text file per test.
+    """Writes tests' attachments under `root/prefix`: one text file per test class.
 
     Tempest attaches each test's captured logging (and stdout/stderr when
     captured) to its subunit events; on a heavy run that is megabytes, which
-    belong in the log tree beside the stream, not in the database. Files are
-    numbered in stream order, so two test ids that sanitise alike never share
-    one. They land in the build's private staging tree, which the worker
-    redacts before publishing (runners/logs.py).
+    belong in the log tree beside the stream, not in the database. A file per
+    class (`module.Class`, tempest's unit of setup) keeps its tests' sections
+    together and costs one file open per class, not per test. Two classes
+    whose names sanitise alike get numbered files. The files land in the
+    build's private staging tree, which the worker redacts before publishing
+    (runners/logs.py). `close` ends them (parse_subunit does).
     """
 
     root: Path
     prefix: str = "attachments"
-    written: int = 0
+    _files: dict[str, tuple[str, Any]] = field(default_factory=dict)  # class -> (rel, file)
+    _names: set[str] = field(default_factory=set)
 
     def write(self, test_id: str, details: dict[str, Any]) -> str:
-        """The test's attachments as one file; returns its path relative to `root`."""
-        self.written += 1
-        short = ".".join(test_id.split("[", 1)[0].split(".")[-2:])  # Class.test_method
-        name = _UNSAFE.sub("_", short)
-        rel = f"{self.prefix}/{self.written:04d}-{name.strip('_')[:80] or 'test'}.txt"
-        parts = [f"{test_id}\n"]
+        """Append the test's attachments to its class's file; returns that file's path
+        relative to `root`."""
+        owner = test_id.split("[", 1)[0].rsplit(".", 1)[0] or "tests"  # module.Class
+        if owner not in self._files:
+            base = _UNSAFE.sub("_", owner).strip("_")[-150:] or "tests"
+            name, n = base, 1
+            while name in self._names:
+                n += 1
+                name = f"{base}-{n}"
+            self._names.add(name)
+            rel = f"{self.prefix}/{name}.txt"
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._files[owner] = (rel, path.open("w", encoding="utf-8", errors="replace"))
+        rel, out = self._files[owner]
+        parts = [f"{'#' * 72}\n# {test_id}\n{'#' * 72}\n"]
         for key in sorted(details):
             content = details[key]
             if content.content_type.type == "text":
-                parts.append(f"\n===== {key} ({content.content_type}) =====\n{_text(content)}\n")
+                parts.append(f"===== {key} ({content.content_type}) =====\n{_text(content)}\n")
             else:
                 size = sum(len(chunk) for chunk in content.iter_bytes())
-                parts.append(f"\n===== {key} ({content.content_type}): {size} bytes of binary, "
+                parts.append(f"===== {key} ({content.content_type}): {size} bytes of binary, "
                              "kept in the subunit stream only =====\n")
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(parts), encoding="utf-8", errors="replace")
+        out.write("".join(parts) + "\n")
         return rel
+
+    def close(self) -> None:
+        for _rel, out in self._files.values():
+            out.close()
+        self._files.clear()
 
 
 def _duration(timestamps: Iterable[Any]) -> float | None:
@@ -181,6 +197,8 @@ def parse_subunit(stream: BinaryIO | bytes,
         case.run(result)
     finally:
         result.stopTestRun()
+        if attachments is not None:
+            attachments.close()
     return outcomes
 
 

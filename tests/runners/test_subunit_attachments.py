@@ -54,7 +54,12 @@ def test_parse_with_a_store_keeps_only_traceback_and_reason(tmp_path: Path) -> N
     outcomes = {t.test_id.split(".")[-1]: t for t in parse_subunit(heavy_stream(3), store)}
     passed = outcomes["test_0[id-0000,smoke]"]
     assert passed.details == ""
-    assert LOGGING in (tmp_path / passed.attachments).read_text(encoding="utf-8")
+    shared = (tmp_path / passed.attachments).read_text(encoding="utf-8")
+    assert LOGGING in shared
+    # One file per test class, each test a section of its own.
+    second = outcomes["test_1[id-0001,smoke]"]
+    assert second.attachments == passed.attachments
+    assert passed.test_id in shared and second.test_id in shared
     failed = outcomes["test_fails"]
     assert failed.details == "Traceback: 实例 boom\n"
     kept = (tmp_path / failed.attachments).read_text(encoding="utf-8")
