@@ -52,7 +52,6 @@ bench: $(STAMP)
 	scripts/ensure-postgres
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run
-	$(BIN)/python -m bench.login
 
 clean:
 	rm -rf $(VENV) $(OSLO_VENV) .demo
