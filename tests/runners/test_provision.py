@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from ci import nodes
+from ci.changes import ChangeInfo
 from ci.config import Config, NodeConfig, parse_config
+from ci.models import Build, BuildStep, Change, Node, NodeState, OfflineCause, Patchset
 from runners import provision
-from runners.base import ExecutorError
+from runners.base import BuildContext, ExecutorError
 from runners.ps_check import check_script
+from runners.steps import StepRecorder
 from runners.winrm import WinRMExecutor
 from sim.hyperv_parent import SimParentHost
 from sim.winrm import SimWinRMServer
@@ -183,3 +189,61 @@ def test_the_scripts_quote_what_they_are_given() -> None:
                               checkpoint="clean ‘x’")
     assert "$VMName = 'hv''1; Remove-VM *'" in script
     assert check_script(script) == []
+
+
+def _build_ctx(config: Config, sessions: sessionmaker[Session], tmp_path: Path) -> BuildContext:
+    """A build holding the lab's node, as the worker's claim leaves it."""
+    with sessions() as session, session.begin():
+        nodes.sync_nodes(session, config.nodes)
+        change = Change(number=4242, project="p", branch="master", subject="Zoë « x »",
+                        owner_name="张伟")
+        patchset = Patchset(change=change, number=1, ref="refs/changes/42/4242/1",
+                            revision="0" * 40)
+        build = Build(patchset=patchset, job="j")
+        session.add_all([change, patchset, build])
+        session.flush()
+        assert nodes.reserve(session, build.id, ["hyperv"]) is not None
+        build_id = build.id
+    info = ChangeInfo(project="p", branch="master", number=4242, patchset=1)
+    return BuildContext(build_id=build_id, job_name="j", change=info, config=config,
+                        log_dir=tmp_path, log_url="http://logs.example/",
+                        steps=StepRecorder(sessions, build_id, tmp_path / "steps"),
+                        nodes=list(config.nodes))
+
+
+def _steps(sessions: sessionmaker[Session], build_id: int) -> list[tuple[str, str | None, str]]:
+    with sessions() as session:
+        return [(s.name, s.node, s.state) for s in session.scalars(
+            select(BuildStep).where(BuildStep.build_id == build_id).order_by(BuildStep.id))]
+
+
+def test_a_build_s_provision_and_power_off_steps(
+        lab: Lab, sqlite_sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    sessions = sqlite_sessions  # the node transitions are tested on both engines elsewhere
+    ctx = _build_ctx(lab.config, sessions, tmp_path)
+    provision.provision_build(ctx, sessions, answer_timeout=10)
+    assert provision.power_off_build(ctx, ["hv-1"]) == []  # its own cleanup does not matter
+    assert _steps(sessions, ctx.build_id) == [("provision", "hv-1", "succeeded"),
+                                             ("power-off", "hv-1", "succeeded")]
+    assert lab.parent.vm("hv-1").state == "Off"
+    log = (tmp_path / "steps" / "01-provision-hv-1.log").read_text(encoding="utf-8")
+    assert "reverted to checkpoint clean and started" in log
+
+
+def test_a_failed_revert_takes_the_node_offline_and_errors_the_build(
+        lab: Lab, sqlite_sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    sessions = sqlite_sessions
+    config = lab_config(lab.parent, lab.guest, checkpoint="gone")
+    ctx = _build_ctx(config, sessions, tmp_path)
+    with pytest.raises(provision.ProvisionError, match="Unable to find a snapshot"):
+        provision.provision_build(ctx, sessions, answer_timeout=10)
+    assert _steps(sessions, ctx.build_id) == [("provision", "hv-1", "error")]
+    with sessions() as session, session.begin():
+        nodes.release(session, ctx.build_id)
+    with sessions() as session:
+        row = session.scalar(select(Node).where(Node.name == "hv-1"))
+        assert row is not None and row.build_id is None
+        assert (row.state, row.offline_cause) == (NodeState.OFFLINE,
+                                                  OfflineCause.PROVISION_FAILED)
+        assert f"provisioning for build {ctx.build_id} failed" in row.message
+        assert "Unable to find a snapshot" in row.message
