@@ -33,7 +33,7 @@ def builds() -> ResponseReturnValue:
 @bp.get("/builds/<int:build_id>")
 def build(build_id: int) -> ResponseReturnValue:
     """One build with steps, test counts, tests and report."""
-    view = data.build_detail(db(), build_id)
+    view = data.build_detail(db(), build_id, **data.request_tests_page())
     if view is None:
         abort(404, description=f"no build {build_id}")
     return jsonify(view)
