@@ -3,8 +3,9 @@
 The listener only stores raw lines; this decides. Each event is handled in
 two steps: first whatever Gerrit must tell us (the changed files, a change
 we have never seen) is fetched *outside* any database transaction, so a slow
-Gerrit never holds SQLite's write lock; then one transaction creates the
-builds and marks the event processed (acknowledge = act).
+Gerrit never holds SQLite's write lock (listener/gather.py); then a
+transaction creates the builds and marks the event processed (acknowledge =
+act), for up to GROUP_SIZE consecutive events at once.
 
 A transient failure (Gerrit unreachable, the database busy or down) leaves
 the event unprocessed and retries it with backoff, for a time budget; later
@@ -21,22 +22,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import paramiko
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci.changes import ChangeInfo, change_info_from_query
+from ci.changes import ChangeInfo
 from ci.config import Config
 from ci.db import transaction
 from ci.errors import HypervCIError, TransientError
 from ci.models import Build, Change, Event, Patchset, utcnow
 from ci.queue import ACTIVE, abort_change, enqueue, request_abort, upsert_patchset
-from ci.report_checks import CLOSED
 from listener.events import (
     ChangeAbandoned,
     ChangeEvent,
@@ -49,29 +49,10 @@ from listener.events import (
     PatchsetCreated,
     parse_event,
 )
-from listener.filters import is_ignored_author, is_recheck, jobs_for, needs_files, watched_projects
+from listener.filters import jobs_for
+from listener.gather import Gatherer, GerritLookup, Target
 
 logger = logging.getLogger(__name__)
-
-
-class GerritLookup(Protocol):
-    """The part of ci.gerrit.GerritClient the trigger uses (a seam for tests)."""
-
-    def changed_files(self, change: int, patchset: int) -> list[str]: ...
-
-    def files_of(self, patchsets: Iterable[tuple[int, int]]
-                 ) -> dict[tuple[int, int], list[str]]: ...
-
-    def query(self, q: str, *, current_patch_set: bool = ...,
-              files: bool = ...) -> list[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True)
-class Target:
-    """The patchset an event asks us to build (files filled in when needed), or why not."""
-
-    info: ChangeInfo | None = None
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,8 +113,7 @@ class Scheduler:
         self.clock = clock
         self._retry: dict[int, _Retry] = {}
         self._wake = threading.Event()
-        # Files of the page's uploads, fetched in one batched query (`_prefetch_files`).
-        self._prefetched: dict[tuple[int, int], list[str]] = {}
+        self.gatherer = Gatherer(config, sessions, lookup)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -172,12 +152,12 @@ class Scheduler:
             with transaction(self.sessions) as session:
                 rows = session.execute(query).all()
             page = [(event_id, parse_event(raw)) for event_id, raw in rows]
-            self._prefetch_files([event for event_id, event in page if event_id not in waiting])
+            self.gatherer.prefetch_files([event for eid, event in page if eid not in waiting])
             group: list[_Ready] = []
             for event_id, event in page:
                 after = event_id
                 number = event.number if isinstance(event, ChangeEvent) else None
-                if group and (len(group) >= GROUP_SIZE or self._gather_reads_database(event)):
+                if group and (len(group) >= GROUP_SIZE or self.gatherer.reads_database(event)):
                     # Its lookup must see what the events before it wrote.
                     done += self._act(group, blocked)
                     group = []
@@ -186,7 +166,7 @@ class Scheduler:
                         blocked.add(number)  # its later events wait behind it
                     continue
                 try:
-                    target = self._gather(event)
+                    target = self.gatherer.gather(event)
                 except Exception as exc:
                     if self._failure(event_id, event, exc, "Gerrit lookup failed"):
                         done += 1
@@ -198,38 +178,8 @@ class Scheduler:
                 done += self._act(group, blocked)
             if len(rows) < self.batch:
                 break
-        self._prefetched.clear()
+        self.gatherer.prefetched.clear()
         return done
-
-    def _prefetch_files(self, events: list[Parsed]) -> None:
-        """Ask Gerrit once for the files of every upload in the page that needs them
-        (`files_of`: one query per 100 changes), instead of once per change.
-
-        Best effort: an upload the answer leaves out, or a failed batch, falls
-        back to its own lookup in `_gather`, with that lookup's retry rules.
-        """
-        wanted: list[tuple[int, int]] = []
-        for event in events:
-            if not isinstance(event, PatchsetCreated):
-                continue
-            info = self._target(event).info
-            if (info is not None and info.files is None
-                    and needs_files(self.config, info.project, info.branch)):
-                wanted.append((info.number, info.patchset))
-        if not wanted:
-            return
-        with transaction(self.sessions) as session:
-            cached = {(number, ps) for number, ps, files in session.execute(
-                select(Change.number, Patchset.number, Patchset.files).join(Change)
-                .where(Change.number.in_({n for n, _ in wanted}))) if files is not None}
-        missing = [pair for pair in wanted if pair not in cached]
-        if len(missing) < 2:
-            return  # one lookup is one query either way
-        try:
-            self._prefetched.update(self.lookup.files_of(missing))
-        except Exception as exc:
-            logger.warning("batched files lookup of %s upload(s) failed (%s: %s); "
-                           "asking change by change", len(missing), type(exc).__name__, exc)
 
     def _act(self, group: list[_Ready], blocked: set[int]) -> int:
         """Act on gathered events in one transaction (each event still marked
@@ -280,19 +230,13 @@ class Scheduler:
                 outcomes.append(outcome)
         return outcomes
 
-    def _gather_reads_database(self, event: Parsed) -> bool:
-        """Whether `_gather` looks the event's patchset up in the database."""
-        info = self._target(event).info
-        return info is not None and not (isinstance(event, PatchsetCreated)
-                                         and info.files is not None)
-
     def process(self, event_id: int, event: Parsed) -> bool:
         """Handle one stored event; False if it stays pending (retried later).
 
         True when it was acted on, or failed for good (see `_give_up`).
         """
         try:
-            target = self._gather(event)
+            target = self.gatherer.gather(event)
         except Exception as exc:
             return self._failure(event_id, event, exc, "Gerrit lookup failed")
         return self._act_alone(event_id, event, target)
@@ -358,60 +302,6 @@ class Scheduler:
         name = "on_" + event.type.replace("-", "_")
         handler = getattr(self, name, None) if name.isidentifier() else None
         return handler if callable(handler) else self.on_other
-
-    # -- step 1: what Gerrit must tell us (no transaction open) --------------------------------
-
-    def _target(self, event: Parsed) -> Target:
-        """The patchset to build, from the event alone (pure filters)."""
-        if isinstance(event, CommentAdded):
-            if is_ignored_author(self.config.gerrit, event.author):
-                return Target(note="ignored: comment by our own or an ignored account")
-            if not is_recheck(self.config.gerrit, event.comment):
-                return Target(note="ignored: not a recheck")
-        elif not isinstance(event, PatchsetCreated):
-            return Target()
-        info = event.change
-        if info is None:
-            return Target(note="ignored: the event names no change and patchset")
-        if not watched_projects(self.config, info.project, info.branch):
-            return Target(note=f"ignored: {info.project} {info.branch} is not watched")
-        if info.status in CLOSED:
-            # A recheck on an abandoned or merged change (Gerrit accepts comments
-            # there): a build would only end in a report that is never sent.
-            return Target(note=f"ignored: change {info.number} is closed ({info.status})")
-        return Target(info)
-
-    def _gather(self, event: Parsed) -> Target:
-        target = self._target(event)
-        info = target.info
-        if info is None or (isinstance(event, PatchsetCreated) and info.files is not None):
-            return target  # catch-up's made-up uploads carry their files
-        known, files = self._known(info)
-        if isinstance(event, CommentAdded) and not known:
-            rows = self.lookup.query(f"change:{info.number}", current_patch_set=True, files=True)
-            if rows:
-                current = change_info_from_query(rows[0], None)
-                if current.patchset > info.patchset:
-                    return Target(note=f"ignored: recheck of patchset {info.patchset}, "
-                                       f"current is {current.patchset}")
-                info = current
-        if info.files is None and files is not None:
-            info = replace(info, files=tuple(files))
-        if info.files is None and needs_files(self.config, info.project, info.branch):
-            found = self._prefetched.get((info.number, info.patchset))
-            if found is None:
-                found = self.lookup.changed_files(info.number, info.patchset)
-            info = replace(info, files=tuple(found))
-        return Target(info)
-
-    def _known(self, info: ChangeInfo) -> tuple[bool, list[str] | None]:
-        """Whether the patchset is in the database, and its cached file list."""
-        with transaction(self.sessions) as session:
-            files = session.execute(
-                select(Patchset.files).join(Change)
-                .where(Change.number == info.number, Patchset.number == info.patchset)
-            ).first()
-        return (files is not None, files[0] if files is not None else None)
 
     # -- step 2: the handlers, each inside the event's transaction -----------------------------
 
