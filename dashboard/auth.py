@@ -167,7 +167,12 @@ def refuse_anonymous() -> ResponseReturnValue:
     """401 for a script; for a browser, the login page and back here afterwards."""
     if wants_json():
         return jsonify({"error": "login required"}), 401
-    back = request.full_path if request.method == "GET" else _form_next()
+    if request.method == "GET":
+        back = request.full_path
+        flash("Log in to read this dashboard.", "warning")
+    else:
+        back = _form_next()
+        flash("Only a logged-in operator may do that: log in first.", "warning")
     return redirect(url_for("auth.login", next=back), code=303)
 
 

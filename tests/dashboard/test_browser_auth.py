@@ -133,6 +133,8 @@ def test_logged_out_the_buttons_lead_to_login_and_change_nothing(
     page.goto(f"{base_url}/builds/{world.running_id}")
     page.get_by_role("button", name="Abort").click()
     expect(page).to_have_url(f"{base_url}/login?next=/builds/{world.running_id}")
+    expect(page.locator(".flash.warning")).to_have_text(
+        "Only a logged-in operator may do that: log in first.")
     expect(page.get_by_label("Password")).to_be_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "login.png"), full_page=True)
