@@ -52,7 +52,9 @@ def base_url(app: Flask, history: HistoryWorld) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    # Needs base_url so the browser closes first: requests still in flight then
+    # end aborted, not refused by a server already gone.
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(5000)
