@@ -68,9 +68,13 @@ def bare_reader(target: Target, count: int, ready: Callable[[], None]) -> float:
 def gerritlib_reader(target: Target, count: int, ready: Callable[[], None]) -> float:
     """gerritlib's watcher as shipped (it logs each event through pprint.pformat,
     even with DEBUG off), its events taken off `event_queue`."""
+    import warnings
+
     from gerritlib.gerrit import Gerrit
 
-    logging.getLogger("gerrit").setLevel(logging.CRITICAL)  # its host-key warning
+    # It trusts any host key (paramiko's WarningPolicy): quiet its warning here.
+    logging.getLogger("gerrit").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="Unknown ssh-")
     gerrit = Gerrit("127.0.0.1", target.username, port=target.port, keyfile=target.key_file)
     gerrit.startWatching(retry_delay=1)
     ready()
