@@ -137,3 +137,16 @@ def test_the_document_is_a_fresh_copy_each_time() -> None:
     first["components"]["schemas"]["Error"]["properties"]["error"] = {"type": "integer"}
     assert document_module.document()["components"]["schemas"]["Error"]["properties"][
         "error"] == {"type": "string"}
+
+
+def test_the_served_document_is_valid_openapi_3_1(client: FlaskClient) -> None:
+    from openapi_spec_validator import validate as validate_spec
+    from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+
+    served = client.get("/api/openapi.json").get_json()
+    assert served["openapi"] == "3.1.0"
+    validate_spec(served)  # raises on an invalid document
+    broken = copy.deepcopy(served)
+    broken["components"]["schemas"]["Error"]["properties"]["error"] = {"type": "text"}
+    with pytest.raises(OpenAPIValidationError):
+        validate_spec(broken)
