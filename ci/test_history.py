@@ -22,7 +22,7 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Literal
 
-from sqlalchemy import Select, and_, case, exists, func, null, select, text, union_all
+from sqlalchemy import Select, and_, case, exists, func, null, or_, select, text, union_all
 from sqlalchemy.orm import Session, aliased
 
 from ci.models import FAILING_RESULTS_SQL, Build, BuildState, Change, Patchset, TestResult
@@ -259,11 +259,19 @@ def flaky_tests(session: Session, since: datetime, limit: int = 200) -> list[Fla
     code = func.coalesce(Build.patchset_id, -Build.id)
     window = (select(Build.id, code.label("code"), Build.job, Build.finished_at)
               .where(Build.finished_at >= since).cte("flaky_window"))
-    # The literal predicate of the partial index, so PostgreSQL can prove it applies.
+    # Code built more than once: only there can a failure be followed by a pass.
+    rebuilt = (select(window.c.code, window.c.job).group_by(window.c.code, window.c.job)
+               .having(func.count() > 1).cte("flaky_rebuilt"))
+    # The literal predicate of the partial index, so PostgreSQL can prove it applies;
+    # a plain failure of code built once can flip nothing.
     failing = (select(TestResult.build_id, TestResult.test_id, TestResult.status,
                       window.c.code, window.c.job, window.c.finished_at)
                .join(window, window.c.id == TestResult.build_id)
-               .where(text(FAILING_RESULTS_SQL)).cte("flaky_failing"))
+               .where(text(FAILING_RESULTS_SQL))
+               .where(or_(TestResult.status == FLAKY,
+                          exists().where(rebuilt.c.code == window.c.code,
+                                         rebuilt.c.job == window.c.job)))
+               .cte("flaky_failing"))
     failed = select(failing.c.code, failing.c.job, failing.c.test_id).distinct().cte(
         "flaky_failed")
     # The same tests' results in the other builds of their group: a lookup each,
