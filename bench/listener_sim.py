@@ -98,7 +98,10 @@ def _serve(conn: Connection, root: str, users: dict[str, str], queue_size: int) 
     lines: list[bytes] = []
     try:
         while True:
-            command, arg = conn.recv()
+            try:
+                command, arg = conn.recv()
+            except EOFError:  # the benchmark ended (or was stopped) without saying so
+                break
             if command == "load":
                 lines = Path(arg).read_bytes().splitlines()
                 conn.send(len(lines))

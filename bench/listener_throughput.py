@@ -1,11 +1,12 @@
 """Listener intake against its anchors, in one run: events/s from a simulated Gerrit.
 
-    python -m bench.listener_throughput [--events 50000] [--runs 5] [--quick]
+    python -m bench.listener_throughput [--events 50000] [--runs 3] [--quick]
                                         [--pg URL] [--results FILE] [--profile]
 
 Every reader receives the same corpus (Gerrit-3.x-shaped events of 1.5–3 KB)
 from the same simulated Gerrit over SSH, each in a process of its own, runs
-interleaved (bare, gerritlib, SQLite, PostgreSQL, bare, ...), medians taken:
+interleaved (bare, gerritlib, SQLite, PostgreSQL, bare, ...), 3 rounds by default,
+medians taken:
 
 - the bare paramiko reader: `exec_command`, `for line in stdout`, `json.loads`,
   stores nothing (the ceiling a Python reader reaches);
@@ -237,7 +238,7 @@ def measure(events: int, runs: int, pg_admin: str, profile: bool) -> dict[str, f
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=50000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2,000 events, once")
     parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL ('' for none)")
     parser.add_argument("--results", type=Path, default=RESULTS)
