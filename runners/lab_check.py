@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-from ci.config import Config, DevstackHypervJob, NodeConfig, ParentHostConfig
+from ci.config import Config, ConfigError, DevstackHypervJob, NodeConfig, ParentHostConfig
 from ci.errors import HypervCIError
 from ci.preflight import worker_problems
 from runners.base import CommandTimeout, ExecutorError
@@ -145,7 +145,7 @@ def check_windows(node: NodeConfig, job: DevstackHypervJob, limits: Thresholds,
     try:
         stdout, worker_clock = _run_powershell(node, render_windows_probe(node, job), timeout)
         facts = parse_windows_facts(stdout)
-    except (ExecutorError, CommandTimeout, ProbeError) as exc:
+    except (ExecutorError, CommandTimeout, ProbeError, ConfigError, OSError) as exc:
         return [winrm_failure(node, str(exc))]
     skew = facts.unix_ms / 1000 - worker_clock
     access = node.winrm
@@ -182,7 +182,7 @@ def check_parent(parent: ParentHostConfig, nodes: list[NodeConfig], limits: Thre
         stdout, worker_clock = _run_powershell(
             host, render_parent_probe([n.vm_name for n in nodes]), timeout)
         module, unix_ms, vms = parse_parent_facts(stdout)
-    except (ExecutorError, CommandTimeout, ProbeError) as exc:
+    except (ExecutorError, CommandTimeout, ProbeError, ConfigError, OSError) as exc:
         return [winrm_failure(host, str(exc))]
     access = parent.winrm
     head = passed("winrm", parent.name, f"{access.transport} over {access.scheme} to "

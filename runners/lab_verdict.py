@@ -94,7 +94,10 @@ def winrm_failure(node: NodeConfig, error: str) -> CheckResult:
     assert access is not None
     where = f"{access.scheme}://{node.address}:{access.endpoint_port}"
     lowered = error.lower()
-    if "certificate" in lowered or "ssl" in lowered:
+    if "environment variable" in lowered or "password" in lowered:
+        fix = ("winrm.password names a secret this process cannot read: set the variable, "
+               "or make the file readable by this user")
+    elif "certificate" in lowered or "ssl" in lowered:
         fix = ("the node's certificate must name the address the configuration uses and be "
                "signed by winrm.ca_file's CA (docs/winrm.md, 'The listener')")
     elif "invalidcredentials" in lowered or "401" in lowered:

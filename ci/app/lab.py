@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from ci.app.common import Ctx
@@ -27,6 +29,9 @@ def lab_check(obj: Ctx, names: tuple[str, ...], as_json: bool, job_name: str | N
     """
     from runners.lab_check import LabCheckError, run_lab_check
 
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # The report is the output; the executors' per-step INFO lines only with -v.
+        logging.getLogger("runners").setLevel(logging.WARNING)
     try:
         report = run_lab_check(obj.config, names, job_name=job_name)
     except LabCheckError as exc:

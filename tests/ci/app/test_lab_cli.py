@@ -81,7 +81,8 @@ def test_the_text_report_shows_the_fix_under_the_fail(lab: SimLab, tmp_path: Pat
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     index = next(i for i, line in enumerate(lines) if line.startswith("FAIL") and " clock " in line)
-    assert "behind the worker by 9" in lines[index]
+    skew = float(lines[index].split("behind the worker by ")[1].split(" s")[0])
+    assert 850 < skew < 950
     assert lines[index + 1].strip().startswith("fix: ") and "w32tm" in lines[index + 1]
 
 
