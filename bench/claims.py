@@ -63,7 +63,7 @@ def bench_config(url: str, logs: Path) -> Any:
     })
 
 
-def worker_process(url: str, logs: str, name: str, start: Any, out: Any) -> None:
+def worker_process(url: str, logs: str, name: str, ready: Any, start: Any, out: Any) -> None:
     """One worker process: wait for the start signal, drain the queue, report what ran."""
     from sqlalchemy import func, select
 
@@ -78,6 +78,7 @@ def worker_process(url: str, logs: str, name: str, start: Any, out: Any) -> None
     sessions = make_sessionmaker(engine)
     with sessions() as session:  # opens the pool's connection before the clock starts
         session.execute(select(1))
+    ready.put(name)
     start.wait()
     while True:
         if worker.run_once():
@@ -124,13 +125,15 @@ def run(pg_admin: str, builds: int, workers: int) -> dict[str, float | int]:
         ensure_schema(engine)
         fill_queue(url, builds)
         ctx = multiprocessing.get_context("spawn")
-        start, out = ctx.Event(), ctx.Queue()
+        ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
         with tempfile.TemporaryDirectory() as logs:
-            procs = [ctx.Process(target=worker_process, args=(url, logs, f"w{i}", start, out))
+            procs = [ctx.Process(target=worker_process,
+                                 args=(url, logs, f"w{i}", ready, start, out))
                      for i in range(workers)]
             for proc in procs:
                 proc.start()
-            time.sleep(3.0)  # every process imported and connected (they wait on `start`)
+            for _ in procs:  # every process imported and connected: they wait on `start`
+                ready.get(timeout=120)
             began = time.time()
             start.set()
             results = [out.get(timeout=600) for _ in procs]
@@ -162,12 +165,12 @@ def main(argv: list[str] | None = None) -> dict[str, float | int]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--builds", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="200 builds, 2 workers (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="20 builds, 2 workers (a smoke run)")
     parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.builds, args.workers = 200, 2
+        args.builds, args.workers = 20, 2
     figures = run(args.pg, args.builds, args.workers)
     out: dict[str, float | int] = {"claims.double": figures["double"]}
     if args.workers == 8 and not args.quick:

@@ -118,12 +118,12 @@ def main(argv: list[str] | None = None) -> dict[str, float | int]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tests", type=int, default=1500)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="150 tests, one run")
+    parser.add_argument("--quick", action="store_true", help="one run")
     parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.tests, args.runs = 150, 1
+        args.runs = 1
     stream = heavy_stream(args.tests)
     sqlite_s, pg_s, sizes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
