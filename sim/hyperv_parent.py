@@ -8,24 +8,30 @@ this model answers them from its VMs, dispatching on the script's step name
 and its `$VMName` / `$Checkpoint` assignments, as sim/hyperv_host.py does.
 
 A VM's guest is a simulated Windows node (its `SimWinRMServer` and
-`HyperVHost` state). A checkpoint captures the guest's state (files,
-services, VMs, event log, settings); applying it puts that state back, so
-whatever a build left on the node is gone. A VM that is off does not answer:
-its WinRM port refuses connections until the VM is started.
+`HyperVHost` state) or a simulated controller (its sshd, run as a machine of
+its own by sim/sshd.py, and its tree). A checkpoint captures the guest's
+state (a Windows node's files, services, VMs, event log, settings; a
+controller's whole tree); applying it puts that state back, so whatever a
+build left on the node is gone. A VM that is off does not answer (its WinRM
+or SSH port refuses connections) until it is started, and turning a
+controller off kills every process it runs, as pulling a VM's power does.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sim.faults import Faults, FaultyConsole
 from sim.hyperv_host import HyperVHost
+from sim.sshd import OpenSSHServer
 from sim.windows_shell import script_parameters
 from sim.winrm import SimWinRMServer
 
@@ -51,23 +57,89 @@ def restore(host: HyperVHost, state: dict[str, Any]) -> None:
     host.publish()
 
 
+class Guest(Protocol):
+    """What runs inside a VM."""
+
+    name: str
+
+    def power_off(self) -> None: ...
+    def power_on(self) -> None: ...
+    def capture(self) -> Any: ...
+    def restore(self, state: Any) -> None: ...
+
+
+@dataclass
+class WindowsGuest:
+    """A simulated Windows node as a VM."""
+
+    server: SimWinRMServer
+
+    @property
+    def name(self) -> str:
+        return self.server.node_name
+
+    def power_off(self) -> None:
+        self.server.kill()  # power pulled: connections reset, the port refuses
+
+    def power_on(self) -> None:
+        self.server.revive()
+
+    def capture(self) -> dict[str, Any]:
+        return capture(self.server.model)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        restore(self.server.model, state)
+
+
+@dataclass
+class ControllerGuest:
+    """A simulated controller as a VM: its sshd (a machine of its own, sim/sshd.py
+    `hostname`: every process of its sessions dies with it) and its tree."""
+
+    name: str
+    server: OpenSSHServer
+    tree: Path
+    checkpoints_dir: Path
+
+    def power_off(self) -> None:
+        self.server.kill()
+
+    def power_on(self) -> None:
+        self.server.relaunch()
+
+    def capture(self) -> Path:
+        saved = self.checkpoints_dir / uuid.uuid4().hex
+        shutil.copytree(self.tree, saved, symlinks=True)
+        return saved
+
+    def restore(self, state: Path) -> None:
+        # The tree's own directory stays: another controller's sshd may have a
+        # bind mount on it (sim/lab_sets.py), which removing it would detach.
+        for child in self.tree.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        shutil.copytree(state, self.tree, symlinks=True, dirs_exist_ok=True)
+
+
 @dataclass
 class SimVM:
     """One VM on the parent: its power state, checkpoints, and the guest node."""
 
     name: str
-    guest: SimWinRMServer
+    guest: Guest
     state: str = "Running"  # Hyper-V's VMState: Off, Running, Saved, ...
-    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoints: dict[str, Any] = field(default_factory=dict)
 
     def turn_off(self) -> None:
         if self.state != "Off":
-            self.guest.kill()  # power pulled: connections reset, the port refuses
+            self.guest.power_off()
             self.state = "Off"
 
     def start(self) -> None:
         if self.state != "Running":
-            self.guest.revive()
+            self.guest.power_on()
             self.state = "Running"
 
 
@@ -99,7 +171,7 @@ class ParentHostModel(HyperVHost):
             out.err(f'Get-VM : Hyper-V was unable to find a virtual machine with name "{name}".')
         return vm
 
-    def _checkpoint(self, vm: SimVM, script: str, out: FaultyConsole) -> dict[str, Any] | None:
+    def _checkpoint(self, vm: SimVM, script: str, out: FaultyConsole) -> Any:
         """Get-VMSnapshot -VMName -Name: an unknown checkpoint is an error, before
         Restore-VMSnapshot changes anything (Get-VMSnapshot.md, Restore-VMSnapshot.md
         in MicrosoftDocs/windows-powershell-docs, docset/winserver2022-ps/hyper-v)."""
@@ -119,7 +191,7 @@ class ParentHostModel(HyperVHost):
                 return 1
             # Stop-VM -TurnOff, Restore-VMSnapshot, Start-VM (provision-revert.ps1.j2).
             vm.turn_off()
-            restore(vm.guest.model, state)
+            vm.guest.restore(state)
             vm.start()
             self.operations.append(("revert", vm.name))
         out.line(f"VM {vm.name} reverted to checkpoint "
@@ -162,14 +234,27 @@ class SimParentHost:
 
     def add_vm(self, guest: SimWinRMServer, checkpoint: str = "clean",
                marker: tuple[str, str] | None = None) -> SimVM:
-        """Carry `guest` as a running VM of the same name, with a clean checkpoint
-        taken now; `marker` (path, text) is written into the guest first, as an
-        operator does before taking the checkpoint."""
+        """Carry Windows node `guest` as a running VM of the same name, with a clean
+        checkpoint taken now; `marker` (path, text) is written into the guest
+        first, as an operator does before taking the checkpoint."""
         if marker is not None:
             path, text = marker
             guest.model.write_file(path, text.encode("utf-8"))
-        vm = SimVM(guest.node_name, guest, "Running" if guest.model.alive else "Off")
-        vm.checkpoints[checkpoint] = capture(guest.model)
+        return self._carry(WindowsGuest(guest), checkpoint)
+
+    def add_controller_vm(self, guest: ControllerGuest, checkpoint: str = "clean",
+                          marker: tuple[Path, str] | None = None) -> SimVM:
+        """Carry a controller as a running VM, its checkpoint taken now; `marker`
+        (file, text) is written first."""
+        if marker is not None:
+            path, text = marker
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n", encoding="utf-8")
+        return self._carry(guest, checkpoint)
+
+    def _carry(self, guest: Guest, checkpoint: str) -> SimVM:
+        vm = SimVM(guest.name, guest)
+        vm.checkpoints[checkpoint] = guest.capture()
         with self.model._vm_lock:
             self.model.parent_vms[vm.name] = vm
         return vm

@@ -26,12 +26,12 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from ci.config import NodeConfig
-from runners.provision import WINDOWS_MARKER_PATH
+from runners.provision import LINUX_MARKER_PATH, WINDOWS_MARKER_PATH
 from sim import lab_sets as lab_sets_sim
 from sim import sshd
 from sim.artefacts import ArtefactServer
 from sim.devstack import make_devstack_node
-from sim.hyperv_parent import SimParentHost
+from sim.hyperv_parent import ControllerGuest, SimParentHost
 from sim.lab_probe import install_controller_tools, prepare_node
 from sim.winrm import SimWinRMServer
 
@@ -80,11 +80,14 @@ class _SSHServer(Protocol):
     def stop(self) -> None: ...
 
 
-def _start_ssh_server(workdir: Path, use_sshd: bool | None, path_prefix: Path) -> _SSHServer:
+def _start_ssh_server(workdir: Path, use_sshd: bool | None, path_prefix: Path,
+                      machine: tuple[str, Path] | None = None) -> _SSHServer:
     if use_sshd is None:
         use_sshd = sshd.available()
     if use_sshd:
-        openssh = sshd.OpenSSHServer(workdir)
+        # `machine`: (host name, home) of a controller a parent host carries as a VM.
+        openssh = sshd.OpenSSHServer(workdir, hostname=machine[0] if machine else None,
+                                     home=machine[1] if machine else None)
         openssh.path_prefix = path_prefix
         return openssh.start()
     from sim.exec_server import ParamikoExecServer
@@ -122,6 +125,9 @@ class SimLab:
         # The Hyper-V nodes as VMs of a simulated parent host (sim/hyperv_parent.py),
         # reverted to their clean checkpoint before every build.
         self.provisioned = provisioned
+        # The controllers too, where each can be a machine of its own (root, sshd:
+        # sim/sshd.py); elsewhere they stay static.
+        self.provisioned_controllers = provisioned and lab_sets_sim.can_run_sets(use_sshd) is None
         self.parent: SimParentHost | None = None
         self.use_sshd = use_sshd
         self.winrm_timeouts = winrm_timeouts  # (operation, read) seconds for the node configs
@@ -142,14 +148,6 @@ class SimLab:
         """Where the controller's fault files go (`stack`, `stack-hang`, `tempest-fail`)."""
         return self.lab_dir / "faults"
 
-    @property
-    def secrets_dir(self) -> Path:
-        """The lab's passwords, one file each (named like their environment variables)."""
-        return self.state_dir / "secrets"
-
-    def _secret(self, env: str) -> dict[str, str]:
-        return {"password_file": str(self.secrets_dir / env)}
-
     def start(self) -> SimLab:
         """Create the lab and start every node; sets the lab's password variables."""
         (self.lab_dir / "faults").mkdir(parents=True, exist_ok=True)
@@ -160,12 +158,6 @@ class SimLab:
             value = os.environ.get(env) or secrets.token_urlsafe(18)
             os.environ[env] = value
             self._passwords[env] = value
-            # Also in a file the configs name: a command started from another shell
-            # (`hyperv-ci -c .demo/demo-config.yaml lab check`) has no such variable.
-            self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = self.secrets_dir / env
-            path.touch(mode=0o600)
-            path.write_text(value, encoding="utf-8")
         if self.lab_sets > 1:
             why = lab_sets_sim.can_run_sets(self.use_sshd)
             if why is not None:
@@ -175,7 +167,9 @@ class SimLab:
             _prepare_tree(self.state_dir / "devstack", self.devstack)
             # The controller's CI account (`id`, `sudo`) as `lab check` sees it.
             tools = install_controller_tools(self.state_dir / "devstack")
-            self.ssh = _start_ssh_server(self.state_dir / "sshd", self.use_sshd, tools)
+            machine = ((DEVSTACK_NODE, lab_sets_sim.home_of(self.state_dir / "devstack"))
+                       if self.provisioned_controllers else None)
+            self.ssh = _start_ssh_server(self.state_dir / "sshd", self.use_sshd, tools, machine)
             self.artefacts = ArtefactServer().start()
             for index in range(1, self.hyperv_nodes * self.lab_sets + 1):
                 name = f"hv-{index}"
@@ -185,7 +179,8 @@ class SimLab:
                 self.winrm[name] = server.start()
             for index in range(2, self.lab_sets + 1):
                 self.controllers.append(lab_sets_sim.start_controller(
-                    self.state_dir, self.lab_dir, f"devstack-{index}", index, _prepare_tree))
+                    self.state_dir, self.lab_dir, f"devstack-{index}", index, _prepare_tree,
+                    machine=self.provisioned_controllers))
             if self.provisioned:
                 self._start_parent()
         except BaseException:
@@ -201,6 +196,16 @@ class SimLab:
                                     self._passwords[WINRM_PASSWORD_ENV]).start()
         for name, server in self.winrm.items():
             self.parent.add_vm(server, CHECKPOINT, marker=(WINDOWS_MARKER_PATH, marker_of(name)))
+        if not self.provisioned_controllers or self.ssh is None:
+            return
+        checkpoints = self.state_dir / "checkpoints"
+        controllers = [(DEVSTACK_NODE, self.ssh, self.state_dir / "devstack")]
+        controllers += [(c.name, c.server, c.tree) for c in self.controllers]
+        for name, server, tree in controllers:
+            assert isinstance(server, sshd.OpenSSHServer)
+            guest = ControllerGuest(name, server, tree, checkpoints)
+            marker = lab_sets_sim.home_of(tree) / LINUX_MARKER_PATH
+            self.parent.add_controller_vm(guest, CHECKPOINT, marker=(marker, marker_of(name)))
 
     def stop(self) -> None:
         """Stop every node (idempotent)."""
@@ -237,6 +242,10 @@ class SimLab:
             DEVSTACK_NODE, self.ssh, lab_sets_sim.vlan_range(1) if several else None)]
         nodes += [lab_sets_sim.controller_entry(c.name, c.server, lab_sets_sim.vlan_range(i))
                   for i, c in enumerate(self.controllers, start=2)]
+        if self.provisioned_controllers:
+            for entry in nodes:
+                entry.update(provision="checkpoint", parent=PARENT_HOST, checkpoint=CHECKPOINT,
+                             marker=marker_of(entry["name"]))
         for name, server in self.winrm.items():
             # NTLM, hyperv-ci's default: the handshake and sealed messages operators run.
             nodes.append({
@@ -251,7 +260,7 @@ class SimLab:
     def _winrm_access(self, server: SimWinRMServer) -> dict[str, Any]:
         operation, read = self.winrm_timeouts
         return {"scheme": "http", "port": server.port, "transport": "ntlm",
-                "username": WINRM_USER, "password": self._secret(WINRM_PASSWORD_ENV),
+                "username": WINRM_USER, "password": {"password_env": WINRM_PASSWORD_ENV},
                 "operation_timeout": operation, "read_timeout": read}
 
     def lab_set_configs(self) -> list[dict[str, Any]]:
@@ -288,11 +297,11 @@ class SimLab:
             "windows_root": WINDOWS_ROOT,
             # A VHDX on the controller (devstack uploads it from file://).
             "image": str(self.image_path),
-            "admin_password": self._secret(ADMIN_PASSWORD_ENV),
-            "service_password": self._secret(SERVICE_PASSWORD_ENV),
+            "admin_password": {"password_env": ADMIN_PASSWORD_ENV},
+            "service_password": {"password_env": SERVICE_PASSWORD_ENV},
             "windows": {
                 **self.artefacts.windows_section(),
                 "service_account": {"username": SERVICE_ACCOUNT,
-                                    "password": self._secret(ACCOUNT_PASSWORD_ENV)},
+                                    "password": {"password_env": ACCOUNT_PASSWORD_ENV}},
             },
         }

@@ -38,6 +38,13 @@ class ExtraController:
     server: sshd.OpenSSHServer
 
 
+def home_of(tree: Path) -> Path:
+    """A provisioned controller's CI account home (where its checkpoint's marker is)."""
+    home = tree / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
 def vlan_range(index: int) -> str:
     """Lab set `index` (1-based)'s tenant VLAN range."""
     first = FIRST_VLAN + (index - 1) * VLANS_PER_SET
@@ -54,14 +61,17 @@ def can_run_sets(use_sshd: bool | None) -> str | None:
 
 
 def start_controller(state_dir: Path, lab_dir: Path, name: str, index: int,
-                     prepare: Any) -> ExtraController:
+                     prepare: Any, *, machine: bool = False) -> ExtraController:
     """Controller `index` (2, 3, ...): its tree, prepared by `prepare(tree, devstack)`,
-    served by an sshd that shows it at the first controller's paths."""
+    served by an sshd that shows it at the first controller's paths; `machine`:
+    with its own host name and home (a VM a parent host carries)."""
     tree = state_dir / f"devstack-{index}"
     devstack = make_devstack_node(tree, lab_dir)
     prepare(tree, devstack)
     tools = install_controller_tools(tree)
-    server = sshd.OpenSSHServer(state_dir / f"sshd-{index}", bind=(tree, state_dir / "devstack"))
+    server = sshd.OpenSSHServer(state_dir / f"sshd-{index}", bind=(tree, state_dir / "devstack"),
+                                hostname=name if machine else None,
+                                home=home_of(tree) if machine else None)
     server.path_prefix = tools
     server.start()
     return ExtraController(name, tree, server)

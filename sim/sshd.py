@@ -25,10 +25,17 @@ logger = logging.getLogger(__name__)
 SSHD = Path("/usr/sbin/sshd")  # sshd refuses to re-exec unless run by absolute path
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
-# sshd in a mount namespace of its own where $1 is bind-mounted over $2
-# (unshare(1), mount(8): private propagation keeps the mount out of the host's).
-BIND_WRAPPER = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
-                'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh")
+# sshd as a machine of its own (unshare(1), root only): its own host name $1
+# (UTS namespace), $2 bind-mounted over $3 unless empty (mount namespace; private
+# propagation keeps the mount out of the host's), and its own PID namespace with
+# /proc remounted, whose every process dies with sshd (--kill-child: the
+# kernel kills a PID namespace's processes when its init, sshd, dies), as a
+# VM's processes die when it is turned off.
+MACHINE_WRAPPER = (
+    "unshare", "--mount", "--uts", "--pid", "--mount-proc", "--kill-child",
+    "--propagation", "private", "sh", "-c",
+    'if [ -n "$1" ]; then hostname "$1" || exit 1; fi; '
+    'if [ -n "$2" ]; then mount --bind "$2" "$3" || exit 1; fi; shift 3; exec "$@"', "sh")
 
 
 def available() -> bool:
@@ -62,12 +69,16 @@ def node_config(name: str, port: int, username: str, key_file: Path,
 class OpenSSHServer:
     """One sshd process listening on 127.0.0.1 with a fresh set of keys."""
 
-    def __init__(self, workdir: Path, *, bind: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, workdir: Path, *, bind: tuple[Path, Path] | None = None,
+                 hostname: str | None = None, home: Path | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         # (tree, seen_at): in every session of this sshd, `tree` appears at
         # `seen_at` (a private mount namespace; needs root). Two simulated
         # controllers on one machine each see their own tree at the job's paths.
         self.bind = bind
+        # The machine's host name, and the sessions' $HOME (a simulated VM's own).
+        self.hostname = hostname
+        self.home = home
         self.host = HOST
         self.port = 0
         self.username = getpass.getuser()
@@ -110,8 +121,13 @@ class OpenSSHServer:
             "Subsystem sftp internal-sftp",
             "LogLevel VERBOSE",
         ]
+        env = []
         if self.path_prefix is not None:
-            lines.append(f"SetEnv PATH={self.path_prefix}:/usr/local/bin:/usr/bin:/bin")
+            env.append(f"PATH={self.path_prefix}:/usr/local/bin:/usr/bin:/bin")
+        if self.home is not None:
+            env.append(f"HOME={self.home}")
+        if env:
+            lines.append("SetEnv " + " ".join(env))
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _write_known_hosts(self) -> None:
@@ -142,9 +158,9 @@ class OpenSSHServer:
 
     def _launch(self) -> bool:
         argv = [str(SSHD), "-D", "-e", "-f", str(self.config_file), "-p", str(self.port)]
-        if self.bind is not None:
-            tree, seen_at = self.bind
-            argv = [*BIND_WRAPPER, str(tree), str(seen_at), *argv]
+        if self.bind is not None or self.hostname is not None:
+            tree, seen_at = self.bind or ("", "")
+            argv = [*MACHINE_WRAPPER, self.hostname or "", str(tree), str(seen_at), *argv]
         with self.log_file.open("wb") as log:
             # stderr goes to a file so sshd never blocks on a full pipe.
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -160,6 +176,22 @@ class OpenSSHServer:
             time.sleep(0.005)
         self.stop()
         return False
+
+    def kill(self) -> None:
+        """SIGKILL, as pulling a machine's power: with `hostname` set, every process
+        of its PID namespace dies with it (unshare's --kill-child)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def relaunch(self) -> None:
+        """Start again on the same port with the same keys (a VM turned back on)."""
+        if self.running:
+            return
+        if not self._launch():
+            raise RuntimeError("sshd did not start again: " + self.log_file.read_text(
+                encoding="utf-8", errors="replace").strip())
 
     def stop(self) -> None:
         """Stop sshd (SIGTERM, then SIGKILL); idempotent."""

@@ -1,7 +1,7 @@
 """Two lab sets run two builds at once: two real Workers against a simulated lab of
 two sets (two controllers, four Hyper-V VMs on a parent host). Both builds are
 seen stacking at the same time, each on the nodes of one set, and each build's
-steps start with a `provision` step per Hyper-V node of its set."""
+steps start with a `provision` step per node of its set (controller included)."""
 
 from __future__ import annotations
 
@@ -95,13 +95,14 @@ def test_two_lab_sets_run_two_builds_at_once(lab: SimLab, tmp_path: Path) -> Non
         finished = list(session.scalars(select(Build).order_by(Build.id)))
         assert [b.state for b in finished] == [BuildState.SUCCEEDED] * 2, [
             (b.state, b.summary) for b in finished]
-        sets = {"set-1": ["hv-1", "hv-3"], "set-2": ["hv-2", "hv-4"]}
+        sets = {"set-1": ["devstack-1", "hv-1", "hv-3"], "set-2": ["devstack-2", "hv-2", "hv-4"]}
         for build in finished:
             steps = list(session.scalars(select(BuildStep).where(
                 BuildStep.build_id == build.id).order_by(BuildStep.id)))
-            provisioned = sorted(s.node or "" for s in steps[:2])
-            assert [s.name for s in steps[:2]] == ["provision", "provision"]
+            provisioned = sorted(s.node or "" for s in steps[:3])
+            assert [s.name for s in steps[:3]] == ["provision"] * 3
             assert provisioned in sets.values()
             assert sorted(s.node or "" for s in steps if s.name == "power-off") == provisioned
     assert lab.parent is not None
-    assert all(lab.parent.vm(f"hv-{i}").state == "Off" for i in range(1, 5))
+    assert all(lab.parent.vm(name).state == "Off"
+               for name in ("devstack-1", "devstack-2", "hv-1", "hv-2", "hv-3", "hv-4"))

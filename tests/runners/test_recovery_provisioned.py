@@ -3,9 +3,10 @@ simulated lab whose Hyper-V nodes are VMs of a simulated parent host.
 
 The first build hangs in stack.sh; while it runs, a file and a service are left
 on hv-1 (what a build leaves behind). The worker is killed with SIGKILL. The
-survivor's reaper reaps the build; its keeper turns the Hyper-V VMs off (their
-processes end with them) and cleans the static controller; the retry reverts
-both VMs (a `provision` step each) and succeeds, and the leftovers are gone.
+survivor's reaper reaps the build; its keeper turns the three VMs off (the
+dead build's stack.sh ends with the controller's), checks them on the parent
+and returns them; the retry reverts them (a `provision` step each) and
+succeeds, and the leftovers are gone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 from sqlalchemy import select
 
 from ci.models import BuildState, BuildStep, NodeState
-from runners.provision import WINDOWS_MARKER_PATH
+from runners.provision import LINUX_MARKER_PATH, WINDOWS_MARKER_PATH
 from sim.gerrit_state import GerritState
 from sim.lab import SimLab, marker_of
 from tests.runners.test_recovery import (
@@ -65,6 +66,8 @@ def test_a_killed_worker_s_vms_are_turned_off_and_reverted_for_the_retry(
         survivor = None
         try:
             wait_for("stack.sh to hang", hung, 180, logs)
+            dead_stack = {pid: args for pid, args in controller_processes(root).items()
+                          if "sim.devstack_node.stack stack" in args}
             hv1.write_file(LEFTOVER, b"a disk the build left")
             with hv1._lock:
                 hv1.services["left-by-build-1"] = "Running"
@@ -88,13 +91,13 @@ def test_a_killed_worker_s_vms_are_turned_off_and_reverted_for_the_retry(
                 for name, n in nodes(sessions).items()} == {
             name: (NodeState.READY, None, None) for name in ("devstack-1", "hv-1", "hv-2")}
         log = logs[1].read_text(errors="replace")
-        for name in ("hv-1", "hv-2"):
+        for name in ("devstack-1", "hv-1", "hv-2"):
             assert (f"node {name} back in service: cleaned and checked after build {first_id}: "
                     f"VM {name} is Off") in log
         # The parent turned both VMs off for the recovery, then reverted them for
         # the retry, and turned them off after it.
         ops = lab.parent.model.operations
-        for name in ("hv-1", "hv-2"):
+        for name in ("devstack-1", "hv-1", "hv-2"):
             mine = [op for op, vm in ops if vm == name]
             assert mine == ["revert", "power-off", "revert", "power-off"], ops
             assert lab.parent.vm(name).state == "Off"
@@ -102,13 +105,15 @@ def test_a_killed_worker_s_vms_are_turned_off_and_reverted_for_the_retry(
         assert hv1.read_file(LEFTOVER) is None
         assert "left-by-build-1" not in hv1.services
         assert hv1.read_file(WINDOWS_MARKER_PATH) == marker_of("hv-1").encode()
-        # The static controller was cleaned as before: nothing of either build runs.
+        # Turning the controller off ended the dead build's stack.sh (and the
+        # retry's processes went with the retry's power-off).
+        assert dead_stack and not set(dead_stack) & set(controller_processes(root))
         assert controller_processes(root) == {}
+        assert (root / "home" / LINUX_MARKER_PATH).read_text() == marker_of("devstack-1") + "\n"
         with sessions() as session:
             steps = [(s.name, s.node, s.state) for s in session.scalars(
                 select(BuildStep).where(BuildStep.build_id == retry.id).order_by(BuildStep.id))]
-        assert steps[:2] == [("provision", "hv-1", "succeeded"), ("provision", "hv-2",
-                                                                   "succeeded")] or sorted(
-            steps[:2]) == [("provision", "hv-1", "succeeded"), ("provision", "hv-2", "succeeded")]
+        everyone = [("devstack-1",), ("hv-1",), ("hv-2",)]
+        assert sorted(steps[:3]) == [("provision", n, "succeeded") for (n,) in everyone]
         assert sorted(s[:2] for s in steps if s[0] == "power-off") == [
-            ("power-off", "hv-1"), ("power-off", "hv-2")]
+            ("power-off", n) for (n,) in everyone]

@@ -2,7 +2,7 @@
 
 Two pushes are held in stack.sh (the lab's stack-wait fault) until both
 controllers stack at once; then both builds finish, and each build's steps
-begin with a `provision` step per Hyper-V node of its set.
+begin with a `provision` step per node of its set (controller included).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_demo_config_carries_parent_hosts_and_lab_sets() -> None:
 def test_two_lab_sets_run_two_builds_at_once_in_the_demo(demo: Demo) -> None:
     assert demo.config is not None and demo.lab is not None
     assert [s.name for s in demo.config.lab_sets] == ["set-1", "set-2"]
-    assert all(n.provisioned for n in demo.config.nodes if n.label == "hyperv")
+    assert all(n.provisioned for n in demo.config.nodes)
     wait = demo.lab.faults_dir / "stack-wait"
     wait.write_text("", encoding="utf-8")
     logs = [demo.lab.state_dir / tree / "logs" / "stack.sh.log"
@@ -76,7 +76,7 @@ def test_two_lab_sets_run_two_builds_at_once_in_the_demo(demo: Demo) -> None:
 
         builds = wait_for(finished, 120, "both builds to finish")
         assert [b.state for b in builds] == [BuildState.SUCCEEDED] * 2
-        sets = {tuple(s.hyperv) for s in demo.config.lab_sets}
+        sets = {tuple(sorted([s.controller, *s.hyperv])) for s in demo.config.lab_sets}
         with database.sessions() as session:
             for build in builds:
                 steps = list(session.scalars(select(BuildStep).where(
