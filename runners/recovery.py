@@ -10,6 +10,10 @@ script (cleanup.sh ends the processes running from the job's directories and
 unstacks; cleanup.ps1 stops the services and every process under the
 Windows root), rendered for the build that left it dirty, then health-checked;
 `ci.nodes.recovery_verdict` decides where it goes (docs/nodes.md).
+
+A provisioned node (`provision: checkpoint`) is not cleaned: its VM is turned
+off on its parent host, which ends everything the dead build left running on
+it, and the next build reverts it to its clean checkpoint (runners/provision.py).
 """
 
 from __future__ import annotations
