@@ -32,6 +32,7 @@ LIMITS = {
     "/api/builds/{finished}": 12,
     "/builds/{queued}": 17,
     "/changes/1001": 10,
+    "/logs/1001/1/{finished}/": 4,  # the build banner: one indexed lookup by log_path
 }
 
 
