@@ -89,6 +89,8 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(logs.bp)
+    from dashboard import verdict_view  # the build page's verdict panel (docs/verdict.md)
+    app.register_blueprint(verdict_view.bp)
     from dashboard import charts_view, history, tests_view  # history, tests, charts (B2)
     for blueprint in (history.bp, tests_view.bp, charts_view.bp):
         app.register_blueprint(blueprint)
