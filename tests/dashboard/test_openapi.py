@@ -4,6 +4,7 @@ tests make validates against it (openapi-core), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -150,3 +151,13 @@ def test_the_served_document_is_valid_openapi_3_1(client: FlaskClient) -> None:
     broken["components"]["schemas"]["Error"]["properties"]["error"] = {"type": "text"}
     with pytest.raises(OpenAPIValidationError):
         validate_spec(broken)
+
+
+def test_every_api_route_is_documented(app: Flask, client: FlaskClient) -> None:
+    # A new /api endpoint without its description fails here (and then the check
+    # above, which must exercise it).
+    documented = set(client.get("/api/openapi.json").get_json()["paths"])
+    routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+              for rule in app.url_map.iter_rules()
+              if rule.rule.startswith("/api/") and "GET" in (rule.methods or ())}
+    assert routes == documented
