@@ -112,6 +112,10 @@ class Demo:
     def start(self) -> Config:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        signatures = (raw.get("verdict") or {}).get("signatures")
+        if signatures:
+            # Relative to the demo's YAML, as load_config resolves it for a real config.
+            raw["verdict"]["signatures"] = str((self.config_path.parent / signatures).resolve())
         for name in DEMO_PASSWORD_ENV:
             # The demo invents its lab's passwords; redaction hides them in logs.
             os.environ.setdefault(name, "demo-" + secrets.token_urlsafe(12))
