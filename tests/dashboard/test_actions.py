@@ -122,7 +122,8 @@ def test_enable_an_offline_node(client: FlaskClient, world: Any, csrf: Csrf,
     response = client.post("/nodes/devstack-1/enable", data={"csrf_token": token})
     assert response.status_code == 303 and response.headers["Location"] == "/nodes"
     assert row("devstack-1") == (NodeState.RESERVED, None, 0, world.running_id, "", False)
-    assert "Node devstack-1 not enabled: node &#39;devstack-1&#39; holds build" in flashes(client, "/nodes")
+    assert "Node devstack-1 not enabled: node &#39;devstack-1&#39; holds build" in flashes(
+        client, "/nodes")
     assert client.post("/nodes/nope/enable", data={"csrf_token": token}).status_code == 404
 
 

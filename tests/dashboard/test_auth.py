@@ -30,8 +30,9 @@ from tests.dashboard.conftest import CSRF_RE, OPERATOR_NAME, OPERATOR_PASSWORD, 
 @pytest.fixture(autouse=True)
 def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real Argon2 cost (~0.1 s a hash) is not what these tests are about.
-    monkeypatch.setattr(accounts, "_HASHER",
-                        PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+    fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    monkeypatch.setattr(accounts, "_HASHER", fast)
+    monkeypatch.setattr(accounts, "_DUMMY_HASH", fast.hash("an unknown name's dummy"))
 
 
 def token_of(client: FlaskClient, path: str = "/login") -> str:

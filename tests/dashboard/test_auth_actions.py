@@ -24,8 +24,9 @@ Csrf = Any
 
 @pytest.fixture(autouse=True)
 def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "_HASHER",
-                        PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+    fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    monkeypatch.setattr(accounts, "_HASHER", fast)
+    monkeypatch.setattr(accounts, "_DUMMY_HASH", fast.hash("an unknown name's dummy"))
 
 
 @pytest.fixture

@@ -33,8 +33,9 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 @pytest.fixture(autouse=True)
 def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(accounts, "_HASHER",
-                        PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+    fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    monkeypatch.setattr(accounts, "_HASHER", fast)
+    monkeypatch.setattr(accounts, "_DUMMY_HASH", fast.hash("an unknown name's dummy"))
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,15 @@ def errors() -> list[str]:
 def page(browser: Browser, errors: list[str]) -> Iterator[Page]:
     context = browser.new_context()
     page = context.new_page()
-    page.set_default_timeout(5000)
+    # Waits on conditions, never sleeps: a generous bound costs nothing when the
+    # page is quick, and a loaded 2-core machine (several suites at once) is not.
+    page.set_default_timeout(15_000)
+    expect.set_options(timeout=15_000)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("dialog", lambda dialog: dialog.accept())  # the Abort / Force confirmations
     yield page
+    expect.set_options(timeout=5000)  # Playwright's default, for the other modules
     context.close()
     assert errors == []
 
@@ -191,7 +196,8 @@ def test_force_build_is_the_only_way_for_an_excluded_change(
     base_url = f"http://127.0.0.1:{port}"
     context = browser.new_context()
     page = context.new_page()
-    page.set_default_timeout(5000)
+    page.set_default_timeout(15_000)
+    expect.set_options(timeout=15_000)
     page.on("dialog", lambda dialog: dialog.accept())
     try:
         with dash_sessions() as s, s.begin():
@@ -211,5 +217,6 @@ def test_force_build_is_the_only_way_for_an_excluded_change(
             forced = s.scalars(select(Build).where(Build.forced_by == OPERATOR_NAME)).all()
             assert [(b.job, b.patchset.change.number) for b in forced] == [("hyperv-local", 3003)]
     finally:
+        expect.set_options(timeout=5000)
         context.close()
         server.close()
