@@ -32,6 +32,7 @@ from flask import (
     Blueprint,
     Flask,
     abort,
+    current_app,
     flash,
     g,
     jsonify,
@@ -60,6 +61,7 @@ SESSION_LIFETIME = timedelta(hours=12)  # idle sessions end; each request renews
 OPEN_BLUEPRINTS = frozenset({"auth", "health", "metrics"})
 LOGIN_FAILURES_ALLOWED = 10  # per address and name, within the window
 LOGIN_WINDOW_SECONDS = 300.0
+LOGIN_LIMIT = "hyperv_ci_login_limit"  # the app's LoginLimit, in app.extensions
 # Password checks at once, per process: each Argon2id check takes 64 MiB and a
 # core for a moment; a flood of logins (one per made-up name gets past the rate
 # limit) then waits here instead of starving the pages of memory and CPU.
@@ -79,7 +81,7 @@ def configure(app: Flask) -> None:
     """Install the session settings, the per-request identity check and the blueprint."""
     app.session_interface = CookieSessions()
     app.config.setdefault("PERMANENT_SESSION_LIFETIME", SESSION_LIFETIME)
-    app.extensions["hyperv_ci_login_limit"] = LoginLimit()
+    app.extensions[LOGIN_LIMIT] = LoginLimit()
     app.before_request(_identify)
     app.before_request(_guard_reading)
     app.jinja_env.globals["current_actor"] = current_actor
@@ -246,9 +248,7 @@ class LoginLimit:
 
 
 def _limit() -> LoginLimit:
-    from flask import current_app
-
-    limit: LoginLimit = current_app.extensions["hyperv_ci_login_limit"]
+    limit: LoginLimit = current_app.extensions[LOGIN_LIMIT]
     return limit
 
 

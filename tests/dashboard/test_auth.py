@@ -21,7 +21,7 @@ from ci import accounts
 from ci.config import Config
 from ci.models import AuditEntry, Node
 from dashboard import create_app
-from dashboard.auth import LoginLimit
+from dashboard.auth import LOGIN_LIMIT, LoginLimit
 from dashboard.secret_key import SECRET_KEY_ENV, load_or_create
 from dashboard.server import start_in_thread
 from tests.dashboard.conftest import CSRF_RE, OPERATOR_NAME, OPERATOR_PASSWORD, make_config
@@ -112,7 +112,7 @@ def test_a_removed_or_disabled_account_loses_its_session(
 
 def test_login_rate_limit_per_address_and_name(client: FlaskClient, app: Flask,
                                                operator_account: str) -> None:
-    limit: LoginLimit = app.extensions["hyperv_ci_login_limit"]
+    limit: LoginLimit = app.extensions[LOGIN_LIMIT]
     for _ in range(limit.allowed):
         assert log_in(client, password="wrong password, again").status_code == 401
     # Even the right password waits now: the limit is checked before any hashing.
