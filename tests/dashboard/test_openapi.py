@@ -55,6 +55,8 @@ def api_paths(world: Any, history: HistoryWorld) -> list[str]:
         f"/api/builds/{world.finished_id}",
         f"/api/builds/{world.running_id}",
         f"/api/builds/{history.builds['a']}",
+        f"/api/builds/{history.builds['a']}?tests_page=2&tests_status=success",
+        f"/api/builds/{history.builds['a']}?tests_page=0",
         "/api/builds",
         "/api/builds?limit=2",
         "/api/builds?project=openstack/nova&result=error&since=2020-01-01",
