@@ -6,8 +6,9 @@ Create Date: 2026-12-02 00:40:00.000000
 
 A test's subunit attachments other than its traceback and reason (the
 captured logging, stdout, stderr a tempest test carries) are written to the
-build's log tree, one file per test (runners/subunit.py); `attachments` is
-that file's path relative to the build's log URL, NULL when the test had none.
+build's log tree, one file per test class, a section per test
+(runners/subunit.py); `attachments` is that file's path relative to the
+build's log URL, NULL when the test had none.
 """
 
 import sqlalchemy as sa
