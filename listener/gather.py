@@ -77,15 +77,15 @@ class Gatherer:
             if (info is not None and info.files is None
                     and needs_files(self.config, info.project, info.branch)):
                 wanted.append((info.number, info.patchset))
-        if not wanted:
-            return
+        if len(wanted) < 2:
+            return  # one lookup is one query either way
         with transaction(self.sessions) as session:
             cached = {(number, ps) for number, ps, files in session.execute(
                 select(Change.number, Patchset.number, Patchset.files).join(Change)
                 .where(Change.number.in_({n for n, _ in wanted}))) if files is not None}
         missing = [pair for pair in wanted if pair not in cached]
         if len(missing) < 2:
-            return  # one lookup is one query either way
+            return
         try:
             self.prefetched.update(self.lookup.files_of(missing))
         except Exception as exc:

@@ -157,8 +157,10 @@ class Scheduler:
             for event_id, event in page:
                 after = event_id
                 number = event.number if isinstance(event, ChangeEvent) else None
-                if group and (len(group) >= GROUP_SIZE or self.gatherer.reads_database(event)):
-                    # Its lookup must see what the events before it wrote.
+                if group and (len(group) >= GROUP_SIZE or (
+                        number is not None and self.gatherer.reads_database(event)
+                        and any(ready.number == number for ready in group))):
+                    # Its lookup must see what the earlier events of its change wrote.
                     done += self._act(group, blocked)
                     group = []
                 if event_id in waiting or (number is not None and number in blocked):
