@@ -247,3 +247,34 @@ def test_a_failed_revert_takes_the_node_offline_and_errors_the_build(
                                                   OfflineCause.PROVISION_FAILED)
         assert f"provisioning for build {ctx.build_id} failed" in row.message
         assert "Unable to find a snapshot" in row.message
+
+
+def test_health_checks_ask_the_parent_for_a_vm_that_is_off(
+        lab: Lab, sqlite_sessions: sessionmaker[Session]) -> None:
+    from runners.health import run_health_checks
+
+    with sqlite_sessions() as session, session.begin():
+        nodes.sync_nodes(session, lab.config.nodes)
+    provision.power_off(lab.config, lab.node)
+    results = run_health_checks(lab.config, sqlite_sessions, timeout=5)
+    assert results == {"hv-1": (True, "VM hv-1 is Off; checkpoint clean present")}
+    broken = lab_config(lab.parent, lab.guest, vm="hv-9")
+    results = run_health_checks(broken, sqlite_sessions, timeout=5)
+    assert not results["hv-1"][0] and "unable to find a virtual machine" in results["hv-1"][1]
+
+
+def test_nodes_enable_brings_back_a_node_whose_provisioning_failed(
+        lab: Lab, sqlite_sessions: sessionmaker[Session]) -> None:
+    from runners.recovery import enable_node
+
+    with sqlite_sessions() as session, session.begin():
+        nodes.sync_nodes(session, lab.config.nodes)
+        nodes.mark_offline(session, "hv-1", "provisioning for build 7 failed: x",
+                           cause=OfflineCause.PROVISION_FAILED)
+    verdict = enable_node(lab.config, sqlite_sessions, "hv-1")
+    assert verdict.ready, verdict.message
+    assert "VM turned off" in verdict.message or "is Off" in verdict.message
+    assert lab.parent.vm("hv-1").state == "Off"
+    with sqlite_sessions() as session:
+        row = session.scalar(select(Node).where(Node.name == "hv-1"))
+        assert row is not None and (row.state, row.offline_cause) == (NodeState.READY, None)
