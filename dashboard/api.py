@@ -27,7 +27,8 @@ def status() -> ResponseReturnValue:
 def builds() -> ResponseReturnValue:
     """One page of the build history: the /builds filters, `after` cursor and `limit`."""
     return jsonify(history.builds_view(db(), history.request_filter(),
-                                       history.request_cursor(), history.request_limit()))
+                                       history.request_cursor(), history.request_limit(),
+                                       endpoint="api.builds"))
 
 
 @bp.get("/builds/<int:build_id>")

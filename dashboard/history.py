@@ -57,8 +57,10 @@ def request_limit(default: int = DEFAULT_LIMIT) -> int:
 
 
 def builds_view(session: Session, where: BuildFilter, after: Cursor | None,
-                limit: int) -> dict[str, Any]:
-    """One page of the build list (three statements: builds, their nodes, none per row)."""
+                limit: int, endpoint: str = "history.builds") -> dict[str, Any]:
+    """One page of the build list: two statements (the builds with their patchsets and
+    changes, their nodes; a third when a baseline build is on the page), none per row.
+    `next_url` is the next page of `endpoint` (the HTML list or the API's)."""
     page = list_builds(session, where, after, limit)
     nodes = nodes_of_builds(session, [b.id for b in page.builds])
     builds = []
@@ -75,7 +77,7 @@ def builds_view(session: Session, where: BuildFilter, after: Cursor | None,
         "filter": where.as_params(),
         "builds": builds,
         "next_cursor": next_cursor,
-        "next_url": (url_for("history.builds", **params, after=next_cursor,
+        "next_url": (url_for(endpoint, **params, after=next_cursor,
                              limit=limit if limit != DEFAULT_LIMIT else None)
                      if next_cursor else None),
     }

@@ -210,3 +210,15 @@ def test_build_and_node_pages_link_to_the_histories(client: FlaskClient,
     assert f"/tests/{ALWAYS_FAILS}" in found and f"/tests/{RERUN_FLAKY}" in found
     assert "/builds?node=hv-1" in found and "/builds?node=devstack-1" in found
     assert f"/builds?node={HOSTILE_NODE}" in links(page(client, "/nodes"))
+
+
+def test_api_pages_link_to_the_api(client: FlaskClient, history: HistoryWorld) -> None:
+    seen: list[int] = []
+    path: str | None = "/api/builds?project=openstack/compute-hyperv&limit=3"
+    while path:
+        body = client.get(path).get_json()
+        seen += [b["id"] for b in body["builds"]]
+        path = body["next_url"]
+        assert path is None or path.startswith("/api/builds?")
+    b = history.builds
+    assert seen == [b["b2"], b["c"], b["b"], b["a"]]
