@@ -9,6 +9,7 @@ concerns and takes the fault back.
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ import pytest
 
 from ci.config import Config, parse_config
 from runners.lab_check import CHECKS, LabCheckError, LabReport, run_lab_check
-from runners.lab_verdict import Thresholds
-from sim.lab import PARENT_HOST, SERVICE_ACCOUNT, SimLab
+from runners.lab_verdict import CheckResult, Thresholds
+from sim.lab import PARENT_HOST, SERVICE_ACCOUNT, WINRM_PASSWORD_ENV, WINRM_USER, SimLab
 from sim.lab_probe import lab_state, set_controller_account
+from sim.tls import TLSFiles, make_tls_files
+from sim.winrm import SimWinRMServer
 
 EVERY_CHECK = {"hv-1": CHECKS["windows"], "devstack-1": CHECKS["controller"],
                PARENT_HOST: CHECKS["parent"], "worker": CHECKS["worker"]}
@@ -290,3 +293,37 @@ def test_a_probe_that_cannot_run_is_one_winrm_failure(lab: SimLab, tmp_path: Pat
     [mine] = [r for r in report.results if r.node == "hv-2"]
     assert (mine.name, mine.passed) == ("winrm", False)
     assert "boom" in mine.detail
+
+
+@pytest.fixture
+def tls_node(lab: SimLab, tmp_path: Path) -> Iterator[tuple[SimWinRMServer, TLSFiles, TLSFiles]]:
+    """A node with an HTTPS listener only (certificate of `mine`), and another CA."""
+    mine, other = make_tls_files(tmp_path / "tls"), make_tls_files(tmp_path / "other")
+    server = SimWinRMServer("hv-tls", lab.lab_dir, WINRM_USER, os.environ[WINRM_PASSWORD_ENV],
+                            tls=(mine.cert, mine.key))
+    with server:
+        yield server, mine, other
+
+
+def tls_check(lab: SimLab, server: SimWinRMServer, **winrm: object) -> dict[str, CheckResult]:
+    data = lab_data(lab)
+    data["nodes"].append({"name": "hv-tls", "label": "hyperv", "address": "127.0.0.1",
+                          "winrm": {"scheme": "https", "port": server.port, "username": WINRM_USER,
+                                    "password": {"password_env": WINRM_PASSWORD_ENV},
+                                    "operation_timeout": 2, "read_timeout": 5, **winrm}})
+    report = run_lab_check(parse_config(data), ["hv-tls"])
+    return {r.name: r for r in report.results}
+
+
+def test_https_certificate_checked_against_the_configured_ca(
+        lab: SimLab, tls_node: tuple[SimWinRMServer, TLSFiles, TLSFiles]) -> None:
+    server, mine, other = tls_node
+    good = tls_check(lab, server, ca_file=str(mine.ca_cert))
+    assert good["winrm"].passed and good["winrm-transport"].passed, good
+    assert "TLS" in good["winrm-transport"].detail
+    wrong = tls_check(lab, server, ca_file=str(other.ca_cert))
+    assert list(wrong) == ["winrm"] and not wrong["winrm"].passed
+    assert "certificate" in wrong["winrm"].fix
+    unchecked = tls_check(lab, server, verify_certificate=False)
+    assert unchecked["winrm"].passed and not unchecked["winrm-transport"].passed
+    assert "ca_file" in unchecked["winrm-transport"].fix
