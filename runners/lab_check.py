@@ -111,12 +111,23 @@ def pick_job(config: Config, name: str | None) -> tuple[str, DevstackHypervJob]:
     return first, jobs[first]
 
 
-def render_windows_probe(node: NodeConfig, job: DevstackHypervJob) -> str:
+def migration_peers(config: Config, node: NodeConfig) -> list[str]:
+    """The Hyper-V nodes `node` may live-migrate with: its lab set's others, or every
+    other Hyper-V node when no lab sets are configured."""
+    for lab_set in config.lab_sets:
+        if node.name in lab_set.hyperv:
+            return [name for name in lab_set.hyperv if name != node.name]
+    return [n.name for n in config.nodes if n.label == "hyperv" and n.name != node.name]
+
+
+def render_windows_probe(node: NodeConfig, job: DevstackHypervJob,
+                         peers: Sequence[str] = ()) -> str:
     urls = {key: artefact.url for key, artefact in job.windows.artefacts().items()
             if artefact is not None and artefact.url}
     account = job.windows.service_account
     return make_environment().get_template("lab-probe.ps1.j2").render(
-        node=node, job=job, service_user=account.username if account else "", urls=urls)
+        node=node, job=job, service_user=account.username if account else "", urls=urls,
+        peers=list(peers))
 
 
 def render_parent_probe(vms: Sequence[str]) -> str:
@@ -141,9 +152,10 @@ def _run_powershell(node: NodeConfig, script: str, timeout: float) -> tuple[str,
 
 
 def check_windows(node: NodeConfig, job: DevstackHypervJob, limits: Thresholds,
-                  timeout: float = PROBE_TIMEOUT) -> list[CheckResult]:
+                  timeout: float = PROBE_TIMEOUT, peers: Sequence[str] = ()) -> list[CheckResult]:
     try:
-        stdout, worker_clock = _run_powershell(node, render_windows_probe(node, job), timeout)
+        stdout, worker_clock = _run_powershell(node, render_windows_probe(node, job, peers),
+                                               timeout)
         facts = parse_windows_facts(stdout)
     except (ExecutorError, CommandTimeout, ProbeError, ConfigError, OSError) as exc:
         return [winrm_failure(node, str(exc))]
@@ -219,8 +231,11 @@ def run_lab_check(config: Config, names: Sequence[str] = (), *, job_name: str | 
     if not wanted:
         tasks.append(partial(_worker_files, config))
     for node in nodes:
-        check = check_windows if node.label == "hyperv" else check_controller
-        tasks.append(partial(check, node, job, limits, timeout))
+        if node.label == "hyperv":
+            tasks.append(partial(check_windows, node, job, limits, timeout,
+                                 migration_peers(config, node)))
+        else:
+            tasks.append(partial(check_controller, node, job, limits, timeout))
     for parent in parents.values():
         # A parent is checked for the VMs of the selected nodes, or all of its VMs when named.
         carried = [n for n in config.nodes if n.parent == parent.name

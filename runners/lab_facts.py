@@ -36,6 +36,7 @@ class WindowsFacts:
     ps_version: str
     hostname: str
     resolved: list[str]
+    peers: dict[str, list[str]]  # each migration peer's addresses as the node resolves it
     winrm_basic: bool
     winrm_allow_unencrypted: bool
     winrm_listeners: list[str]
@@ -65,6 +66,8 @@ def parse_windows_facts(stdout: str) -> WindowsFacts:
         return WindowsFacts(
             unix_ms=int(data["unix_ms"]), ps_version=str(data["ps_version"]),
             hostname=str(data["hostname"]), resolved=[str(a) for a in listify(data["resolved"])],
+            peers={str(k): [str(a) for a in listify(v)]
+                   for k, v in dict(data.get("peers") or {}).items()},
             winrm_basic=_flag(data["winrm_basic"]),
             winrm_allow_unencrypted=_flag(data["winrm_allow_unencrypted"]),
             winrm_listeners=[str(x) for x in listify(data["winrm_listeners"])],
@@ -298,8 +301,14 @@ def _hostname(node: NodeConfig, facts: WindowsFacts) -> CheckResult:
     if not facts.resolved:
         return failed("hostname", node.name, f"{node.name!r} does not resolve on the node",
                       f"add {node.name} to the lab's DNS (or every node's hosts file)")
+    lost = sorted(peer for peer, addresses in facts.peers.items() if not addresses)
+    if lost:
+        return failed("hostname", node.name, f"the node cannot resolve its migration peer(s) "
+                      f"{', '.join(lost)} (live migration targets them by name)",
+                      "add every Hyper-V node of the lab set to the lab's DNS")
+    peers = f"; peers {', '.join(sorted(facts.peers))} resolve" if facts.peers else ""
     return passed("hostname", node.name, f"{facts.hostname} resolves to "
-                  f"{', '.join(facts.resolved)}")
+                  f"{', '.join(facts.resolved)}{peers}")
 
 
 def windows_verdicts(node: NodeConfig, job: DevstackHypervJob, facts: WindowsFacts,

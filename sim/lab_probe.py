@@ -66,6 +66,7 @@ class WindowsLabState:
     clock_offset: float = 0.0  # seconds the node's clock is ahead of this machine's
     hostname: str | None = None  # None: the node's name
     resolves: bool = True  # the node's name resolves in the lab's DNS
+    unresolvable: set[str] = field(default_factory=set)  # other names the node cannot resolve
     instances_free: int = 180 * GIB
     nic: str = "Ethernet 2"
     nic_description: str = "Intel(R) Ethernet Controller X710 for 10GbE SFP+"
@@ -152,6 +153,9 @@ def answer_lab_probe(host: HyperVHost, script: str, out: FaultyConsole) -> int:
         "ps_version": state.ps_version,
         "hostname": state.hostname or host.node_name,
         "resolved": ["127.0.0.1"] if state.resolves else [],
+        # The simulated lab's DNS: every node's name is 127.0.0.1.
+        "peers": {peer: [] if peer.casefold() in state.unresolvable else ["127.0.0.1"]
+                  for peer in list_items(script, "PeerNames")},
         "winrm_basic": "true" if state.allow_basic else "false",
         "winrm_allow_unencrypted": "true" if state.allow_unencrypted else "false",
         "winrm_listeners": [f"Transport={state.listener} Address=*"],

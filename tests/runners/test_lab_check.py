@@ -68,6 +68,9 @@ def test_the_simulated_lab_passes_every_check(lab: SimLab) -> None:
     assert len(vms) >= 2
     assert found[(PARENT_HOST, "checkpoint")] == [True] * len(vms)
     assert report.lines()[-1] == f"{len(report.results)} checks, 0 failed"
+    # hv-1 resolved the other Hyper-V node it live-migrates with.
+    hostname = next(r for r in report.results if (r.node, r.name) == ("hv-1", "hostname"))
+    assert "peers hv-2 resolve" in hostname.detail
 
 
 def test_named_nodes_only(lab: SimLab) -> None:
@@ -217,6 +220,8 @@ FAULTS = {
                                     _tool_url("qemu_img", lambda lab: "http://127.0.0.1:"
                                               f"{lab.artefacts.port}/missing-qemu-img.exe")),  # type: ignore[union-attr]
     "name-not-resolving": Fault("hv-1", "hostname", "DNS", _state("resolves", False)),
+    "peer-not-resolving": Fault("hv-1", "hostname", "lab's DNS",
+                                _state("unresolvable", {"hv-2"})),
     "wrong-host-name": Fault("hv-1", "hostname", "Rename-Computer",
                              _state("hostname", "WIN-8J2K4LQ")),
     "ssh-unknown-host-key": Fault("devstack-1", "ssh", "ssh-keyscan", _empty_known_hosts),
