@@ -38,6 +38,12 @@ REPORTS = "hyperv_ci_reports"
 #: Gerrit events were stored: the scheduler turns them into builds.
 EVENTS = "hyperv_ci_events"
 ALL_CHANNELS = (BUILDS, REPORTS, EVENTS)
+# Channels whose work any one consumer does whole (a reporter sends every due
+# report): a process that consumes one itself need not wake the others. That
+# keeps NOTIFY off every build's record: a committing NOTIFY takes a
+# cluster-wide lock held through the commit, which serialises the committers
+# (PreCommit_Notify in PostgreSQL's src/backend/commands/async.c).
+LOCAL_CONSUMER_ENOUGH = frozenset({REPORTS})
 
 _HUB_KEY = "hyperv_ci.wakeup"
 _ANNOUNCED_KEY = "hyperv_ci.wakeup.announced"
@@ -53,6 +59,7 @@ class Wakeup:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._counts: dict[str, int] = {}
+        self._consumers: set[str] = set()
         self._closed = False
 
     def signal(self, *channels: str) -> None:
@@ -79,9 +86,19 @@ class Wakeup:
         return self._closed
 
     def waiter(self, channel: str) -> Waiter:
+        """A consumer of `channel` in this process."""
         with self._cond:
             self._counts.setdefault(channel, 0)
+            self._consumers.add(channel)
         return Waiter(self, channel)
+
+    def register(self, channel: str) -> None:
+        """Count `channel`'s signals without consuming it (for `signal_all`)."""
+        with self._cond:
+            self._counts.setdefault(channel, 0)
+
+    def consumes(self, channel: str) -> bool:
+        return channel in self._consumers
 
     def close_when(self, stop: threading.Event) -> threading.Thread:
         """Close the hub once `stop` is set (a waiter must not sleep through a shutdown)."""
@@ -129,7 +146,8 @@ def announce(session: Session, channel: str) -> None:
     """Wake `channel`'s waiters once the caller's transaction commits.
 
     Once per channel and transaction: a scheduler pass that queues fifty
-    builds sends one notification.
+    builds sends one notification. A channel in LOCAL_CONSUMER_ENOUGH that
+    this process consumes is signalled here only.
     """
     announced: set[str] = session.info.setdefault(_ANNOUNCED_KEY, set())
     if channel in announced:
@@ -138,7 +156,10 @@ def announce(session: Session, channel: str) -> None:
         event.listen(session, "after_commit", _after_commit)
         event.listen(session, "after_rollback", _after_rollback)
     announced.add(channel)
-    if session.get_bind().dialect.name == "postgresql":
+    hub = session.info.get(_HUB_KEY)
+    here = (channel in LOCAL_CONSUMER_ENOUGH and isinstance(hub, Wakeup)
+            and hub.consumes(channel))
+    if not here and session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_notify(channel, "")))
 
 
@@ -233,7 +254,7 @@ def start_wakeups(engine: Engine, sessions: sessionmaker[Session], stop: threadi
     PostgreSQL fed by a LISTEN connection so other processes' commits wake it too."""
     hub = Wakeup()
     for channel in channels:
-        hub.waiter(channel)  # register, so signal_all reaches it
+        hub.register(channel)  # so signal_all reaches its waiters
     install(sessions, hub)
     hub.close_when(stop)
     if engine.dialect.name == "postgresql":

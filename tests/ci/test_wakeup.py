@@ -214,6 +214,34 @@ def test_postgres_delivers_the_notification_at_commit(pg_url: str) -> None:
 
 
 @pytest.mark.postgres
+def test_a_report_wakes_other_processes_only_without_a_reporter_here(pg_url: str) -> None:
+    """A process with its own reporter sends the whole outbox: no NOTIFY (whose
+    commit would take PostgreSQL's cluster-wide notify lock) for its reports."""
+    engine = make_engine(pg_url)
+    ensure_schema(engine)
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    listener = psycopg.connect(*cargs, **cparams, autocommit=True)
+    try:
+        listener.execute(f"LISTEN {REPORTS}")
+        with_reporter, without = make_sessionmaker(engine), make_sessionmaker(engine)
+        hub = Wakeup()
+        install(with_reporter, hub)
+        reports = hub.waiter(REPORTS)
+        with with_reporter() as session, session.begin():
+            announce(session, REPORTS)
+        assert reports.wait(0)
+        assert list(listener.notifies(timeout=0.5)) == []
+        install(without, Wakeup())  # a hub, but nobody here consumes reports
+        with without() as session, session.begin():
+            announce(session, REPORTS)
+        heard = [n.channel for n in listener.notifies(timeout=BOUND, stop_after=1)]
+        assert heard == [REPORTS]
+    finally:
+        listener.close()
+        engine.dispose()
+
+
+@pytest.mark.postgres
 def test_the_listener_reconnects_after_its_connection_is_killed(pg_url: str) -> None:
     engine = make_engine(pg_url)
     ensure_schema(engine)
