@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import paramiko
 
 from ci.config import DevstackHypervJob, NodeConfig
+from runners.base import CommandTimeout
 from runners.lab_verdict import GIB, CheckResult, ProbeError, Thresholds, failed, passed
 
 FACT_TAG = "hyperv-ci-lab-fact "
@@ -105,6 +106,10 @@ def ssh_failure(node: NodeConfig, error: BaseException) -> CheckResult:
     cause = error.__cause__ or error
     text = str(error)
     target = f"{access.username}@{node.address}:{access.port}"
+    if isinstance(error, CommandTimeout):
+        return failed("ssh", node.name, f"{target}: the probe did not finish: {text}",
+                      "a login that hangs (a profile script waiting for input, a stuck "
+                      "NFS home): log in by hand and see")
     if isinstance(cause, paramiko.BadHostKeyException):
         fix = (f"the host key of {node.address} is not the one in {access.known_hosts}: if the "
                "host was reinstalled, check its fingerprint and replace the entry")
