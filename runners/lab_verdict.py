@@ -94,7 +94,11 @@ def winrm_failure(node: NodeConfig, error: str) -> CheckResult:
     assert access is not None
     where = f"{access.scheme}://{node.address}:{access.endpoint_port}"
     lowered = error.lower()
-    if "environment variable" in lowered or "password" in lowered:
+    if "the probe" in lowered:
+        # WinRM works: the probe itself failed (or another program answered).
+        fix = ("the node ran the probe and it failed: the error above is PowerShell's "
+               "(`hyperv-ci -v lab check NODE` names the script it ran)")
+    elif "environment variable" in lowered or "password" in lowered:
         fix = ("winrm.password names a secret this process cannot read: set the variable, "
                "or make the file readable by this user")
     elif "certificate" in lowered or "ssl" in lowered:

@@ -297,7 +297,7 @@ def test_a_probe_that_cannot_run_is_one_winrm_failure(lab: SimLab, tmp_path: Pat
     report = run_lab_check(parse_config(lab_data(lab)), ["hv-2"])
     [mine] = [r for r in report.results if r.node == "hv-2"]
     assert (mine.name, mine.passed) == ("winrm", False)
-    assert "boom" in mine.detail
+    assert "boom" in mine.detail and "PowerShell's" in mine.fix
 
 
 @pytest.fixture
