@@ -31,6 +31,7 @@ from ci.changes import ChangeInfo, change_info_from_rows
 from ci.config import BaselineBranch, Config
 from ci.models import BaselineRun, Build, BuildState, TestResult, utcnow
 from ci.verdict import BaselineEvidence
+from ci.wakeup import BUILDS, announce
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def queue_baseline(session: Session, project: str, branch: str, job: str, slot: 
                   reason=reason)
     session.add(build)
     session.flush()
+    announce(session, BUILDS)  # a waiting worker claims it once this commits
     logger.info("build %s queued: baseline of %s %s, job %s (%s)", build.id, project, branch,
                 job, slot)
     return build
