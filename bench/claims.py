@@ -69,13 +69,18 @@ def worker_process(url: str, logs: str, name: str, ready: Any, start: Any, out: 
 
     from ci.db import make_engine, make_sessionmaker
     from ci.models import Build, BuildState
+    from ci.wakeup import REPORTS, Wakeup, install
     from runners.worker import Worker
 
     config = bench_config(url, Path(logs))
     engine = make_engine(url)
-    worker = Worker(config, make_sessionmaker(engine), name=name,
-                    runner_factory=_noop_runner_factory)
     sessions = make_sessionmaker(engine)
+    # As `work` wires a worker: its own reporter thread consumes the reports
+    # (none runs here: the reports stay queued), so a build's record sends no NOTIFY.
+    hub = Wakeup()
+    install(sessions, hub)
+    hub.waiter(REPORTS)
+    worker = Worker(config, sessions, name=name, runner_factory=_noop_runner_factory)
     with sessions() as session:  # opens the pool's connection before the clock starts
         session.execute(select(1))
     ready.put(name)

@@ -13,10 +13,10 @@ so a build is never run twice and a finished build never changes again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -160,8 +160,8 @@ def claim_next(
 ) -> Build | None:
     """Claim the oldest queued build this worker can run now, or None.
 
-    Candidates are locked with SKIP LOCKED (PostgreSQL), so concurrent
-    workers look at different rows; the conditional UPDATE is the final
+    Candidates are locked with SKIP LOCKED (PostgreSQL), one at a time, so
+    concurrent workers look at different rows; the conditional UPDATE is the final
     guard on every engine. The candidates come with their patchset and
     change (one SELECT), and `claim_values(build)` adds columns to the
     claiming UPDATE (the worker's log location): claim and start are one
@@ -170,15 +170,11 @@ def claim_next(
     query = (
         select(Build)
         .options(joinedload(Build.patchset).joinedload(Patchset.change))
-        .where(Build.state == BuildState.QUEUED).order_by(Build.id).limit(scan)
+        .where(Build.state == BuildState.QUEUED).order_by(Build.id)
     )
     if jobs is not None:
         query = query.where(Build.job.in_(jobs))
-    if session.get_bind().dialect.name == "postgresql":
-        # OF builds: the patchset and change rows are read, not claimed (and a
-        # baseline build's missing patchset is the nullable side of the join).
-        query = query.with_for_update(skip_locked=True, of=Build)
-    for build in session.scalars(query):
+    for build in _candidates(session, query, scan):
         if reserve is not None and not reserve(session, build):
             continue
         now = utcnow()
@@ -199,6 +195,30 @@ def claim_next(
             logger.info("build %s claimed by %s", build.id, worker)
             return build
     return None
+
+
+def _candidates(session: Session, query: Select[Build], scan: int) -> Iterator[Build]:
+    """Up to `scan` queued builds, oldest first.
+
+    On PostgreSQL each is locked (SKIP LOCKED) only when it is reached, one
+    SELECT at a time: a row lock is a write to the row, and a claim usually
+    takes the first candidate, so locking `scan` rows up front costs every
+    claim that many writes and hides them from the other workers. OF builds:
+    the patchset and change rows are read, not locked (and a baseline build's
+    missing patchset is the nullable side of the join).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        yield from session.scalars(query.limit(scan))
+        return
+    tried: list[int] = []
+    while len(tried) < scan:
+        following = query.where(Build.id.not_in(tried)) if tried else query
+        build = session.scalars(following.limit(1).with_for_update(skip_locked=True, of=Build)
+                                ).first()
+        if build is None:
+            return
+        tried.append(build.id)
+        yield build
 
 
 def renew_lease(session: Session, build_id: int, worker: str, lease_seconds: int) -> bool:
