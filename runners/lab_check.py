@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 from ci.config import Config, ConfigError, DevstackHypervJob, NodeConfig, ParentHostConfig
 from ci.errors import HypervCIError
@@ -38,11 +39,13 @@ from runners.lab_verdict import (
     clock_verdict,
     failed,
     passed,
+    skipped,
     winrm_failure,
 )
 from runners.render import make_environment
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PROBE_TIMEOUT = 120.0
 WORKER = "worker"  # the node name of the checks on the worker host itself
@@ -77,12 +80,16 @@ class LabReport:
         """One line per check, and an indented `fix:` line under each FAIL."""
         out = []
         for r in self.results:
-            out.append(f"{'PASS' if r.passed else 'FAIL'}  {r.node:<16} {r.name:<22} "
-                       f"{printable(r.detail)}")
+            status = "SKIP" if r.skipped else "PASS" if r.passed else "FAIL"
+            out.append(f"{status}  {r.node:<16} {r.name:<22} {printable(r.detail)}")
             if not r.passed:
                 out.append(f"      fix: {printable(r.fix)}")
+            elif r.skipped:
+                out.append(f"      to check it: {printable(r.fix)}")
         failures = sum(not r.passed for r in self.results)
-        out.append(f"{len(self.results)} checks, {failures} failed")
+        skips = sum(r.skipped for r in self.results)
+        out.append(f"{len(self.results)} checks, {failures} failed"
+                   + (f", {skips} skipped" if skips else ""))
         return out
 
     def to_json(self) -> str:
@@ -187,21 +194,40 @@ def check_controller(node: NodeConfig, job: DevstackHypervJob, limits: Threshold
     return controller_verdicts(node, job, facts, limits)
 
 
+@dataclass(frozen=True)
+class ParentOutcome:
+    results: list[CheckResult]
+    vm_states: dict[str, str]  # node name -> its VM's state (Hyper-V's VMState), if known
+
+
 def check_parent(parent: ParentHostConfig, nodes: list[NodeConfig], limits: Thresholds,
-                 timeout: float = PROBE_TIMEOUT) -> list[CheckResult]:
+                 timeout: float = PROBE_TIMEOUT) -> ParentOutcome:
     host = parent.as_node()
     try:
         stdout, worker_clock = _run_powershell(
             host, render_parent_probe([n.vm_name for n in nodes]), timeout)
         module, unix_ms, vms = parse_parent_facts(stdout)
     except (ExecutorError, CommandTimeout, ProbeError, ConfigError, OSError) as exc:
-        return [winrm_failure(host, str(exc))]
+        return ParentOutcome([winrm_failure(host, str(exc))], {})
     access = parent.winrm
     head = passed("winrm", parent.name, f"{access.transport} over {access.scheme} to "
                   f"{parent.address}:{access.endpoint_port}")
-    return [head, clock_verdict(parent.name, unix_ms / 1000 - worker_clock,
-                                limits.max_clock_skew),
-            *parent_verdicts(parent.name, module, nodes, vms)]
+    states = {n.name: vms[n.vm_name.lower()].state for n in nodes
+              if n.vm_name.lower() in vms and vms[n.vm_name.lower()].exists}
+    return ParentOutcome([head, clock_verdict(parent.name, unix_ms / 1000 - worker_clock,
+                                              limits.max_clock_skew),
+                          *parent_verdicts(parent.name, module, nodes, vms)], states)
+
+
+def vm_off(node: NodeConfig, state: str) -> CheckResult:
+    """A provisioned node whose VM is not running: between builds that is how it waits."""
+    login = "WinRM" if node.label == "hyperv" else "SSH"
+    return skipped("node", node.name, f"its VM {node.vm_name!r} on {node.parent} is {state} "
+                   f"(reverted and started for each build): its own checks need {login}",
+                   f"drain it (hyperv-ci nodes drain {node.name}), then on {node.parent}: "
+                   f"Restore-VMSnapshot -VMName '{node.vm_name}' -Name '{node.checkpoint}' "
+                   f"-Confirm:$false; Start-VM -Name '{node.vm_name}'; hyperv-ci lab check "
+                   f"{node.name}; Stop-VM -Name '{node.vm_name}' -TurnOff; undrain it")
 
 
 def _worker_files(config: Config) -> list[CheckResult]:
@@ -227,24 +253,39 @@ def run_lab_check(config: Config, names: Sequence[str] = (), *, job_name: str | 
                             f"(known: {', '.join(sorted(known))})")
     wanted = set(names)
     nodes = [n for n in config.nodes if not wanted or n.name in wanted]
-    tasks: list[Callable[[], list[CheckResult]]] = []
-    if not wanted:
-        tasks.append(partial(_worker_files, config))
-    for node in nodes:
-        if node.label == "hyperv":
-            tasks.append(partial(check_windows, node, job, limits, timeout,
-                                 migration_peers(config, node)))
-        else:
-            tasks.append(partial(check_controller, node, job, limits, timeout))
+    # The parent hosts first: a provisioned node whose VM is off is not probed.
+    parent_tasks: list[Callable[[], ParentOutcome]] = []
     for parent in parents.values():
         # A parent is checked for the VMs of the selected nodes, or all of its VMs when named.
         carried = [n for n in config.nodes if n.parent == parent.name
                    and (not wanted or parent.name in wanted or n.name in wanted)]
         if carried or not wanted or parent.name in wanted:
-            tasks.append(partial(check_parent, parent, carried, limits, timeout))
+            parent_tasks.append(partial(check_parent, parent, carried, limits, timeout))
+    outcomes = _in_parallel(parent_tasks)
+    vm_states = {name: state for o in outcomes for name, state in o.vm_states.items()}
+    tasks: list[Callable[[], list[CheckResult]]] = []
+    if not wanted:
+        tasks.append(partial(_worker_files, config))
+    for node in nodes:
+        state = vm_states.get(node.name, "Running")
+        if node.provisioned and state != "Running":
+            tasks.append(partial(lambda n, s: [vm_off(n, s)], node, state))
+        elif node.label == "hyperv":
+            tasks.append(partial(check_windows, node, job, limits, timeout,
+                                 migration_peers(config, node)))
+        else:
+            tasks.append(partial(check_controller, node, job, limits, timeout))
     report = LabReport()
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(tasks))),
-                            thread_name_prefix="lab-check") as pool:
-        for results in pool.map(lambda task: task(), tasks):
-            report.results.extend(results)
+    for results in _in_parallel(tasks):
+        report.results.extend(results)
+    for outcome in outcomes:
+        report.results.extend(outcome.results)
     return report
+
+
+def _in_parallel(tasks: Sequence[Callable[[], _T]]) -> list[_T]:
+    if not tasks:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(tasks)),
+                            thread_name_prefix="lab-check") as pool:
+        return list(pool.map(lambda task: task(), tasks))

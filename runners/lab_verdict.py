@@ -31,6 +31,9 @@ class CheckResult:
     passed: bool
     detail: str
     fix: str = ""
+    # Not run, for a reason that is no fault (a provisioned node's VM is off between
+    # builds): it counts as no failure, and `fix` says how to run it.
+    skipped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +57,10 @@ def passed(name: str, node: str, detail: str) -> CheckResult:
 
 def failed(name: str, node: str, detail: str, fix: str) -> CheckResult:
     return CheckResult(name, node, False, detail, fix)
+
+
+def skipped(name: str, node: str, detail: str, how: str) -> CheckResult:
+    return CheckResult(name, node, True, detail, how, skipped=True)
 
 
 def listify(value: object) -> list[Any]:

@@ -332,3 +332,20 @@ def test_https_certificate_checked_against_the_configured_ca(
     unchecked = tls_check(lab, server, verify_certificate=False)
     assert unchecked["winrm"].passed and not unchecked["winrm-transport"].passed
     assert "ca_file" in unchecked["winrm-transport"].fix
+
+
+def test_a_provisioned_node_whose_vm_is_off_is_skipped(lab: SimLab) -> None:
+    vm = lab.parent.vm("hv-2")  # type: ignore[union-attr]
+    vm.turn_off()  # as after a build: the CI turns each VM off until the next revert
+    try:
+        report = run_lab_check(parse_config(lab_data(lab)), ["hv-2"])
+    finally:
+        vm.start()
+    assert report.ok, "\n".join(report.lines())
+    [mine] = [r for r in report.results if r.node == "hv-2"]
+    assert mine.skipped and "is Off" in mine.detail and "Restore-VMSnapshot" in mine.fix
+    assert any(r.node == PARENT_HOST and r.name == "checkpoint" and r.passed
+               for r in report.results)
+    lines = report.lines()
+    assert any(line.startswith("SKIP  hv-2 ") for line in lines)
+    assert lines[-1].endswith("0 failed, 1 skipped")
