@@ -85,5 +85,10 @@ def test_two_lab_sets_run_two_builds_at_once_in_the_demo(demo: Demo) -> None:
                 assert tuple(sorted(s.node or "" for s in provision)) in sets
                 assert steps[:len(provision)] == provision  # before anything else
                 assert all(s.state == "succeeded" for s in provision)
+                power_off = sorted(s.node or "" for s in steps if s.name == "power-off")
+                assert power_off == sorted(s.node or "" for s in provision)
+        # Between builds every VM is off; the next build reverts it.
+        assert demo.lab.parent is not None
+        assert all(vm.state == "Off" for vm in demo.lab.parent.model.parent_vms.values())
     finally:
         database.engine.dispose()
