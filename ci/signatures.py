@@ -212,35 +212,60 @@ def _log_file(log_dir: Path, name: str) -> Path | None:
     return None
 
 
-def first_log_match(log_dir: Path, name: str, pattern: str, scan_bytes: int) -> str | None:
-    """The first line of the build's log `name` that `pattern` matches (None: none, or no file)."""
+@dataclass(frozen=True)
+class LogTail:
+    """The bounded tail of one log file: its lines, and the same joined (one search)."""
+
+    lines: list[str]
+    text: str
+
+
+def read_tail(log_dir: Path, name: str, scan_bytes: int) -> LogTail | None:
+    """The bounded tail of the build's log `name` (None: no such file, or unreadable)."""
     path = _log_file(log_dir, name)
     if path is None:
         return None
-    rule = compile_rule(pattern)
     try:
-        for line in tail_lines(path, scan_bytes):
-            if rule.search(line):
-                return _excerpt(line)
+        lines = list(tail_lines(path, scan_bytes))
     except (OSError, EOFError, gzip.BadGzipFile):
         return None
-    return None
+    return LogTail(lines, "\n".join(lines))
+
+
+def first_match(tail: LogTail, pattern: str) -> str | None:
+    """The first line of `tail` that `pattern` matches, as an excerpt.
+
+    One search over the whole tail first, in multi-line mode (RE2's `.` never
+    crosses a newline; `^`/`$` are line ends): no hit there, no line matches,
+    which is the usual answer, found at C speed. On a hit, the lines from the
+    hit's on are tried one by one (a hit can span lines, e.g. through `[^x]`).
+    """
+    hit = compile_rule(f"(?m){pattern}").search(tail.text)
+    if hit is None:
+        return None
+    rule = compile_rule(pattern)
+    first = tail.text.count("\n", 0, hit.start())
+    return next((_excerpt(line) for line in tail.lines[first:] if rule.search(line)), None)
 
 
 def match_failures(signatures: Sequence[Signature], failed: Sequence[FailedTest],
                    log_dir: Path | None, scan_bytes: int = SCAN_BYTES) -> list[SignatureMatch]:
     """Every (signature, failed test) pair that matches, in signature then test order.
 
-    A log rule is looked up once per signature; a build without a log tree
-    matches no log rule.
+    Each named log file is read once (its bounded tail), whatever the number
+    of signatures over it; a build without a log tree matches no log rule.
     """
     matches: list[SignatureMatch] = []
+    tails: dict[str, LogTail | None] = {}
     for signature in signatures:
         line: str | None = None
         if signature.file is not None and signature.pattern is not None:
             if log_dir is None:
                 continue
-            line = first_log_match(log_dir, signature.file, signature.pattern, scan_bytes)
+            if signature.file not in tails:
+                tails[signature.file] = read_tail(log_dir, signature.file, scan_bytes)
+            tail = tails[signature.file]
+            line = first_match(tail, signature.pattern) if tail is not None else None
             if line is None:
                 continue
         for test in failed:

@@ -150,3 +150,16 @@ def test_signature_files_load_from_disk(tmp_path: Path) -> None:
     path.write_text("- id: a\n  bug: [\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_signatures(path)
+
+
+def test_log_patterns_match_within_one_line(tmp_path: Path) -> None:
+    # The whole-tail search is only a filter: a hit that spans lines is no match.
+    (tmp_path / "a.log").write_text("alpha\nbeta x\ngamma\n", encoding="utf-8")
+    sigs = parse_signatures([
+        {"id": "later-line", "bug": BUG, "file": "a.log", "pattern": "a[^z]*x"},
+        {"id": "only-across", "bug": BUG, "file": "a.log", "pattern": "alpha[^z]beta"},
+        {"id": "anchored", "bug": BUG, "file": "a.log", "pattern": "^gamma$"},
+    ], "s")
+    found = {m.signature_id: m.excerpt for m in match_failures(sigs, [FailedTest(RESIZE)],
+                                                               tmp_path)}
+    assert found == {"later-line": "beta x", "anchored": "gamma"}
