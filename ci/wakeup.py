@@ -88,9 +88,9 @@ class Wakeup:
     def waiter(self, channel: str) -> Waiter:
         """A consumer of `channel` in this process."""
         with self._cond:
-            self._counts.setdefault(channel, 0)
+            seen = self._counts.setdefault(channel, 0)
             self._consumers.add(channel)
-        return Waiter(self, channel)
+        return Waiter(self, channel, seen)
 
     def register(self, channel: str) -> None:
         """Count `channel`'s signals without consuming it (for `signal_all`)."""
@@ -114,10 +114,10 @@ class Wakeup:
 class Waiter:
     """One consumer's view of a channel: `wait` returns early once it was signalled."""
 
-    def __init__(self, hub: Wakeup, channel: str) -> None:
+    def __init__(self, hub: Wakeup, channel: str, seen: int) -> None:
         self._hub = hub
         self.channel = channel
-        self._seen = hub._counts.get(channel, 0)
+        self._seen = seen  # the channel's count when this waiter was made
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to `timeout` seconds; True if signalled (or the hub closed) meanwhile."""
