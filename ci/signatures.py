@@ -148,7 +148,8 @@ def parse_signatures(data: object, source: str) -> tuple[Signature, ...]:
             signature = Signature.model_validate(entry)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
+                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: "
+                f"{err['msg'].removeprefix('Value error, ')}"
                 for err in exc.errors())
             raise ConfigError(f"{where}: {problems}") from None
         if signature.id in seen:
