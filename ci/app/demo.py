@@ -203,11 +203,11 @@ def run_demo(config_path: Path, state_dir: Path, stop: threading.Event) -> None:
     try:
         demo.start()
         hv = "nova/virt/hyperv/vmops.py"
+        name, password = demo.operator or ("(none)", "")
         print(
             f"\nhyperv-ci demo is running.\n"
             f"  dashboard:  {demo.url}\n"
-            f"  log in as:  {demo.operator[0] if demo.operator else '?'}  password: "
-            f"{demo.operator[1] if demo.operator else '?'}\n"
+            f"  log in as:  {name}  password: {password}\n"
             f"  state:      {demo.state_dir}\n\n"
             f"From a second shell, push a change to the simulated Gerrit:\n"
             f"  .venv/bin/hyperv-ci-sim push --project openstack/nova "
