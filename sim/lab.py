@@ -148,6 +148,14 @@ class SimLab:
         """Where the controller's fault files go (`stack`, `stack-hang`, `tempest-fail`)."""
         return self.lab_dir / "faults"
 
+    @property
+    def secrets_dir(self) -> Path:
+        """The lab's passwords, one file each (named like their environment variables)."""
+        return self.state_dir / "secrets"
+
+    def _secret(self, env: str) -> dict[str, str]:
+        return {"password_file": str(self.secrets_dir / env)}
+
     def start(self) -> SimLab:
         """Create the lab and start every node; sets the lab's password variables."""
         (self.lab_dir / "faults").mkdir(parents=True, exist_ok=True)
@@ -158,6 +166,12 @@ class SimLab:
             value = os.environ.get(env) or secrets.token_urlsafe(18)
             os.environ[env] = value
             self._passwords[env] = value
+            # Also in a file the configs name: a command started from another shell
+            # (`hyperv-ci -c .demo/demo-config.yaml lab check`) has no such variable.
+            self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self.secrets_dir / env
+            path.touch(mode=0o600)
+            path.write_text(value, encoding="utf-8")
         if self.lab_sets > 1:
             why = lab_sets_sim.can_run_sets(self.use_sshd)
             if why is not None:
@@ -260,7 +274,7 @@ class SimLab:
     def _winrm_access(self, server: SimWinRMServer) -> dict[str, Any]:
         operation, read = self.winrm_timeouts
         return {"scheme": "http", "port": server.port, "transport": "ntlm",
-                "username": WINRM_USER, "password": {"password_env": WINRM_PASSWORD_ENV},
+                "username": WINRM_USER, "password": self._secret(WINRM_PASSWORD_ENV),
                 "operation_timeout": operation, "read_timeout": read}
 
     def lab_set_configs(self) -> list[dict[str, Any]]:
@@ -297,11 +311,11 @@ class SimLab:
             "windows_root": WINDOWS_ROOT,
             # A VHDX on the controller (devstack uploads it from file://).
             "image": str(self.image_path),
-            "admin_password": {"password_env": ADMIN_PASSWORD_ENV},
-            "service_password": {"password_env": SERVICE_PASSWORD_ENV},
+            "admin_password": self._secret(ADMIN_PASSWORD_ENV),
+            "service_password": self._secret(SERVICE_PASSWORD_ENV),
             "windows": {
                 **self.artefacts.windows_section(),
                 "service_account": {"username": SERVICE_ACCOUNT,
-                                    "password": {"password_env": ACCOUNT_PASSWORD_ENV}},
+                                    "password": self._secret(ACCOUNT_PASSWORD_ENV)},
             },
         }
