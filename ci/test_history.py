@@ -267,10 +267,10 @@ def flaky_tests(session: Session, since: datetime, limit: int = 200) -> list[Fla
     failing = (select(TestResult.build_id, TestResult.test_id, TestResult.status,
                       window.c.code, window.c.job, window.c.finished_at)
                .join(window, window.c.id == TestResult.build_id)
+               .outerjoin(rebuilt, and_(rebuilt.c.code == window.c.code,
+                                        rebuilt.c.job == window.c.job))
                .where(text(FAILING_RESULTS_SQL))
-               .where(or_(TestResult.status == FLAKY,
-                          exists().where(rebuilt.c.code == window.c.code,
-                                         rebuilt.c.job == window.c.job)))
+               .where(or_(TestResult.status == FLAKY, rebuilt.c.code.is_not(None)))
                .cte("flaky_failing"))
     failed = select(failing.c.code, failing.c.job, failing.c.test_id).distinct().cte(
         "flaky_failed")
@@ -287,6 +287,11 @@ def flaky_tests(session: Session, since: datetime, limit: int = 200) -> list[Fla
                                      failing.c.test_id == failed.c.test_id))
               .join(other, and_(other.build_id == window.c.id,
                                 other.test_id == failed.c.test_id)))
+    if session.get_bind().dialect.name == "postgresql":
+        # This plan's cost estimate grows with the window and, past jit_above_cost
+        # (100,000 by default), PostgreSQL JIT-compiles it: ~0.6 s of compiling,
+        # measured at 30 days of 10M results, for a query that runs in ~0.2 s.
+        session.execute(text("SET LOCAL jit = off"))
     rows = session.execute(union_all(select(failing), others))
     runs: dict[tuple[str, int, str], dict[int, str]] = {}
     failed_at: dict[int, datetime | None] = {}
