@@ -229,11 +229,15 @@ class Listener:
                             catch_up_at = time.monotonic()
                 elif item is _CATCH_UP:
                     catch_up_at = time.monotonic()
+                if stop.is_set() or (catch_up_at is not None
+                                     and time.monotonic() >= catch_up_at):
+                    break  # a stream that never pauses must not hold these back
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            # The reader has handed over everything it had: commit it now.
+            # The reader has handed over everything it had (or something is due):
+            # commit it now.
             store.flush()
             if catch_up_at is not None and time.monotonic() >= catch_up_at:
                 catch_up_at = (None if self.catch_up()
