@@ -60,7 +60,8 @@ def restore(host: HyperVHost, state: dict[str, Any]) -> None:
 class Guest(Protocol):
     """What runs inside a VM."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def power_off(self) -> None: ...
     def power_on(self) -> None: ...

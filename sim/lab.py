@@ -215,9 +215,9 @@ class SimLab:
         checkpoints = self.state_dir / "checkpoints"
         controllers = [(DEVSTACK_NODE, self.ssh, self.state_dir / "devstack")]
         controllers += [(c.name, c.server, c.tree) for c in self.controllers]
-        for name, server, tree in controllers:
-            assert isinstance(server, sshd.OpenSSHServer)
-            guest = ControllerGuest(name, server, tree, checkpoints)
+        for name, ssh_server, tree in controllers:
+            assert isinstance(ssh_server, sshd.OpenSSHServer)
+            guest = ControllerGuest(name, ssh_server, tree, checkpoints)
             marker = lab_sets_sim.home_of(tree) / LINUX_MARKER_PATH
             self.parent.add_controller_vm(guest, CHECKPOINT, marker=(marker, marker_of(name)))
 
