@@ -2,9 +2,9 @@
 
 Two pushes are held in stack.sh (the lab's stack-wait fault) until both
 controllers stack at once; by then each build holds one whole set and has
-passed a `provision` step per node of it, before any other step. (Builds
-running to the end on two sets, with their power-off steps, are
-tests/runners/test_lab_sets.py's.)
+passed a `provision` step per node of it, before any other step. (A whole
+provisioned build, power-off steps included, is in
+tests/runners/test_recovery_provisioned.py and test_provision.py.)
 """
 
 from __future__ import annotations
