@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Float, String, func, select
+from sqlalchemy import Date, Float, func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
@@ -32,10 +32,10 @@ NODE_FAILED = frozenset({BuildState.FAILED.value, BuildState.ERROR.value})
 QUEUE_MAX_DAYS = 31  # the queue chart reads each build's wait: a month at most
 
 
-class utc_day(FunctionElement[str]):  # named like the SQL function it is
-    """The UTC calendar day of a stored timestamp, as `YYYY-MM-DD`."""
+class utc_day(FunctionElement[date]):  # named like the SQL function it is
+    """The UTC calendar day of a stored timestamp."""
 
-    type = String()
+    type = Date()  # SQLite's text 'YYYY-MM-DD' is parsed into a date as well
     inherit_cache = True
 
 
@@ -47,7 +47,8 @@ def _utc_day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
 
 @compiles(utc_day, "postgresql")
 def _utc_day_postgresql(element: utc_day, compiler: Any, **kw: Any) -> str:
-    return f"to_char({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    # A cast, not to_char: formatting 100,000 timestamps costs more than grouping them.
+    return f"CAST(({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC') AS DATE)"
 
 
 class elapsed_seconds(FunctionElement[float]):  # named like the SQL function it is
@@ -136,7 +137,7 @@ def day_counts(session: Session, since: datetime, group_by: GroupBy) -> list[Day
              .where(Build.finished_at >= since, Build.state.in_((PASSED, FAILED)))
              .group_by(name, day, Build.state))
     rows: Any = session.execute(query)  # (name, day, state, count, mean seconds)
-    return [DayCount(name_, date.fromisoformat(day_), state, int(builds),
+    return [DayCount(name_, day_, state, int(builds),
                      None if mean is None else float(mean))
             for name_, day_, state, builds, mean in rows]
 
