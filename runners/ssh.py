@@ -80,6 +80,8 @@ class SSHExecutor:
         self.kill_grace = kill_grace
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._reader: paramiko.SFTPClient | None = None  # read_from's own channel
+        self._reader_lock = threading.Lock()
         self._lock = threading.RLock()
 
     def _where(self) -> str:
@@ -147,6 +149,9 @@ class SSHExecutor:
             return self._sftp
 
     def _drop(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._sftp is not None:
             self._sftp.close()
         if self._client is not None:
@@ -248,16 +253,25 @@ class SSHExecutor:
     def read_from(self, remote_path: str, offset: int, limit: int) -> bytes | None:
         """Up to `limit` bytes of a remote file from `offset` (b"" when it has no more),
         None when it does not exist yet: how a file still being written is followed."""
-        sftp = self._sftp_client()
-        try:
-            with sftp.open(remote_path, "rb") as remote:
-                remote.seek(offset)
-                return remote.read(limit)
-        except FileNotFoundError:
-            return None
-        except _TRANSPORT_ERRORS as exc:
-            self.close()
-            raise ExecutorError(f"read from {self._where()} failed: {exc}") from exc
+        # Its own SFTP channel: the follower reads while the worker's thread may be
+        # uploading or downloading on the main one, and one paramiko SFTPClient
+        # used from two threads at once can hang waiting for a reply.
+        with self._reader_lock:
+            try:
+                with self._lock:
+                    transport = self._transport()
+                    if self._reader is None or self._reader.sock.closed:
+                        self._reader = paramiko.SFTPClient.from_transport(transport)
+                    reader = self._reader
+                assert reader is not None
+                with reader.open(remote_path, "rb") as remote:
+                    remote.seek(offset)
+                    return remote.read(limit)
+            except FileNotFoundError:
+                return None
+            except _TRANSPORT_ERRORS as exc:
+                self.close()
+                raise ExecutorError(f"read from {self._where()} failed: {exc}") from exc
 
     def get_tree(self, remote_dir: str, local_dir: Path) -> list[Path]:
         """Copy a remote directory tree (files, and files behind symlinks) into `local_dir`.

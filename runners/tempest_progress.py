@@ -215,9 +215,11 @@ class ProgressWatcher:
         self._publish()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
             self.poll()
             self._publish()
+            if self._stop.wait(self.interval):
+                return
 
     def poll(self) -> None:
         """Read what every stream file gained since the last poll."""

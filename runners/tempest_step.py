@@ -34,6 +34,7 @@ from runners.tempest_progress import POLL_SECONDS, Progress, ProgressWatcher, Te
 RunScript = Callable[[Sequence[str]], CommandResult]
 # The files tempest.sh writes its passes' streams into, next to the joined one.
 PASS_STREAMS = ("parallel.subunit", "serial.subunit")
+STALE_STREAMS_TIMEOUT = 60
 VERDICT_PASSED = 0
 VERDICT_FAILED = 1
 
@@ -52,7 +53,11 @@ class TempestStep:
     def run(self, step: StepHandle) -> JobResult:
         counter = TestCounter()
         remote_dir = PurePosixPath(self.remote_subunit).parent
-        with self._watch(step, counter, [str(remote_dir / name) for name in PASS_STREAMS]):
+        streams = [str(remote_dir / name) for name in PASS_STREAMS]
+        # An earlier build's streams would be counted as this one's until tempest.sh
+        # starts afresh (it empties the directory, but the watcher may look first).
+        self.ssh.run(["rm", "-f", "--", *streams], timeout=STALE_STREAMS_TIMEOUT)
+        with self._watch(step, counter, streams):
             run = self.run_script([])
         step.log(f"tempest.sh exited {run.exit_code}")
         results = self._stream(self.remote_subunit, "tempest.subunit", run)

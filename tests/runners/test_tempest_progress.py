@@ -107,4 +107,7 @@ def test_the_watcher_follows_files_in_order_and_publishes_changes_only() -> None
     files.files["serial"] = second
     with watcher:
         pass  # the block's end reads what is left and publishes once more
-    assert published == [Progress(2, 1, 1, None), Progress(4, 2, 1, None)]
+    # (its thread may publish too, at once: the serial test still running)
+    assert published[0] == Progress(2, 1, 1, None)
+    assert published[-1] == Progress(4, 2, 1, None)
+    assert published[1:-1] in ([], [Progress(4, 2, 1, "tempest.x")])

@@ -226,3 +226,40 @@ def test_live_progress_moves_while_a_slow_run_goes_on(
         (row,) = session.query(BuildStep).all()
         assert (row.state, row.exit_code, row.tests_failed) == (StepState.SUCCEEDED, 0, 0)
         assert row.tests_done == len(result.tests) == 15
+
+
+def test_an_earlier_builds_streams_are_not_counted_as_this_ones(
+        node: DevstackNodePaths, executor: SSHExecutor, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    # The workspace still holds a finished run's stream: 40 failures. The watcher
+    # reads as soon as it starts, before tempest.sh empties the directory.
+    import io
+
+    import subunit
+
+    out = io.BytesIO()
+    writer = subunit.StreamResultToBytes(out)
+    for i in range(40):
+        writer.status(test_id=f"tempest.stale.test_{i}", test_status="fail")
+    stale = node.root / "workspace" / "tempest"
+    stale.mkdir(parents=True)
+    (stale / "parallel.subunit").write_bytes(out.getvalue())
+    seen: list[int | None] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            with sqlite_sessions() as session:
+                row = session.query(BuildStep).one_or_none()
+                if row is not None:
+                    seen.append(row.tests_failed)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result, _ = run_step(make_job(node), executor, sqlite_sessions, tmp_path / "logs")
+    finally:
+        done.set()
+        watcher.join()
+    assert result.outcome == Outcome.SUCCEEDED
+    assert set(seen) <= {None, 0}, seen
