@@ -23,6 +23,7 @@ from ci.config_base import (
     _Strict,
     _vlan_bounds,
 )
+from ci.config_dashboard import DashboardAuthConfig
 from ci.config_jobs import (  # noqa: F401 - re-exported
     DevstackHypervJob,
     JobConfig,
@@ -33,7 +34,6 @@ from ci.config_jobs import (  # noqa: F401 - re-exported
     WindowsPrerequisites,
     WindowsTools,
 )
-from ci.config_dashboard import DashboardAuthConfig
 from ci.config_nodes import (  # noqa: F401 - re-exported
     LabSetConfig,
     NodeConfig,
