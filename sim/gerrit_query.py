@@ -149,12 +149,10 @@ class _Parser:
             raise QueryError(f"line 1:{self.at} no viable alternative at input '{token}'")
         if token == "NOT":
             self.take()
-            inner = self.base()
-            return None if inner is None else (lambda c: not inner(c))
+            return _negated(self.base())
         if token.startswith("-") and len(token) > 1:
             self.tokens[self.at] = token[1:]
-            inner = self.base()
-            return None if inner is None else (lambda c: not inner(c))
+            return _negated(self.base())
         return self.base()
 
     def base(self) -> Predicate | None:
@@ -192,3 +190,10 @@ def parse_query(text: str) -> tuple[Predicate, int | None]:
         # QueryProcessor's check of the leaf count, with its message.
         raise QueryError(f"too many terms in query: {parser.terms} terms (max = {MAX_TERMS})")
     return predicate, parser.limit
+
+
+def _negated(inner: Predicate | None) -> Predicate | None:
+    """NOT of a term (None: a term that selects nothing to negate, e.g. limit:)."""
+    if inner is None:
+        return None
+    return lambda c: not inner(c)
