@@ -95,21 +95,24 @@ class Explained:
         self.baseline_id = int(queued.output.split("queued baseline build ")[1].split(":")[0])
         # The baseline runs first (the queue is in order); the change's faults are set
         # once its build starts: the tip fails only test_resize.
-        wait_for(lambda: self._state(demo) == BuildState.FAILED, timeout=300,
-                 what="the baseline build")
+        state = wait_for(lambda: self._finished(demo), timeout=300, what="the baseline build")
+        assert state[0] == BuildState.FAILED, state
         faults(demo, fail="test_resize\ntest_snapshot_pattern\n", flaky="test_shelve_unshelve\n")
         self.change = push(demo, "Fix résize — 修复")
         self.review = vote_on(demo, self.change)
         self.message: str = self.review["message"]
         self.build_id = build_of(demo, self.change)
 
-    def _state(self, demo: Demo) -> str | None:
+    def _finished(self, demo: Demo) -> tuple[str, str] | None:
+        """(state, summary) of the baseline's first attempt once it finished."""
         assert demo.config is not None
         engine = make_engine(demo.config.database.url)
         try:
             with make_sessionmaker(engine)() as session:
                 build = session.get(Build, self.baseline_id)
-                return build.state if build is not None else None
+                if build is None or not BuildState(build.state).finished:
+                    return None
+                return build.state, build.summary
         finally:
             engine.dispose()
 
@@ -146,6 +149,10 @@ def test_a_failure_the_tip_has_too_gives_no_minus_one_and_names_the_baseline(
     assert not [r for r in reviews(demo) if r["change"] == 0]
     listed = cli(demo, "baseline", "list")
     assert f"{explained.baseline_id}" in listed.output and "failed" in listed.output
+    # Its build page shows it, with the tip's failures (it has no change to link).
+    page = urllib.request.urlopen(f"{demo.url}builds/{explained.baseline_id}",  # noqa: S310
+                                  timeout=10).read().decode("utf-8")
+    assert "test_resize_server_confirm" in page and BRANCH in page
 
 
 def test_a_flaky_test_gets_no_minus_one_and_is_named(explained: Explained) -> None:
