@@ -90,8 +90,11 @@ def make_listener(stream_config: Config,
     def make(client: type[GerritClient] = GerritClient, **kw: Any) -> Listener:
         kw.setdefault("backoff", 0.1)
         kw.setdefault("max_backoff", 0.5)
-        return Listener(stream_config, sqlite_sessions, lambda: client(stream_config.gerrit),
-                        **kw)
+        # A short connect timeout: a reconnect that reaches a simulated Gerrit while
+        # it stops can be accepted and never answered (no SSH banner); the real
+        # client's 30 s would outlast these tests' waits.
+        return Listener(stream_config, sqlite_sessions,
+                        lambda: client(stream_config.gerrit, timeout=3), **kw)
     return make
 
 
