@@ -30,6 +30,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -43,7 +44,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Table, create_engine, text
 from sqlalchemy.engine import Engine
 
-from bench.results import record
+from bench.results import RESULTS, record
 from ci.config import parse_config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
 from ci.models import (
@@ -76,8 +77,8 @@ TRACEBACK = ("Traceback (most recent call last):\n"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def database_url() -> str:
-    return ADMIN_URL.rsplit("/", 1)[0] + "/" + DATABASE
+def database_url(name: str = DATABASE) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
 
 def scale_key(builds: int, results: int) -> str:
@@ -94,18 +95,18 @@ def seeded(engine: Engine) -> str | None:
         return None
 
 
-def recreate_database() -> None:
+def recreate_database(name: str) -> None:
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{DATABASE}" ENCODING \'UTF8\' TEMPLATE template0'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
     admin.dispose()
 
 
-def drop_database() -> None:
+def drop_database(name: str) -> None:
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
@@ -408,20 +409,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--reseed", action="store_true")
     parser.add_argument("--drop", action="store_true", help="drop the database afterwards")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--database", default=DATABASE, help="the database's name")
+    parser.add_argument("--results-file", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[a-z0-9_]+", args.database):
+        parser.error("--database: lower-case letters, digits and _ only")
     world = World(args.builds, args.results)
-    url = database_url()
-    logs_dir = Path(tempfile.gettempdir()) / "hyperv-ci-bench-dashboard-logs"
+    url = database_url(args.database)
+    # The seeded builds' log_path values point under it: one fixed place per database.
+    logs_dir = Path(tempfile.gettempdir()) / (
+        "hyperv-ci-bench-dashboard-logs" if args.database == DATABASE
+        else f"hyperv-ci-bench-logs-{args.database}")
 
     engine = make_engine(url)
     if args.reseed or seeded(engine) != scale_key(args.builds, args.results):
         engine.dispose()
-        recreate_database()
+        recreate_database(args.database)
         engine = make_engine(url)
         ensure_schema(engine)
         seed(engine, world, logs_dir)
     else:
-        print(f"database {DATABASE} already holds {scale_key(args.builds, args.results)}")
+        print(f"database {args.database} already holds "
+              f"{scale_key(args.builds, args.results)}")
 
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config({
@@ -450,12 +459,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures["dashboard.seeded_test_results"] = args.results
     engine.dispose()
     if args.drop:
-        drop_database()
+        drop_database(args.database)
+        shutil.rmtree(logs_dir, ignore_errors=True)
     print(f"\nslowest page p95 {figures['dashboard.page_p95_ms_max']} ms; "
           f"status JSON p95 {figures['dashboard.status_json_p95_ms']} ms")
     if not args.no_record:
-        record(figures)
-        print("recorded in bench/results.json")
+        record(figures, path=args.results_file)
+        print(f"recorded in {args.results_file}")
     return figures
 
 
