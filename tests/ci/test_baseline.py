@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ci.baseline import (
     period_slot,
     queue_baseline,
     queue_due,
+    start_schedule,
 )
 from ci.changes import ChangeInfo
 from ci.config import Config, ConfigError, parse_config
@@ -308,3 +310,19 @@ def test_the_cli_queues_a_baseline_and_lists_it(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "does not watch branch 'master'" in refused.output
     listed = runner.invoke(main, ["-c", str(tmp_path / "ci.yaml"), "baseline", "list"])
     assert listed.exit_code == 0 and listed.output.count(BRANCH) == 3
+
+
+def test_the_schedule_runs_in_a_thread_until_stopped(
+        sqlite_sessions: sessionmaker[Session]) -> None:
+    stop = threading.Event()
+    thread = start_schedule(make_config(), sqlite_sessions, stop)
+    assert thread is not None
+    deadline = time.monotonic() + 30
+    while count_baselines(sqlite_sessions) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and count_baselines(sqlite_sessions) == 1
+    # Nothing scheduled: no thread at all.
+    unscheduled = make_config(baselines={"branches": []})
+    assert start_schedule(unscheduled, sqlite_sessions, threading.Event()) is None
