@@ -14,9 +14,11 @@ from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event, inspect
+from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from ci.errors import PermanentError
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +124,41 @@ def upgrade(engine: Engine) -> None:
     Alembic reads the current version inside that transaction, after the lock.
     """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_foreign_keys(conn, on=False)
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite:
+                    _check_foreign_keys(conn)
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(conn, on=True)
+
+
+def _sqlite_foreign_keys(conn: Connection, *, on: bool) -> None:
+    # SQLite has no ALTER COLUMN: alembic's batch mode copies the table into a
+    # new one and drops the old. With foreign keys on, that DROP deletes every
+    # row first and fires the ON DELETE actions of the tables pointing at it
+    # (nodes.build_id SET NULL, build steps and results CASCADE). SQLite's own
+    # procedure for such changes (lang_altertable.html, "Making Other Kinds Of
+    # Table Schema Changes") turns them off outside the transaction, then runs
+    # `PRAGMA foreign_key_check` before commit. A PRAGMA inside a transaction
+    # is a no-op, hence the driver's connection (autocommit here).
+    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+        f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise PermanentError(f"the migration left rows whose foreign keys point nowhere: "
+                           f"{broken[:5]}")
 
 
 def ensure_schema(engine: Engine) -> None:

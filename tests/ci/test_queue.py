@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from alembic import command
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, MetaData, func, select, text
+from sqlalchemy import insert as insert_into
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import nodes as ci_nodes
@@ -221,6 +222,32 @@ def test_reaped_retry_gets_the_nodes_back_once_enabled(sessions: sessionmaker[Se
         assert [n.name for n in ci_nodes.nodes_of(session, retry.id)] == ["hv-1", "hv-2"]
 
 
+def seed_builds_of_the_0001_schema(conn: Connection, numbers: list[int]) -> None:
+    """One queued build per change, written with the 0001 tables as the database has
+    them (reflected): today's models carry columns a 0001 database lacks."""
+    meta = MetaData()
+    meta.reflect(conn)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    blanks: dict[type, object] = {int: 0, str: "", bool: False, float: 0.0, datetime: now}
+
+    def insert(table: str, **given: object) -> int:
+        values: dict[str, object] = {}
+        for column in meta.tables[table].columns:
+            if column.name in given:
+                values[column.name] = given[column.name]
+            elif not (column.nullable or column.primary_key or column.server_default):
+                values[column.name] = blanks.get(column.type.python_type, "")
+        result = conn.execute(insert_into(meta.tables[table]).values(**values))
+        return int(result.inserted_primary_key[0])
+
+    for number in numbers:
+        change = insert("changes", number=number, project="openstack/nova", branch="master",
+                        status="NEW")
+        patchset = insert("patchsets", change_id=change, number=1, revision="a" * 40)
+        insert("builds", patchset_id=patchset, job="hyperv-tempest", state="queued",
+               reason="patchset-created", attempt=1)
+
+
 def test_upgrade_0002_classifies_offline_nodes_and_frees_reaped_ones(db_url: str) -> None:
     """Rows written before offline_cause existed, including nodes a reaper stranded."""
     engine = make_engine(db_url)
@@ -229,8 +256,8 @@ def test_upgrade_0002_classifies_offline_nodes_and_frees_reaped_ones(db_url: str
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0001")
-        enqueue(make_sessionmaker(engine))  # builds 1 (reaped) and 2 (running)
-        enqueue(make_sessionmaker(engine), change=10002)
+        with engine.begin() as conn:  # builds 1 (reaped) and 2 (running)
+            seed_builds_of_the_0001_schema(conn, [10001, 10002])
         with engine.begin() as conn:
             conn.execute(text("UPDATE builds SET state = 'error', worker = 'w-1' WHERE id = 1"))
             conn.execute(text("UPDATE builds SET state = 'running', worker = 'w-2' WHERE id = 2"))
