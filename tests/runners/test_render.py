@@ -17,8 +17,10 @@ import pytest
 
 from ci.changes import ChangeInfo
 from ci.config import Config, parse_config
+from runners import lab_check, provision
 from runners.job_values import tempest_serial_regex
 from runners.powershell import ps_quote, syntax_errors
+from runners.ps_check import check_script
 from runners.render import (
     LINUX_TEMPLATES,
     TEMPLATES,
@@ -110,10 +112,37 @@ def test_file_names_cover_every_node_and_template() -> None:
     assert rendered["devstack-1-hyperv-hosts.txt"] == "hv-1\nhv-2\n"
 
 
+# Templates a job's render does not produce: provisioning's scripts for the
+# parent host and the node (runners/provision.py) and the lab check's probes
+# (runners/lab_check.py; the node probe is rendered and run in
+# tests/runners/test_lab_check.py).
+OUTSIDE_THE_JOB = {
+    "provision-revert.ps1": lambda: provision.render(
+        "provision-revert.ps1.j2", vm="hv-1 'ü'", checkpoint="clean; Stop-Computer"),
+    "provision-power-off.ps1": lambda: provision.render("provision-power-off.ps1.j2",
+                                                        vm="hv-1 'ü'"),
+    "provision-status.ps1": lambda: provision.render(
+        "provision-status.ps1.j2", vm="hv-1 'ü'", checkpoint="clean"),
+    "provision-identity.ps1": lambda: provision.render(
+        "provision-identity.ps1.j2", marker_path=provision.WINDOWS_MARKER_PATH),
+    "lab-parent-probe.ps1": lambda: lab_check.render_parent_probe(["hv-1 'ü'", "hv-2"]),
+    "lab-probe.ps1": None,
+}
+
+
 def test_every_template_file_is_rendered() -> None:
     on_disk = {p.name.removesuffix(".j2") for p in TEMPLATES.glob("*.j2")
                if not p.name.startswith("_")}
-    assert on_disk == set(LINUX_TEMPLATES) | set(WINDOWS_TEMPLATES)
+    assert on_disk == set(LINUX_TEMPLATES) | set(WINDOWS_TEMPLATES) | set(OUTSIDE_THE_JOB)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in OUTSIDE_THE_JOB.items() if r))
+def test_scripts_outside_the_job_pass_the_powershell_check(name: str) -> None:
+    renderer = OUTSIDE_THE_JOB[name]
+    assert renderer is not None
+    script = renderer()
+    assert check_script(script) == []
+    assert "Stop-Computer" not in script or "'clean; Stop-Computer'" in script
 
 
 def test_environment_is_strict() -> None:
