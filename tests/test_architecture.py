@@ -2,8 +2,9 @@
 
 The core (`ci/` without `ci/app/`) imports nothing above it; no product
 package imports the simulators but the demo's wiring; nothing of the product
-or the simulators imports the shell (`ci/app/`); benchmarks may, as tests do. Modules are parsed, never imported, and imports inside
-functions count as much as those at the top.
+or the simulators imports the shell (`ci/app/`); benchmarks may, as tests do.
+Modules are parsed, never imported, and imports inside functions count as
+much as those at the top.
 """
 
 from __future__ import annotations
