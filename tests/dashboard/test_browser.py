@@ -49,7 +49,9 @@ def base_url(app: Flask) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    # Set up after base_url, so torn down before it: the page never polls a server
+    # that has already gone (a console error).
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(5000)

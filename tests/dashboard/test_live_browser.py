@@ -49,7 +49,9 @@ def base_url(dash_config: Config, dash_sessions: sessionmaker[Session]) -> Itera
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    # After base_url in setup, so before it in teardown: the page's polling never
+    # meets a server that has already gone (a console error, ERR_CONNECTION_REFUSED).
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(20_000)
