@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
@@ -106,8 +107,7 @@ class Worker:
             hub.close_when(stop)  # a private hub nobody signals: plain polling
         builds = hub.waiter(BUILDS)
         logger.info("worker %s started", self.name)
-        with self.sessions() as session, session.begin():
-            sync_nodes(session, self.config.nodes, self.config.lab_sets)
+        self._sync_nodes(stop)
         if self.config.nodes:
             threading.Thread(target=self._keeper_loop, args=(stop,), name="keeper",
                              daemon=True).start()
@@ -132,6 +132,22 @@ class Worker:
             # Let a send in flight record its outcome (GerritClient times out in 30 s).
             reporter.join(timeout=120)
         logger.info("worker %s stopped", self.name)
+
+    def _sync_nodes(self, stop: threading.Event) -> None:
+        """The nodes' rows follow the config. A database that is down when the
+        worker starts is waited for, as the loop waits for one that goes down
+        later: the process stays up (its heartbeat says it is not working)."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                with self.sessions() as session, session.begin():
+                    sync_nodes(session, self.config.nodes, self.config.lab_sets)
+                return
+            except DBAPIError as exc:
+                logger.warning("worker %s: cannot update the nodes' table (%s); retrying in "
+                               "%.0f s", self.name, type(exc.orig).__name__, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
 
     def run_once(self) -> bool:
         """Claim and run one build; False if none was ready.

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
@@ -296,3 +297,24 @@ def test_reports_go_out_while_a_build_runs(sqlite_sessions: sessionmaker[Session
     assert gerrit.reviews == [(10002, 1), (10001, 1)]
     with sqlite_sessions() as session:
         assert {r.state for r in session.scalars(select(Report))} == {ReportState.SENT}
+
+
+def test_a_worker_started_while_the_database_is_down_waits_for_it(
+        sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config(tmp_path, py("pass"))
+    calls: list[int] = []
+    real_sync = worker_module.sync_nodes
+
+    def sync_while_down(session: Session, *args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:  # the first attempt meets a database that is not there
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+        real_sync(session, *args)
+
+    monkeypatch.setattr(worker_module, "sync_nodes", sync_while_down)
+    stop = threading.Event()
+    worker = Worker(config, sessions, name="w-start")
+    thread = threading.Thread(target=worker._sync_nodes, args=(stop,))
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and len(calls) == 2
