@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from ci.baseline import FAILING, latest_baseline
@@ -44,18 +44,17 @@ def _match(session: Session, build: Build, config: Config,
                                 log_dir, config.verdict.scan_bytes))
 
 
-def _earlier_failures(session: Session, build: Build) -> dict[str, int]:
-    """{test id: newest earlier build} of the tests that failed in an earlier finished
-    build of the same patchset and job."""
-    if build.patchset_id is None:
-        return {}
-    rows = session.execute(
-        select(TestResult.test_id, TestResult.build_id).join(Build)
-        .where(Build.patchset_id == build.patchset_id, Build.job == build.job,
-               Build.id < build.id, Build.finished_at.is_not(None),
-               TestResult.status.in_(FAILING))
-        .order_by(Build.id)).all()
-    return {test_id: build_id for test_id, build_id in rows}
+def _own_and_earlier_failures(session: Session, build: Build) -> list[TestResult]:
+    """The build's failed and flaky results, and the failed results of the earlier
+    finished builds of the same patchset and job (none for a baseline), by build."""
+    own = and_(TestResult.build_id == build.id, TestResult.status.in_((*FAILING, FLAKY)))
+    where = own
+    if build.patchset_id is not None:
+        where = or_(own, and_(Build.patchset_id == build.patchset_id, Build.job == build.job,
+                              Build.id < build.id, Build.finished_at.is_not(None),
+                              TestResult.status.in_(FAILING)))
+    return list(session.scalars(select(TestResult).join(Build).where(where)
+                                .order_by(TestResult.build_id, TestResult.id)))
 
 
 def assess(session: Session, build: Build, config: Config) -> Assessment:
@@ -64,8 +63,17 @@ def assess(session: Session, build: Build, config: Config) -> Assessment:
     A baseline build's signature matches are stored too; it has no verdict (nothing
     is reported for it).
     """
-    failed = _results(session, build.id, FAILING)
-    flaky = _results(session, build.id, (FLAKY,))
+    # One statement: this build's failed and flaky results, and the failures of the
+    # earlier builds of its patchset and job (the claim-to-result path has a budget).
+    own: list[TestResult] = []
+    earlier: dict[str, int] = {}
+    for result in _own_and_earlier_failures(session, build):
+        if result.build_id == build.id:
+            own.append(result)
+        else:
+            earlier[result.test_id] = result.build_id  # ordered by build: the newest wins
+    failed = [t for t in own if t.status in FAILING]
+    flaky = [t for t in own if t.status == FLAKY]
     matches = _match(session, build, config, failed) if build.state == BuildState.FAILED else ()
     if build.patchset is None:
         baseline_only = Assessment(Verdict(()), matches)
@@ -79,7 +87,6 @@ def assess(session: Session, build: Build, config: Config) -> Assessment:
         failed=[t.test_id for t in failed], flaky=[t.test_id for t in flaky], baseline=baseline,
         matches=matches, now=utcnow(),
         baseline_max_age=timedelta(hours=config.verdict.baseline_max_age_hours)))
-    earlier = _earlier_failures(session, build)
     passing = [t.test_id for t in _results(session, build.id, PASSING)] if earlier else []
     assessment = Assessment(verdict, matches, tuple(recheck_flaky(earlier, passing)))
     _store(session, build, assessment)

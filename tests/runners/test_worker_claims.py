@@ -126,8 +126,6 @@ def test_the_workers_own_path_costs_6_statements_and_2_commits(
     assert idle.commits <= 1 and len(idle.statements) <= 1, idle.statements
 
 
-@pytest.mark.xfail(strict=True, reason="ci.verdict_record.assess adds 3-4 statements (it reads "
-                   "back the results the worker holds in memory): the whole path is 10")
 def test_claim_to_recorded_result_costs_at_most_8_statements_and_3_commits(
     engine: Engine, sessions: sessionmaker[Session], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
