@@ -5,7 +5,7 @@
 A simulated Gerrit (its own process) holds `--missed` open nova changes that
 touch the Hyper-V driver, uploaded after the last event the database stored.
 The clock starts when hyperv-ci's listener process part starts (the listener and
-the scheduler, wired as `hyperv-ci listen` wires them: listener_sim.listen) and stops
+the scheduler, wired as `hyperv-ci listen` wires them: ci/app/processes.listen) and stops
 when every missed upload has a queued build. Records `catchup.missed_1000_s`
 (SQLite) and `catchup.missed_1000_pg_s` (PostgreSQL): the seconds for
 `--missed` uploads as measured (a `--quick` smoke run's figure is for 20, and
@@ -24,9 +24,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select, text
 
-from bench.listener_sim import SimProcess, Target, bench_config, listen
+from bench.listener_sim import SimProcess, Target, bench_config
 from bench.listener_throughput import PG_ADMIN, pg_database
 from bench.results import RESULTS, record
+from ci.app.processes import listen
 from ci.db import ensure_schema, make_engine, make_sessionmaker, transaction
 from ci.models import Build, Event, utcnow
 from sim.gerrit import make_client_identity

@@ -3,7 +3,7 @@
     python -m bench.latency [--pushes 200] [--quick] [--results FILE]
 
 hyperv-ci's listener process part (the listener and the scheduler, wired
-as `hyperv-ci listen` wires them: listener_sim.listen) follows a simulated Gerrit (its own
+as `hyperv-ci listen` wires them: ci/app/processes.listen) follows a simulated Gerrit (its own
 process) on SQLite. Uploads touching nova's Hyper-V driver arrive one at a
 time, `--gap` seconds apart; each one's latency runs from the moment the
 simulated Gerrit had sent its event (wall clock, same host) to its build's
@@ -27,8 +27,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from bench.listener_sim import SimProcess, Target, bench_config, listen
+from bench.listener_sim import SimProcess, Target, bench_config
 from bench.results import RESULTS, record
+from ci.app.processes import listen
 from ci.db import ensure_schema, make_engine, make_sessionmaker, transaction
 from ci.models import Build, Change, Patchset
 from sim.gerrit import make_client_identity

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,27 +209,6 @@ def bench_config(target: Target, url: str) -> Config:
                       "jobs": ["hyperv"]}],
         "jobs": {"hyperv": {"type": "local", "command": ["true"]}},
     })
-
-
-def listen(config: Config, sessions: Any, stop: threading.Event) -> None:
-    """The listener and the scheduler, woken by every commit, until `stop`: what
-    `hyperv-ci listen` runs (ci/app/processes.listen, which nothing outside the
-    shell may import; tests/test_architecture.py)."""
-    from ci.gerrit import GerritClient
-    from listener.scheduler import Scheduler
-    from listener.stream import Listener
-
-    scheduler = Scheduler(config, sessions, GerritClient(config.gerrit))
-    listener = Listener(config, sessions, lambda: GerritClient(config.gerrit),
-                        on_flush=lambda _n: scheduler.wake())
-    thread = threading.Thread(target=scheduler.run, args=(stop,), name="scheduler")
-    thread.start()
-    try:
-        listener.run(stop)
-    finally:
-        stop.set()
-        scheduler.wake()
-        thread.join()
 
 
 def _reader_main(conn: Connection, reader: Callable[..., float], target: Target, count: int,
