@@ -20,14 +20,12 @@ import argparse
 import multiprocessing
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.pg import ADMIN_URL, create_database, drop_database, scratch_name
 from bench.results import RESULTS, record
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _noop_runner_factory(_config: Any, _job: str) -> Any:
@@ -115,16 +113,13 @@ def fill_queue(url: str, builds: int) -> None:
 
 
 def run(pg_admin: str, builds: int, workers: int) -> dict[str, float | int]:
-    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy import func, select
 
     from ci.db import ensure_schema, make_engine
     from ci.models import Build, BuildState, Report
 
-    name = f"hypervci_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
-    url = pg_admin.rsplit("/", 1)[0] + "/" + name
+    name = scratch_name()
+    url = create_database(name, pg_admin)
     try:
         engine = make_engine(url)
         ensure_schema(engine)
@@ -161,9 +156,7 @@ def run(pg_admin: str, builds: int, workers: int) -> dict[str, float | int]:
               f"{builds / elapsed:.0f} claims/s, run twice: {double}; per worker {per_worker}")
         return {"per_s": builds / elapsed, "double": double}
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(name, pg_admin)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float | int]:
@@ -171,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int]:
     parser.add_argument("--builds", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="20 builds, 2 workers (a smoke run)")
-    parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL")
+    parser.add_argument("--pg", default=ADMIN_URL, help="PostgreSQL admin URL")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:

@@ -27,7 +27,6 @@ and merges `dashboard.page_p95_ms.<page>`, `dashboard.page_p95_ms_max` and
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
@@ -41,9 +40,10 @@ from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Table, create_engine, text
+from sqlalchemy import Table, text
 from sqlalchemy.engine import Engine
 
+from bench.pg import create_database, database_url, drop_database
 from bench.results import RESULTS, record
 from ci.config import parse_config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
@@ -58,8 +58,6 @@ from ci.models import (
 )
 from dashboard import create_app
 
-ADMIN_URL = os.environ.get("HYPERV_CI_TEST_PG",
-                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DATABASE = "hyperv_ci_bench_dashboard"
 MARKER = "bench.dashboard.seed"  # listener_state key: the scale the database holds
 SEED_VERSION = 1
@@ -77,10 +75,6 @@ TRACEBACK = ("Traceback (most recent call last):\n"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def database_url(name: str = DATABASE) -> str:
-    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
 def scale_key(builds: int, results: int) -> str:
     return f"v{SEED_VERSION} builds={builds} results={results}"
 
@@ -93,21 +87,6 @@ def seeded(engine: Engine) -> str | None:
                                 {"k": MARKER}).scalar()
     except Exception:  # the database or its schema does not exist yet: seed it
         return None
-
-
-def recreate_database(name: str) -> None:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
-    admin.dispose()
-
-
-def drop_database(name: str) -> None:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 # -- COPY ------------------------------------------------------------------------------------
@@ -424,7 +403,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     engine = make_engine(url)
     if args.reseed or seeded(engine) != scale_key(args.builds, args.results):
         engine.dispose()
-        recreate_database(args.database)
+        create_database(args.database, replace=True)
         engine = make_engine(url)
         ensure_schema(engine)
         seed(engine, world, logs_dir)

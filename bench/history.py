@@ -21,23 +21,21 @@ prints p50/p95 per page and the plans of the main queries, and merges
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from bench.pg import create_database, database_url, drop_database
 from bench.results import record
 from ci.config import parse_config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
 from dashboard import create_app
 
-ADMIN_URL = os.environ.get("HYPERV_CI_TEST_PG",
-                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TEST_IDS = 1500
 PROJECTS = ("openstack/nova", "openstack/compute-hyperv", "openstack/networking-hyperv",
             "openstack/os-win")
@@ -52,10 +50,6 @@ RESULT_INDEXES = {
 }
 
 
-def database_url(name: str) -> str:
-    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
 def seeded_scale(engine: Engine) -> tuple[int, int] | None:
     try:
         with engine.connect() as conn:
@@ -66,14 +60,6 @@ def seeded_scale(engine: Engine) -> tuple[int, int] | None:
             return int(builds), int(results)
     except Exception:  # no database or no schema yet: seed it
         return None
-
-
-def create_database(name: str) -> None:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
-    admin.dispose()
 
 
 def seed(engine: Engine, builds: int, results: int) -> None:
@@ -185,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if scale is None or scale[0] != args.builds:
         if engine is not None:
             engine.dispose()
-        create_database(name)
+        create_database(name, replace=True)
         engine = make_engine(url)
         ensure_schema(engine)
         seed(engine, args.builds, args.results)
@@ -265,10 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         figures["history.seeded_results_per_build"] = args.results
     engine.dispose()
     if args.drop:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(name)
     if not args.no_record:
         record(figures)
         print("\nrecorded in bench/results.json")

@@ -30,16 +30,16 @@ import statistics
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.listener_sim import SimProcess, Target, bench_config, corpus, run_reader
+from bench.pg import ADMIN_URL, create_database, drop_database, scratch_name
 from bench.results import RESULTS, record
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+PG_ADMIN = ADMIN_URL
 
 
 # -- the readers (each runs in a child process: module-level functions) ------------------------
@@ -142,23 +142,17 @@ def listener_reader(target: Target, count: int, ready: Callable[[], None], *, ur
 @contextmanager
 def pg_database(admin: str) -> Iterator[str | None]:
     """A scratch PostgreSQL database's URL (None if PostgreSQL is unreachable)."""
-    from sqlalchemy import create_engine, text
-
-    name = f"hypervci_bench_{uuid.uuid4().hex[:8]}"
+    name = scratch_name()
     try:
-        engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
+        url = create_database(name, admin)
     except Exception as exc:
         print(f"PostgreSQL not reachable ({type(exc).__name__}); its figures are left out")
         yield None
         return
     try:
-        yield admin.rsplit("/", 1)[0] + "/" + name
+        yield url
     finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
+        drop_database(name, admin)
 
 
 @contextmanager

@@ -26,9 +26,9 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.pg import ADMIN_URL, create_database, drop_database, scratch_name
 from bench.results import RESULTS, record
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LOGGING = ("2026-12-02 10:00:00.000 12345 DEBUG tempest.lib.common.rest_client "
            "[req-1] Request (ServersTest:test_list): 200 GET /compute/v2.1/servers 0.031s "
            "«réponse» 请求\n") * 30
@@ -94,32 +94,12 @@ def store_once(url: str, stream: bytes) -> tuple[float, int]:
     return took, int(size)
 
 
-def fresh_pg(admin_url: str) -> tuple[str, str]:
-    from sqlalchemy import create_engine, text
-
-    name = f"hypervci_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0'))
-    admin.dispose()
-    return name, admin_url.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_pg(admin_url: str, name: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def main(argv: list[str] | None = None) -> dict[str, float | int]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tests", type=int, default=1500)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one run")
-    parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL")
+    parser.add_argument("--pg", default=ADMIN_URL, help="PostgreSQL admin URL")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -131,11 +111,12 @@ def main(argv: list[str] | None = None) -> dict[str, float | int]:
             took, size = store_once(f"sqlite:///{tmp}/run-{run}.db", stream)
             sqlite_s.append(took)
             sizes.append(size)
-            name, url = fresh_pg(args.pg)
+            name = scratch_name()
+            url = create_database(name, args.pg)
             try:
                 pg_s.append(store_once(url, stream)[0])
             finally:
-                drop_pg(args.pg, name)
+                drop_database(name, args.pg)
     print(f"{args.tests} tests ({len(stream) / 1e6:.1f} MB of subunit): SQLite "
           f"{statistics.median(sqlite_s):.3f} s, PostgreSQL {statistics.median(pg_s):.3f} s "
           f"(median of {args.runs}); details in the database: {sizes[0]:,} bytes")
