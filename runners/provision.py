@@ -167,14 +167,8 @@ def provision_node(config: Config, node: NodeConfig, step: StepHandle, *,
     parent = node.parent or "?"
     step.log(f"reverting VM {node.vm_name!r} on {parent} to checkpoint {node.checkpoint!r}")
     script = render("provision-revert.ps1.j2", vm=node.vm_name, checkpoint=node.checkpoint)
-    try:
-        result = run_on_parent(config, node, script, on_output=step.write)
-    except (ExecutorError, CommandStopped, ConfigError, OSError) as exc:
-        raise ProvisionError(f"{node.name}: parent host {parent} failed: {exc}") from exc
-    if not result.ok:
-        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-        raise ProvisionError(f"{node.name}: reverting VM {node.vm_name!r} on {parent} "
-                             f"exited {result.exit_code}: {detail[0][:300]}")
+    _on_parent(config, node, script, f"reverting VM {node.vm_name!r} on {parent}",
+               on_output=step.write)
     found = wait_until_answers(node, step.log, timeout=answer_timeout, should_stop=should_stop)
     problem = identity_problem(node, found)
     if problem is not None:
@@ -187,14 +181,21 @@ def power_off(config: Config, node: NodeConfig,
               on_output: Callable[[str], None] | None = None) -> None:
     """Turn `node`'s VM off (ProvisionError if the parent host refuses)."""
     script = render("provision-power-off.ps1.j2", vm=node.vm_name)
+    _on_parent(config, node, script, f"turning VM {node.vm_name!r} off", on_output=on_output)
+
+
+def _on_parent(config: Config, node: NodeConfig, script: str, doing: str, *,
+               on_output: Callable[[str], None] | None) -> None:
+    """Run one of the parent host's scripts for `node`; ProvisionError saying what failed."""
     try:
         result = run_on_parent(config, node, script, on_output=on_output)
     except (ExecutorError, CommandStopped, ConfigError, OSError) as exc:
-        raise ProvisionError(f"{node.name}: parent host {node.parent} failed: {exc}") from exc
+        raise ProvisionError(f"{node.name}: parent host {node.parent or '?'} failed: "
+                             f"{exc}") from exc
     if not result.ok:
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-        raise ProvisionError(f"{node.name}: turning VM {node.vm_name!r} off exited "
-                             f"{result.exit_code}: {detail[0][:300]}")
+        raise ProvisionError(f"{node.name}: {doing} exited {result.exit_code}: "
+                             f"{detail[0][:300]}")
 
 
 def check_provisioned(config: Config, node: NodeConfig) -> tuple[bool, str]:
