@@ -10,6 +10,7 @@ redirects back with a flash message.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flask import Blueprint, abort, flash, redirect, request, url_for
@@ -123,20 +124,13 @@ def recheck(number: int, patchset: int) -> Response:
     """Queue the jobs a Gerrit `recheck` comment would: the same project, branch
     and file filters, on the current patchset only."""
     session, actor = db(), _actor()
-    queued: list[str] = []
-    waiting: list[str] = []
     with session.begin():
         row = _patchset(session, number, patchset)
         if row is None:
             abort(404, description=f"no patchset {number},{patchset}")
         target = _Target(row.change.project, row.change.branch)
         jobs = jobs_for(config(), target, row.files)
-        for job in jobs:
-            build = queue.enqueue(session, row, job, reason=RECHECK_REASON)
-            if build is None:
-                waiting.append(job)
-            else:
-                queued.append(f"{job} (build {build.id})")
+        queued, waiting = _enqueue(session, row, jobs, RECHECK_REASON)
         why_none = "" if jobs else _why_no_jobs(target, row.files)
         audit.record(session, actor, "recheck",
                      Target(audit.PATCHSET, audit.patchset_id(number, patchset)),
@@ -147,9 +141,7 @@ def recheck(number: int, patchset: int) -> Response:
         logger.info("manual recheck of %s,%s by %s queued %s", number, patchset, actor.name,
                     queued)
         flash(f"Queued {', '.join(queued)} for {number},{patchset}.", "ok")
-    if waiting:
-        flash(f"Not queued (already queued, or {number},{patchset} is not the current "
-              f"patchset): {', '.join(waiting)}.", "warning")
+    _flash_not_queued(number, patchset, waiting)
     return _back(url_for("pages.change", number=number))
 
 
@@ -158,8 +150,6 @@ def force_build(number: int, patchset: int) -> Response:
     """An operator's explicit build of a patchset the file filter excludes: the
     project's jobs for its branch, each build marked `forced_by` (the vote says so)."""
     session, actor = db(), _actor()
-    queued: list[str] = []
-    waiting: list[str] = []
     with session.begin():
         row = _patchset(session, number, patchset)
         if row is None:
@@ -174,13 +164,8 @@ def force_build(number: int, patchset: int) -> Response:
             flash(_why_no_jobs(_Target(row.change.project, row.change.branch), row.files),
                   "error")
             return _back(url_for("pages.change", number=number))
-        for job in offer.forcible:
-            build = queue.enqueue(session, row, job, reason=FORCED_REASON)
-            if build is None:
-                waiting.append(job)
-            else:
-                build.forced_by = actor.name
-                queued.append(f"{job} (build {build.id})")
+        queued, waiting = _enqueue(session, row, offer.forcible, FORCED_REASON,
+                                   forced_by=actor.name)
         audit.record(session, actor, "force-build",
                      Target(audit.PATCHSET, audit.patchset_id(number, patchset)),
                      _outcome(queued, waiting, ""))
@@ -188,10 +173,30 @@ def force_build(number: int, patchset: int) -> Response:
         logger.info("forced build of %s,%s by %s: %s", number, patchset, actor.name, queued)
         flash(f"Forced {', '.join(queued)} for {number},{patchset}; the vote will say "
               f"it was forced by {actor.name}.", "ok")
+    _flash_not_queued(number, patchset, waiting)
+    return _back(url_for("pages.change", number=number))
+
+
+def _enqueue(session: Session, row: Patchset, jobs: Sequence[str], reason: str, *,
+             forced_by: str | None = None) -> tuple[list[str], list[str]]:
+    """Queue `jobs` on the patchset: ("job (build N)" queued, jobs not queued)."""
+    queued: list[str] = []
+    waiting: list[str] = []
+    for job in jobs:
+        build = queue.enqueue(session, row, job, reason=reason)
+        if build is None:
+            waiting.append(job)
+            continue
+        if forced_by is not None:
+            build.forced_by = forced_by
+        queued.append(f"{job} (build {build.id})")
+    return queued, waiting
+
+
+def _flash_not_queued(number: int, patchset: int, waiting: list[str]) -> None:
     if waiting:
         flash(f"Not queued (already queued, or {number},{patchset} is not the current "
               f"patchset): {', '.join(waiting)}.", "warning")
-    return _back(url_for("pages.change", number=number))
 
 
 def _outcome(queued: list[str], waiting: list[str], why_none: str) -> str:
