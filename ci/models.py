@@ -451,3 +451,34 @@ class FailureVerdict(Base):
     kind: Mapped[str] = mapped_column(String(32))  # ci.verdict.FailureKind
     reason: Mapped[str] = mapped_column(Text, default="")
     link: Mapped[str | None] = mapped_column(Text)
+
+
+class TestFlip(Base):
+    """One change of a test's outcome on the same code (the flaky rule, ci/test_history.py),
+    written when the build that shows it is recorded (ci/verdict_record.py) and by
+    migration 0012 for the history before it; the /flaky page counts these rows."""
+
+    __tablename__ = "test_flips"
+    # The flaky page reads a window of flips: all of it from this index.
+    __table_args__ = (Index("ix_test_flips_finished_at", "finished_at"),)
+    __test__ = False  # not a pytest class
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    test_id: Mapped[str] = mapped_column(Text)
+    # Where it showed: the build that re-ran it, or the later build of a recheck.
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"),
+                                          index=True)
+    # A recheck flip's earlier build; None for a re-run inside one build.
+    from_build_id: Mapped[int | None] = mapped_column(
+        ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    patchset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("patchsets.id", ondelete="CASCADE"))  # None: a baseline build's re-run
+    job: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # "rerun" or "recheck"
+    # The later run passed (fail -> pass; a re-run always): a group of recheck flips
+    # counts only with one of these in the window.
+    recovered: Mapped[bool] = mapped_column(Boolean)
+    # When the earlier of its builds finished: a window that starts by then holds both.
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When the build where it failed finished (the page's "last failed").
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

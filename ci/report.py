@@ -153,6 +153,8 @@ def queue_report(session: Session, build: Build, config: Config,
         if state in ASSESSED:
             assess(session, build, config)
         return None
+    # Assessed even when nothing is reported: it records the build's flips too.
+    assessment = assess(session, build, config) if state in ASSESSED else None
     if state not in RESULT_WORDS or not config.reporter.enabled:
         return None
     if state == BuildState.ERROR and not config.reporter.report_errors:
@@ -161,7 +163,6 @@ def queue_report(session: Session, build: Build, config: Config,
     voting = bool(job and job.voting)
     vote = vote_for(state, voting)
     line = format_job_line(build.job, build.log_url, state, build.duration_seconds)
-    assessment = assess(session, build, config) if state in ASSESSED else None
     if assessment is not None and vote == -1:
         # Only new failures count against the change (ci/verdict.py).
         vote = vote_for_failure(assessment.verdict, config.verdict.explained)

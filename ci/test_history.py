@@ -22,10 +22,10 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Literal
 
-from sqlalchemy import Select, and_, case, exists, func, null, or_, select, text, union_all
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Select, and_, case, func, or_, select
+from sqlalchemy.orm import Session
 
-from ci.models import FAILING_RESULTS_SQL, Build, BuildState, Change, Patchset, TestResult
+from ci.models import Build, BuildState, Change, Patchset, TestFlip, TestResult
 
 FAILING = frozenset({"fail", "uxsuccess"})
 PASSING = frozenset({"success", "xfail"})
@@ -105,6 +105,9 @@ class FlakyTest:
         return self.rerun_flips + self.recheck_flips
 
 
+FlipKind = Literal["rerun", "recheck"]
+
+
 def outcome(status: str) -> Literal["pass", "fail"] | None:
     """What a status says about the code: flaky passed in the end; skips say nothing."""
     if status in FAILING:
@@ -114,18 +117,74 @@ def outcome(status: str) -> Literal["pass", "fail"] | None:
     return None
 
 
-def recheck_flips(statuses: Sequence[str]) -> int:
-    """Outcome changes in a test's statuses on one patchset, in build order.
+@dataclass(frozen=True)
+class Flip:
+    """One change of a test's outcome on the same code: stored as a TestFlip row."""
 
-    0 unless it failed in one build and passed in a later one (the flaky
-    rule); passing then failing alone may be the change's own fault shown late.
+    kind: FlipKind
+    build_id: int  # where it showed: the build that re-ran it, or the later of two
+    from_build_id: int | None  # a recheck's earlier build; None for a re-run
+    recovered: bool  # the later run passed (fail -> pass); a re-run always
+
+    @property
+    def failed_build(self) -> int:
+        """The build of the two where the test failed."""
+        if self.recovered and self.from_build_id is not None:
+            return self.from_build_id
+        return self.build_id
+
+
+def flips_of(runs: Sequence[tuple[int, str]]) -> list[Flip]:
+    """THE flaky rule: every flip of one test on one code, from its (build id, status)
+    runs in build order (one patchset and job; a baseline build is code of its own).
+
+    Each re-run that passed (status flaky) is a flip. Between builds, every outcome
+    change counts, but only once the test failed and then passed in a later build:
+    passing then failing alone may be the change's own bug showing late.
     """
-    outcomes = [o for o in map(outcome, statuses) if o is not None]
-    failed_then_passed = any(
-        outcomes[i] == "fail" and "pass" in outcomes[i + 1:] for i in range(len(outcomes)))
-    if not failed_then_passed:
-        return 0
-    return sum(1 for before, after in pairwise(outcomes) if before != after)
+    found = [Flip("rerun", build_id, None, True) for build_id, status in runs
+             if status == FLAKY]
+    outcomes = [(build_id, o) for build_id, status in runs if (o := outcome(status)) is not None]
+    changes = [(before, after) for before, after in pairwise(outcomes) if before[1] != after[1]]
+    # A fail somewhere before a pass means a fail -> pass change somewhere between.
+    if any(after[1] == "pass" for _before, after in changes):
+        found += [Flip("recheck", after[0], before[0], after[1] == "pass")
+                  for before, after in changes]
+    return found
+
+
+def new_flips(earlier: Sequence[tuple[int, str]], latest: tuple[int, str]) -> list[Flip]:
+    """The flips a build's run `latest` adds to the test's `earlier` runs on the same code
+    (what the record path writes): all of them at the first fail -> pass, one a change
+    after that. Their union over a history is flips_of(history)."""
+    before = set(flips_of(earlier))
+    return [f for f in flips_of([*earlier, latest]) if f not in before]
+
+
+def recheck_flips(statuses: Sequence[str]) -> int:
+    """Outcome changes in a test's statuses on one patchset, in build order (flips_of)."""
+    return sum(1 for f in flips_of(list(enumerate(statuses))) if f.kind == "recheck")
+
+
+def summarize_flips(test_id: str, flips: Iterable[Flip],
+                    failed_at: dict[int, datetime | None]) -> FlakyTest | None:
+    """A FlakyTest from one test's flips; None without any. `failed_at`: the finishing
+    time of builds (those where it failed are read)."""
+    rerun = recheck = 0
+    involved: set[int] = set()
+    failed: set[int] = set()
+    for flip in flips:
+        if flip.kind == "rerun":
+            rerun += 1
+        else:
+            recheck += 1
+        involved.update(b for b in (flip.build_id, flip.from_build_id) if b is not None)
+        failed.add(flip.failed_build)
+    if not rerun and not recheck:
+        return None
+    seen = [when for b in failed if (when := failed_at.get(b)) is not None]
+    return FlakyTest(test_id, rerun, recheck, tuple(sorted(involved, reverse=True)),
+                     max(seen) if seen else None)
 
 
 def classify_flaky(test_id: str, runs_by_group: Iterable[Sequence[tuple[int, str]]],
@@ -133,23 +192,8 @@ def classify_flaky(test_id: str, runs_by_group: Iterable[Sequence[tuple[int, str
     """A FlakyTest from the (build_id, status) runs of one test, one sequence per
     (patchset, job) in build order; None when it never flipped. `failed_at` holds
     the finishing time of the builds where it failed (or was flaky)."""
-    rerun = 0
-    recheck = 0
-    involved: set[int] = set()
-    for runs in runs_by_group:
-        for build_id, status in runs:
-            if status == FLAKY:
-                rerun += 1
-                involved.add(build_id)
-        flips = recheck_flips([status for _, status in runs])
-        if flips:
-            recheck += flips
-            involved.update(build_id for build_id, _ in runs)
-    if not rerun and not recheck:
-        return None
-    builds = tuple(sorted(involved, reverse=True))
-    seen = [when for b in builds if (when := failed_at.get(b)) is not None]
-    return FlakyTest(test_id, rerun, recheck, builds, max(seen) if seen else None)
+    return summarize_flips(test_id, (f for runs in runs_by_group for f in flips_of(runs)),
+                           failed_at)
 
 
 def window_builds(limit: int) -> Select[int]:
@@ -249,60 +293,39 @@ def summarize(test_id: str, runs: Sequence[TestRun]) -> TestStats:
 def flaky_tests(session: Session, since: datetime, limit: int = 200) -> list[FlakyTest]:
     """Tests that flipped in builds finished since `since`, most flips first (one statement).
 
-    The window's builds, grouped by code (patchset and job); the tests with a
-    failing or flaky result in a group (the partial index
-    ix_test_results_failing, per build); then every result of just those tests
-    in the builds of their group (ix_test_results_test_id_build_id).
+    Counts the stored flips (TestFlip, written as builds are recorded) whose builds all
+    finished in the window, on ix_test_flips_finished_at: the rule applied to the
+    window's builds alone, so a recheck group counts only with a fail -> pass of its own
+    in the window (before it, the fail may be outside).
     """
-    # Same code = same patchset and job. A baseline build (no patchset) tests a
-    # branch tip that moves: it is a group of its own (its id, negated).
-    code = func.coalesce(Build.patchset_id, -Build.id)
-    window = (select(Build.id, code.label("code"), Build.job, Build.finished_at)
-              .where(Build.finished_at >= since).cte("flaky_window"))
-    # Code built more than once: only there can a failure be followed by a pass.
-    rebuilt = (select(window.c.code, window.c.job).group_by(window.c.code, window.c.job)
-               .having(func.count() > 1).cte("flaky_rebuilt"))
-    # The literal predicate of the partial index, so PostgreSQL can prove it applies;
-    # a plain failure of code built once can flip nothing.
-    failing = (select(TestResult.build_id, TestResult.test_id, TestResult.status,
-                      window.c.code, window.c.job, window.c.finished_at)
-               .join(window, window.c.id == TestResult.build_id)
-               .outerjoin(rebuilt, and_(rebuilt.c.code == window.c.code,
-                                        rebuilt.c.job == window.c.job))
-               .where(text(FAILING_RESULTS_SQL))
-               .where(or_(TestResult.status == FLAKY, rebuilt.c.code.is_not(None)))
-               .cte("flaky_failing"))
-    failed = select(failing.c.code, failing.c.job, failing.c.test_id).distinct().cte(
-        "flaky_failed")
-    # The same tests' results in the other builds of their group: a lookup each,
-    # none for the builds where they failed (known already).
-    other = aliased(TestResult)
-    # No finishing time: only the failures' are shown (and converting 10,000s of
-    # timestamps is a good part of the cost).
-    others = (select(other.build_id, other.test_id, other.status, window.c.code,
-                     window.c.job, null().label("finished_at"))
-              .select_from(failed)
-              .join(window, and_(window.c.code == failed.c.code, window.c.job == failed.c.job))
-              .where(~exists().where(failing.c.build_id == window.c.id,
-                                     failing.c.test_id == failed.c.test_id))
-              .join(other, and_(other.build_id == window.c.id,
-                                other.test_id == failed.c.test_id)))
-    if session.get_bind().dialect.name == "postgresql":
-        # This plan's cost estimate grows with the window and, past jit_above_cost
-        # (100,000 by default), PostgreSQL JIT-compiles it: ~0.6 s of compiling,
-        # measured at 30 days of 10M results, for a query that runs in ~0.2 s.
-        session.execute(text("SET LOCAL jit = off"))
-    rows = session.execute(union_all(select(failing), others))
-    runs: dict[tuple[str, int, str], dict[int, str]] = {}
-    failed_at: dict[int, datetime | None] = {}
-    for build_id, test_id, status, group, job, finished_at in rows:
-        runs.setdefault((test_id, group, job), {})[build_id] = status
-        if finished_at is not None:
-            failed_at[build_id] = finished_at
-    by_test: dict[str, list[list[tuple[int, str]]]] = {}
-    for (test_id, _group, _job), statuses in runs.items():
-        by_test.setdefault(test_id, []).append(sorted(statuses.items()))
-    found = [flaky for test_id, groups in by_test.items()
-             if (flaky := classify_flaky(test_id, groups, failed_at)) is not None]
+    window = (select(TestFlip.test_id, TestFlip.kind, TestFlip.build_id, TestFlip.from_build_id,
+                     TestFlip.patchset_id, TestFlip.job, TestFlip.recovered, TestFlip.failed_at)
+              .where(TestFlip.finished_at >= since).cte("flips_window"))
+    recovered = (select(window.c.test_id, window.c.patchset_id, window.c.job)
+                 .where(window.c.kind == "recheck", window.c.recovered.is_(True)).distinct()
+                 .cte("flips_recovered"))
+    counted = (select(window).outerjoin(recovered, and_(
+        recovered.c.test_id == window.c.test_id, recovered.c.patchset_id == window.c.patchset_id,
+        recovered.c.job == window.c.job))
+        .where(or_(window.c.kind == "rerun", recovered.c.test_id.is_not(None)))
+        .cte("flips_counted"))
+    reruns = func.sum(case((counted.c.kind == "rerun", 1), else_=0))
+    top = (select(counted.c.test_id, reruns.label("reruns"), func.count().label("flips"),
+                  func.max(counted.c.failed_at).label("last_failed"))
+           .group_by(counted.c.test_id).order_by(func.count().desc(), counted.c.test_id)
+           .limit(limit).cte("flips_top"))
+    rows = session.execute(select(top.c.test_id, top.c.reruns, top.c.flips, top.c.last_failed,
+                                  counted.c.build_id, counted.c.from_build_id)
+                           .join(counted, counted.c.test_id == top.c.test_id))
+    totals: dict[str, tuple[int, int, datetime | None]] = {}
+    builds: dict[str, set[int]] = {}
+    for test_id, reruns_, flips, last_failed, build_id, from_build_id in rows:
+        totals[test_id] = (int(reruns_), int(flips) - int(reruns_), last_failed)
+        builds.setdefault(test_id, set()).update(
+            b for b in (build_id, from_build_id) if b is not None)
+    found = [FlakyTest(test_id, rerun, recheck, tuple(sorted(builds[test_id], reverse=True)),
+                       last_failed)
+             for test_id, (rerun, recheck, last_failed) in totals.items()]
+    # In Python: the database's collation may order test ids otherwise.
     found.sort(key=lambda f: (-f.flips, f.test_id))
-    return found[:limit]
+    return found

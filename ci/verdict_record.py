@@ -14,28 +14,38 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Row, and_, literal, null, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from ci.baseline import FAILING, latest_baseline
 from ci.config import Config
-from ci.models import Build, BuildState, FailureVerdict, SignatureMatch, TestResult, utcnow
+from ci.models import (
+    Build,
+    BuildState,
+    FailureVerdict,
+    SignatureMatch,
+    TestFlip,
+    TestResult,
+    utcnow,
+)
 from ci.signatures import FailedTest, match_failures
 from ci.signatures import SignatureMatch as Match
-from ci.verdict import Assessment, Verdict, VerdictInputs, classify, recheck_flaky
+from ci.test_flips import Run, recorded
+from ci.verdict import (
+    Assessment,
+    FailureKind,
+    Verdict,
+    VerdictInputs,
+    classify,
+    recheck_flaky,
+)
 
 FLAKY = "flaky"
 PASSING = ("success", "xfail", FLAKY)
 
 
-def _results(session: Session, build_id: int, statuses: tuple[str, ...]) -> list[TestResult]:
-    return list(session.scalars(select(TestResult).where(
-        TestResult.build_id == build_id, TestResult.status.in_(statuses))
-        .order_by(TestResult.id)))
-
-
 def _match(session: Session, build: Build, config: Config,
-           failed: list[TestResult]) -> tuple[Match, ...]:
+           failed: list[Run]) -> tuple[Match, ...]:
     signatures = config.verdict.known_failures
     if not signatures:
         return ()
@@ -44,40 +54,51 @@ def _match(session: Session, build: Build, config: Config,
                                 log_dir, config.verdict.scan_bytes))
 
 
-def _own_and_earlier_failures(session: Session, build: Build) -> list[TestResult]:
-    """The build's failed and flaky results, and the failed results of the earlier
-    finished builds of the same patchset and job (none for a baseline), by build."""
+def _code_results(session: Session, build: Build) -> list[Run]:
+    """One statement: the build's failed and flaky results and, on the earlier finished
+    builds of its patchset and job (none for a baseline), every result of each test that
+    failed in one of them or in this build (this build's too): all a flip needs."""
     own = and_(TestResult.build_id == build.id, TestResult.status.in_((*FAILING, FLAKY)))
     where = own
     if build.patchset_id is not None:
-        where = or_(own, and_(Build.patchset_id == build.patchset_id, Build.job == build.job,
-                              Build.id < build.id, Build.finished_at.is_not(None),
-                              TestResult.status.in_(FAILING)))
-    return list(session.scalars(select(TestResult).join(Build).where(where)
-                                .order_by(TestResult.build_id, TestResult.id)))
+        code = select(Build.id).where(
+            Build.patchset_id == build.patchset_id, Build.job == build.job,
+            or_(Build.id == build.id, and_(Build.id < build.id, Build.finished_at.is_not(None))))
+        failed_tests = select(TestResult.test_id).where(TestResult.build_id.in_(code),
+                                                        TestResult.status.in_(FAILING))
+        where = or_(own, and_(TestResult.build_id.in_(code),
+                              TestResult.test_id.in_(failed_tests)))
+    rows = session.execute(select(TestResult.build_id, TestResult.test_id, TestResult.status,
+                                  TestResult.details, Build.finished_at, Build.state)
+                           .join(Build, Build.id == TestResult.build_id).where(where)
+                           .order_by(TestResult.build_id, TestResult.id))
+    return [Run(r.build_id, r.test_id, r.status, r.finished_at, r.state, r.details or "")
+            for r in rows]
 
 
 def assess(session: Session, build: Build, config: Config) -> Assessment:
-    """Classify a finished build's failures and store the signature matches and verdict.
+    """Classify a finished build's failures and store the signature matches, the verdict
+    and the flips its results add (ci/test_flips.py).
 
-    A baseline build's signature matches are stored too; it has no verdict (nothing
-    is reported for it).
+    A baseline build's signature matches and re-run flips are stored too; it has no
+    verdict (nothing is reported for it).
     """
-    # One statement: this build's failed and flaky results, and the failures of the
-    # earlier builds of its patchset and job (the claim-to-result path has a budget).
-    own: list[TestResult] = []
+    # One statement: this build's failed and flaky results, and the results of the
+    # earlier builds of its patchset and job that the verdict and the flips compare
+    # (the claim-to-result path has a budget).
+    runs = _code_results(session, build)
+    own = [r for r in runs if r.build_id == build.id]
     earlier: dict[str, int] = {}
-    for result in _own_and_earlier_failures(session, build):
-        if result.build_id == build.id:
-            own.append(result)
-        else:
-            earlier[result.test_id] = result.build_id  # ordered by build: the newest wins
+    for run in runs:
+        if run.build_id != build.id and run.status in FAILING:
+            earlier[run.test_id] = run.build_id  # ordered by build: the newest wins
     failed = [t for t in own if t.status in FAILING]
     flaky = [t for t in own if t.status == FLAKY]
+    flips = recorded(build, runs)
     matches = _match(session, build, config, failed) if build.state == BuildState.FAILED else ()
     if build.patchset is None:
         baseline_only = Assessment(Verdict(()), matches)
-        _store(session, build, baseline_only)
+        _store(session, build, baseline_only, flips)
         return baseline_only
     baseline = None
     if build.patchset is not None and failed:
@@ -87,31 +108,49 @@ def assess(session: Session, build: Build, config: Config) -> Assessment:
         failed=[t.test_id for t in failed], flaky=[t.test_id for t in flaky], baseline=baseline,
         matches=matches, now=utcnow(),
         baseline_max_age=timedelta(hours=config.verdict.baseline_max_age_hours)))
-    passing = [t.test_id for t in _results(session, build.id, PASSING)] if earlier else []
+    # Read above: this build's results of every test that failed earlier.
+    passing = [t.test_id for t in own if t.status in PASSING]
     assessment = Assessment(verdict, matches, tuple(recheck_flaky(earlier, passing)))
-    _store(session, build, assessment)
+    _store(session, build, assessment, flips)
     return assessment
 
 
-def _store(session: Session, build: Build, assessment: Assessment) -> None:
+def _store(session: Session, build: Build, assessment: Assessment,
+           flips: list[TestFlip]) -> None:
     session.add_all(SignatureMatch(build_id=build.id, signature_id=m.signature_id, bug=m.bug,
                                    test_id=m.test_id, file=m.file, excerpt=m.excerpt)
                     for m in assessment.matches)
+    # A flaky test's explanation is its re-run flip (the same fact, one row):
+    # build_verdict reads it back from there.
     session.add_all(FailureVerdict(build_id=build.id, test_id=e.test_id, kind=e.kind.value,
                                    reason=e.reason, link=e.link)
-                    for e in assessment.verdict.explanations)
+                    for e in assessment.verdict.explanations if e.kind is not FailureKind.FLAKY)
+    session.add_all(flips)
     session.flush()
 
 
 def build_verdict(session: Session, build_id: int) -> dict[str, Any]:
-    """What the build page's verdict panel shows (dashboard/templates/_verdict.html)."""
-    verdicts = list(session.scalars(select(FailureVerdict).where(
-        FailureVerdict.build_id == build_id).order_by(FailureVerdict.id)))
+    """What the build page's verdict panel shows (dashboard/templates/_verdict.html): the
+    stored explanations, then its flaky tests' (its re-run flips), and the matches."""
+    stored = select(FailureVerdict.id, FailureVerdict.test_id, FailureVerdict.kind,
+                    FailureVerdict.reason, FailureVerdict.link, literal(0).label("src")
+                    ).where(FailureVerdict.build_id == build_id)
+    reruns = select(TestFlip.id, TestFlip.test_id, literal(FailureKind.FLAKY.value),
+                    literal(""), null(), literal(1)).where(
+        TestFlip.build_id == build_id, TestFlip.kind == "rerun")
+    rows: list[Row[Any]] = list(session.execute(union_all(stored, reruns).order_by("src", "id")))
+    explained = [{"test_id": r.test_id, "kind": r.kind, "reason": r.reason, "link": r.link}
+                 for r in rows if r.src == 0]
+    # Builds assessed before migration 0012 stored their flaky explanations themselves.
+    listed = {e["test_id"] for e in explained if e["kind"] == FailureKind.FLAKY.value}
+    flaky = [r.test_id for r in rows if r.src == 1 and r.test_id not in listed]
+    explained += [{"test_id": e.test_id, "kind": e.kind.value, "reason": e.reason,
+                   "link": e.link} for e in classify(VerdictInputs(failed=(), flaky=flaky))
+                  .explanations]
     matches = list(session.scalars(select(SignatureMatch).where(
         SignatureMatch.build_id == build_id).order_by(SignatureMatch.id)))
     return {
-        "explanations": [{"test_id": v.test_id, "kind": v.kind, "reason": v.reason,
-                          "link": v.link} for v in verdicts],
+        "explanations": explained,
         "matches": [{"signature": m.signature_id, "bug": m.bug, "test_id": m.test_id,
                      "file": m.file, "excerpt": m.excerpt} for m in matches],
     }

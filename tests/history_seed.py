@@ -24,6 +24,7 @@ from ci.models import (
     TestResult,
     utcnow,
 )
+from ci.test_flips import backfill
 
 RERUN_FLAKY = "tempest.api.compute.servers.test_rerun[id-1]"
 RECHECK_FLAKY = "tempest.api.network.test_ports_ü[id-2,<smoke>]"
@@ -75,7 +76,8 @@ def _steps(session: Session, build: Build, nodes: list[str], failed: bool) -> No
                               exit_code=1 if failed and last else 0))
 
 
-def seed_history(sessions: sessionmaker[Session]) -> HistoryWorld:
+def seed_history(sessions: sessionmaker[Session], *, flips: bool = True) -> HistoryWorld:
+    """The world; `flips`: and its flips, as migration 0012 backfills them."""
     now = utcnow()
     day = timedelta(days=1)
     with sessions() as s, s.begin():
@@ -120,4 +122,7 @@ def seed_history(sessions: sessionmaker[Session]) -> HistoryWorld:
         f = _build(s, ps_nova2, "hyperv-extra", BuildState.QUEUED, now - timedelta(hours=1), None)
         builds = {"a": a.id, "b": b.id, "c": c.id, "b2": b2.id, "d": d.id, "e": e.id,
                   "f": f.id}
+        if flips:
+            s.flush()
+            backfill(s.connection())
     return HistoryWorld(builds=builds, now=now)
