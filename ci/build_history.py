@@ -84,10 +84,12 @@ class Cursor:
 
 @dataclass(frozen=True)
 class BuildPage:
-    """One page of the list, newest first; `next_cursor` is None on the last page."""
+    """One page of the list, newest first; `next_cursor` (older rows) is None on the last
+    page, `prev_cursor` (newer rows: a `before` cursor) None on the first."""
 
     builds: list[Build]
     next_cursor: Cursor | None
+    prev_cursor: Cursor | None = None
 
 
 def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
@@ -157,9 +159,10 @@ def _filtered(query: Select[Build], where: BuildFilter) -> Select[Build]:
 
 
 def list_builds(session: Session, where: BuildFilter, after: Cursor | None = None,
-                limit: int = DEFAULT_LIMIT) -> BuildPage:
-    """Builds matching `where`, newest first, starting after `after`; patchset and change
-    loaded with them (one statement; two when the page holds a baseline build)."""
+                limit: int = DEFAULT_LIMIT, before: Cursor | None = None) -> BuildPage:
+    """Builds matching `where`, newest first, starting after `after` (older) or ending
+    just before `before` (newer: the page above the one that handed it out); patchset
+    and change loaded with them (one statement; two when the page holds a baseline)."""
     limit = max(1, min(limit, MAX_LIMIT))
     # Outer joins: a baseline build (ci/baseline.py) has no patchset; its run is
     # loaded with it by the one extra statement selectinload sends when there is one.
@@ -167,16 +170,30 @@ def list_builds(session: Session, where: BuildFilter, after: Cursor | None = Non
              .options(contains_eager(Build.patchset).contains_eager(Patchset.change),
                       selectinload(Build.baseline)))
     query = _filtered(query, where)
+    key = tuple_(Build.created_at, Build.id)
+    if before is not None:
+        # The `limit` rows just newer than `before`, read upwards on the same index.
+        query = query.where(key > tuple_(before.created_at, before.build_id)).order_by(
+            Build.created_at, Build.id).limit(limit + 1)
+        newer = list(session.scalars(query))
+        builds = newer[:limit][::-1]
+        # `before` itself is older than them: there is a next page.
+        return BuildPage(builds, _cursor(builds[-1]) if builds else None,
+                         _cursor(builds[0]) if len(newer) > limit else None)
     if after is not None:
-        query = query.where(tuple_(Build.created_at, Build.id)
-                            < tuple_(after.created_at, after.build_id))
+        query = query.where(key < tuple_(after.created_at, after.build_id))
     # One row more than shown tells whether there is a next page.
     query = query.order_by(Build.created_at.desc(), Build.id.desc()).limit(limit + 1)
     builds = list(session.scalars(query))
     more = len(builds) > limit
     builds = builds[:limit]
-    last = builds[-1] if more else None
-    return BuildPage(builds, Cursor(last.created_at, last.id) if last is not None else None)
+    # A page reached through `after` has newer rows: at least the one `after` names.
+    return BuildPage(builds, _cursor(builds[-1]) if more else None,
+                     _cursor(builds[0]) if after is not None and builds else None)
+
+
+def _cursor(build: Build) -> Cursor:
+    return Cursor(build.created_at, build.id)
 
 
 def nodes_of_builds(session: Session, build_ids: list[int]) -> dict[int, list[str]]:

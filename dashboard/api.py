@@ -25,10 +25,12 @@ def status() -> ResponseReturnValue:
 
 @bp.get("/builds")
 def builds() -> ResponseReturnValue:
-    """One page of the build history: the /builds filters, `after` cursor and `limit`."""
+    """One page of the build history: the /builds filters, an `after` (older) or `before`
+    (newer) cursor and `limit`."""
     return jsonify(history.builds_view(db(), history.request_filter(),
                                        history.request_cursor(), history.request_limit(),
-                                       endpoint="api.builds"))
+                                       endpoint="api.builds",
+                                       before=history.request_cursor("before")))
 
 
 @bp.get("/builds/<int:build_id>")

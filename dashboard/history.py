@@ -37,14 +37,17 @@ def request_filter() -> BuildFilter:
         abort(400, description=str(exc))
 
 
-def request_cursor() -> Cursor | None:
-    text = request.args.get("after", "")
+def request_cursor(name: str = "after") -> Cursor | None:
+    """The request's `after` (older) or `before` (newer) cursor; a 400 when forged."""
+    text = request.args.get(name, "")
     if not text:
         return None
+    if name == "before" and request.args.get("after"):
+        abort(400, description="'after' and 'before' go one way each: give one")
     try:
         return Cursor.decode(text)
     except ValueError:
-        abort(400, description="invalid 'after' cursor: follow the next link of a page")
+        abort(400, description=f"invalid {name!r} cursor: follow a link of a page")
 
 
 def request_limit(default: int = DEFAULT_LIMIT) -> int:
@@ -57,11 +60,13 @@ def request_limit(default: int = DEFAULT_LIMIT) -> int:
 
 
 def builds_view(session: Session, where: BuildFilter, after: Cursor | None,
-                limit: int, endpoint: str = "history.builds") -> dict[str, Any]:
+                limit: int, endpoint: str = "history.builds",
+                before: Cursor | None = None) -> dict[str, Any]:
     """One page of the build list: two statements (the builds with their patchsets and
     changes, their nodes; a third when a baseline build is on the page), none per row.
-    `next_url` is the next page of `endpoint` (the HTML list or the API's)."""
-    page = list_builds(session, where, after, limit)
+    `next_url` is the older page of `endpoint` (the HTML list or the API's), `prev_url`
+    the newer one (None on the newest page)."""
+    page = list_builds(session, where, after, limit, before=before)
     nodes = nodes_of_builds(session, [b.id for b in page.builds])
     builds = []
     for build in page.builds:
@@ -72,14 +77,16 @@ def builds_view(session: Session, where: BuildFilter, after: Cursor | None,
                                if item["change"] is not None else None)  # None: a baseline
         builds.append(item)
     next_cursor = page.next_cursor.encode() if page.next_cursor is not None else None
-    params: dict[str, Any] = where.as_params()
+    prev_cursor = page.prev_cursor.encode() if page.prev_cursor is not None else None
+    params: dict[str, Any] = {**where.as_params(),
+                              "limit": limit if limit != DEFAULT_LIMIT else None}
     return {
         "filter": where.as_params(),
         "builds": builds,
         "next_cursor": next_cursor,
-        "next_url": (url_for(endpoint, **params, after=next_cursor,
-                             limit=limit if limit != DEFAULT_LIMIT else None)
-                     if next_cursor else None),
+        "next_url": url_for(endpoint, **params, after=next_cursor) if next_cursor else None,
+        "prev_cursor": prev_cursor,
+        "prev_url": url_for(endpoint, **params, before=prev_cursor) if prev_cursor else None,
     }
 
 
@@ -96,11 +103,12 @@ def filter_choices(session: Session) -> dict[str, list[str]]:
 
 @bp.get("/builds")
 def builds() -> str:
-    """Every build, newest first, filtered; 'Older' follows the keyset cursor."""
+    """Every build, newest first, filtered; 'Older' and 'Newer' follow keyset cursors."""
     session = db()
-    view = builds_view(session, request_filter(), request_cursor(), request_limit())
+    view = builds_view(session, request_filter(), request_cursor(), request_limit(),
+                       before=request_cursor("before"))
     return render_template("builds.html", view=view, choices=filter_choices(session),
-                           paged=bool(request.args.get("after")))
+                           paged=bool(request.args.get("after") or request.args.get("before")))
 
 
 def change_extras(session: Session, change: dict[str, Any]) -> dict[str, Any]:

@@ -2,11 +2,10 @@
 
 Built from a dict so the schemas sit beside the code that shapes the
 responses (dashboard/data.py, history.py, tests_view.py, charts_view.py).
-The shapes this API alone defines (build pages, tests, flaky, charts,
-changes) are closed (`unevaluatedProperties: false`): an unlisted, renamed
-or retyped field fails the tests that validate real responses against this
-document. The build summary, status, build and node objects the status and
-build pages share stay open to added fields but type every field listed.
+Every object is closed (`additionalProperties: false`, every field typed and
+the ones always present required): an unlisted, renamed or retyped field
+fails the tests that validate real responses against this document. Only
+objects keyed by data (a job, a status, a filter) take any key, of one type.
 """
 
 from __future__ import annotations
@@ -39,90 +38,111 @@ def array(items: Schema) -> Schema:
     return {"type": "array", "items": items}
 
 
-def obj(properties: dict[str, Schema], *, closed: bool = True,
-        optional: tuple[str, ...] = ()) -> Schema:
-    """An object whose listed properties are all required (but `optional`)."""
-    schema: Schema = {"type": "object", "properties": properties,
-                      "required": [k for k in properties if k not in optional]}
-    if closed:
-        schema["unevaluatedProperties"] = False
-    return schema
+def obj(properties: dict[str, Schema], *, optional: tuple[str, ...] = ()) -> Schema:
+    """An object of exactly these properties, all required but `optional`: a field
+    added to a response without its schema here fails validation."""
+    return {"type": "object", "properties": properties,
+            "required": [k for k in properties if k not in optional],
+            "additionalProperties": False}
 
 
-def extend(base: str, properties: dict[str, Schema], *, closed: bool) -> Schema:
-    """`base` plus more required properties (closed: nothing beyond both)."""
-    schema: Schema = {"allOf": [ref(base), obj(properties, closed=False)]}
-    if closed:
-        schema["unevaluatedProperties"] = False
-    return schema
+def map_of(values: Schema) -> Schema:
+    """An object keyed by data (a job, a status, a filter's name)."""
+    return {"type": "object", "additionalProperties": values}
 
 
 LINK = obj({"name": STRING, "url": STRING})
 BUILD_LINK = obj({"id": INT, "url": STRING})
+STATE = {"type": "string", "enum": [s.value for s in BuildState]}
+# dashboard/data.py build_dict: a build as every list shows it.
+BUILD_SUMMARY: dict[str, Schema] = {
+    "id": INT, "job": STRING, "state": STATE,
+    # A baseline build (a branch tip) has no change or patchset.
+    "reason": STRING, "attempt": INT, "change": nullable(INT), "patchset": nullable(INT),
+    "project": STRING, "branch": STRING, "subject": STRING, "owner": STRING,
+    "change_url": STRING, "created": TIME, "started": nullable(TIME),
+    "finished": nullable(TIME), "duration": nullable(NUMBER),
+    "log_url": nullable(STRING), "summary": STRING, "worker": nullable(STRING),
+    "abort_requested": BOOL, "finished_state": BOOL, "url": STRING,
+}
+
+
+def build_with(properties: dict[str, Schema]) -> Schema:
+    """The build summary and more (each list adds what it shows)."""
+    return obj({**BUILD_SUMMARY, **properties})
+
+
+# The running tempest step's test counts, from its subunit stream (None: no such step).
+PROGRESS = nullable(obj({"done": INT, "passed": INT, "failed": INT,
+                         "current": nullable(STRING)}))
+# The median duration of the job's recent builds, and what is left of it.
+ETA = nullable(obj({"expected": NUMBER, "remaining": NUMBER, "text": STRING}))
+POSITION = {"type": "integer", "minimum": 1}  # 1: the next build a worker claims
+TEST_RESULT = obj({"test_id": STRING, "status": STRING, "duration": nullable(NUMBER),
+                   "details": STRING, "failed": BOOL, "attachments_url": nullable(STRING)})
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj({"error": STRING}),
-    "BuildSummary": obj({
-        "id": INT, "job": STRING,
-        "state": {"type": "string", "enum": [s.value for s in BuildState]},
-        # A baseline build (a branch tip) has no change or patchset.
-        "reason": STRING, "attempt": INT, "change": nullable(INT), "patchset": nullable(INT),
-        "project": STRING, "branch": STRING, "subject": STRING, "owner": STRING,
-        "change_url": STRING, "created": TIME, "started": nullable(TIME),
-        "finished": nullable(TIME), "duration": nullable(NUMBER),
-        "log_url": nullable(STRING), "summary": STRING, "worker": nullable(STRING),
-        "abort_requested": BOOL, "finished_state": BOOL, "url": STRING,
-    }, closed=False),
-    # Open like BuildSummary: the status page's build summary may grow.
-    "HistoryBuild": extend("BuildSummary", {"nodes": array(LINK),
-                                            "change_page": nullable(STRING)}, closed=False),
+    "BuildSummary": obj(BUILD_SUMMARY),
+    "HistoryBuild": build_with({"nodes": array(LINK), "change_page": nullable(STRING)}),
     "BuildPage": obj({
-        "filter": {"type": "object", "additionalProperties": STRING},
+        "filter": map_of(STRING),
         "builds": array(ref("HistoryBuild")),
+        # Keyset cursors both ways: older (after the last row), newer (before the first).
         "next_cursor": nullable(STRING),
         "next_url": nullable(STRING),
+        "prev_cursor": nullable(STRING),
+        "prev_url": nullable(STRING),
     }),
     "Node": obj({
         "name": STRING, "label": STRING, "address": STRING, "state": STRING,
         "offline_cause": nullable(STRING), "drained": BOOL, "build_id": nullable(INT),
         "health_failures": INT, "last_checked": nullable(TIME), "message": STRING,
         "updated": nullable(TIME),
-    }, closed=False),
+    }),
     "Status": obj({
-        "queued": array(ref("BuildSummary")),
-        "running": array(extend("BuildSummary", {
-            "current_step": nullable(STRING), "current_step_node": nullable(STRING)},
-            closed=False)),
+        "queued": array(build_with({
+            "position": POSITION,
+            "waiting_for": STRING,  # why it waits: no free lab set, which node is offline
+            "can_start": BOOL,  # a worker would take it now
+        })),
+        "running": array(build_with({
+            "current_step": nullable(STRING), "current_step_node": nullable(STRING),
+            "progress": PROGRESS, "eta": ETA})),
         "recent": array(ref("BuildSummary")),
         "nodes": array(ref("Node")),
         "events": obj({"pending": INT, "failed": array(obj({
-            "id": INT, "type": STRING, "failed_at": nullable(TIME), "reason": STRING}))},
-            closed=False),
+            "id": INT, "type": STRING, "failed_at": nullable(TIME), "reason": STRING}))}),
         "stream_error": nullable(obj({"message": STRING, "at": nullable(TIME)})),
-    }, closed=False),
-    "BuildDetail": extend("BuildSummary", {
+    }),
+    "BuildDetail": build_with({
         "current_patchset": nullable(INT),
         "steps": array(obj({
             "id": INT, "name": STRING, "node": nullable(STRING), "state": STRING,
             "started": nullable(TIME), "finished": nullable(TIME),
             "duration": nullable(NUMBER), "exit_code": nullable(INT),
             "log_name": nullable(STRING), "log_url": nullable(STRING), "message": STRING,
-            "output_tail": STRING}, closed=False)),
-        "test_counts": {"type": "object", "additionalProperties": INT},
-        "tests": array(obj({"test_id": STRING, "status": STRING,
-                            "duration": nullable(NUMBER), "details": STRING,
-                            "failed": BOOL}, closed=False)),
+            "output_tail": STRING, "progress": PROGRESS})),
+        "eta": ETA,  # running builds only
+        "wait": nullable(obj({"position": POSITION, "reason": STRING})),  # queued only
+        "test_counts": map_of(INT),
+        # The failed tests with their tracebacks (the first 200), and the flaky ones.
+        "failures": array(TEST_RESULT),
+        "flaky": array(TEST_RESULT),
+        "tests": array(TEST_RESULT),
+        "tests_page": obj({"page": POSITION, "pages": POSITION, "per_page": INT,
+                           "total": INT, "status": nullable(STRING)}),
         "report": nullable(obj({
             "state": STRING, "label": nullable(STRING), "vote": nullable(INT),
             "message": STRING, "attempts": INT, "created": nullable(TIME),
             "sent": nullable(TIME), "last_error": STRING, "label_refused": nullable(STRING),
-            "not_sent": nullable(STRING)}, closed=False)),
-    }, closed=False),
-    "ChangeBuild": extend("BuildSummary", {
+            "not_sent": nullable(STRING)})),
+    }),
+    "ChangeBuild": build_with({
         "nodes": array(LINK),
         "failed_tests": array(obj({"test_id": STRING, "url": STRING})),
         "failed_test_count": INT,
-    }, closed=False),
+    }),
     "Change": obj({
         "number": INT, "project": STRING, "branch": STRING, "subject": STRING,
         "owner": STRING, "url": STRING, "status": STRING, "builds_url": STRING,
@@ -163,11 +183,11 @@ SCHEMAS: dict[str, Schema] = {
     "Charts": obj({
         "days": INT, "by": {"type": "string", "enum": ["job", "project"]},
         "since": TIME, "until": TIME,
-        "pass_rate": {"type": "object", "additionalProperties": array(obj({
+        "pass_rate": map_of(array(obj({
             "day": DAY, "passed": INT, "failed": INT,
-            "rate": nullable({"type": "number", "minimum": 0, "maximum": 1})}))},
-        "duration": {"type": "object", "additionalProperties": array(obj({
-            "day": DAY, "builds": INT, "mean_seconds": NUMBER}))},
+            "rate": nullable({"type": "number", "minimum": 0, "maximum": 1})}))),
+        "duration": map_of(array(obj({
+            "day": DAY, "builds": INT, "mean_seconds": NUMBER}))),
         "queue": obj({"since": TIME, "samples": array(obj({
             "at": TIME, "queued": {"type": "integer", "minimum": 0}}))}),
         "nodes": array(obj({"node": STRING, "builds": INT, "failed": INT, "rate": NUMBER})),
@@ -209,7 +229,8 @@ BUILD_FILTERS = [
     _query("node", STRING, "a node one of the build's steps ran on"),
     _query("since", STRING, "created at or after: YYYY-MM-DD (UTC) or an ISO date-time"),
     _query("until", STRING, "created before the end of this day, or this ISO date-time"),
-    _query("after", STRING, "the next_cursor of the previous page"),
+    _query("after", STRING, "a page's next_cursor: the page of older builds after it"),
+    _query("before", STRING, "a page's prev_cursor: the page of newer builds before it"),
     _query("limit", {"type": "string", "pattern": "^[0-9]*$"}, "rows per page (1-200)"),
 ]
 WINDOW = [_query("days", {"type": "string", "pattern": "^[0-9]*$"}, "days back (1-366)")]

@@ -19,6 +19,7 @@ from openapi_core.validation.response.exceptions import InvalidData
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
+from ci.models import BuildStep
 from dashboard import openapi as document_module
 from tests.history_seed import RECHECK_FLAKY, HistoryWorld, seed_history
 
@@ -32,7 +33,13 @@ def dash_sessions(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
 @pytest.fixture
 def history(dash_sessions: sessionmaker[Session], world: Any) -> Iterator[HistoryWorld]:
     # The dashboard's world (status, a build with steps, tests and report, nodes)
-    # and the history's (rechecks, flaky tests, a queued and an error build).
+    # and the history's (rechecks, flaky tests, a queued and an error build); the
+    # running build's step is a tempest run with live progress.
+    with dash_sessions() as s, s.begin():
+        step = s.get(BuildStep, world.running_step_id)
+        assert step is not None
+        step.tests_done, step.tests_passed, step.tests_failed = 42, 40, 2
+        step.current_test = "tempest.api.compute.test_当前[id-9,<smoke>]"
     yield seed_history(dash_sessions)
 
 
@@ -54,6 +61,7 @@ def api_paths(world: Any, history: HistoryWorld) -> list[str]:
         "/api/nodes",
         f"/api/builds/{world.finished_id}",
         f"/api/builds/{world.running_id}",
+        f"/api/builds/{world.queued_id}",
         f"/api/builds/{history.builds['a']}",
         f"/api/builds/{history.builds['a']}?tests_page=2&tests_status=success",
         f"/api/builds/{history.builds['a']}?tests_page=0",
@@ -81,12 +89,32 @@ def api_paths(world: Any, history: HistoryWorld) -> list[str]:
 def test_every_api_response_matches_the_document(client: FlaskClient, world: Any,
                                                  history: HistoryWorld) -> None:
     spec = served_spec(client)
+    first = client.get("/api/builds?limit=2").get_json()
+    older = client.get(first["next_url"]).get_json()
     checked = set()
-    for path in api_paths(world, history):
+    bodies: dict[str, Any] = {}
+    for path in [*api_paths(world, history), f"/api/builds?limit=2&after={first['next_cursor']}",
+                 f"/api/builds?limit=2&before={older['prev_cursor']}"]:
         response = client.get(path)
         assert response.status_code in (200, 400, 404), (path, response.status)
         validate(spec, response)
         checked.add(response.request.path)
+        bodies[path] = response.get_json()
+    # The late fields are in what was validated, not null: live progress and an ETA
+    # on the running build, a queued build's place and reason, a failed build's
+    # failures and flaky tests, and both cursors.
+    status = bodies["/api/status"]
+    running = next(b for b in status["running"] if b["id"] == world.running_id)
+    assert running["progress"]["done"] == 42 and "当前" in running["progress"]["current"]
+    assert running["eta"] is not None and running["eta"]["expected"] > 0
+    assert {b["position"] for b in status["queued"]} == set(range(1, len(status["queued"]) + 1))
+    assert all(b["waiting_for"] and isinstance(b["can_start"], bool) for b in status["queued"])
+    assert bodies[f"/api/builds/{world.queued_id}"]["wait"]["position"] >= 1
+    running_steps = bodies[f"/api/builds/{world.running_id}"]["steps"]
+    assert [s["progress"]["passed"] for s in running_steps if s["progress"]] == [40]
+    failed = bodies[f"/api/builds/{history.builds['a']}"]
+    assert failed["failures"] and failed["flaky"] and failed["tests_page"]["total"] == 4
+    assert older["prev_url"] and older["next_url"] and first["prev_url"] is None
     # Every documented GET was exercised (a new endpoint needs a line above).
     documented = set(client.get("/api/openapi.json").get_json()["paths"])
     exercised = {p for p in documented if any(_matches(p, c) for c in checked)}
@@ -163,3 +191,44 @@ def test_every_api_route_is_documented(app: Flask, client: FlaskClient) -> None:
               for rule in app.url_map.iter_rules()
               if rule.rule.startswith("/api/") and "GET" in (rule.methods or ())}
     assert routes == documented
+
+
+def _objects(schema: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(schema, dict):
+        if schema.get("type") == "object":
+            yield where, schema
+        for key, value in schema.items():
+            yield from _objects(value, f"{where}/{key}")
+    elif isinstance(schema, list):
+        for index, value in enumerate(schema):
+            yield from _objects(value, f"{where}/{index}")
+
+
+def test_every_object_of_the_api_is_closed_or_a_map() -> None:
+    # A field a response gains without its schema fails the validation above only
+    # if its object refuses unlisted properties: each one does, or is a map keyed by
+    # data (jobs, statuses, filters) whose values all have one schema.
+    schemas = document_module.document()["components"]["schemas"]
+    found = list(_objects(schemas, "#/components/schemas"))
+    assert len(found) > 30
+    for where, schema in found:
+        if "properties" in schema:
+            assert schema.get("additionalProperties") is False, where
+            assert set(schema["required"]) <= set(schema["properties"]), where
+        else:
+            assert isinstance(schema.get("additionalProperties"), dict), where
+
+
+def test_a_field_added_to_a_nested_object_fails_validation(app: Flask, client: FlaskClient,
+                                                           world: Any,
+                                                           history: HistoryWorld) -> None:
+    spec = served_spec(client)
+    status = client.get("/api/status")
+    validate(spec, status)
+    body = status.get_json()
+    running = next(b for b in body["running"] if b["progress"] is not None)
+    running["progress"]["eta_seconds"] = 12  # a field the document does not list
+    forged = app.response_class(app.json.dumps(body), mimetype="application/json")
+    with pytest.raises(InvalidData):
+        validate(spec, TestResponse(forged.response, forged.status, forged.headers,
+                                    request=status.request))
