@@ -7,7 +7,8 @@ recheck), the newest of them queued (30) and running (5, their tempest step
 with live progress), 3 steps each, `--results` test results in all
 (the newest 20 finished builds carry a full 1,500-test tempest run, the
 others share the rest), 25 nodes in 5 lab sets (one offline, one drained),
-10,000 processed events. The indexes of test_results are dropped for the
+10,000 processed events; then their test flips through migration 0012's
+backfill (ci/test_flips.py). The indexes of test_results are dropped for the
 load and rebuilt after it. The seeded database is kept, with its scale in a
 marker row, and reused by the next run of the same scale (`--reseed` to
 start again, `--drop` to remove it afterwards).
@@ -56,6 +57,7 @@ from ci.models import (
     Patchset,
     TestResult,
 )
+from ci.test_flips import backfill
 from dashboard import create_app
 
 DATABASE = "hyperv_ci_bench_dashboard"
@@ -173,6 +175,10 @@ def seed(engine: Engine, world: World, logs_dir: Path) -> None:
         raw.close()
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
+    with engine.begin() as conn:
+        # The flips of the loaded history, by the rule and code migration 0012 uses.
+        print(f"{backfill(conn)} test flips", flush=True)
+        conn.execute(text("ANALYZE test_flips"))
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO listener_state (key, value) VALUES (:k, :v)"),
                      {"k": MARKER, "v": scale_key(world.builds, world.results)})
@@ -410,6 +416,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         print(f"database {args.database} already holds "
               f"{scale_key(args.builds, args.results)}")
+        # Seeded by an older schema: the migrations since (0012 writes its flips).
+        ensure_schema(engine)
 
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config({
