@@ -5,8 +5,9 @@ far below a Gerrit burst (bench/listener_throughput.py measures it). The
 writer hands over whole received chunks (`add_all`) and commits whenever the
 reader has nothing more buffered, so a quiet stream's one event is stored at
 once and batches grow only under load. Each line is decoded once and only
-what de-duplication needs is read of it (`listener.events.Peek`); rows go in
-with one SQLAlchemy Core executemany, not the ORM.
+what de-duplication needs is read of it (`listener.events.Peek`); the line's
+own bytes are what is stored, through the driver (listener/event_insert.py),
+with no Python object made per row on the way.
 It remembers recent events so a line Gerrit sends twice, or one that catch-up
 made up and the stream also delivered, is stored once; listener/stream.py
 feeds it from the stream and from catch-up.
@@ -19,16 +20,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+import orjson
+from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.db import transaction
 from ci.models import Event, utcnow
 from listener.catchup import same_comment
+from listener.event_insert import Received, insert_lines
 from listener.events import (
     CATCH_UP_SOURCE,
     ParseError,
@@ -37,9 +39,6 @@ from listener.events import (
     peek,
 )
 
-if TYPE_CHECKING:
-    import psycopg
-
 logger = logging.getLogger(__name__)
 
 # Gerrit and the CI host may disagree a little; beyond this a timestamp is suspect.
@@ -47,8 +46,6 @@ PLAUSIBLE_SKEW = 600
 # What a line that cannot be stored as it is becomes (the scheduler acknowledges it).
 INVALID_TYPE = "invalid"
 _MAX_RETRY_DELAY = 30.0
-# Executed on the connection (Core): the ORM never sees these rows.
-_INSERT_EVENTS = insert(Event)
 _CLOSING = frozenset({"change-abandoned", "change-merged", "change-restored"})
 
 StoreKey = tuple[object, ...]
@@ -61,7 +58,7 @@ class EventStore:
     the caller flushes whenever its input runs dry.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, batch_size: int = 1000,
+    def __init__(self, sessions: sessionmaker[Session], *, batch_size: int = 4000,
                  remember: int = 10000, on_flush: Callable[[int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sessions = sessions
@@ -69,7 +66,9 @@ class EventStore:
         self.remember = remember
         self.on_flush = on_flush
         self.clock = clock
-        self._rows: list[dict[str, Any]] = []
+        # What is buffered, as received; `_count` lines in all.
+        self._pending: list[Received] = []
+        self._count = 0
         self._retry_at = 0.0
         self._retry_delay = 0.0
         self.implausible = 0  # events whose Gerrit timestamp was far from our clock
@@ -97,7 +96,8 @@ class EventStore:
         for raw, _received in reversed(rows):
             data = decode(raw)
             if not isinstance(data, ParseError):
-                self._note(peek(data))
+                event = peek(data)
+                self._note(event, _store_key(event))
 
     def last_event_ts(self) -> int | None:
         """When, on this host's clock, the newest stored event was received (None: none).
@@ -124,8 +124,8 @@ class EventStore:
 
     def add(self, line: bytes | str) -> Peek | ParseError | None:
         """Buffer one raw line; returns what was read of it, or None for a duplicate."""
-        accepted = self._add(line, utcnow())
-        if len(self._rows) >= self.batch_size:
+        accepted = self._add(line, self._batch(utcnow()))
+        if self._count >= self.batch_size:
             self.flush()
         return accepted
 
@@ -133,39 +133,73 @@ class EventStore:
         """Buffer the lines of one received chunk (one receive time); returns the
         ones that were not duplicates. Commits a full batch on the way."""
         received = utcnow()
+        batch = self._batch(received)
         accepted = []
         for line in lines:
-            item = self._add(line, received)
+            item = self._add(line, batch)
             if item is not None:
                 accepted.append(item)
-            if len(self._rows) >= self.batch_size:
-                self.flush()
+                if self._count >= self.batch_size:
+                    self.flush()
+                    batch = self._batch(received)
         return accepted
 
-    def _add(self, line: bytes | str, received: datetime) -> Peek | ParseError | None:
-        data = decode(line)
-        if isinstance(data, ParseError):
-            item: Peek | ParseError = data
-            kind = INVALID_TYPE
+    def _batch(self, received: datetime) -> Received:
+        """Where lines received at `received` are buffered."""
+        pending = self._pending
+        if pending and pending[-1].at is received:
+            return pending[-1]
+        batch = Received(received)
+        pending.append(batch)
+        return batch
+
+    def _add(self, line: bytes | str, batch: Received) -> Peek | ParseError | None:
+        # The hot path: one orjson parse, the peek, the de-duplication memory.
+        if isinstance(line, str):
+            try:
+                raw = line.encode()
+            except UnicodeEncodeError as exc:  # a lone surrogate: not JSON, nor storable
+                return self._add_invalid(line, str(exc), batch)
         else:
-            item = peek(data)
-            key = _store_key(item)
-            if (key is not None and key in self._seen) or self._known_comment(item):
-                self.duplicates += 1
-                logger.debug("duplicate %s event dropped", item.type)
-                return None
-            self._note(item)
-            if item.source != CATCH_UP_SOURCE:
-                self._check_clock(item.created_on)
-            kind = item.type[:64]
-        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        if "\x00" in text:
-            # PostgreSQL refuses NUL in text, and one bad line must not stop
-            # every later one: kept as an invalid line with each NUL written
-            # `\x00` (a raw NUL is never valid JSON, and `\x` keeps it so).
-            text, kind = text.replace("\x00", "\\x00"), INVALID_TYPE
-        self._rows.append({"type": kind, "raw": text, "received_at": received})
+            raw = bytes(line)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return self._add_invalid(raw.decode("utf-8", "replace"), str(exc), batch)
+        if not isinstance(data, dict):
+            return self._add_invalid(raw.decode("utf-8", "replace"),
+                                     f"not a JSON object but {type(data).__name__}", batch)
+        item = peek(data)
+        key = _store_key(item)
+        if (key is not None and key in self._seen) or (
+                item.type == "comment-added" and self._known_comment(item)):
+            self.duplicates += 1
+            logger.debug("duplicate %s event dropped", item.type)
+            return None
+        self._note(item, key)
+        if item.source != CATCH_UP_SOURCE:
+            self._check_clock(item.created_on)
+        # Valid JSON is valid UTF-8 and has no NUL (orjson refuses both): the
+        # bytes are stored as they came.
+        batch.kinds.append(item.type[:64])
+        batch.raws.append(raw)
+        self._count += 1
         return item
+
+    def _add_invalid(self, text: str, error: str, batch: Received) -> ParseError:
+        """Buffer a line that is not a JSON object, typed invalid (the scheduler
+        acknowledges it): nothing Gerrit sent is silently lost."""
+        stored = text
+        if "\x00" in stored:
+            # PostgreSQL refuses NUL in text, and one bad line must not stop
+            # every later one: each NUL is written `\x00` (a raw NUL is never
+            # valid JSON, and `\x` keeps it so).
+            stored = stored.replace("\x00", "\\x00")
+        batch.kinds.append(INVALID_TYPE)
+        # A lone surrogate (from a str line) is written as its escape.
+        batch.raws.append(stored.encode("utf-8", "backslashreplace"))
+        self._count += 1
+        return ParseError(text, error)
 
     def _check_clock(self, created_on: int | None) -> None:
         """Log Gerrit timestamps that cannot be right (milliseconds, far from our clock);
@@ -212,8 +246,7 @@ class EventStore:
             (made_up or was_made_up) and same_comment(ts, event.created_on)
             for ts, was_made_up in self._comments.get(key, ()))
 
-    def _note(self, event: Peek) -> None:
-        key = _store_key(event)
+    def _note(self, event: Peek, key: StoreKey | None) -> None:
         if key is None:
             return  # not a change event: nothing to remember of it
         remember = self.remember
@@ -242,11 +275,11 @@ class EventStore:
     @property
     def pending(self) -> int:
         """Lines buffered, not yet committed."""
-        return len(self._rows)
+        return self._count
 
     def seconds_to_retry(self) -> float:
         """How long a failed flush still waits before the next attempt (0: none pending)."""
-        return max(0.0, self._retry_at - self.clock()) if self._rows else 0.0
+        return max(0.0, self._retry_at - self.clock()) if self._count else 0.0
 
     def flush(self) -> int:
         """Commit every buffered line in one transaction.
@@ -256,89 +289,72 @@ class EventStore:
         asks. A batch refused for its data (a value the database will not take)
         is stored line by line instead, the refused lines as invalid ones.
         """
-        if not self._rows or self.clock() < self._retry_at:
+        if not self._count:
+            self._pending.clear()  # a chunk of duplicates only leaves an empty batch
             return 0
-        rows = self._rows
+        if self.clock() < self._retry_at:
+            return 0
+        batches = [batch for batch in self._pending if batch.raws]
+        count = self._count
         try:
-            self._insert(rows)
+            self._insert(batches)
         except (OperationalError, InterfaceError):
             self._retry_delay = min(max(1.0, self._retry_delay * 2), _MAX_RETRY_DELAY)
             self._retry_at = self.clock() + self._retry_delay
-            logger.exception("storing %s events failed; retrying in %.0f s", len(rows),
+            logger.exception("storing %s events failed; retrying in %.0f s", count,
                              self._retry_delay)
             return 0
         except (SQLAlchemyError, ValueError):
-            # ValueError: the driver could not even encode a value (psycopg
-            # raises UnicodeEncodeError for a lone surrogate, unwrapped).
             logger.exception("a batch of %s events was refused; storing them one by one",
-                             len(rows))
-            if not self._insert_each(rows):
+                             count)
+            if not self._insert_each(batches):
                 self._retry_delay = min(max(1.0, self._retry_delay * 2), _MAX_RETRY_DELAY)
                 self._retry_at = self.clock() + self._retry_delay
                 return 0
-        self._rows = []
+        self._pending = []
+        self._count = 0
         self._retry_delay = 0.0
-        self._last_received = rows[-1]["received_at"]
+        self._last_received = batches[-1].at
         self.flushes += 1
-        self.stored += len(rows)
-        logger.debug("stored %s events", len(rows))
+        self.stored += count
+        logger.debug("stored %s events", count)
         if self.on_flush is not None:
-            self.on_flush(len(rows))
-        return len(rows)
+            self.on_flush(count)
+        return count
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
+    def _insert(self, batches: list[Received]) -> None:
         with transaction(self.sessions) as session:
-            connection = session.connection()
-            if connection.dialect.name == "postgresql":
-                _copy(connection, rows)
-            else:
-                # Core, one executemany: the ORM's per-row bookkeeping buys nothing here.
-                connection.execute(_INSERT_EVENTS, rows)
+            insert_lines(session.connection(), batches)
 
-    def _insert_each(self, rows: list[dict[str, Any]]) -> bool:
-        """Store rows one at a time, a refused one as an ASCII-escaped invalid line.
+    def _insert_each(self, batches: list[Received]) -> bool:
+        """Store lines one at a time, a refused one as an ASCII-escaped invalid line.
 
         False when the database itself failed meanwhile (what was stored stays
         stored and leaves the buffer; the rest is retried).
         """
-        for index, row in enumerate(rows):
+        rows = [(kind, raw, batch.at) for batch in batches
+                for kind, raw in zip(batch.kinds, batch.raws, strict=True)]
+        for index, (kind, raw, at) in enumerate(rows):
             try:
                 try:
-                    self._insert([row])
+                    self._insert([Received(at, [kind], [raw])])
                 except (OperationalError, InterfaceError):
                     raise
                 except (SQLAlchemyError, ValueError):
-                    safe = row["raw"].encode("ascii", "backslashreplace").decode("ascii")
+                    safe = raw.decode("utf-8", "backslashreplace").encode("ascii",
+                                                                           "backslashreplace")
                     logger.error("event line refused by the database; stored as invalid: %.200s",
-                                 safe)
-                    self._insert([{**row, "type": INVALID_TYPE, "raw": safe}])
+                                 safe.decode("ascii"))
+                    self._insert([Received(at, [INVALID_TYPE], [safe])])
             except (OperationalError, InterfaceError):
                 logger.exception("storing events failed")
-                self._rows = rows[index:]
+                self._pending = [Received(at, [kind], [raw]) for kind, raw, at in rows[index:]]
+                self._count = len(rows) - index
                 self.stored += index
                 return False
             except (SQLAlchemyError, ValueError):
                 logger.exception("an event line could not be stored even escaped; dropped")
         return True
-
-
-_COPY_EVENTS = "COPY events (type, raw, received_at) FROM STDIN"
-
-
-def _copy(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """The rows through PostgreSQL's COPY, in the session's transaction (about 1.5×
-    executemany's rate for these rows: bench/listener_throughput.py). psycopg's
-    own errors are raised as SQLAlchemy's, so `flush` tells an outage (retry the
-    batch later) from a refused value (store line by line) as for executemany."""
-    dbapi = connection.dialect.dbapi
-    raw = cast("psycopg.Connection[Any]", connection.connection.dbapi_connection)
-    assert dbapi is not None
-    try:
-        with raw.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-            for row in rows:
-                copy.write_row((row["type"], row["raw"], row["received_at"]))
-    except dbapi.Error as exc:
-        raise DBAPIError.instance(_COPY_EVENTS, None, exc, dbapi.Error) from exc
 
 
 def _store_key(event: Peek) -> StoreKey | None:

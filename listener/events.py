@@ -250,23 +250,57 @@ _ACTORS = ("author", "uploader", "abandoner", "submitter", "restorer")
 
 
 def _who(value: object) -> str:
-    data = _dict(value)
-    return _text(data.get("username")) or _text(data.get("name"))
+    if not isinstance(value, dict):
+        return ""
+    username = value.get("username")
+    if type(username) is not str:
+        username = _text(username)
+    if username:
+        return username
+    name = value.get("name")
+    return name if type(name) is str else _text(name)
 
 
 def peek(data: dict[str, Any]) -> Peek:
-    """The de-duplication and routing fields of a decoded line (see `Peek`)."""
-    kind = _text(data.get("type")) or "unknown"
-    source = _text(data.get("source")) or "stream"
-    created_on = _int(data.get("eventCreatedOn"))
+    """The de-duplication and routing fields of a decoded line (see `Peek`).
+
+    Every line of a burst comes through here, so the usual shapes (strings
+    and integers, Gerrit 2.14+) are taken as they are and only anything else
+    goes through the tolerant `_text` / `_int`; the results are the same.
+    """
+    get = data.get
+    kind = get("type")
+    if type(kind) is not str or not kind:
+        kind = _text(kind) or "unknown"
+    source = get("source")
+    if source is None:
+        source = "stream"
+    elif type(source) is not str or not source:
+        source = _text(source) or "stream"
+    created_on = get("eventCreatedOn")
+    if type(created_on) is not int:
+        created_on = _int(created_on)
     if kind == "dropped-output":
         return Peek(kind, created_on=created_on, source=source)
-    number = _int(_dict(data.get("change")).get("number"))
-    patchset = _int(_dict(data.get("patchSet")).get("number")) if number is not None else None
-    actor = next((_who(data[key]) for key in _ACTORS if key in data), "")
+    change = get("change")
+    number = change.get("number") if type(change) is dict else None
+    if type(number) is not int:
+        number = _int(number)
+    patchset = None
+    if number is not None:
+        ps = get("patchSet")
+        patchset = ps.get("number") if type(ps) is dict else None
+        if type(patchset) is not int:
+            patchset = _int(patchset)
+    actor = ""
+    for key in _ACTORS:
+        if key in data:
+            actor = _who(data[key])
+            break
     if kind == "comment-added":
-        return Peek(kind, number, patchset, created_on, actor, _who(data.get("author")),
-                    _text(data.get("comment")), source)
+        comment = get("comment")
+        return Peek(kind, number, patchset, created_on, actor, _who(get("author")),
+                    comment if type(comment) is str else _text(comment), source)
     return Peek(kind, number, patchset, created_on, actor, source=source)
 
 
