@@ -7,7 +7,10 @@ plugins, ML2 drivers and images (sim/devstack_node/stacking.py, rules.py),
 writes tempest's etc/tempest.conf, prints devstack-like progress, writes
 `logs/stack.sh.log` and per-service logs, and records the stack in
 `state/stacked.json`. Lab faults: `faults/stack` (fail with its text on
-stderr), `faults/stack-hang` (hang, for timeout tests).
+stderr), `faults/stack-hang` (hang, for timeout tests), `faults/stack-slow`
+(a number of seconds each clone and service start takes, so the live output
+can be watched; without it stack.sh takes no time of its own: a real one's
+20 minutes are not what the simulation is for).
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ def n_cpu_enabled(lines: list[str]) -> bool:
     return enabled
 
 
+def _seconds(text: str | None) -> float:
+    """A fault file's number of seconds (0 when unset or not a number)."""
+    try:
+        return max(0.0, float((text or "").strip() or 0))
+    except ValueError:
+        return 0.0
+
+
 def stack(node: Node) -> None:
     node.logs_dir.mkdir(parents=True, exist_ok=True)
     main_log = node.logs_dir / "stack.sh.log"
@@ -92,15 +103,16 @@ def stack(node: Node) -> None:
     say("Installing package prerequisites")
     state = prepare(node, lines, say)
     fault = node.fault("stack")
+    pace = _seconds(node.fault("stack-slow"))
     for project in ("keystone", "glance", "nova", "placement", "neutron", "tempest"):
         say(f"Cloning into '/opt/stack/{project}'...")
-        time.sleep(0.02)
+        time.sleep(pace)
     for service in SERVICES:
         say(f"Starting {service} — démarrage du service {service} (启动服务)")
         log(node.logs_dir / f"{service}.log", f"INFO {service} [-] Starting {service} service")
         if service == "q-svc":
             start_neutron(node, state, say)
-        time.sleep(0.02)
+        time.sleep(pace)
     if fault is not None:
         say("[ERROR] ./stack.sh:1234 Neutron did not start")
         die(fault or "stack.sh: scripted failure")

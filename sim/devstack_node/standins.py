@@ -1,6 +1,7 @@
 """System tools of the simulated controller that log collection reads:
-`journalctl` (the journal: no syslog file here), `rabbitmqctl status`,
-`ovs-vsctl show`, and `sudo` (runs its command: the sandbox has no root).
+`journalctl` (the journal: no syslog file here), `rabbitmq-diagnostics status`
+and `rabbitmqctl status`, `ovs-vsctl show`, and `sudo` (runs its command: the
+sandbox has no root).
 
 They live in the node's bin/ directory, which `source openrc` puts first on
 PATH, so the job's scripts find them as they find the real ones.
@@ -25,8 +26,11 @@ done
 exit 0
 """
 
+# RabbitMQ 3.8+ ships both tools, and `rabbitmq-diagnostics status` prints what
+# `rabbitmqctl status` does. Without this one, the host's own rabbitmq-diagnostics
+# (if installed) ran instead: an Erlang VM start of a second or so, for an error.
 RABBITMQCTL = """#!/bin/sh
-# rabbitmqctl stand-in (simulated controller): `status` as RabbitMQ 3.x prints it.
+# {tool} stand-in (simulated controller): `status` as RabbitMQ 3.x prints it.
 if [ "$1" = status ]; then
     cat <<'OUT'
 Status of node rabbit@devstack-1 ...
@@ -44,7 +48,7 @@ Interface: [::], port: 5672, protocol: amqp, purpose: AMQP 0-9-1 and AMQP 1.0
 OUT
     exit 0
 fi
-echo "rabbitmqctl stand-in: not modelled: $*" >&2
+echo "{tool} stand-in: not modelled: $*" >&2
 exit 64
 """
 
@@ -81,7 +85,9 @@ exit 1
 def install_standins(bin_dir: Path, logs_dir: Path) -> None:
     """Write the stand-ins into `bin_dir` (the node's bin/)."""
     scripts = {"sudo": SUDO, "journalctl": JOURNALCTL.replace("{logs}", shlex.quote(str(logs_dir))),
-               "rabbitmqctl": RABBITMQCTL, "ovs-vsctl": OVS_VSCTL}
+               "rabbitmqctl": RABBITMQCTL.replace("{tool}", "rabbitmqctl"),
+               "rabbitmq-diagnostics": RABBITMQCTL.replace("{tool}", "rabbitmq-diagnostics"),
+               "ovs-vsctl": OVS_VSCTL}
     for name, text in scripts.items():
         path = bin_dir / name
         path.write_text(text, encoding="utf-8")

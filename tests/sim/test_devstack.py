@@ -131,6 +131,20 @@ def test_openstack_lists_follow_the_lab_state(executor: SSHExecutor,
     assert [a["Alive"] for a in agents] == [True, False]
 
 
+def test_rabbitmq_tools_are_the_nodes_own(executor: SSHExecutor, node: DevstackNodePaths) -> None:
+    """Log collection asks `rabbitmq-diagnostics status` first: the controller answers
+    it, even with the system directories on PATH (a host's own RabbitMQ tools, when
+    installed, are not the simulated controller's)."""
+    script = ('source "$DEVSTACK_DIR/openrc" admin admin\n'
+              'PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"\n'
+              "for tool in rabbitmq-diagnostics rabbitmqctl; do\n"
+              '    command -v "$tool"; "$tool" status\ndone\n')
+    code, out, err = bash(executor, node, script)
+    assert code == 0, err
+    assert out.count(str(node.bin_dir) + "/rabbit") == 2
+    assert out.count("RabbitMQ version: 3.9.13") == 2
+
+
 def test_openstack_needs_openrc_and_a_stack(executor: SSHExecutor, node: DevstackNodePaths) -> None:
     code, _, err = bash(executor, node, '"$DEVSTACK_DIR/../bin/openstack" network agent list\n')
     assert code == 1 and "auth-url" in err
