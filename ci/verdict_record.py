@@ -10,6 +10,7 @@ vote's comment said.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,9 @@ from ci.verdict import (
     Verdict,
     VerdictInputs,
     classify,
-    recheck_flaky,
 )
 
 FLAKY = "flaky"
-PASSING = ("success", "xfail", FLAKY)
 
 
 def _match(session: Session, build: Build, config: Config,
@@ -88,10 +87,6 @@ def assess(session: Session, build: Build, config: Config) -> Assessment:
     # (the claim-to-result path has a budget).
     runs = _code_results(session, build)
     own = [r for r in runs if r.build_id == build.id]
-    earlier: dict[str, int] = {}
-    for run in runs:
-        if run.build_id != build.id and run.status in FAILING:
-            earlier[run.test_id] = run.build_id  # ordered by build: the newest wins
     failed = [t for t in own if t.status in FAILING]
     flaky = [t for t in own if t.status == FLAKY]
     flips = recorded(build, runs)
@@ -108,11 +103,21 @@ def assess(session: Session, build: Build, config: Config) -> Assessment:
         failed=[t.test_id for t in failed], flaky=[t.test_id for t in flaky], baseline=baseline,
         matches=matches, now=utcnow(),
         baseline_max_age=timedelta(hours=config.verdict.baseline_max_age_hours)))
-    # Read above: this build's results of every test that failed earlier.
-    passing = [t.test_id for t in own if t.status in PASSING]
-    assessment = Assessment(verdict, matches, tuple(recheck_flaky(earlier, passing)))
+    assessment = Assessment(verdict, matches, recovered_on_recheck(own, flips))
     _store(session, build, assessment, flips)
     return assessment
+
+
+def recovered_on_recheck(own: Sequence[Run], flips: Sequence[TestFlip]
+                         ) -> tuple[tuple[str, int], ...]:
+    """(test id, earlier build) of each test that failed in an earlier build of this
+    patchset and job and passes in this one: the comment's "flaky on recheck", read
+    from the flips this build adds (ci/test_history.flips_of, the dashboard's rule),
+    in this build's result order."""
+    order = {r.test_id: i for i, r in reversed(list(enumerate(own)))}
+    found = [(f.test_id, f.from_build_id) for f in flips
+             if f.kind == "recheck" and f.recovered and f.from_build_id is not None]
+    return tuple(sorted(found, key=lambda t: order.get(t[0], len(order))))
 
 
 def _store(session: Session, build: Build, assessment: Assessment,

@@ -8,6 +8,7 @@ at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import product
 
@@ -61,7 +62,8 @@ def make_config() -> Config:
 
 
 def record(session: Session, patchset: Patchset | None, job: str, state: BuildState,
-           finished: datetime, results: dict[str, str], config: Config) -> int:
+           finished: datetime, results: dict[str, str], config: Config,
+           comments: dict[int, tuple[tuple[str, int], ...]]) -> int:
     """A build finished with `results`, assessed in its own transaction as the worker's
     record path does (assess only for builds with a verdict, ci/report.py)."""
     build = Build(patchset=patchset, job=job, state=state, created_at=finished,
@@ -73,7 +75,7 @@ def record(session: Session, patchset: Patchset | None, job: str, state: BuildSt
                     for t, s in results.items())
     session.flush()
     if state in (BuildState.SUCCEEDED, BuildState.FAILED):
-        assess(session, build, config)
+        comments[build.id] = assess(session, build, config).recheck_flaky
     return build.id
 
 
@@ -84,9 +86,18 @@ def stored_flips(sessions: sessionmaker[Session]) -> set[tuple[object, ...]]:
                 for f in s.scalars(select(TestFlip))}
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """The builds by name, and what each assessment names as flaky on recheck."""
+
+    ids: dict[str, int]
+    comments: dict[int, tuple[tuple[str, int], ...]]
+
+
 @pytest.fixture
-def recorded(sessions: sessionmaker[Session]) -> dict[str, int]:
+def recorded(sessions: sessionmaker[Session]) -> Recorded:
     """a, b, b2 on one patchset and job; c another job; e an error; t a baseline build."""
+    comments: dict[int, tuple[tuple[str, int], ...]] = {}
     config = make_config()
     start = utcnow() - timedelta(days=3)
     hour = timedelta(hours=1)
@@ -108,13 +119,14 @@ def recorded(sessions: sessionmaker[Session]) -> dict[str, int]:
     ]:
         with sessions() as s, s.begin():
             patchset = None if name == "t" else s.get(Patchset, ps.id)
-            ids[name] = record(s, patchset, job, state, start + len(ids) * hour, results, config)
-    return ids
+            ids[name] = record(s, patchset, job, state, start + len(ids) * hour, results, config,
+                               comments)
+    return Recorded(ids, comments)
 
 
 def test_recording_builds_writes_their_flips(sessions: sessionmaker[Session],
-                                             recorded: dict[str, int]) -> None:
-    ids = recorded
+                                             recorded: Recorded) -> None:
+    ids = recorded.ids
     flips = stored_flips(sessions)
     pairs = {(t, frm, to, kind) for t, to, frm, _ps, _job, kind, *_ in flips}
     assert pairs == {
@@ -134,8 +146,19 @@ def test_recording_builds_writes_their_flips(sessions: sessionmaker[Session],
         assert verdict["explanations"][1]["reason"] == "flaky: passed on re-run"
 
 
+def test_the_comment_names_the_recoveries_the_build_adds(sessions: sessionmaker[Session],
+                                                         recorded: Recorded) -> None:
+    # The vote comment's "flaky on recheck" is the same rule: the fail -> pass flips
+    # this build adds, with the build that failed.
+    ids, said = recorded.ids, recorded.comments
+    assert said[ids["a"]] == () and said[ids["c"]] == ()
+    assert said[ids["b"]] == ((X, ids["a"]),)
+    assert said[ids["b2"]] == ((Y, ids["b"]),)  # e's pass is an error's: not compared
+    assert said[ids["t"]] == ()  # a baseline is compared with nothing
+
+
 def test_the_backfill_writes_what_recording_wrote(sessions: sessionmaker[Session],
-                                                  recorded: dict[str, int]) -> None:
+                                                  recorded: Recorded) -> None:
     written = stored_flips(sessions)
     with sessions() as s, s.begin():
         s.execute(delete(TestFlip))
@@ -144,9 +167,9 @@ def test_the_backfill_writes_what_recording_wrote(sessions: sessionmaker[Session
 
 
 def test_a_window_counts_the_flips_of_its_own_builds(sessions: sessionmaker[Session],
-                                                     recorded: dict[str, int]) -> None:
+                                                     recorded: Recorded) -> None:
     with sessions() as s:
-        a_finished = s.get(Build, recorded["a"])
+        a_finished = s.get(Build, recorded.ids["a"])
         assert a_finished is not None and a_finished.finished_at is not None
         # Without a: X passed (b) then failed (b2): not flaky there; Y failed (b) then
         # passed (b2; e is an error, not compared): one flip; the baseline's re-run.
