@@ -28,14 +28,16 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from bench.pg import create_database, database_url, drop_database
 from bench.results import record
-from ci.config import parse_config
+from ci.config import Config, parse_config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
+from ci.models import Build
 from ci.test_flips import backfill
+from ci.verdict_record import assess
 from dashboard import create_app
 
 TEST_IDS = 1500
@@ -160,6 +162,31 @@ def measure(client: object, path: str, repeat: int) -> tuple[float, float]:
     return statistics.median(times), p95
 
 
+def time_assess(engine: Engine, config: Config, builds: int) -> dict[str, float]:
+    """The verdict's part of the record transaction (ci/verdict_record.assess: its one
+    read of the build's and its patchset's results, the flips it adds) on the newest
+    finished builds, each rolled back."""
+    sessions = make_sessionmaker(engine)
+    with sessions() as s:
+        ids = list(s.scalars(select(Build.id).where(Build.state.in_(("succeeded", "failed")))
+                            .order_by(Build.id.desc()).limit(builds)))
+    times = []
+    for build_id in ids:
+        with sessions() as s:
+            build = s.get(Build, build_id)
+            assert build is not None
+            start = time.perf_counter()
+            assess(s, build, config)
+            times.append((time.perf_counter() - start) * 1000)
+            s.rollback()
+    times.sort()
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    print(f"\nassess (record path) over {len(times)} builds: p50 "
+          f"{statistics.median(times):.1f} ms, p95 {p95:.1f} ms")
+    return {"history.assess_p50_ms": round(statistics.median(times), 2),
+            "history.assess_p95_ms": round(p95, 2)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--builds", type=int, default=100_000)
@@ -253,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"{key:28} {p50:8.1f} {p95:8.1f}   {path}")
             figures[f"history.{key}_p95_ms"] = round(p95, 1)
         figures["history.page_p95_ms_max"] = max(figures.values())
+        figures.update(time_assess(engine, config, args.repeat))
         figures["history.seeded_builds"] = args.builds
         figures["history.seeded_results_per_build"] = args.results
     engine.dispose()

@@ -65,8 +65,11 @@ def _code_results(session: Session, build: Build) -> list[Run]:
             or_(Build.id == build.id, and_(Build.id < build.id, Build.finished_at.is_not(None))))
         failed_tests = select(TestResult.test_id).where(TestResult.build_id.in_(code),
                                                         TestResult.status.in_(FAILING))
-        where = or_(own, and_(TestResult.build_id.in_(code),
-                              TestResult.test_id.in_(failed_tests)))
+        # build_id IN (a few builds) at the top: the results are read per build on
+        # its index, never all of them (an OR around it would scan the table).
+        where = and_(TestResult.build_id.in_(code), or_(
+            TestResult.test_id.in_(failed_tests),
+            and_(TestResult.build_id == build.id, TestResult.status == FLAKY)))
     rows = session.execute(select(TestResult.build_id, TestResult.test_id, TestResult.status,
                                   TestResult.details, Build.finished_at, Build.state)
                            .join(Build, Build.id == TestResult.build_id).where(where)
