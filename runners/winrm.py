@@ -21,7 +21,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,6 +61,12 @@ DEFAULT_SCRIPTS_DIR = "C:\\OpenStack\\hyperv-ci\\scripts"
 PUT_CHUNK_BYTES = 48 * 1024  # raw bytes per Send: ~64 KiB of base64, well inside MaxEnvelopeSize
 TRANSFER_TIMEOUT = 900.0
 EXIT_NOT_FOUND = 2  # the get helper's exit code for a missing file
+# A shell's Delete keeps the authenticated HTTP connection for the next command
+# (pywinrm's close_shell drops it by default: a new NTLM handshake, two more round
+# trips, for every script and file). Only this long after the last use: HTTP.sys
+# closes idle connections after 120 s, and a sealed NTLM session cannot carry on
+# over a new connection, so a longer gap starts a new session first.
+SESSION_IDLE = 30.0
 # Longest Receive (whole seconds, WinRM's minimum) while a caller's `should_stop`
 # is to be honoured: the node holds a quiet Receive up to OperationTimeout (20 s).
 STOP_POLL = 1
@@ -159,6 +165,7 @@ class WinRMExecutor:
         except (WinRMError, ValueError) as exc:
             raise ExecutorError(f"{node.name}: cannot set up WinRM: {exc}") from None
         self._lock = threading.RLock()
+        self._last_used: float | None = None  # monotonic time the session last answered
 
     # -- the Executor interface --
     def run_powershell(
@@ -207,8 +214,14 @@ class WinRMExecutor:
 
     def put(self, data: bytes, remote_path: str) -> None:
         """Write `data` to `remote_path` on the node (binary-safe, chunked, parents created)."""
+        self.put_many([(data, remote_path)])
+
+    def put_many(self, files: Sequence[tuple[bytes, str]]) -> None:
+        """Write each `(data, remote_path)` as `put` does, all through one shell."""
+        deadline = time.monotonic() + TRANSFER_TIMEOUT
         with self._lock, self._shell() as shell_id:
-            self._put_in_shell(shell_id, data, remote_path, time.monotonic() + TRANSFER_TIMEOUT)
+            for data, remote_path in files:
+                self._put_in_shell(shell_id, data, remote_path, deadline)
 
     def get(self, remote_path: str, local_path: Path) -> None:
         """Copy `remote_path` from the node to `local_path` (FileNotFoundError if it is absent)."""
@@ -241,8 +254,10 @@ class WinRMExecutor:
         partial.replace(local_path)
 
     def close(self) -> None:
-        """Drop the HTTP connection pool (shells are closed after every command)."""
-        self._protocol.transport.close_session()
+        """Drop the HTTP session (shells are closed after every command)."""
+        with self._lock:
+            self._protocol.transport.close_session()
+            self._last_used = None
 
     # -- internals --
     def _run_staged(
@@ -302,7 +317,20 @@ class WinRMExecutor:
 
     @contextmanager
     def _shell(self) -> Iterator[str]:
-        shell_id = self._call(self._protocol.open_shell, codepage=65001, noprofile=True)
+        last = self._last_used
+        reused = last is not None and time.monotonic() - last <= SESSION_IDLE
+        if last is not None and not reused:
+            self._protocol.transport.close_session()  # idle too long: authenticate anew
+        try:
+            shell_id = self._call(self._protocol.open_shell, codepage=65001, noprofile=True)
+        except ExecutorError as exc:
+            if not reused:
+                raise
+            # The kept connection was gone (the node restarted WinRM, a proxy dropped
+            # it): `_call` dropped the session, so this Create authenticates anew.
+            logger.info("%s: kept WinRM session failed (%s); opening a new one",
+                        self.node_name, exc)
+            shell_id = self._call(self._protocol.open_shell, codepage=65001, noprofile=True)
         try:
             yield shell_id
         finally:
@@ -318,10 +346,12 @@ class WinRMExecutor:
         """
         for attempt in (1, 2):
             try:
-                self._protocol.close_shell(shell_id)
+                self._protocol.close_shell(shell_id, close_session=False)
+                self._last_used = time.monotonic()
                 return
             except _TRANSPORT_ERRORS as exc:
                 self._protocol.transport.close_session()
+                self._last_used = None
                 if attempt == 2:
                     # The node may be gone; its shell dies with it or at its idle timeout.
                     logger.warning("%s: could not close shell %s: %s", self.node_name,

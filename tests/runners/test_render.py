@@ -153,6 +153,24 @@ def test_environment_is_strict() -> None:
     assert text == "'it'\"'\"'s' 'it''s'\n"
 
 
+def test_templates_are_compiled_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build renders its files twice and each provisioning script once per node:
+    the shared environment reads and compiles a template the first time only."""
+    render()  # whatever this process compiled already
+    loads: list[str] = []
+    original = jinja2.FileSystemLoader.get_source
+
+    def counted(self: jinja2.FileSystemLoader, env: jinja2.Environment, name: str) -> Any:
+        loads.append(name)
+        return original(self, env, name)
+
+    monkeypatch.setattr(jinja2.FileSystemLoader, "get_source", counted)
+    first, second = render(), render(change=make_change(revision="b" * 40))
+    assert loads == []
+    assert make_environment() is make_environment()
+    assert first["hv-1-install.ps1"] != "" and "b" * 40 in "".join(second[n] for n in second)
+
+
 def test_ini_filter_escapes_oslo_interpolation() -> None:
     env = make_environment()
     text = env.from_string("password = {{ a | ini }}\n").render(a="ab$cd${x}$$")

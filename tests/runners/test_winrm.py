@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ci.config import NodeConfig
+from runners import winrm as winrm_module
 from runners.base import CommandAborted, CommandTimeout, ExecutorError
 from runners.winrm import (
     WinRMExecutor,
@@ -393,3 +394,28 @@ def test_helpers() -> None:
     )
     assert clixml_to_text(clixml) == "Zoë <x> a_x0041_b\n"
     assert clixml_to_text("plain error\r\n") == "plain error\r\n"
+
+
+def test_commands_share_one_authenticated_session(
+    sim: Node, executor: WinRMExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shell's Delete keeps the HTTP session: one NTLM logon for a node's
+    back-to-back scripts and files, a new one after an idle gap or a dropped link."""
+    ntlm = sim.transport == "ntlm"
+    assert executor.run_powershell("# hyperv-ci-step: probe\n", timeout=10).ok
+    executor.put_many([(b"one", "C:\\hyperv-ci\\a.txt"),
+                       ("deux é".encode(), "C:\\hyperv-ci\\b.txt")])
+    assert executor.run_powershell("# hyperv-ci-step: probe\n", timeout=10).ok
+    assert sim.stats["Create"] == 3
+    assert sim.stats["ntlm"] == (1 if ntlm else 0)
+    assert sim.model.read_file("C:\\hyperv-ci\\b.txt") == "deux é".encode()
+    assert sim._httpd is not None
+    sim._httpd.reset_connections()  # the kept connection is gone
+    assert executor.run_powershell("# hyperv-ci-step: probe\n", timeout=10).ok
+    # requests_ntlm logs on by itself on the new connection, but a sealed session
+    # cannot move to it (the node answers 400): the executor starts a new session.
+    assert sim.stats["ntlm"] == (3 if ntlm else 0)
+    monkeypatch.setattr(winrm_module, "SESSION_IDLE", 0.0)  # every gap is too long now
+    assert executor.run_powershell("# hyperv-ci-step: probe\n", timeout=10).ok
+    assert sim.stats["ntlm"] == (4 if ntlm else 0)
+    assert sim.stats["Create"] == 5  # the refused Create never reached the shell service
