@@ -12,11 +12,13 @@ so a build is never run twice and a finished build never changes again.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -148,6 +150,22 @@ def request_abort(session: Session, build_id: int, why: str = "aborted by an ope
 Reserver = Callable[[Session, Build], bool]
 
 
+_BUILDS = cast(Table, Build.__table__)
+# Statements the claim and the record run for every build, built once: building
+# and hashing a statement costs a worker more CPU than the database spends
+# running it, and a reused statement keeps its cache key. The SET columns of
+# the UPDATEs are the parameters' keys.
+_CLAIM = update(_BUILDS).where(_BUILDS.c.id == bindparam("claimed_id"),
+                               _BUILDS.c.state == BuildState.QUEUED)
+_FINISH = update(_BUILDS).where(_BUILDS.c.id == bindparam("finished_id"),
+                                _BUILDS.c.worker == bindparam("finished_by"),
+                                _BUILDS.c.state == BuildState.RUNNING)
+_WITH_CHANGE = (select(Build).options(joinedload(Build.patchset).joinedload(Patchset.change))
+                .execution_options(populate_existing=True))
+_BUILD_WITH_CHANGE = _WITH_CHANGE.where(Build.id == bindparam("build_id"))
+_COLUMNS = frozenset(_BUILDS.c.keys())
+
+
 def claim_next(
     session: Session,
     worker: str,
@@ -167,14 +185,7 @@ def claim_next(
     claiming UPDATE (the worker's log location): claim and start are one
     UPDATE in the caller's transaction.
     """
-    query = (
-        select(Build)
-        .options(joinedload(Build.patchset).joinedload(Patchset.change))
-        .where(Build.state == BuildState.QUEUED).order_by(Build.id)
-    )
-    if jobs is not None:
-        query = query.where(Build.job.in_(jobs))
-    for build in _candidates(session, query, scan):
+    for build in _candidates(session, jobs, scan):
         if reserve is not None and not reserve(session, build):
             continue
         now = utcnow()
@@ -183,11 +194,11 @@ def claim_next(
             "lease_expires_at": now + timedelta(seconds=lease_seconds),
             **(claim_values(build) if claim_values is not None else {}),
         }
-        result = session.execute(
-            update(Build)
-            .where(Build.id == build.id, Build.state == BuildState.QUEUED)
-            .values(values)
-        )
+        if not values.keys() <= _COLUMNS:  # a parameter that is no column would be ignored
+            raise ValueError(f"not columns of builds: {sorted(values.keys() - _COLUMNS)}")
+        # Core, not ORM: the ORM's UPDATE would search the session for the row
+        # to synchronise; the values are set on `build` below.
+        result = session.execute(_CLAIM, {"claimed_id": build.id, **values})
         if rows_changed(result) == 1:
             # What the UPDATE wrote, without reading the row back.
             for key, value in values.items():
@@ -197,24 +208,40 @@ def claim_next(
     return None
 
 
-def _candidates(session: Session, query: Select[Build], scan: int) -> Iterator[Build]:
-    """Up to `scan` queued builds, oldest first.
+@functools.cache
+def _queued(*, by_job: bool, excluding: bool, locked: bool) -> Select[Build]:
+    """The queued builds, oldest first, with their patchset and change: one shape
+    per combination of filters (the values are parameters)."""
+    query = _WITH_CHANGE.where(Build.state == BuildState.QUEUED).order_by(Build.id)
+    if by_job:
+        query = query.where(Build.job.in_(bindparam("jobs", expanding=True)))
+    if excluding:
+        query = query.where(Build.id.not_in(bindparam("tried", expanding=True)))
+    if locked:
+        # OF builds: the patchset and change rows are read, not locked (and a
+        # baseline build's missing patchset is the nullable side of the join).
+        query = query.limit(1).with_for_update(skip_locked=True, of=Build)
+    return query
+
+
+def _candidates(session: Session, jobs: Sequence[str] | None, scan: int) -> Iterator[Build]:
+    """Up to `scan` queued builds (of `jobs`, if given), oldest first.
 
     On PostgreSQL each is locked (SKIP LOCKED) only when it is reached, one
     SELECT at a time: a row lock is a write to the row, and a claim usually
     takes the first candidate, so locking `scan` rows up front costs every
-    claim that many writes and hides them from the other workers. OF builds:
-    the patchset and change rows are read, not locked (and a baseline build's
-    missing patchset is the nullable side of the join).
+    claim that many writes and hides them from the other workers.
     """
+    params: dict[str, object] = {} if jobs is None else {"jobs": list(jobs)}
+    by_job = jobs is not None
     if session.get_bind().dialect.name != "postgresql":
-        yield from session.scalars(query.limit(scan))
+        query = _queued(by_job=by_job, excluding=False, locked=False).limit(scan)
+        yield from session.scalars(query, params)
         return
     tried: list[int] = []
     while len(tried) < scan:
-        following = query.where(Build.id.not_in(tried)) if tried else query
-        build = session.scalars(following.limit(1).with_for_update(skip_locked=True, of=Build)
-                                ).first()
+        query = _queued(by_job=by_job, excluding=bool(tried), locked=True)
+        build = session.scalars(query, {**params, "tried": tried} if tried else params).first()
         if build is None:
             return
         tried.append(build.id)
@@ -241,19 +268,19 @@ def finish(
     *,
     log_url: str | None = None,
     log_path: str | None = None,
+    tested_commit: str | None = None,
 ) -> Build | None:
-    """Record a running build's result; None if it was superseded/aborted meanwhile."""
+    """Record a running build's result (and the commit it tested, when the job
+    said); None if it was superseded/aborted meanwhile."""
     if not state.finished:
         raise ValueError(f"{state} is not a final state")
-    result = session.execute(
-        update(Build)
-        .where(Build.id == build_id, Build.worker == worker, Build.state == BuildState.RUNNING)
-        .values(state=state, summary=summary, finished_at=utcnow(), log_url=log_url,
-                log_path=log_path, lease_expires_at=None)
-    )
+    session.flush()  # a Core statement does not autoflush: pending changes go first
+    result = session.execute(_FINISH, {
+        "finished_id": build_id, "finished_by": worker, "state": state, "summary": summary,
+        "finished_at": utcnow(), "log_url": log_url, "log_path": log_path,
+        "lease_expires_at": None, "tested_commit": tested_commit})
     # With its patchset and change in the same SELECT: the report needs them.
-    build = session.get(Build, build_id, populate_existing=True, options=[
-        joinedload(Build.patchset).joinedload(Patchset.change)])
+    build = session.scalars(_BUILD_WITH_CHANGE, {"build_id": build_id}).first()
     if rows_changed(result) != 1:
         logger.info("build %s finished as %s but is %s: result dropped", build_id, state,
                     build.state if build else "gone")

@@ -328,14 +328,16 @@ class Worker:
         state = OUTCOME_STATES[result.outcome]
         redact = make_redactor(self.config.secrets())
         with self.sessions() as session, session.begin():
+            # The tested commit in the finishing UPDATE: set on the loaded build
+            # it would be one more UPDATE, and a flush before every later SELECT.
             build = queue.finish(session, build_id, self.name, state, redact(result.summary),
-                                 log_url=log_url, log_path=log_path)
+                                 log_url=log_url, log_path=log_path,
+                                 tested_commit=result.tested_commit)
             if claimed.node_names:
                 release(session, build_id, failed_nodes)
                 announce(session, BUILDS)  # a build waiting for these nodes can start
             if build is None:
                 return  # superseded or aborted while running: no result, no vote
-            build.tested_commit = result.tested_commit
             if result.tests:
                 # One executemany (no ids read back): 1,500 tests are one statement.
                 session.execute(insert(TestResult),

@@ -34,14 +34,16 @@ MAX_COMMITS = 3
 class NoopRunner(Runner[None]):
     """A job that runs nothing and reports `tests` (a no-op job)."""
 
-    def __init__(self, tests: list[TestOutcome]) -> None:
+    def __init__(self, tests: list[TestOutcome], tested_commit: str | None = None) -> None:
         self.tests = tests
+        self.tested_commit = tested_commit
 
     def prepare(self, ctx: BuildContext) -> None:
         return None
 
     def run(self, ctx: BuildContext, prepared: None) -> JobResult:
-        return JobResult(Outcome.SUCCEEDED, "nothing to do", list(self.tests))
+        return JobResult(Outcome.SUCCEEDED, "nothing to do", list(self.tests),
+                         tested_commit=self.tested_commit)
 
 
 @dataclass
@@ -134,3 +136,28 @@ def test_claim_to_recorded_result_costs_at_most_8_statements_and_3_commits(
     listing = "\n".join(counts.statements)
     assert len(counts.statements) <= MAX_STATEMENTS, listing
     assert counts.commits <= MAX_COMMITS, listing
+
+
+def test_the_tested_commit_costs_no_statement_of_its_own(
+    engine: Engine, sessions: sessionmaker[Session], tmp_path: Path,
+) -> None:
+    """The job's tested commit (a merge, a baseline's tip) is written by the
+    finishing UPDATE, not by an UPDATE of its own flushed before the verdict's SELECT."""
+    config = make_config(tmp_path)
+    hub = Wakeup()
+    install(sessions, hub)
+    hub.waiter(REPORTS)
+    counted = []
+    for number, commit in ((602, None), (603, "c0ffee" * 6 + "ab12")):
+        build_id = enqueue(sessions, number)
+        worker = Worker(config, sessions, name="w1",
+                        runner_factory=lambda _c, _j, commit=commit: NoopRunner([], commit))
+        with counting(engine) as counts:
+            assert worker.run_once()
+        counted.append(counts.statements)
+        with sessions() as session:
+            build = session.get(Build, build_id)
+            assert build is not None and build.state == BuildState.SUCCEEDED
+            assert build.tested_commit == commit
+    without, with_commit = counted
+    assert len(with_commit) == len(without), "\n".join(with_commit)
