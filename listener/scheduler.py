@@ -35,8 +35,9 @@ from ci.changes import ChangeInfo
 from ci.config import Config
 from ci.db import transaction
 from ci.errors import HypervCIError, TransientError
-from ci.models import Build, Change, Event, Patchset, utcnow
-from ci.queue import ACTIVE, abort_change, enqueue, request_abort, upsert_patchset
+from ci.models import Change, Event, utcnow
+from ci.queue import abort_change
+from ci.queue_batch import QueueRequest, queue_requests
 from listener.events import (
     ChangeAbandoned,
     ChangeEvent,
@@ -67,6 +68,10 @@ class _Ready:
 
 # Events acted on in one transaction at most (see Scheduler._act).
 GROUP_SIZE = 100
+
+# What a handler returns: the event's outcome, or the builds it asks for (their
+# outcome is known once the group's requests are queued together).
+Outcome = str | QueueRequest
 
 
 @dataclass
@@ -220,16 +225,44 @@ class Scheduler:
             rows = {row.id: row for row in session.scalars(
                 select(Event).where(Event.id.in_([r.event_id for r in group]))
                 .with_for_update())}
-            outcomes: list[str | None] = []
-            for ready in group:
-                row = rows.get(ready.event_id)
-                if row is None or row.processed_at is not None:
-                    outcomes.append(None)
-                    continue
-                outcome = self._handler(ready.event)(session, ready.event, ready.target)
-                row.processed_at = utcnow()
+            return self._act_in(session, group, rows)
+
+    def _act_in(self, session: Session, group: list[_Ready],
+                rows: dict[int, Event]) -> list[str | None]:
+        """Run the group's handlers in order and record each outcome on its event row
+        (None: already processed). The builds the uploads and rechecks ask for are
+        queued together (ci.queue_batch), in a few statements whatever their number;
+        an event of a change with requests pending sends them first, so it sees
+        what they wrote (an abandon after its upload aborts the upload's build)."""
+        outcomes: list[str | None] = [None] * len(group)
+        pending: list[tuple[int, QueueRequest]] = []
+
+        def send() -> None:
+            done = queue_requests(session, [request for _i, request in pending])
+            for (index, _request), outcome in zip(pending, done, strict=True):
+                outcomes[index] = outcome
+            pending.clear()
+
+        for index, ready in enumerate(group):
+            row = rows.get(ready.event_id)
+            if row is None or row.processed_at is not None:
+                continue
+            if pending and ready.number is not None and any(
+                    request.info.number == ready.number for _i, request in pending):
+                send()
+            result = self._handler(ready.event)(session, ready.event, ready.target)
+            if isinstance(result, QueueRequest):
+                pending.append((index, result))
+            else:
+                outcomes[index] = result
+        if pending:
+            send()
+        now = utcnow()
+        for ready, outcome in zip(group, outcomes, strict=True):
+            if outcome is not None:
+                row = rows[ready.event_id]
+                row.processed_at = now
                 row.outcome = outcome[:500]
-                outcomes.append(outcome)
         return outcomes
 
     def process(self, event_id: int, event: Parsed) -> bool:
@@ -244,15 +277,14 @@ class Scheduler:
         return self._act_alone(event_id, event, target)
 
     def _act_alone(self, event_id: int, event: Parsed, target: Target) -> bool:
-        handler = self._handler(event)
+        number = event.number if isinstance(event, ChangeEvent) else None
         try:
             with transaction(self.sessions) as session:
                 row = session.get(Event, event_id, with_for_update=True)
                 if row is None or row.processed_at is not None:
                     return True
-                outcome = handler(session, event, target)
-                row.processed_at = utcnow()
-                row.outcome = outcome[:500]
+                (outcome,) = self._act_in(session, [_Ready(event_id, event, target, number)],
+                                          {event_id: row})
         except Exception as exc:
             return self._failure(event_id, event, exc, "storing its outcome failed")
         self._retry.pop(event_id, None)
@@ -297,7 +329,7 @@ class Scheduler:
         self.failed += 1
         return True
 
-    def _handler(self, event: Parsed) -> Callable[[Session, Any, Target], str]:
+    def _handler(self, event: Parsed) -> Callable[[Session, Any, Target], Outcome]:
         """Dispatch by type name: `patchset-created` → `on_patchset_created`."""
         if isinstance(event, ParseError):
             return self.on_invalid
@@ -308,18 +340,19 @@ class Scheduler:
     # -- step 2: the handlers, each inside the event's transaction -----------------------------
 
     def on_patchset_created(self, session: Session, event: PatchsetCreated,
-                            target: Target) -> str:
+                            target: Target) -> Outcome:
         """Queue every job whose project, branch and files match."""
         if target.info is None:
             return target.note
-        return self._enqueue(session, target.info,
+        return self._request(target.info,
                              "catch-up" if event.source == "catch-up" else "patchset-created")
 
-    def on_comment_added(self, session: Session, event: CommentAdded, target: Target) -> str:
+    def on_comment_added(self, session: Session, event: CommentAdded,
+                         target: Target) -> Outcome:
         """A recheck queues the matching jobs again."""
         if target.info is None:
             return target.note
-        return self._enqueue(session, target.info, "recheck")
+        return self._request(target.info, "recheck")
 
     def on_change_abandoned(self, session: Session, event: ChangeAbandoned,
                             target: Target) -> str:
@@ -348,34 +381,10 @@ class Scheduler:
         """A stored line that is not JSON: kept for inspection, acknowledged."""
         return f"ignored: not a JSON object ({event.error})"
 
-    def _enqueue(self, session: Session, info: ChangeInfo, reason: str) -> str:
-        patchset = upsert_patchset(session, info)
-        jobs = jobs_for(self.config, info, info.files)
-        if not jobs:
-            stopped = self._stop_older(session, info)
-            extra = f"; stopped {stopped} build(s) of older patchsets" if stopped else ""
-            return "no job matches the changed files" + extra
-        if reason != "recheck":
-            # An upload is built once: a duplicate (a catch-up racing the
-            # stream) must not rebuild a patchset whose build already finished.
-            built = set(session.scalars(select(Build.job).where(Build.patchset_id == patchset.id)))
-            if built.issuperset(jobs):
-                return f"already built: {', '.join(jobs)}"
-            jobs = [job for job in jobs if job not in built]
-        queued = [job for job in jobs if enqueue(session, patchset, job, reason) is not None]
-        if not queued:
-            return f"already queued or outdated: {', '.join(jobs)}"
-        return f"queued {', '.join(queued)} for {info.number},{info.patchset} ({reason})"
-
-    def _stop_older(self, session: Session, info: ChangeInfo) -> int:
-        """A new patchset that no longer touches watched files still ends older runs."""
-        builds = session.scalars(
-            select(Build.id).join(Patchset).join(Change)
-            .where(Change.number == info.number, Patchset.number < info.patchset,
-                   Build.state.in_(ACTIVE))
-        ).all()
-        why = f"superseded by patchset {info.patchset} (no watched files changed)"
-        return sum(request_abort(session, build_id, why) for build_id in builds)
+    def _request(self, info: ChangeInfo, reason: str) -> QueueRequest:
+        """The builds to queue, decided from the event (the filters) and the database
+        (ci.queue_batch, together with the rest of the group)."""
+        return QueueRequest(info, tuple(jobs_for(self.config, info, info.files)), reason)
 
     def _close(self, session: Session, event: ChangeEvent, status: str, why: str) -> str:
         if event.number is None:
