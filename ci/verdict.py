@@ -24,7 +24,7 @@ two builds, so passing once does not clear a failure of another merge).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -130,14 +130,6 @@ def vote_for_failure(verdict: Verdict, policy: ExplainedPolicy) -> int | None:
     if not verdict.failures_explained:
         return -1
     return 0 if policy == "zero" else None
-
-
-def recheck_flaky(earlier_failures: Mapping[str, int], now_passing: Sequence[str]) -> list[
-        tuple[str, int]]:
-    """(test id, earlier build) for each test that failed in an earlier build of this
-    patchset and job and passed in this one."""
-    return [(test_id, earlier_failures[test_id]) for test_id in dict.fromkeys(now_passing)
-            if test_id in earlier_failures]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from ci.verdict import (
     VerdictInputs,
     classify,
     format_assessment,
-    recheck_flaky,
     vote_for_failure,
 )
 
@@ -90,10 +89,6 @@ def test_flaky_tests_are_listed_and_never_count() -> None:
 def test_a_failed_build_without_a_failed_test_is_not_explained() -> None:
     verdict = classify(VerdictInputs(failed=[], now=NOW))
     assert vote_for_failure(verdict, "zero") == -1
-
-
-def test_recheck_flaky_names_tests_that_failed_before_and_pass_now() -> None:
-    assert recheck_flaky({RESIZE: 4, LIST: 5}, [LIST, UNICODE]) == [(LIST, 5)]
 
 
 def test_the_comment_names_each_explained_failure_and_keeps_the_ciwatch_line() -> None:
