@@ -14,7 +14,9 @@ Steps, each a recorded build step with its own log:
    passes is flaky, not failed. No test run at all, or no tempest, is an error.
 6. collect-logs (in `collect`): controller tree → `controller/`, each Windows node's
    archive → `<node>/`, the rendered files → `rendered/` (the worker redacts secrets).
-7. cleanup (in `cleanup`): every node, whatever happened; nodes that fail it are returned.
+7. cleanup (in `cleanup`): every static node, whatever happened; nodes that fail it are
+   returned. A provisioned node is skipped: the worker turns its VM off, and the next
+   build reverts it to its clean checkpoint (runners/provision.py).
 
 Anything the CI is to blame for (node unreachable, script failed, timeout)
 ends the build as ERROR: retried, never a -1. So does an abort (superseded,
@@ -300,11 +302,11 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
     def _compute(self, build: PreparedBuild, merged: PreparedChange, step: StepHandle,
                  node: str) -> None:
         executor = build.winrm[node]
+        files = [(merged.bundle.read_bytes(), build.rendered.path(node, "bundle"))]
+        files += [(item.payload(), item.remote_path) for item in build.rendered.node_files(node)
+                  if item.kind != "script"]
         with self._watch(node):
-            executor.put(merged.bundle.read_bytes(), build.rendered.path(node, "bundle"))
-            for item in build.rendered.node_files(node):
-                if item.kind != "script":
-                    executor.put(item.payload(), item.remote_path)
+            executor.put_many(files)  # one shell for all of them
         timeout = self.job.command_timeout
         self._ps(build, step, node, "install.ps1", timeout)
         self._ps(build, step, node, "configure-services.ps1", timeout)
@@ -393,6 +395,12 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
             return failed
 
         def clean(node: NodeConfig) -> None:
+            if node.provisioned:
+                # As recovery does (runners/recovery.py): its VM is turned off next and
+                # reverted before its next build, which undoes whatever cleanup would.
+                ctx.steps.skip("cleanup", node.name, "provisioned: turned off and reverted "
+                               "to its clean checkpoint before the next build")
+                return
             try:
                 with ctx.steps.step("cleanup", node.name) as step:
                     if node.label == "hyperv":

@@ -132,6 +132,9 @@ class SimVM:
     guest: Guest
     state: str = "Running"  # Hyper-V's VMState: Off, Running, Saved, ...
     checkpoints: dict[str, Any] = field(default_factory=dict)
+    # One operation at a time on this VM; other VMs' run alongside, as on Hyper-V
+    # (the parent reverts a build's nodes at once).
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def turn_off(self) -> None:
         if self.state != "Off":
@@ -172,6 +175,10 @@ class ParentHostModel(HyperVHost):
             out.err(f'Get-VM : Hyper-V was unable to find a virtual machine with name "{name}".')
         return vm
 
+    def _find_vm(self, script: str, out: FaultyConsole) -> SimVM | None:
+        with self._vm_lock:  # the VM table; each VM's own lock covers what is done to it
+            return self._vm(script, out)
+
     def _checkpoint(self, vm: SimVM, script: str, out: FaultyConsole) -> Any:
         """Get-VMSnapshot -VMName -Name: an unknown checkpoint is an error, before
         Restore-VMSnapshot changes anything (Get-VMSnapshot.md, Restore-VMSnapshot.md
@@ -183,10 +190,10 @@ class ParentHostModel(HyperVHost):
         return state
 
     def _revert(self, script: str, out: FaultyConsole) -> int:
-        with self._vm_lock:
-            vm = self._vm(script, out)
-            if vm is None:
-                return 1
+        vm = self._find_vm(script, out)
+        if vm is None:
+            return 1
+        with vm.lock:
             state = self._checkpoint(vm, script, out)
             if state is None:
                 return 1
@@ -200,19 +207,21 @@ class ParentHostModel(HyperVHost):
         return 0
 
     def _power_off(self, script: str, out: FaultyConsole) -> int:
-        with self._vm_lock:
-            vm = self._vm(script, out)
-            if vm is None:
-                return 1
+        vm = self._find_vm(script, out)
+        if vm is None:
+            return 1
+        with vm.lock:
             vm.turn_off()
             self.operations.append(("power-off", vm.name))
         out.line(f"VM {vm.name} is off")
         return 0
 
     def _status(self, script: str, out: FaultyConsole) -> int:
-        with self._vm_lock:
-            vm = self._vm(script, out)
-            if vm is None or self._checkpoint(vm, script, out) is None:
+        vm = self._find_vm(script, out)
+        if vm is None:
+            return 1
+        with vm.lock:
+            if self._checkpoint(vm, script, out) is None:
                 return 1
         out.line(f"VM {vm.name} is {vm.state}; checkpoint "
                  f"{script_parameters(script).get('checkpoint', '')} present")

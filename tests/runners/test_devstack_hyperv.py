@@ -47,7 +47,7 @@ def gerrit(tmp_path: Path) -> GerritState:
 
 
 def make_config(lab: SimLab, gerrit: GerritState, **job: Any) -> Config:
-    data = {
+    data: dict[str, Any] = {
         "gerrit": {"host": "127.0.0.1", "username": "ci", "key_file": "/nonexistent/key",
                    "known_hosts": "/nonexistent/known_hosts",
                    "git_url": gerrit.root.resolve().as_uri() + "/git/{project}.git"},
@@ -58,6 +58,8 @@ def make_config(lab: SimLab, gerrit: GerritState, **job: Any) -> Config:
             "tempest": {"concurrency": 2, "timeout": 120}, **job}},
         "nodes": lab.node_configs(),
     }
+    if lab.parent is not None:
+        data["parent_hosts"] = lab.parent_host_configs()
     return parse_config(data)
 
 
@@ -725,3 +727,49 @@ def test_a_local_conf_devstack_refuses_is_a_ci_error(
     assert message in step_log(out, devstack)
     assert step(rows, "tempest").state == StepState.SKIPPED
     assert_cleaned_everywhere(rows)
+
+
+def test_a_provisioned_lab_is_turned_off_not_cleaned(
+        gerrit: GerritState, tmp_path: Path, sqlite_sessions: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoint nodes skip the job's cleanup: power-off and the next build's revert
+    discard what the build left (as recovery treats them), so cleanup.sh's unstack and
+    cleanup.ps1 would only delay the vote."""
+    monkeypatch.setenv(WINRM_PASSWORD_ENV, "winrm-Secret-123")
+    monkeypatch.setenv(ADMIN_PASSWORD_ENV, "admin-Secret-456")
+    monkeypatch.setenv(SERVICE_PASSWORD_ENV, "service-Secret-789")
+    with SimLab(tmp_path / "lab", hyperv_nodes=2, use_sshd=True, provisioned=True,
+                lab_sets=1) as lab:
+        config = make_config(lab, gerrit)
+        assert all(n.provisioned for n in config.nodes)
+        change = push(gerrit, {"nova/virt/hyperv/vmops.py": "# Zoë\n"})
+        out, powered_off = run_provisioned_build(config, change, sqlite_sessions, tmp_path)
+        assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
+        rows = steps_of(sqlite_sessions, out.ctx.build_id)
+        cleanup = [r for r in rows if r.name == "cleanup"]
+        assert sorted(r.node or "" for r in cleanup) == ["devstack-1", "hv-1", "hv-2"]
+        assert all(r.state == StepState.SKIPPED for r in cleanup)
+        assert all("provisioned" in r.message for r in cleanup)
+        for server in lab.winrm.values():
+            assert "cleanup" not in [name for _n, name, _t in server.scripts]
+        assert powered_off == [] and out.failed_nodes == []
+        assert lab.parent is not None
+        assert {lab.parent.vm(n).state for n in ("hv-1", "hv-2", "devstack-1")} == {"Off"}
+
+
+def run_provisioned_build(config: Config, change: ChangeInfo,
+                          sessions: sessionmaker[Session],
+                          tmp_path: Path) -> tuple[BuildRun, list[str]]:
+    """As the worker runs a build on checkpoint nodes: provision, the job, power-off."""
+    from runners.provision import power_off_build, provision_build
+
+    original = DevstackHypervRunner.prepare
+
+    def prepare(self: DevstackHypervRunner, ctx: BuildContext) -> object:
+        provision_build(ctx, sessions, answer_timeout=30)
+        return original(self, ctx)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DevstackHypervRunner, "prepare", prepare)
+        out = run_build(config, change, sessions, tmp_path)
+    return out, power_off_build(out.ctx, out.failed_nodes)
