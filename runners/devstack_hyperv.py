@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TypeVar
 
 from ci.config import ConfigError, DevstackHypervJob, NodeConfig
@@ -59,6 +59,7 @@ from runners.devstack_build import (
     last_line,
 )
 from runners.job_values import job_secrets
+from runners.log_archive import extract_tar
 from runners.merger import MergeConflict, PreparedChange, expand_git_url, prepare_change
 from runners.render import RenderedJob, RenderError, render_job
 from runners.ssh import SSHExecutor
@@ -367,11 +368,13 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
             logger.warning("build %s: log collection incomplete: %s", ctx.build_id, exc)
 
     def _collect_controller(self, ctx: BuildContext, build: PreparedBuild) -> None:
-        staging = PurePosixPath(build.rendered.path(build.controller.name, "staging"))
         with ctx.steps.step("collect-logs", build.controller.name) as step:
             self._sh(build, step, "collect-logs.sh", self.job.command_timeout)
-            files = build.ssh.get_tree(str(staging / "logs"), ctx.log_dir / "controller")
-            step.log(f"fetched {len(files)} files")
+            # The script's archive, in one download (not the tree file by file).
+            archive = build.workdir / "controller-logs.tar.gz"
+            build.ssh.get(build.rendered.path(build.controller.name, "logs"), archive)
+            count = extract_tar(archive, ctx.log_dir / "controller")
+            step.log(f"fetched {count} files")
 
     def _collect_windows(self, ctx: BuildContext, build: PreparedBuild, node: str) -> None:
         if node in self.dead:
