@@ -78,7 +78,8 @@ def _dbapi_error(connection: Connection) -> type[Exception]:
 def _sqlite(connection: Connection, batches: Sequence[Received]) -> None:
     # received_at exactly as SQLAlchemy would write it (through UTCDateTime),
     # worked out once per received chunk rather than once per row.
-    stamp = Event.__table__.c.received_at.type.bind_processor(connection.dialect)
+    dialect = connection.dialect
+    stamp = Event.__table__.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
 
     def rows() -> Iterator[tuple[str, bytes, Any]]:
         for batch in batches:
