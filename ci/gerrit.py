@@ -31,6 +31,7 @@ import paramiko
 from ci.config import GerritConfig
 from ci.errors import HypervCIError, PermanentError, TransientError
 from ci.preflight import known_hosts_name
+from ci.quickack import open_connection
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,9 @@ class GerritClient:
 
     # -- connections --------------------------------------------------------------------------
 
-    def connect(self) -> paramiko.SSHClient:
-        """A new authenticated SSH connection (the host key checked against known_hosts).
+    def connect(self, *, quick_ack: bool = False) -> paramiko.SSHClient:
+        """A new authenticated SSH connection (the host key checked against known_hosts);
+        `quick_ack` for one that commands' answers come back on (ci/quickack.py).
 
         Raises GerritRefused when known_hosts or the key cannot be used or the
         server refuses them, GerritError when it cannot be reached.
@@ -159,10 +161,12 @@ class GerritClient:
         client = paramiko.SSHClient()
         try:
             _trust(client, cfg)
+            sock = (open_connection(cfg.host, cfg.port, self.timeout) if quick_ack
+                    else None)
             client.connect(cfg.host, port=cfg.port, username=cfg.username,
                            key_filename=str(cfg.key_file), allow_agent=False,
                            look_for_keys=False, timeout=self.timeout,
-                           banner_timeout=self.timeout, auth_timeout=self.timeout)
+                           banner_timeout=self.timeout, auth_timeout=self.timeout, sock=sock)
         except GerritRefused:
             client.close()
             raise
@@ -199,7 +203,7 @@ class GerritClient:
             if transport is None or not transport.is_active():
                 if self._client is not None:
                     self._client.close()
-                self._client = self.connect()
+                self._client = self.connect(quick_ack=True)
                 transport = self._client.get_transport()
             assert transport is not None
             return transport
