@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.goals import GOALS
@@ -27,8 +29,49 @@ from bench.results import RESULTS
 BENCH = Path(__file__).parent
 # Listener and catch-up first: their figures are the least disturbed by what ran before.
 FIRST = ("listener_throughput", "latency", "catchup")
-# A benchmark running longer than this is stopped, so `make bench` ends.
-TIMEOUT = 900
+# `make bench` ends within 15 minutes: after this many seconds (the rest is for pip
+# and the table) the benchmark running is stopped and the ones after it are not run.
+TOTAL_BUDGET = 840
+# Each benchmark's time on this 2-core machine from a fresh one (dashboard seeds the
+# database history measures too), with headroom; a benchmark over it is reported, one
+# over twice its budget is stopped, so one slow benchmark cannot starve the others.
+BUDGETS = {
+    "listener_throughput": 120, "latency": 40, "catchup": 55, "claims": 40,
+    "dashboard": 240, "demo_latency": 90, "history": 60, "lab_check": 12, "login": 45,
+    "overhead": 40, "provision": 10, "signatures": 10, "subunit_store": 10,
+    "winrm_transfer": 15,
+}
+DEFAULT_BUDGET = 60  # a benchmark added without a budget of its own
+
+
+@dataclass(frozen=True)
+class Ran:
+    """One benchmark's run: how long it took against its budget, and how it ended."""
+
+    name: str
+    seconds: float
+    budget: float
+    status: int | None  # None: not run (no time left); -1: stopped for its time
+
+    def line(self) -> str:
+        if self.status is None:
+            return (f"bench.{self.name:<22}       -    (budget {self.budget:.0f} s)"
+                    "  not run: out of time")
+        note = "" if self.seconds <= self.budget else "  OVER BUDGET"
+        if self.status == -1:
+            note += "  stopped for its time"
+        elif self.status != 0:
+            note += f"  (exit status {self.status})"
+        return f"bench.{self.name:<22} {self.seconds:7.1f} s  (budget {self.budget:.0f} s){note}"
+
+
+def budget_of(name: str) -> float:
+    return BUDGETS.get(name, DEFAULT_BUDGET)
+
+
+def time_allowed(name: str, elapsed: float, total: float = TOTAL_BUDGET) -> float:
+    """Seconds `name` may run once `elapsed` of the whole run is spent (0: do not start it)."""
+    return max(0.0, min(2 * budget_of(name), total - elapsed))
 
 
 def benchmarks() -> list[str]:
@@ -38,24 +81,33 @@ def benchmarks() -> list[str]:
     return [name for name in FIRST if name in found] + [n for n in found if n not in FIRST]
 
 
-def run(names: list[str]) -> list[tuple[str, float, int]]:
-    """Run each benchmark (`python -m bench.NAME`); returns (name, seconds, exit status)."""
+def command(name: str) -> list[str]:
+    return [sys.executable, "-m", f"bench.{name}"]
+
+
+def run(names: list[str], *, total: float = TOTAL_BUDGET,
+        command: Callable[[str], list[str]] = command) -> list[Ran]:
+    """Run each benchmark (`python -m bench.NAME`) within its time and the whole run's."""
     done = []
+    started = time.monotonic()
     for name in names:
-        print(f"\n=== bench.{name} ===", flush=True)
-        started = time.monotonic()
+        allowed = time_allowed(name, time.monotonic() - started, total)
+        if allowed <= 0:
+            done.append(Ran(name, 0.0, budget_of(name), None))
+            continue
+        print(f"\n=== bench.{name} (budget {budget_of(name):.0f} s) ===", flush=True)
+        began = time.monotonic()
         # A session of its own: a benchmark stopped for its time takes the
         # processes it started (simulated servers, readers) with it.
-        proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}"], cwd=BENCH.parent,
-                                start_new_session=True)
+        proc = subprocess.Popen(command(name), cwd=BENCH.parent, start_new_session=True)
         try:
-            status = proc.wait(timeout=TIMEOUT)
+            status = proc.wait(timeout=allowed)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            print(f"bench.{name} stopped after {TIMEOUT} s", flush=True)
+            print(f"bench.{name} stopped after {allowed:.0f} s", flush=True)
             status = -1
-        done.append((name, time.monotonic() - started, status))
+        done.append(Ran(name, time.monotonic() - began, budget_of(name), status))
     return done
 
 
@@ -90,18 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         started = time.monotonic()
         ran = run(args.only or benchmarks())
-        print("\n" + "\n".join(f"bench.{name:<22} {seconds:7.1f} s"
-                               + ("" if status == 0 else f"  (exit status {status})")
-                               for name, seconds, status in ran))
-        print(f"all benchmarks: {time.monotonic() - started:.0f} s")
-        failed = [name for name, _s, status in ran if status != 0]
+        print("\n" + "\n".join(r.line() for r in ran))
+        print(f"all benchmarks: {time.monotonic() - started:.0f} s "
+              f"(budget {TOTAL_BUDGET} s; their budgets add up to "
+              f"{sum(r.budget for r in ran):.0f} s)")
+        failed = [r.name for r in ran if r.status != 0]
     try:
         results = json.loads(args.results.read_text(encoding="utf-8"))
     except FileNotFoundError:
         results = {}
     print("\n" + table(results, markdown=args.markdown))
     if failed:
-        print(f"\nfailed: {', '.join(failed)}")
+        print(f"\nfailed or not run: {', '.join(failed)}")
     return 1 if failed else 0
 
 
