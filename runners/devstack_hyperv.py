@@ -89,6 +89,14 @@ class _Stop(Exception):
         self.result = result
 
 
+def _connect_quietly(executor: SSHExecutor | WinRMExecutor) -> None:
+    try:
+        executor.connect()
+    except ExecutorError as exc:
+        logger.debug("connecting to %s ahead of its first command failed: %s",
+                     executor.node_name, exc)
+
+
 class DevstackHypervRunner(Runner[PreparedBuild]):
     """One build of the devstack-hyperv job (a fresh instance per build)."""
 
@@ -246,8 +254,16 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
 
     def _run(self, ctx: BuildContext, prepared: PreparedBuild) -> JobResult:
         controller = prepared.controller.name
-        merged = self._step(ctx, "prepare-change", WORKER,
-                            lambda step: self._prepare_change(ctx, prepared.workdir, step))
+        # The nodes' connections are set up while the worker merges (an SSH handshake,
+        # an NTLM logon per Windows node); a failure there is the first command's to report.
+        with ThreadPoolExecutor(max_workers=1 + len(prepared.winrm),
+                                thread_name_prefix="connect") as connecting:
+            executors: list[SSHExecutor | WinRMExecutor] = [prepared.ssh,
+                                                             *prepared.winrm.values()]
+            for executor in executors:
+                connecting.submit(_connect_quietly, executor)
+            merged = self._step(ctx, "prepare-change", WORKER,
+                                lambda step: self._prepare_change(ctx, prepared.workdir, step))
         self.merged = merged
         # Every command from here on stops when the build is aborted.
         build = dataclasses.replace(prepared, rendered=self._render(ctx, merged.merge_commit),

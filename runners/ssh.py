@@ -122,6 +122,10 @@ class SSHExecutor:
             logger.debug("connected to %s", self._where())
             return transport
 
+    def connect(self) -> None:
+        """Connect now rather than at the first command (ExecutorError if it cannot)."""
+        self._transport()
+
     def _open_channel(self) -> paramiko.Channel:
         # A connection can look alive until the first request fails: retry once.
         for attempt in (1, 2):

@@ -253,6 +253,13 @@ class WinRMExecutor:
             )
         partial.replace(local_path)
 
+    def connect(self) -> None:
+        """Authenticate now rather than at the first command (ExecutorError if it cannot):
+        with NTLM over http, pywinrm sets up the sealed session with an empty message."""
+        with self._lock:
+            self._call(self._protocol.transport.build_session)
+            self._last_used = time.monotonic()
+
     def close(self) -> None:
         """Drop the HTTP session (shells are closed after every command)."""
         with self._lock:

@@ -773,3 +773,39 @@ def run_provisioned_build(config: Config, change: ChangeInfo,
         patch.setattr(DevstackHypervRunner, "prepare", prepare)
         out = run_build(config, change, sessions, tmp_path)
     return out, power_off_build(out.ctx, out.failed_nodes)
+
+
+def test_the_nodes_are_connected_while_the_change_merges(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SSH handshake and each node's WinRM logon happen alongside prepare-change:
+    the merge here goes on only once all three are connected."""
+    from runners import devstack_hyperv
+    from runners.ssh import SSHExecutor
+    from runners.winrm import WinRMExecutor
+
+    connected: list[str] = []
+    lock, all_connected = threading.Lock(), threading.Event()
+
+    def recording(original: Callable[[Any], None]) -> Callable[[Any], None]:
+        def connect(self: Any) -> None:
+            original(self)
+            with lock:
+                connected.append(self.node_name)
+                if len(connected) == 3:
+                    all_connected.set()
+        return connect
+
+    monkeypatch.setattr(SSHExecutor, "connect", recording(SSHExecutor.connect))
+    monkeypatch.setattr(WinRMExecutor, "connect", recording(WinRMExecutor.connect))
+    merge = devstack_hyperv.prepare_change
+
+    def prepare_change(*args: Any, **kwargs: Any) -> Any:
+        assert all_connected.wait(60), connected  # a synchronisation, not a time limit
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(devstack_hyperv, "prepare_change", prepare_change)
+    out = run_build(make_config(lab, gerrit), push(gerrit, {"nova/virt/hyperv/vmops.py": "#\n"}),
+                    sqlite_sessions, tmp_path)
+    assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
+    assert sorted(connected) == ["devstack-1", "hv-1", "hv-2"]

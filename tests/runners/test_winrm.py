@@ -402,6 +402,8 @@ def test_commands_share_one_authenticated_session(
     """Each shell's Delete keeps the HTTP session: one NTLM logon for a node's
     back-to-back scripts and files, a new one after an idle gap or a dropped link."""
     ntlm = sim.transport == "ntlm"
+    executor.connect()  # logs on now (NTLM: pywinrm's empty sealed-session message)
+    assert sim.stats["ntlm"] == (1 if ntlm else 0) and sim.stats["Create"] == 0
     assert executor.run_powershell("# hyperv-ci-step: probe\n", timeout=10).ok
     executor.put_many([(b"one", "C:\\hyperv-ci\\a.txt"),
                        ("deux é".encode(), "C:\\hyperv-ci\\b.txt")])
