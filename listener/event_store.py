@@ -16,11 +16,12 @@ feeds it from the stream and from catch-up.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import orjson
 from sqlalchemy import select
@@ -51,6 +52,16 @@ _CLOSING = frozenset({"change-abandoned", "change-merged", "change-restored"})
 StoreKey = tuple[object, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One received chunk, read: the lines to store, what was read of each, and
+    whether Gerrit said it dropped events (the listener then catches up)."""
+
+    lines: Received
+    events: list[Peek | ParseError]
+    dropped_output: bool
+
+
 class EventStore:
     """Buffers raw lines and writes them to `events` one transaction per batch.
 
@@ -73,6 +84,8 @@ class EventStore:
         self._retry_delay = 0.0
         self.implausible = 0  # events whose Gerrit timestamp was far from our clock
         self._skew_logged_at = 0.0
+        # The de-duplication memory below, read and written by both threads.
+        self._lock = threading.Lock()
         self._seen: OrderedDict[StoreKey, None] = OrderedDict()
         self._patchsets: OrderedDict[tuple[int, int], None] = OrderedDict()
         # (change, author, text) -> [(timestamp, made up by catch-up)] of comment-added.
@@ -93,11 +106,13 @@ class EventStore:
                                    .order_by(Event.id.desc()).limit(self.remember)).all()
         if rows:
             self._last_received = rows[0][1]
-        for raw, _received in reversed(rows):
-            data = decode(raw)
-            if not isinstance(data, ParseError):
-                event = peek(data)
-                self._note(event, _store_key(event))
+        with self._lock:
+            for raw, _received in reversed(rows):
+                data = decode(raw)
+                if not isinstance(data, ParseError):
+                    event = peek(data)
+                    if (key := _store_key(event)) is not None:
+                        self._note(event, key)
 
     def last_event_ts(self) -> int | None:
         """When, on this host's clock, the newest stored event was received (None: none).
@@ -124,25 +139,47 @@ class EventStore:
 
     def add(self, line: bytes | str) -> Peek | ParseError | None:
         """Buffer one raw line; returns what was read of it, or None for a duplicate."""
-        accepted = self._add(line, self._batch(utcnow()))
-        if self._count >= self.batch_size:
-            self.flush()
+        with self._lock:
+            accepted = self._add(line, self._batch(utcnow()))
+        if accepted is not None:
+            self._count += 1
+            if self._count >= self.batch_size:
+                self.flush()
         return accepted
 
     def add_all(self, lines: Iterable[bytes | str]) -> list[Peek | ParseError]:
         """Buffer the lines of one received chunk (one receive time); returns the
         ones that were not duplicates. Commits a full batch on the way."""
-        received = utcnow()
-        batch = self._batch(received)
-        accepted = []
-        for line in lines:
-            item = self._add(line, batch)
-            if item is not None:
-                accepted.append(item)
-                if self._count >= self.batch_size:
-                    self.flush()
-                    batch = self._batch(received)
-        return accepted
+        chunk = self.read_chunk(lines)
+        self.take(chunk)
+        return chunk.events
+
+    def read_chunk(self, lines: Iterable[bytes | str]) -> Chunk:
+        """Read and de-duplicate one received chunk without buffering it; `take`
+        buffers it. Thread-safe: the listener's reader thread reads chunks while
+        its writer commits the previous ones (SQLite and the commit run outside
+        the interpreter lock, so the two overlap on two cores)."""
+        lines_read = Received(utcnow())
+        with self._lock:
+            events = [item for line in lines
+                      if (item := self._add(line, lines_read)) is not None]
+        return Chunk(lines_read, events,
+                     any(event.type == "dropped-output" for event in events))
+
+    def take(self, chunk: Chunk) -> None:
+        """Buffer a chunk `read_chunk` read, committing each full batch on the way."""
+        lines, start = chunk.lines, 0
+        while start < len(lines):
+            room = self.batch_size - self._count
+            # No room left only while flushes fail: buffer the rest until one works.
+            end = len(lines) if room <= 0 else min(len(lines), start + room)
+            part = lines if start == 0 and end == len(lines) else Received(
+                lines.at, lines.kinds[start:end], lines.raws[start:end])
+            self._pending.append(part)
+            self._count += end - start
+            start = end
+            if self._count >= self.batch_size:
+                self.flush()
 
     def _batch(self, received: datetime) -> Received:
         """Where lines received at `received` are buffered."""
@@ -154,7 +191,8 @@ class EventStore:
         return batch
 
     def _add(self, line: bytes | str, batch: Received) -> Peek | ParseError | None:
-        # The hot path: one orjson parse, the peek, the de-duplication memory.
+        # The hot path: one orjson parse, the peek, the de-duplication memory
+        # (under `_lock`); the line joins `batch` unless it is a duplicate.
         if isinstance(line, str):
             try:
                 raw = line.encode()
@@ -176,14 +214,16 @@ class EventStore:
             self.duplicates += 1
             logger.debug("duplicate %s event dropped", item.type)
             return None
-        self._note(item, key)
-        if item.source != CATCH_UP_SOURCE:
-            self._check_clock(item.created_on)
+        if key is not None:
+            self._note(item, key)
+        created_on = item.created_on
+        if created_on is not None and abs(created_on - time.time()) > PLAUSIBLE_SKEW \
+                and item.source != CATCH_UP_SOURCE:
+            self._implausible(created_on)
         # Valid JSON is valid UTF-8 and has no NUL (orjson refuses both): the
         # bytes are stored as they came.
         batch.kinds.append(item.type[:64])
         batch.raws.append(raw)
-        self._count += 1
         return item
 
     def _add_invalid(self, text: str, error: str, batch: Received) -> ParseError:
@@ -198,17 +238,12 @@ class EventStore:
         batch.kinds.append(INVALID_TYPE)
         # A lone surrogate (from a str line) is written as its escape.
         batch.raws.append(stored.encode("utf-8", "backslashreplace"))
-        self._count += 1
         return ParseError(text, error)
 
-    def _check_clock(self, created_on: int | None) -> None:
+    def _implausible(self, created_on: int) -> None:
         """Log Gerrit timestamps that cannot be right (milliseconds, far from our clock);
         they are never used for the catch-up window, only reported."""
-        if created_on is None:
-            return
         skew = created_on - time.time()
-        if abs(skew) <= PLAUSIBLE_SKEW:
-            return
         self.implausible += 1
         now = self.clock()
         if now - self._skew_logged_at >= 600 or self.implausible == 1:
@@ -218,16 +253,19 @@ class EventStore:
                            created_on, skew, self.implausible)
 
     def seen_patchset(self, change: int, patchset: int) -> bool:
-        """A patchset-created for it was stored (or is buffered) recently."""
-        return (change, patchset) in self._patchsets
+        """A patchset-created for it was stored (or is buffered, or read) recently."""
+        with self._lock:
+            return (change, patchset) in self._patchsets
 
     def seen_change(self, change: int) -> bool:
-        """Some event of the change was stored (or is buffered) recently."""
-        return change in self._changes
+        """Some event of the change was stored (or is buffered, or read) recently."""
+        with self._lock:
+            return change in self._changes
 
     def last_status_event(self, change: int) -> str | None:
         """The type of the change's newest remembered abandoned/merged/restored event."""
-        return self._changes.get(change)
+        with self._lock:
+            return self._changes.get(change)
 
     @staticmethod
     def _comment_key(event: Peek) -> tuple[int, str, str] | None:
@@ -246,31 +284,39 @@ class EventStore:
             (made_up or was_made_up) and same_comment(ts, event.created_on)
             for ts, was_made_up in self._comments.get(key, ()))
 
-    def _note(self, event: Peek, key: StoreKey | None) -> None:
-        if key is None:
-            return  # not a change event: nothing to remember of it
+    def _note(self, event: Peek, key: StoreKey) -> None:
+        # Once a line: each memory grows by one entry at most, so one pop bounds it.
         remember = self.remember
-        self._seen[key] = None
-        if len(self._seen) > remember:
-            _bound(self._seen, remember)
+        seen = self._seen
+        seen[key] = None
+        if len(seen) > remember:
+            seen.popitem(last=False)
         number = event.number
         assert number is not None  # a store key names the change
-        if event.type == "patchset-created" and event.patchset is not None:
-            self._patchsets[(number, event.patchset)] = None
-            if len(self._patchsets) > remember:
-                _bound(self._patchsets, remember)
-        if event.type == "comment-added" and event.created_on is not None:
+        kind = event.type
+        if kind == "patchset-created" and event.patchset is not None:
+            patchsets = self._patchsets
+            patchsets[(number, event.patchset)] = None
+            if len(patchsets) > remember:
+                patchsets.popitem(last=False)
+        elif kind == "comment-added" and event.created_on is not None:
             comment = (number, event.author, event.comment.strip())
-            self._comments.setdefault(comment, []).append(
+            comments = self._comments
+            comments.setdefault(comment, []).append(
                 (event.created_on, event.source == CATCH_UP_SOURCE))
-            self._comments.move_to_end(comment)
-            if len(self._comments) > remember:
-                _bound(self._comments, remember)
-        status = event.type if event.type in _CLOSING else None
-        self._changes[number] = status or self._changes.get(number)
-        self._changes.move_to_end(number)
-        if len(self._changes) > remember:
-            _bound(self._changes, remember)
+            comments.move_to_end(comment)
+            if len(comments) > remember:
+                comments.popitem(last=False)
+        changes = self._changes
+        if kind in _CLOSING:
+            changes[number] = kind
+            changes.move_to_end(number)
+        elif number in changes:
+            changes.move_to_end(number)
+        else:
+            changes[number] = None
+        if len(changes) > remember:
+            changes.popitem(last=False)
 
     @property
     def pending(self) -> int:
@@ -365,9 +411,3 @@ def _store_key(event: Peek) -> StoreKey | None:
         return None
     key = (event.type, event.number, event.patchset, event.created_on, event.actor)
     return (*key, event.comment) if event.type == "comment-added" else key
-
-
-def _bound(memory: OrderedDict[Any, Any], size: int) -> None:
-    """Forget the oldest entries beyond `size`."""
-    while len(memory) > size:
-        memory.popitem(last=False)

@@ -4,8 +4,10 @@ Kept thin on purpose, as Zuul's Gerrit driver keeps its reader: read a line, dec
 only what de-duplication needs, drop duplicates, store it; deciding what to
 build (and the full typed parse) is the scheduler's job. A reader thread
 follows `gerrit stream-events` (reconnecting with backoff 1 s → 60 s; the
-client's keepalive and silence watchdog end a dead stream) and hands each
-received chunk of lines through a bounded queue to the writer. The writer
+client's keepalive and silence watchdog end a dead stream), reads and
+de-duplicates each received chunk of lines (`EventStore.read_chunk`: the
+parsing overlaps the writer's inserts and commits, which run outside the
+interpreter lock) and hands it through a bounded queue to the writer. The writer
 takes whatever is queued and commits as soon as the queue is empty: a quiet
 stream's one event is committed at once, with no fixed window, and under
 load the batches grow by themselves (up to the store's batch size). One
@@ -46,7 +48,7 @@ from listener.catchup import (
     synthetic_comments,
     synthetic_patchset_created,
 )
-from listener.event_store import PLAUSIBLE_SKEW, EventStore
+from listener.event_store import PLAUSIBLE_SKEW, Chunk, EventStore
 from listener.events import (
     ChangeAbandoned,
     ChangeEvent,
@@ -147,8 +149,8 @@ class Listener:
             if item is _ENDED:
                 reader.join()
                 return
-            if isinstance(item, list):
-                self.store.add_all(item)
+            if isinstance(item, Chunk):
+                self.store.take(item)
         logger.warning("event stream reader did not stop within %s s; leaving it", limit)
 
     # -- the reader thread -------------------------------------------------------------------
@@ -178,7 +180,8 @@ class Listener:
                             self._note_refusal(None)
                             self._put(_CATCH_UP, halt)
                         if chunk is not None:  # None: quiet, nothing to hand over
-                            self._put(chunk, halt)
+                            # Read here, so it overlaps the writer's commits.
+                            self._put(self.store.read_chunk(chunk), halt)
                 except GerritRefused as exc:
                     # Not a network blip: an operator must act (and may be under attack).
                     logger.error("event stream refused: %s; no event is received until "
@@ -222,11 +225,11 @@ class Listener:
                 if item is _ENDED:  # the reader cannot end before halt; put it back for run()
                     self._queue.put(item)
                     return
-                if isinstance(item, list):
-                    for event in store.add_all(item):
-                        if event.type == "dropped-output":
-                            logger.warning("Gerrit dropped events (dropped-output); catching up")
-                            catch_up_at = time.monotonic()
+                if isinstance(item, Chunk):
+                    store.take(item)
+                    if item.dropped_output:
+                        logger.warning("Gerrit dropped events (dropped-output); catching up")
+                        catch_up_at = time.monotonic()
                 elif item is _CATCH_UP:
                     catch_up_at = time.monotonic()
                 if stop.is_set() or (catch_up_at is not None
