@@ -103,11 +103,41 @@ def run(pushes: int) -> dict[str, Any]:
                     .options(selectinload(Build.steps),
                              selectinload(Build.patchset).selectinload(Patchset.change))))
                 phases = [phase_times(b, voted_at[b.patchset.change.number]) for b in builds]
+                steps = [step_spans(b) for b in builds]
                 overheads = [o for o in (build_overhead(b) for b in builds) if o is not None]
             engine.dispose()
         finally:
             demo.stop()
-    return {"latencies": latencies, "phases": phases, "overheads": overheads}
+    return {"latencies": latencies, "phases": phases, "overheads": overheads, "steps": steps}
+
+
+def step_spans(build: Any) -> dict[str, tuple[float, float]]:
+    """Each step name's (start, end) in seconds from the build's start: from the first
+    node's start to the last node's end (per-node steps run side by side)."""
+    spans: dict[str, tuple[float, float]] = {}
+    if build.started_at is None:
+        return spans
+    for step in build.steps:
+        if step.started_at is None or step.finished_at is None:
+            continue
+        lo = (step.started_at - build.started_at).total_seconds()
+        hi = (step.finished_at - build.started_at).total_seconds()
+        old = spans.get(step.name)
+        spans[step.name] = (min(lo, old[0]), max(hi, old[1])) if old else (lo, hi)
+    return spans
+
+
+def print_steps(steps: Sequence[dict[str, tuple[float, float]]]) -> None:
+    """The median start, end and length of each step, in the order they start."""
+    names = {name for build in steps for name in build}
+    rows = []
+    for name in names:
+        spans = [build[name] for build in steps if name in build]
+        rows.append((statistics.median(s[0] for s in spans),
+                     statistics.median(s[1] for s in spans),
+                     statistics.median(s[1] - s[0] for s in spans), name))
+    for start, end, length, name in sorted(rows):
+        print(f"    {name:18} +{start:6.3f} → +{end:6.3f}  {length:6.3f} s")
 
 
 def phase_times(build: Any, voted: float) -> dict[str, float]:
@@ -133,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | int]:
     for name in ("queued_to_started", "build", "finished_to_vote"):
         values = [p[name] for p in result["phases"]]
         print(f"  {name}: median {statistics.median(values):.3f} s")
+    print("  the build's steps (medians, seconds from the build's start):")
+    print_steps(result["steps"])
     print(f"push → vote: median {p50:.2f} s of {args.pushes}")
     figures = {"demo.push_to_vote_p50_s": round(p50, 3)}
     record(figures, path=args.results)
