@@ -1,14 +1,10 @@
 """The history, tests, flaky and chart pages at a year of history on PostgreSQL.
 
-Seeds a database (schema by the project's migrations) with `--builds`
-builds (default 100,000: a year of a busy CI) over 365 days, 4 builds per
-patchset (two jobs, each rechecked once), 3 steps each on 20 Hyper-V and 5
-devstack nodes, and `--results` test results per build (default 100: 10M
-rows) drawn from 1,500 test ids, ~1% failing and ~0.5% flaky. Rows are made
-set-wise on the server (INSERT ... SELECT generate_series), the indexes of
-test_results rebuilt after the load, their test flips written by migration
-0012's backfill (ci/test_flips.py). The seeded database is kept and reused
-by the next run with the same scale (`--reseed` to start again).
+Measures bench/seed.py's database (`hyperv_ci_bench_dashboard`, the one
+bench/dashboard.py measures; seeded here if that bench has not run): a year
+of `--builds` builds (default 100,000) and `--results` test results in all
+(default 10,000,000), where rechecks rerun their build's tests, so failures
+flip at a realistic rate and the flaky page has real work.
 
 Then it requests every page of dashboard/history.py, tests_view.py and
 charts_view.py (and their JSON) through the app, `--repeat` times each,
@@ -16,7 +12,7 @@ prints p50/p95 per page and the plans of the main queries, and merges
 `history.*_p95_ms` into bench/results.json.
 
     .venv/bin/python -m bench.history            # 100k builds, 10M results
-    .venv/bin/python -m bench.history --builds 2000 --results 20 --no-record
+    .venv/bin/python -m bench.history --builds 2000 --results 200000 --no-record
 """
 
 from __future__ import annotations
@@ -25,122 +21,21 @@ import argparse
 import statistics
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
-from bench.pg import create_database, database_url, drop_database
+from bench.pg import database_url, drop_database
 from bench.results import record
+from bench.seed import DATABASE, JOBS, NOW, PROJECTS, World, prepare
 from ci.config import Config, parse_config
-from ci.db import ensure_schema, make_engine, make_sessionmaker
+from ci.db import make_sessionmaker
 from ci.models import Build
-from ci.test_flips import backfill
 from ci.verdict_record import assess
 from dashboard import create_app
-
-TEST_IDS = 1500
-PROJECTS = ("openstack/nova", "openstack/compute-hyperv", "openstack/networking-hyperv",
-            "openstack/os-win")
-JOBS = ("hyperv-local", "hyperv-extra")
-RESULT_INDEXES = {
-    "ix_test_results_build_id": "CREATE INDEX ix_test_results_build_id ON test_results (build_id)",
-    "ix_test_results_test_id_build_id": "CREATE INDEX ix_test_results_test_id_build_id "
-                                        "ON test_results (test_id, build_id, status)",
-    "ix_test_results_failing": "CREATE INDEX ix_test_results_failing ON test_results "
-                               "(build_id, test_id) WHERE status IN ('fail', 'uxsuccess', "
-                               "'flaky')",
-}
-
-
-def seeded_scale(engine: Engine) -> tuple[int, int] | None:
-    try:
-        with engine.connect() as conn:
-            builds = conn.execute(text("SELECT count(*) FROM builds")).scalar_one()
-            results = conn.execute(text(
-                "SELECT reltuples::bigint FROM pg_class WHERE relname = 'test_results'"
-            )).scalar_one()
-            return int(builds), int(results)
-    except Exception:  # no database or no schema yet: seed it
-        return None
-
-
-def seed(engine: Engine, builds: int, results: int) -> None:
-    changes = max(1, builds // 8)  # 2 patchsets a change, 4 builds a patchset
-    patchsets = changes * 2
-    started = time.perf_counter()
-    with engine.begin() as conn:
-        conn.execute(text("""
-            INSERT INTO changes (id, number, project, branch, subject, owner_name, owner_email,
-                                 url, status, updated_at)
-            SELECT i, 100000 + i, (ARRAY[:p0, :p1, :p2, :p3])[1 + i % 4],
-                   CASE WHEN i % 5 = 0 THEN 'stable/2024.1' ELSE 'master' END,
-                   'Change ' || i || ' — Hyper-V 实例', 'Owner ' || (i % 300), '', '', 'NEW',
-                   now()
-            FROM generate_series(1, :n) AS i"""),
-            {"n": changes, **{f"p{k}": p for k, p in enumerate(PROJECTS)}})
-        conn.execute(text("""
-            INSERT INTO patchsets (id, change_id, number, revision, ref, uploader_name, files,
-                                   created_at)
-            SELECT i, 1 + (i - 1) / 2, 1 + (i - 1) % 2, md5(i::text), '', '', NULL, now()
-            FROM generate_series(1, :n) AS i"""), {"n": patchsets})
-        # Build i: patchset (i-1)/4; jobs alternate in pairs (a build and its recheck);
-        # spread evenly over the last 365 days; 80% pass, 15% fail, 3% error, 2% abort;
-        # the newest 20 still queued or running.
-        conn.execute(text("""
-            INSERT INTO builds (id, patchset_id, job, state, reason, created_at, started_at,
-                                finished_at, attempt, abort_requested, summary)
-            SELECT i, 1 + ((i - 1) / 4) % :patchsets,
-                   CASE WHEN (i - 1) % 4 < 2 THEN :j0 ELSE :j1 END,
-                   CASE WHEN i > :n - 10 THEN 'queued' WHEN i > :n - 20 THEN 'running'
-                        WHEN r < 0.80 THEN 'succeeded' WHEN r < 0.95 THEN 'failed'
-                        WHEN r < 0.98 THEN 'error' ELSE 'aborted' END,
-                   CASE WHEN (i - 1) % 2 = 0 THEN 'patchset-created' ELSE 'comment: recheck' END,
-                   t, CASE WHEN i > :n - 10 THEN NULL ELSE t + interval '2 minutes' END,
-                   CASE WHEN i > :n - 20 THEN NULL
-                        ELSE t + interval '2 minutes' + (40 + r * 40) * interval '1 minute' END,
-                   1, false, ''
-            FROM (SELECT i, random() AS r,
-                         now() - interval '365 days' + (i * interval '365 days') / :n AS t
-                  FROM generate_series(1, :n) AS i) AS g"""),
-            {"n": builds, "patchsets": patchsets, "j0": JOBS[0], "j1": JOBS[1]})
-        conn.execute(text("""
-            INSERT INTO build_steps (build_id, name, node, state, started_at, finished_at,
-                                     exit_code, output_tail, message)
-            SELECT b.id, s.name, s.node, 'succeeded', b.created_at, b.finished_at, 0, '', ''
-            FROM builds b CROSS JOIN LATERAL (VALUES
-                 ('prepare', 'devstack-' || (b.id % 5)),
-                 ('stack.sh', 'devstack-' || (b.id % 5)),
-                 ('tempest', 'hv-' || (b.id % 20))) AS s(name, node)"""))
-        for name in RESULT_INDEXES:
-            conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
-        conn.execute(text("""
-            INSERT INTO test_results (build_id, test_id, status, duration, details)
-            SELECT b.id, 'tempest.api.compute.servers.test_' || ((b.id * 7 + k) % :ids),
-                   CASE WHEN r < 0.010 THEN 'fail' WHEN r < 0.015 THEN 'flaky'
-                        WHEN r < 0.050 THEN 'skip' ELSE 'success' END,
-                   round((random() * 10)::numeric, 3),
-                   CASE WHEN r < 0.015 THEN 'Traceback (most recent call last): ...' ELSE ''
-                   END
-            FROM builds b CROSS JOIN LATERAL (
-                 -- b.id in the subquery: correlated, so random() is drawn per build.
-                 SELECT k, random() + 0 * b.id AS r FROM generate_series(1, :per) AS k) AS t
-            WHERE b.state IN ('succeeded', 'failed')"""), {"ids": TEST_IDS, "per": results})
-        for ddl in RESULT_INDEXES.values():
-            conn.execute(text(ddl))
-        for table in ("changes", "patchsets", "builds", "build_steps", "test_results"):
-            # The table names are the constants above.
-            sql = (f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
-                   f"(SELECT max(id) FROM {table}))")
-            conn.execute(text(sql))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
-    with engine.begin() as conn:
-        # The flips of that history, by the rule and code migration 0012 uses.
-        print(f"{backfill(conn)} test flips", flush=True)
-        conn.execute(text("ANALYZE test_flips"))
-    print(f"seeded in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def explain(engine: Engine, label: str, sql: str, params: dict[str, object]) -> None:
@@ -190,27 +85,20 @@ def time_assess(engine: Engine, config: Config, builds: int) -> dict[str, float]
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--builds", type=int, default=100_000)
-    parser.add_argument("--results", type=int, default=100, help="test results per build")
+    parser.add_argument("--results", type=int, default=10_000_000, help="test results in all")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--reseed", action="store_true")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--drop", action="store_true", help="drop the database afterwards")
+    parser.add_argument("--database", default=DATABASE, help="the database's name")
     args = parser.parse_args(argv)
 
-    name = f"hypervci_bench_history_{args.builds}_{args.results}"
+    name = args.database
     url = database_url(name)
-    engine = make_engine(url) if not args.reseed else None
-    scale = seeded_scale(engine) if engine is not None else None
-    if scale is None or scale[0] != args.builds:
-        if engine is not None:
-            engine.dispose()
-        create_database(name, replace=True)
-        engine = make_engine(url)
-        ensure_schema(engine)
-        seed(engine, args.builds, args.results)
-    assert engine is not None
-    ensure_schema(engine)  # seeded by an older schema: the migrations since (0012: flips)
-    print(f"database {name}: {seeded_scale(engine)} (builds, ~results)")
+    # bench/dashboard.py's database: seeded here only if that bench has not run.
+    engine = prepare(name, args.builds, args.results, reseed=args.reseed)
+    node = World.hyperv_node(3)
+    week = (NOW - timedelta(days=180)).date()
 
     with engine.connect() as conn:
         change = conn.execute(text("SELECT number FROM changes ORDER BY id DESC LIMIT 1")
@@ -231,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     explain(engine, "a node's builds, keyset page (ix_builds_created_at_id + "
                     "ix_build_steps_node_build_id)",
             "SELECT b.id FROM builds b WHERE EXISTS (SELECT 1 FROM build_steps s WHERE "
-            "s.build_id = b.id AND s.node = 'hv-3') ORDER BY b.created_at DESC, b.id DESC "
-            "LIMIT 51", {})
+            "s.build_id = b.id AND s.node = :node) ORDER BY b.created_at DESC, b.id DESC "
+            "LIMIT 51", {"node": node})
 
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config({
@@ -254,10 +142,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pages = {
             "builds": "/builds",
             "builds_page5": page5,
-            "builds_by_node": "/builds?node=hv-3",
+            "builds_by_node": f"/builds?node={node}",
             "builds_by_project_failed": "/builds?project=openstack/os-win&result=failed",
             "builds_by_change": f"/builds?change={change}",
-            "builds_by_date": "/builds?since=2026-06-01&until=2026-06-07&job=hyperv-extra",
+            "builds_by_date": f"/builds?since={week}&until={week + timedelta(days=6)}"
+                              f"&job={JOBS[1]}",
             "change": f"/changes/{change}",
             "tests": "/tests",
             "tests_slowest": "/tests?sort=slowest&window=1000",
@@ -268,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "chart_queue": "/charts/queue.svg",
             "chart_nodes": "/charts/nodes.svg",
             "chart_year": "/charts/duration.svg?days=366",
-            "api_builds": "/api/builds?job=hyperv-local",
+            "api_builds": f"/api/builds?job={JOBS[1]}",
             "api_tests": "/api/tests",
             "api_flaky": "/api/flaky",
             "api_charts": "/api/charts",
@@ -282,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         figures["history.page_p95_ms_max"] = max(figures.values())
         figures.update(time_assess(engine, config, args.repeat))
         figures["history.seeded_builds"] = args.builds
-        figures["history.seeded_results_per_build"] = args.results
+        figures["history.seeded_test_results"] = args.results
     engine.dispose()
     if args.drop:
         drop_database(name)
