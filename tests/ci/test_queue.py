@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic import command
 from sqlalchemy import Connection, MetaData, func, select, text
 from sqlalchemy import insert as insert_into
@@ -123,6 +124,47 @@ def test_claim_finish_lifecycle(sessions: sessionmaker[Session]) -> None:
     with sessions() as session, session.begin():
         assert queue.finish(session, build_id, "w1", BuildState.FAILED) is None
         assert not queue.request_abort(session, build_id)
+
+
+def test_the_claim_writes_its_values_and_refuses_a_column_that_does_not_exist(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The claim's UPDATE takes its SET columns from its parameters, which would
+    ignore a misspelt one: it is refused, and nothing is claimed."""
+    build_id = enqueue(sessions)
+    assert build_id is not None
+    with pytest.raises(ValueError, match="log_pth"), sessions() as session, session.begin():
+        queue.claim_next(session, "w1", 60, claim_values=lambda b: {"log_pth": "x"})
+    assert state_of(sessions, build_id) == BuildState.QUEUED
+    with sessions() as session, session.begin():
+        build = queue.claim_next(
+            session, "w1", 60, jobs=["hyperv-tempest"],
+            claim_values=lambda b: {"log_path": f"/srv/logs/10001/Zoë-{b.id}"})
+        assert build is not None and build.log_path == f"/srv/logs/10001/Zoë-{build_id}"
+    with sessions() as session:
+        stored = session.get(Build, build_id)
+        assert stored is not None and stored.state == BuildState.RUNNING
+        assert stored.log_path == f"/srv/logs/10001/Zoë-{build_id}" and stored.worker == "w1"
+        assert stored.lease_expires_at is not None and stored.started_at is not None
+
+
+def test_finish_records_the_tested_commit_and_reads_the_change_back(
+    sessions: sessionmaker[Session],
+) -> None:
+    build_id = enqueue(sessions)
+    assert build_id is not None
+    with sessions() as session, session.begin():
+        assert queue.claim_next(session, "w1", 60) is not None
+    with sessions() as session, session.begin():
+        assert queue.finish(session, build_id, "w2", BuildState.SUCCEEDED) is None  # not w2's
+        done = queue.finish(session, build_id, "w1", BuildState.FAILED, "1 test « échoué »",
+                            tested_commit="ab" * 20)
+        assert done is not None and done.state == BuildState.FAILED
+        assert done.patchset is not None and done.patchset.change.owner_name == "张伟"
+    with sessions() as session:
+        stored = session.get(Build, build_id)
+        assert stored is not None and stored.tested_commit == "ab" * 20
+        assert stored.summary == "1 test « échoué »" and stored.lease_expires_at is None
 
 
 def test_claim_skips_builds_whose_nodes_are_busy(sessions: sessionmaker[Session]) -> None:
