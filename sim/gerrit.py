@@ -218,6 +218,10 @@ class SimGerrit:
     def stop(self) -> None:
         """Close every connection, stop every thread and release the port."""
         self._stopping.set()
+        # The port first: a client connecting from now on is refused at once,
+        # rather than left in the listen backlog, never sent a banner.
+        if self._sock is not None:
+            self._sock.close()
         with self._lock:
             transports = list(self._transports)
         for transport in transports:
@@ -227,8 +231,6 @@ class SimGerrit:
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=10)
-        if self._sock is not None:
-            self._sock.close()
         advert = self.state_dir / ADVERT_FILE
         try:
             if json.loads(advert.read_text(encoding="utf-8")).get("pid") == os.getpid():
@@ -297,7 +299,9 @@ class SimGerrit:
         quiet_client_hangups(transport, "sim.gerrit.ssh")
         with self._lock:
             if self._stopping.is_set():
-                transport.close()
+                # An unstarted Transport's close() leaves its socket open, and
+                # the client would wait out its banner timeout.
+                conn.close()
                 return
             self._transports.add(transport)
         try:
@@ -314,5 +318,6 @@ class SimGerrit:
             logger.debug("sim gerrit: connection ended: %s", exc)
         finally:
             transport.close()
+            conn.close()
             with self._lock:
                 self._transports.discard(transport)

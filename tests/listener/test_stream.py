@@ -90,11 +90,11 @@ def make_listener(stream_config: Config,
     def make(client: type[GerritClient] = GerritClient, **kw: Any) -> Listener:
         kw.setdefault("backoff", 0.1)
         kw.setdefault("max_backoff", 0.5)
-        # A short connect timeout: a reconnect that reaches a simulated Gerrit while
-        # it stops can be accepted and never answered (no SSH banner); the real
-        # client's 30 s would outlast these tests' waits.
+        # The real client's 30 s connect timeout: a reconnect that reaches the
+        # simulated Gerrit while it stops is refused or closed at once, never
+        # left waiting for a banner (sim/gerrit.py stop()).
         return Listener(stream_config, sqlite_sessions,
-                        lambda: client(stream_config.gerrit, timeout=3), **kw)
+                        lambda: client(stream_config.gerrit), **kw)
     return make
 
 

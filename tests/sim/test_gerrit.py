@@ -374,3 +374,46 @@ def test_grants_survive_a_restart_and_are_set_over_ssh(tmp_path: Path,
     assert second.labels.granted("hyperv-ci", "Code-Review") == (-2, 2)
     assert second.labels.granted("hyperv-ci", "Verified") is None  # replaced the default
     assert second.labels.granted("zoë", "Workflow") == (0, 1)
+
+
+def test_a_connection_that_races_stop_is_closed_not_left_without_a_banner(
+        tmp_path: Path) -> None:
+    # What the accept loop runs for a connection it accepted as stop() began: the
+    # client must fail at once, not wait out its banner timeout (30 s for ours).
+    sim = SimGerrit(tmp_path / "sim", users={}).start()
+    sim.stop()
+    ours, theirs = socket.socketpair()
+    with ours:
+        sim._serve(theirs)
+        ours.settimeout(10)  # only a guard: an open socket would block here
+        assert ours.recv(1) == b""
+
+
+def test_stop_releases_the_port_before_it_waits_for_its_threads(tmp_path: Path) -> None:
+    sim = SimGerrit(tmp_path / "sim", users={}).start()
+    port = sim.port
+    held = threading.Event()
+    release = threading.Event()
+
+    def busy() -> None:  # a session still winding down when stop() is called
+        held.set()
+        release.wait(10)
+
+    sim.spawn(busy)
+    held.wait(5)
+    stopper = threading.Thread(target=sim.stop)
+    stopper.start()
+    try:
+        # stop() is joining `busy`: a client connecting now is refused, not queued.
+        refused = False
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                refused = True
+                break
+            threading.Event().wait(0.01)
+        assert refused
+    finally:
+        release.set()
+        stopper.join(15)
