@@ -54,6 +54,8 @@ FAILS = 3  # the tests a failed build fails
 FLAKY_PER_10000 = 50  # results that passed on re-run
 SKIP_PER_10000 = 130
 QUEUED, RUNNING = 30, 5
+# Load the results without WAL, then SET LOGGED (which writes the table once).
+UNLOGGED_LOAD = True
 LAB_SETS = 5  # each: one controller, four Hyper-V nodes
 TRACEBACK = ("Traceback (most recent call last):\n"
              '  File "tempest/api/compute/servers/test_servers.py", line 88, in test\n'
@@ -168,18 +170,6 @@ def result_counts(world: World, states: dict[int, str]) -> dict[int, int]:
 
 
 # -- COPY ------------------------------------------------------------------------------------
-def _field(value: Any) -> str:
-    """One value in COPY's text format (tab-separated, \\N for NULL, backslash escapes)."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
-
-
 def columns_for(table: Table, columns: Sequence[str]) -> list[str]:
     """`columns`, checked against the model's table: every NOT NULL column without a
     server default is given (the models' defaults are Python-side, COPY skips them)."""
@@ -195,22 +185,17 @@ def columns_for(table: Table, columns: Sequence[str]) -> list[str]:
 
 
 def copy_rows(raw: Any, table: Table, columns: Sequence[str],
-              rows: Iterable[Sequence[Any]], chunk: int = 50_000) -> int:
-    """COPY `rows` into `table` (column order as `columns`); returns the count."""
+              rows: Iterable[Sequence[Any]]) -> int:
+    """COPY `rows` into `table` (column order as `columns`); returns the count.
+    psycopg formats each row (in C) and sends them in large blocks."""
     names = columns_for(table, columns)
     count = 0
     with raw.cursor() as cursor:
         sql = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
         with cursor.copy(sql) as copy:
-            lines: list[str] = []
             for row in rows:
-                lines.append("\t".join(map(_field, row)))
+                copy.write_row(row)
                 count += 1
-                if len(lines) >= chunk:
-                    copy.write(("\n".join(lines) + "\n").encode())
-                    lines.clear()
-            if lines:
-                copy.write(("\n".join(lines) + "\n").encode())
     return count
 
 
@@ -238,11 +223,12 @@ def seed(engine: Engine, world: World, logs_dir: Path) -> None:
         phases.done("changes, patchsets, builds, steps, nodes, events (COPY)")
         indexes = _load_results(raw, world, states)
         raw.commit()
-        phases.done(f"{world.results:,} test results (INSERT ... SELECT, unlogged)")
+        phases.done(f"{world.results:,} test results (INSERT ... SELECT)")
         with raw.cursor() as cursor:
-            cursor.execute("ALTER TABLE test_results SET LOGGED")
-            raw.commit()
-            phases.done("test_results SET LOGGED")
+            if UNLOGGED_LOAD:
+                cursor.execute("ALTER TABLE test_results SET LOGGED")
+                raw.commit()
+                phases.done("test_results SET LOGGED")
             cursor.execute("SET maintenance_work_mem = '512MB'")
             for ddl in indexes:
                 cursor.execute(ddl)
@@ -348,8 +334,8 @@ def _load_results(raw: Any, world: World, states: dict[int, str]) -> list[str]:
         keys = cursor.fetchall()
         for name, _ in keys:
             cursor.execute(f'ALTER TABLE test_results DROP CONSTRAINT "{name}"')
-        # No WAL for the load (SET LOGGED writes the table once, afterwards).
-        cursor.execute("ALTER TABLE test_results SET UNLOGGED")
+        if UNLOGGED_LOAD:
+            cursor.execute("ALTER TABLE test_results SET UNLOGGED")
         cursor.execute(RESULTS_SQL.format(columns=", ".join(columns), fails=FAILS,
                                           flaky=FLAKY_PER_10000, skip=SKIP_PER_10000,
                                           ids=TEST_IDS),
