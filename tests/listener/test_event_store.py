@@ -78,3 +78,39 @@ def test_copy_text_escapes_what_copy_would_read_as_structure() -> None:
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     block = copy_text([Received(at, ["t\\ab"], [b'{"a":"\\n"}\t\r'])])
     assert block == b't\\\\ab\t{"a":"\\\\n"}\\t\\r\t2026-01-02T03:04:05+00:00\n'
+
+
+def test_a_chunk_read_but_not_yet_taken_already_deduplicates_catch_up(
+        sessions: sessionmaker[Session]) -> None:
+    # The reader thread reads a chunk; before the writer takes it, catch-up makes
+    # up the same event (and the other way round): each is stored once.
+    store = EventStore(sessions)
+    chunk = store.read_chunk([_line(1)])
+    assert store.add(_line(1)) is None
+    assert store.add(_line(2)) is not None
+    later = store.read_chunk([_line(2), _line(3)])
+    assert [e.type for e in later.events] == ["comment-added"]
+    store.take(chunk)
+    store.take(later)
+    assert store.flush() == 3
+    with transaction(sessions) as session:
+        raws = session.scalars(select(Event.raw).order_by(Event.id)).all()
+    assert [orjson.loads(raw)["change"]["number"] for raw in raws] == [2, 1, 3]
+
+
+def test_take_commits_full_batches_and_keeps_the_rest(sessions: sessionmaker[Session]) -> None:
+    flushes: list[int] = []
+    store = EventStore(sessions, batch_size=4, on_flush=flushes.append)
+    store.take(store.read_chunk([_line(i) for i in range(3)]))
+    store.take(store.read_chunk([_line(i) for i in range(3, 13)]))
+    assert flushes == [4, 4, 4] and store.pending == 1
+    store.flush()
+    with transaction(sessions) as session:
+        raws = session.scalars(select(Event.raw).order_by(Event.id)).all()
+    assert [orjson.loads(raw)["change"]["number"] for raw in raws] == list(range(13))
+
+
+def test_dropped_output_is_flagged_on_its_chunk(sessions: sessionmaker[Session]) -> None:
+    store = EventStore(sessions)
+    assert not store.read_chunk([_line(1)]).dropped_output
+    assert store.read_chunk([b'{"type":"dropped-output"}', _line(2)]).dropped_output

@@ -22,6 +22,7 @@ from listener.events import (
     dedup_key,
     event_from_dict,
     parse_event,
+    peek,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "gerrit"
@@ -174,3 +175,38 @@ def test_dedup_key() -> None:
     ref = parse_event('{"type": "ref-updated", "eventCreatedOn": 5}')
     assert isinstance(ref, OtherEvent) and dedup_key(ref) is None
     assert dedup_key(DroppedOutput(type="dropped-output")) is None
+
+
+# Shapes the hot path's `peek` takes as they are (Gerrit 2.14+) and the ones it
+# hands to the tolerant helpers: both must read what the typed parse reads.
+_ODD_SHAPES: list[dict[str, Any]] = [
+    {"type": "patchset-created", "eventCreatedOn": "1700000000",
+     "change": {"number": "42"}, "patchSet": {"number": " 3 "},
+     "uploader": {"username": "", "name": "Zoë Ñúñez"}},
+    {"type": "comment-added", "eventCreatedOn": True, "change": {"number": 42.0},
+     "patchSet": {"number": None}, "author": {"username": {"name": "nested"}},
+     "comment": 17, "source": ""},
+    {"type": "change-merged", "change": "not a dict", "patchSet": [], "submitter": None,
+     "source": {"name": "catch-up"}},
+    {"type": "", "change": {"number": 7}, "patchSet": {"number": 1}, "restorer": []},
+    {"type": {"name": "ref-updated"}, "eventCreatedOn": 1.5e9},
+    {"type": "dropped-output", "eventCreatedOn": "x"},
+    {"type": "comment-added", "change": {"number": 1}, "patchSet": {"number": 2},
+     "author": {"username": "zoë", "name": "Zoë"}, "comment": "recheck 👍",
+     "eventCreatedOn": 1700000000},
+]
+
+
+@pytest.mark.parametrize("data", _ODD_SHAPES, ids=lambda d: str(d.get("type"))[:20])
+def test_peek_reads_every_shape_as_the_typed_parse_does(data: dict[str, Any]) -> None:
+    seen = peek(data)
+    typed = event_from_dict(data)
+    assert (seen.type, seen.created_on, seen.source) == (typed.type, typed.created_on,
+                                                         typed.source)
+    key = dedup_key(typed)
+    light = None if seen.number is None or not seen.is_change_event else (
+        seen.type, seen.number, seen.patchset, seen.created_on, seen.actor)
+    assert light == key
+    if isinstance(typed, CommentAdded):
+        assert seen.comment == typed.comment
+        assert seen.author == (typed.author.username or typed.author.name)
