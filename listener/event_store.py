@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.db import transaction
 from ci.models import Event, utcnow
-from listener.catchup import same_comment
 from listener.event_insert import Received, insert_lines
+from listener.event_memory import RecentEvents
 from listener.events import (
     CATCH_UP_SOURCE,
     ParseError,
@@ -47,9 +46,6 @@ PLAUSIBLE_SKEW = 600
 # What a line that cannot be stored as it is becomes (the scheduler acknowledges it).
 INVALID_TYPE = "invalid"
 _MAX_RETRY_DELAY = 30.0
-_CLOSING = frozenset({"change-abandoned", "change-merged", "change-restored"})
-
-StoreKey = tuple[object, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +80,9 @@ class EventStore:
         self._retry_delay = 0.0
         self.implausible = 0  # events whose Gerrit timestamp was far from our clock
         self._skew_logged_at = 0.0
-        # The de-duplication memory below, read and written by both threads.
+        # The de-duplication memory, read and written by both threads under the lock.
         self._lock = threading.Lock()
-        self._seen: OrderedDict[StoreKey, None] = OrderedDict()
-        self._patchsets: OrderedDict[tuple[int, int], None] = OrderedDict()
-        # (change, author, text) -> [(timestamp, made up by catch-up)] of comment-added.
-        self._comments: OrderedDict[tuple[int, str, str], list[tuple[int, bool]]] = \
-            OrderedDict()
-        # change -> its newest abandoned/merged/restored event type (None: none seen).
-        self._changes: OrderedDict[int, str | None] = OrderedDict()
+        self._memory = RecentEvents(remember)
         # When the newest committed line was received (None: not known yet).
         self._last_received: datetime | None = None
         self.stored = 0
@@ -110,9 +100,7 @@ class EventStore:
             for raw, _received in reversed(rows):
                 data = decode(raw)
                 if not isinstance(data, ParseError):
-                    event = peek(data)
-                    if (key := _store_key(event)) is not None:
-                        self._note(event, key)
+                    self._memory.note(peek(data))
 
     def last_event_ts(self) -> int | None:
         """When, on this host's clock, the newest stored event was received (None: none).
@@ -208,14 +196,10 @@ class EventStore:
             return self._add_invalid(raw.decode("utf-8", "replace"),
                                      f"not a JSON object but {type(data).__name__}", batch)
         item = peek(data)
-        key = _store_key(item)
-        if (key is not None and key in self._seen) or (
-                item.type == "comment-added" and self._known_comment(item)):
+        if not self._memory.admit(item):
             self.duplicates += 1
             logger.debug("duplicate %s event dropped", item.type)
             return None
-        if key is not None:
-            self._note(item, key)
         created_on = item.created_on
         if created_on is not None and abs(created_on - time.time()) > PLAUSIBLE_SKEW \
                 and item.source != CATCH_UP_SOURCE:
@@ -255,68 +239,17 @@ class EventStore:
     def seen_patchset(self, change: int, patchset: int) -> bool:
         """A patchset-created for it was stored (or is buffered, or read) recently."""
         with self._lock:
-            return (change, patchset) in self._patchsets
+            return self._memory.seen_patchset(change, patchset)
 
     def seen_change(self, change: int) -> bool:
         """Some event of the change was stored (or is buffered, or read) recently."""
         with self._lock:
-            return change in self._changes
+            return self._memory.seen_change(change)
 
     def last_status_event(self, change: int) -> str | None:
         """The type of the change's newest remembered abandoned/merged/restored event."""
         with self._lock:
-            return self._changes.get(change)
-
-    @staticmethod
-    def _comment_key(event: Peek) -> tuple[int, str, str] | None:
-        if event.number is None:
-            return None
-        return (event.number, event.author, event.comment.strip())
-
-    def _known_comment(self, event: Peek) -> bool:
-        """A made-up comment the stream delivered (or the other way round): the two
-        timestamps differ by a second or so, so the exact dedup key misses it."""
-        if event.type != "comment-added" or event.created_on is None:
-            return False
-        key = self._comment_key(event)
-        made_up = event.source == CATCH_UP_SOURCE
-        return key is not None and any(
-            (made_up or was_made_up) and same_comment(ts, event.created_on)
-            for ts, was_made_up in self._comments.get(key, ()))
-
-    def _note(self, event: Peek, key: StoreKey) -> None:
-        # Once a line: each memory grows by one entry at most, so one pop bounds it.
-        remember = self.remember
-        seen = self._seen
-        seen[key] = None
-        if len(seen) > remember:
-            seen.popitem(last=False)
-        number = event.number
-        assert number is not None  # a store key names the change
-        kind = event.type
-        if kind == "patchset-created" and event.patchset is not None:
-            patchsets = self._patchsets
-            patchsets[(number, event.patchset)] = None
-            if len(patchsets) > remember:
-                patchsets.popitem(last=False)
-        elif kind == "comment-added" and event.created_on is not None:
-            comment = (number, event.author, event.comment.strip())
-            comments = self._comments
-            comments.setdefault(comment, []).append(
-                (event.created_on, event.source == CATCH_UP_SOURCE))
-            comments.move_to_end(comment)
-            if len(comments) > remember:
-                comments.popitem(last=False)
-        changes = self._changes
-        if kind in _CLOSING:
-            changes[number] = kind
-            changes.move_to_end(number)
-        elif number in changes:
-            changes.move_to_end(number)
-        else:
-            changes[number] = None
-        if len(changes) > remember:
-            changes.popitem(last=False)
+            return self._memory.last_status_event(change)
 
     @property
     def pending(self) -> int:
@@ -401,13 +334,3 @@ class EventStore:
             except (SQLAlchemyError, ValueError):
                 logger.exception("an event line could not be stored even escaped; dropped")
         return True
-
-
-def _store_key(event: Peek) -> StoreKey | None:
-    """`listener.events.dedup_key` of the line, plus a comment's text: one reviewer's
-    two comments of one second (catch-up's timestamps are whole seconds: "lgtm"
-    then "recheck") are two events."""
-    if event.number is None or not event.is_change_event:
-        return None
-    key = (event.type, event.number, event.patchset, event.created_on, event.actor)
-    return (*key, event.comment) if event.type == "comment-added" else key

@@ -360,7 +360,7 @@ class Listener:
                                 last_status_event=self.store.last_status_event(number),
                                 stored_status=status.get(number),
                                 seen=self.store.seen_change(number))
-        return True  # a comment: the store drops one it has seen (EventStore._known_comment)
+        return True  # a comment: the store drops one it has seen (RecentEvents.admit)
 
 
 # Within one second: an upload, then comments, then a close.
