@@ -2,15 +2,16 @@
 
 One transaction per batch, never one per event: a commit per event caps intake
 far below a Gerrit burst (bench/listener_throughput.py measures it). The
-writer hands over whole received chunks (`add_all`) and commits whenever the
-reader has nothing more buffered, so a quiet stream's one event is stored at
-once and batches grow only under load. Each line is decoded once and only
-what de-duplication needs is read of it (`listener.events.Peek`); the line's
-own bytes are what is stored, through the driver (listener/event_insert.py),
-with no Python object made per row on the way.
-It remembers recent events so a line Gerrit sends twice, or one that catch-up
-made up and the stream also delivered, is stored once; listener/stream.py
-feeds it from the stream and from catch-up.
+listener's reader thread reads each received chunk (`read_chunk`) and its
+writer buffers it (`take`) and commits whenever the reader has nothing more
+buffered, so a quiet stream's one event is stored at once and batches grow
+only under load. Each line is decoded once and only what de-duplication needs
+is read of it (`listener.events.Peek`); the line's own bytes are what is
+stored, through the driver (listener/event_insert.py), with no Python object
+made per row on the way.
+It remembers recent events (listener/event_memory.py) so a line Gerrit sends
+twice, or one that catch-up made up and the stream also delivered, is stored
+once; listener/stream.py feeds it from the stream and from catch-up.
 """
 
 from __future__ import annotations
