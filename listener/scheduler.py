@@ -67,7 +67,7 @@ class _Ready:
 
 
 # Events acted on in one transaction at most (see Scheduler._act).
-GROUP_SIZE = 100
+GROUP_SIZE = 500
 
 # What a handler returns: the event's outcome, or the builds it asks for (their
 # outcome is known once the group's requests are queued together).
@@ -103,7 +103,7 @@ class Scheduler:
     """Processes stored events; `run` loops until stopped, `run_once` is one pass."""
 
     def __init__(self, config: Config, sessions: sessionmaker[Session], lookup: GerritLookup,
-                 *, batch: int = 200, backoff: float = 2.0, max_backoff: float = 300.0,
+                 *, batch: int = 500, backoff: float = 2.0, max_backoff: float = 300.0,
                  retry_budget: float = 86400.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
