@@ -16,7 +16,8 @@ medians taken:
 
 Records listener.{bare,gerritlib,sqlite,pg}_eps and listener.ratio_{sqlite,pg}
 (÷ bare) and listener.ratio_gerritlib (sqlite ÷ gerritlib). `--profile` runs the
-SQLite listener once more under cProfile and prints where its writer spends time.
+SQLite listener once more under cProfile and prints where its writer thread (inserts
+and commits) and its reader thread (reads and de-duplicates chunks) spend time.
 """
 
 from __future__ import annotations
@@ -112,6 +113,19 @@ def listener_reader(target: Target, count: int, ready: Callable[[], None], *, ur
                         on_flush=flushed)
     stop = threading.Event()
     profiler = cProfile.Profile() if profile else None
+    reader_profiler = cProfile.Profile() if profile else None
+    if reader_profiler is not None:
+        # The reader thread reads and de-duplicates the chunks: profiled on its own.
+        read = listener._read
+
+        def profiled_read(halt: threading.Event) -> None:
+            reader_profiler.enable()
+            try:
+                read(halt)
+            finally:
+                reader_profiler.disable()
+
+        listener._read = profiled_read  # type: ignore[method-assign]
 
     def run() -> None:
         if profiler is not None:
@@ -131,8 +145,9 @@ def listener_reader(target: Target, count: int, ready: Callable[[], None], *, ur
     stop.set()
     thread.join()
     engine.dispose()
-    if profiler is not None:
+    if profiler is not None and reader_profiler is not None:
         profiler.dump_stats(profile)
+        reader_profiler.dump_stats(profile + ".reader")
     return finished[0]
 
 
@@ -141,7 +156,11 @@ def listener_reader(target: Target, count: int, ready: Callable[[], None], *, ur
 
 @contextmanager
 def pg_database(admin: str) -> Iterator[str | None]:
-    """A scratch PostgreSQL database's URL (None if PostgreSQL is unreachable)."""
+    """A scratch PostgreSQL database's URL (None if PostgreSQL is unreachable or
+    `admin` is empty: --pg '')."""
+    if not admin:
+        yield None
+        return
     name = scratch_name()
     try:
         url = create_database(name, admin)
@@ -209,8 +228,9 @@ def measure(events: int, runs: int, pg_admin: str, profile: bool) -> dict[str, f
             stats = Path(tmp) / "listener.prof"
             run_reader(listener_reader, sim, target, len(lines),
                        url=f"sqlite:///{tmp}/profile.db", profile=str(stats))
-            print("\nwhere the SQLite listener's writer thread spends its time (cProfile):")
-            pstats.Stats(str(stats)).sort_stats("tottime").print_stats(18)
+            for thread, path in (("writer", stats), ("reader", Path(f"{stats}.reader"))):
+                print(f"\nwhere the SQLite listener's {thread} thread spends its time (cProfile):")
+                pstats.Stats(str(path)).sort_stats("tottime").print_stats(18)
     eps = {name: statistics.median(values) for name, values in rates.items()}
     labels = {"bare": "bare paramiko reader, json.loads per line",
               "gerritlib": "gerritlib GerritWatcher as shipped",
@@ -219,7 +239,8 @@ def measure(events: int, runs: int, pg_admin: str, profile: bool) -> dict[str, f
     for name, value in eps.items():
         spread = ", ".join(f"{v:,.0f}" for v in rates[name])
         print(f"  {labels[name]:<46} {value:>9,.0f} events/s  ({spread})")
-    figures = {f"listener.{name}_eps": round(value) for name, value in eps.items()}
+    figures: dict[str, float] = {f"listener.{name}_eps": round(value)
+                                 for name, value in eps.items()}
     if "sqlite" in eps:
         figures["listener.ratio_sqlite"] = round(eps["sqlite"] / eps["bare"], 3)
         if "gerritlib" in eps:
