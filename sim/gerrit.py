@@ -290,6 +290,10 @@ class SimGerrit:
             except OSError:
                 break
             conn.settimeout(None)
+            # Nagle's algorithm stays on, as on Gerrit's sshd: Apache MINA SSHD's
+            # CoreModuleProperties.TCP_NODELAY defaults to false and Gerrit's
+            # SshDaemon sets only keepalive on a session's socket. A command's last
+            # small packets then wait for the client's ACK (see ci/quickack.py).
             self.spawn(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
