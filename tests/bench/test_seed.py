@@ -73,6 +73,14 @@ def test_the_seeded_history_has_its_scale_its_indexes_and_realistic_flips(seeded
                                   ).all())
         # A failed build's failures pass in its recheck; flaky results are re-run flips.
         assert flips.get("recheck", 0) > 0 and flips.get("rerun", 0) > 0
+        names = set(conn.execute(text("SELECT DISTINCT test_id FROM test_results")).scalars())
+        assert names == set(seed.test_names())  # the SQL makes the names Python does
+        # A build's results are stored together (as a CI writes them), so a page reading
+        # a window of builds reads few pages of the table.
+        correlation = conn.execute(text(
+            "SELECT correlation FROM pg_stats WHERE tablename = 'test_results' "
+            "AND attname = 'build_id'")).scalar_one()
+        assert correlation > 0.9
         hostile = conn.execute(text("SELECT count(*) FROM test_results WHERE details LIKE "
                                     "'%实例%'")).scalar_one()
         assert hostile > 0
