@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, text
 from sqlalchemy.engine import Engine
@@ -225,7 +225,7 @@ class _Phases:
 def seed(engine: Engine, world: World, logs_dir: Path) -> None:
     rng = random.Random(12)  # the same world on every machine
     phases = _Phases()
-    raw = engine.raw_connection()
+    raw: Any = engine.raw_connection()  # psycopg's connection: COPY and DDL
     try:
         states = {b: world.build_state(b, rng) for b in range(1, world.builds + 1)}
         _seed_small(raw, world, states, rng, logs_dir)
@@ -268,8 +268,8 @@ def seed(engine: Engine, world: World, logs_dir: Path) -> None:
 
 
 def _tables() -> dict[str, Table]:
-    return {t.__tablename__: t.__table__ for t in (Change, Patchset, Build, BuildStep,
-                                                   TestResult, Node, Event)}
+    return {t.__tablename__: cast(Table, t.__table__)
+            for t in (Change, Patchset, Build, BuildStep, TestResult, Node, Event)}
 
 
 def _seed_small(raw: Any, world: World, states: dict[int, str], rng: random.Random,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from bench import run
 
 
@@ -22,7 +24,8 @@ def test_time_allowed_is_twice_the_budget_within_what_the_run_has_left() -> None
     assert run.time_allowed("not-a-bench", 0) == 2 * run.DEFAULT_BUDGET
 
 
-def test_a_benchmark_out_of_time_is_stopped_and_the_next_not_run(capsys) -> None:
+def test_a_benchmark_out_of_time_is_stopped_and_the_next_not_run(
+        capsys: pytest.CaptureFixture[str]) -> None:
     def command(name: str) -> list[str]:
         # "slow" never ends on its own; "quick" ends at once.
         code = "import time; time.sleep(600)" if name == "slow" else "pass"

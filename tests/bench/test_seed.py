@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Table, text
 
 from bench import seed
 from bench.pg import database_url, drop_database
@@ -47,10 +48,11 @@ def test_a_build_and_its_recheck_run_the_same_tests() -> None:
 
 
 def test_columns_are_checked_against_the_models_table() -> None:
+    table = cast(Table, TestResult.__table__)
     with pytest.raises(ValueError, match="missing NOT NULL columns \\['test_id'\\]"):
-        seed.columns_for(TestResult.__table__, ("build_id", "status", "details"))
+        seed.columns_for(table, ("build_id", "status", "details"))
     with pytest.raises(ValueError, match="unknown columns \\['nope'\\]"):
-        seed.columns_for(TestResult.__table__, ("build_id", "test_id", "status", "nope"))
+        seed.columns_for(table, ("build_id", "test_id", "status", "nope"))
 
 
 @pytest.mark.postgres
@@ -69,8 +71,8 @@ def test_the_seeded_history_has_its_scale_its_indexes_and_realistic_flips(seeded
         keys = conn.execute(text("SELECT count(*) FROM pg_constraint WHERE conrelid = "
                                  "'test_results'::regclass AND contype = 'f'")).scalar_one()
         assert keys == 1
-        flips = dict(conn.execute(text("SELECT kind, count(*) FROM test_flips GROUP BY kind")
-                                  ).all())
+        flips: dict[str, int] = dict(conn.execute(text(
+            "SELECT kind, count(*) FROM test_flips GROUP BY kind")).all())
         # A failed build's failures pass in its recheck; flaky results are re-run flips.
         assert flips.get("recheck", 0) > 0 and flips.get("rerun", 0) > 0
         names = set(conn.execute(text("SELECT DISTINCT test_id FROM test_results")).scalars())
