@@ -26,6 +26,7 @@ from ci.changes import ChangeInfo, change_ref, without_nul
 from ci.db import rows_changed
 from ci.models import Build, BuildState, Change, Patchset, utcnow
 from ci.nodes import lose_build_nodes
+from ci.queue_batch import ActiveBuild, plan_job
 from ci.wakeup import BUILDS, announce
 
 logger = logging.getLogger(__name__)
@@ -109,20 +110,16 @@ def enqueue(session: Session, patchset: Patchset, job: str, reason: str) -> Buil
         logger.info("not queuing %s for %s,%s: patchset %s is newer", job, change.number,
                     patchset.number, newest)
         return None
-    for build in _active_builds(session, change.number, job):
-        other = build.patchset
-        if other is None:  # joined on its patchset: never a baseline build
-            continue
-        if other.number < patchset.number:
-            _stop(session, build, BuildState.SUPERSEDED,
-                  f"superseded by patchset {patchset.number}")
-        elif other.number == patchset.number and build.state == BuildState.QUEUED:
-            return None
-        elif other.number == patchset.number and build.state == BuildState.RUNNING:
-            # A recheck while running restarts it on the same patchset.
-            _stop(session, build, BuildState.SUPERSEDED, f"superseded by a new run ({reason})")
-        elif other.number > patchset.number:
-            return None  # an event for an outdated patchset: the newer one wins
+    # The rules are the batch path's (ci.queue_batch.plan_job), so the scheduler's
+    # groups and the dashboard's or CLI's single requests decide alike.
+    active = {b.id: (b, b.patchset) for b in _active_builds(session, change.number, job)}
+    go, stops = plan_job(patchset.number, patchset.number, [
+        ActiveBuild(b.id, b.job, other.number, b.state) for b, other in active.values()
+        if other is not None], reason)  # joined on its patchset: never a baseline build
+    if not go:
+        return None
+    for stop in stops:
+        _stop(session, active[stop.build_id][0], stop.state, stop.why)
     build = Build(patchset_id=patchset.id, job=job, state=BuildState.QUEUED, reason=reason)
     session.add(build)
     session.flush()
