@@ -1,4 +1,5 @@
-"""The benchmarks' PostgreSQL databases: made for a run (or kept seeded) and dropped.
+"""The benchmarks' PostgreSQL databases: made for a run (or kept seeded) and dropped;
+COPY into them with the column list checked against the model's table.
 
 Every benchmark that measures on PostgreSQL gets a database of its own on the
 server the tests use (`HYPERV_CI_TEST_PG`, else the local one), so a figure is
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Table, create_engine, text
 
 ADMIN_URL = os.environ.get("HYPERV_CI_TEST_PG",
                            "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -44,3 +47,32 @@ def drop_database(name: str, admin_url: str = ADMIN_URL) -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+def columns_for(table: Table, columns: Sequence[str]) -> list[str]:
+    """`columns`, checked against the model's table: every NOT NULL column without a
+    server default is given (the models' defaults are Python-side, COPY skips them)."""
+    known = {c.name for c in table.columns}
+    unknown = set(columns) - known
+    needed = {c.name for c in table.columns if not c.nullable and c.server_default is None
+              and not (c.primary_key and c.autoincrement is not False and c.name not in columns)}
+    missing = needed - set(columns)
+    if unknown or missing:
+        raise ValueError(f"{table.name}: unknown columns {sorted(unknown)}, "
+                         f"missing NOT NULL columns {sorted(missing)}")
+    return list(columns)
+
+
+def copy_rows(raw: Any, table: Table, columns: Sequence[str],
+              rows: Iterable[Sequence[Any]]) -> int:
+    """COPY `rows` into `table` (column order as `columns`); returns the count.
+    psycopg formats each row (in C) and sends them in large blocks."""
+    names = columns_for(table, columns)
+    count = 0
+    with raw.cursor() as cursor:
+        sql = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+        with cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+                count += 1
+    return count

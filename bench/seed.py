@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +38,7 @@ from typing import Any, cast
 from sqlalchemy import Table, text
 from sqlalchemy.engine import Engine
 
-from bench.pg import create_database, database_url
+from bench.pg import columns_for, copy_rows, create_database, database_url
 from ci.db import ensure_schema, make_engine
 from ci.models import Build, BuildStep, Change, Event, Node, Patchset, TestResult
 from ci.test_flips import backfill
@@ -177,36 +177,6 @@ def result_counts(world: World, states: dict[int, str]) -> dict[int, int]:
             counts[b] = int(carry)
             carry -= counts[b]
     return counts
-
-
-# -- COPY ------------------------------------------------------------------------------------
-def columns_for(table: Table, columns: Sequence[str]) -> list[str]:
-    """`columns`, checked against the model's table: every NOT NULL column without a
-    server default is given (the models' defaults are Python-side, COPY skips them)."""
-    known = {c.name for c in table.columns}
-    unknown = set(columns) - known
-    needed = {c.name for c in table.columns if not c.nullable and c.server_default is None
-              and not (c.primary_key and c.autoincrement is not False and c.name not in columns)}
-    missing = needed - set(columns)
-    if unknown or missing:
-        raise ValueError(f"{table.name}: unknown columns {sorted(unknown)}, "
-                         f"missing NOT NULL columns {sorted(missing)}")
-    return list(columns)
-
-
-def copy_rows(raw: Any, table: Table, columns: Sequence[str],
-              rows: Iterable[Sequence[Any]]) -> int:
-    """COPY `rows` into `table` (column order as `columns`); returns the count.
-    psycopg formats each row (in C) and sends them in large blocks."""
-    names = columns_for(table, columns)
-    count = 0
-    with raw.cursor() as cursor:
-        sql = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
-        with cursor.copy(sql) as copy:
-            for row in rows:
-                copy.write_row(row)
-                count += 1
-    return count
 
 
 # -- seeding ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Table, text
 
 from bench import seed
-from bench.pg import database_url, drop_database
+from bench.pg import columns_for, database_url, drop_database
 from ci.db import make_engine
 from ci.models import TestResult
 
@@ -50,9 +50,9 @@ def test_a_build_and_its_recheck_run_the_same_tests() -> None:
 def test_columns_are_checked_against_the_models_table() -> None:
     table = cast(Table, TestResult.__table__)
     with pytest.raises(ValueError, match="missing NOT NULL columns \\['test_id'\\]"):
-        seed.columns_for(table, ("build_id", "status", "details"))
+        columns_for(table, ("build_id", "status", "details"))
     with pytest.raises(ValueError, match="unknown columns \\['nope'\\]"):
-        seed.columns_for(table, ("build_id", "test_id", "status", "nope"))
+        columns_for(table, ("build_id", "test_id", "status", "nope"))
 
 
 @pytest.mark.postgres
