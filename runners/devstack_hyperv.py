@@ -28,6 +28,7 @@ the nodes are cleaned and freed at once rather than after the step's timeout.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 import tempfile
@@ -110,6 +111,7 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         self.merged: PreparedChange | None = None
         self.dead: set[str] = set()  # nodes whose transport failed: no log collection
         self._started: set[str] = set()  # step names `run` has begun
+        self._sent: dict[str, bytes] = {}  # controller path -> SHA-256 of what this build put there
 
     def node_labels(self) -> list[str]:
         return ["devstack"] + ["hyperv"] * self.job.hyperv_nodes
@@ -160,8 +162,9 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         controller = build.controller.name
         script = build.rendered.file_for(controller, name)
         step.log(f"--- {name} on {controller}")
-        # Uploaded right before it runs: cleanup works even if the build never reached the node.
-        build.ssh.put(script.payload(), script.remote_path, 0o755)
+        # Uploaded right before it runs (cleanup works even if the build never reached the
+        # node), unless the devstack step already put these very bytes there.
+        self._put(build, script.payload(), script.remote_path, 0o755)
         result = build.ssh.run(["bash", script.remote_path, *args], timeout=timeout,
                                on_output=step.write, should_stop=build.should_stop)
         if check and not result.ok:
@@ -169,6 +172,12 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
             raise InfraError(f"{name} failed on {controller} "
                              f"(exit {result.exit_code}){last_line(result.stderr)}")
         return result
+
+    def _put(self, build: PreparedBuild, data: bytes, remote_path: str, mode: int) -> None:
+        digest = hashlib.sha256(data + mode.to_bytes(2, "big")).digest()
+        if self._sent.get(remote_path) != digest:
+            build.ssh.put(data, remote_path, mode)
+            self._sent[remote_path] = digest
 
     def _ps_step(self, build: PreparedBuild, step: StepHandle, node: str, name: str) -> None:
         if name == "bootstrap.ps1":
@@ -309,8 +318,8 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
     def _devstack(self, build: PreparedBuild, merged: PreparedChange, step: StepHandle) -> None:
         name = build.controller.name
         for item in build.rendered.node_files(name):
-            build.ssh.put(item.payload(), item.remote_path,
-                          0o755 if item.kind == "script" else 0o644)
+            self._put(build, item.payload(), item.remote_path,
+                      0o755 if item.kind == "script" else 0o644)
         build.ssh.put(merged.bundle.read_bytes(), build.rendered.path(name, "bundle"))
         step.log(f"uploaded {len(build.rendered.node_files(name))} files and the change bundle")
         self._sh(build, step, "prepare-checkout.sh", self.job.command_timeout)

@@ -123,8 +123,9 @@ class SSHExecutor:
             return transport
 
     def connect(self) -> None:
-        """Connect now rather than at the first command (ExecutorError if it cannot)."""
-        self._transport()
+        """Connect, and open the SFTP session, now rather than at the first command or
+        upload (ExecutorError if it cannot)."""
+        self._sftp_client()
 
     def _open_channel(self) -> paramiko.Channel:
         # A connection can look alive until the first request fails: retry once.

@@ -809,3 +809,29 @@ def test_the_nodes_are_connected_while_the_change_merges(
                     sqlite_sessions, tmp_path)
     assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
     assert sorted(connected) == ["devstack-1", "hv-1", "hv-2"]
+
+
+def test_each_controller_file_is_uploaded_once(
+        lab: SimLab, gerrit: GerritState, tmp_path: Path,
+        sqlite_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The devstack step puts every controller file; a script run later is not sent
+    again unless its bytes differ (a build that never reached the node has its
+    cleanup script sent by cleanup itself, test_merge_conflict_is_reported_...)."""
+    from runners.ssh import SSHExecutor
+
+    sent: list[str] = []
+    put = SSHExecutor.put
+
+    def recording(self: SSHExecutor, data: bytes, remote_path: str, mode: int = 0o644) -> None:
+        sent.append(remote_path)
+        put(self, data, remote_path, mode)
+
+    monkeypatch.setattr(SSHExecutor, "put", recording)
+    out = run_build(make_config(lab, gerrit), push(gerrit, {"nova/virt/hyperv/vmops.py": "#\n"}),
+                    sqlite_sessions, tmp_path)
+    assert out.result.outcome == Outcome.SUCCEEDED, out.result.summary
+    scripts = [p for p in sent if p.endswith(".sh")]
+    assert sorted(scripts) == sorted(set(scripts)), scripts
+    assert {p.rsplit("/", 1)[1] for p in scripts} >= {
+        "prepare-checkout.sh", "stack.sh", "check-services.sh", "tempest.sh",
+        "collect-logs.sh", "cleanup.sh"}
