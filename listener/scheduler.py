@@ -24,10 +24,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import paramiko
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,6 +65,8 @@ class _Ready:
     target: Target
     number: int | None
 
+
+_EVENTS = cast(Table, Event.__table__)
 
 # Events acted on in one transaction at most (see Scheduler._act).
 GROUP_SIZE = 500
@@ -222,18 +224,23 @@ class Scheduler:
 
     def _act_together(self, group: list[_Ready]) -> list[str | None]:
         with transaction(self.sessions) as session:
-            rows = {row.id: row for row in session.scalars(
-                select(Event).where(Event.id.in_([r.event_id for r in group]))
-                .with_for_update())}
-            return self._act_in(session, group, rows)
+            return self._act_in(session, group)
 
-    def _act_in(self, session: Session, group: list[_Ready],
-                rows: dict[int, Event]) -> list[str | None]:
-        """Run the group's handlers in order and record each outcome on its event row
-        (None: already processed). The builds the uploads and rechecks ask for are
-        queued together (ci.queue_batch), in a few statements whatever their number;
-        an event of a change with requests pending sends them first, so it sees
-        what they wrote (an abandon after its upload aborts the upload's build)."""
+    def _act_in(self, session: Session, group: list[_Ready]) -> list[str | None]:
+        """Run the group's handlers in order and mark each event processed with its
+        outcome (None: it already was), in the caller's transaction.
+
+        The uploads' and rechecks' builds are queued together (ci.queue_batch),
+        in a few statements whatever their number; an event of a change with
+        requests pending sends them first, so it sees what they wrote (an
+        abandon after its upload aborts that build). The event rows are
+        locked and marked by one Core statement each for the whole group.
+        """
+        waiting = set(session.scalars(
+            select(_EVENTS.c.id)
+            .where(_EVENTS.c.id.in_([r.event_id for r in group]),
+                   _EVENTS.c.processed_at.is_(None))
+            .with_for_update()))
         outcomes: list[str | None] = [None] * len(group)
         pending: list[tuple[int, QueueRequest]] = []
 
@@ -244,8 +251,7 @@ class Scheduler:
             pending.clear()
 
         for index, ready in enumerate(group):
-            row = rows.get(ready.event_id)
-            if row is None or row.processed_at is not None:
+            if ready.event_id not in waiting:
                 continue
             if pending and ready.number is not None and any(
                     request.info.number == ready.number for _i, request in pending):
@@ -257,12 +263,11 @@ class Scheduler:
                 outcomes[index] = result
         if pending:
             send()
-        now = utcnow()
-        for ready, outcome in zip(group, outcomes, strict=True):
-            if outcome is not None:
-                row = rows[ready.event_id]
-                row.processed_at = now
-                row.outcome = outcome[:500]
+        marks = [{"b_id": ready.event_id, "outcome": outcome[:500]}
+                 for ready, outcome in zip(group, outcomes, strict=True) if outcome is not None]
+        if marks:
+            session.execute(update(_EVENTS).where(_EVENTS.c.id == bindparam("b_id"))
+                            .values(processed_at=utcnow(), outcome=bindparam("outcome")), marks)
         return outcomes
 
     def process(self, event_id: int, event: Parsed) -> bool:
@@ -278,17 +283,15 @@ class Scheduler:
 
     def _act_alone(self, event_id: int, event: Parsed, target: Target) -> bool:
         number = event.number if isinstance(event, ChangeEvent) else None
+        ready = _Ready(event_id, event, target, number)
         try:
             with transaction(self.sessions) as session:
-                row = session.get(Event, event_id, with_for_update=True)
-                if row is None or row.processed_at is not None:
-                    return True
-                (outcome,) = self._act_in(session, [_Ready(event_id, event, target, number)],
-                                          {event_id: row})
+                (outcome,) = self._act_in(session, [ready])
         except Exception as exc:
             return self._failure(event_id, event, exc, "storing its outcome failed")
         self._retry.pop(event_id, None)
-        logger.info("event %s (%s): %s", event_id, event.type, outcome)
+        if outcome is not None:
+            logger.info("event %s (%s): %s", event_id, event.type, outcome)
         return True
 
     def _failure(self, event_id: int, event: Parsed, exc: Exception, what: str) -> bool:
