@@ -11,16 +11,24 @@ failure of the claim (`claims.double`, must be 0).
 
 Records claims.pg_8_workers_per_s (builds ÷ seconds from the start signal to
 the last recorded result; the key names the 8 workers even when `--workers`
-differs, so only a default run writes it) and claims.double.
+differs, so only a default run writes it) and claims.double. On a 2-core
+machine the drain is CPU-bound, so it also records what a build cost in CPU,
+which moves far less with the machine's other load than the rate does:
+claims.worker_cpu_ms_per_build (the worker processes, every thread) and
+claims.backend_cpu_ms_per_build (their PostgreSQL server processes, read from
+/proc: only when the server runs on this machine and /proc shows them).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import resource
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +69,30 @@ def bench_config(url: str, logs: Path) -> Any:
     })
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of process `pid` so far (None when /proc does not show it)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _backends_cpu(pids: set[int]) -> float | None:
+    seconds = [_cpu_seconds(pid) for pid in pids]
+    return None if not seconds or None in seconds else sum(s for s in seconds if s is not None)
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def worker_process(url: str, logs: str, name: str, ready: Any, start: Any, out: Any) -> None:
-    """One worker process: wait for the start signal, drain the queue, report what ran."""
-    from sqlalchemy import func, select
+    """One worker process: wait for the start signal, drain the queue, report what
+    ran and the CPU it and its database connections' server processes spent."""
+    from sqlalchemy import event, func, select
 
     from ci.db import make_engine, make_sessionmaker
     from ci.models import Build, BuildState
@@ -79,10 +108,14 @@ def worker_process(url: str, logs: str, name: str, ready: Any, start: Any, out: 
     install(sessions, hub)
     hub.waiter(REPORTS)
     worker = Worker(config, sessions, name=name, runner_factory=_noop_runner_factory)
+    backends: set[int] = set()  # the server process of each connection the pool opens
+    event.listen(engine, "connect",
+                 lambda dbapi_conn, _record: backends.add(dbapi_conn.info.backend_pid))
     with sessions() as session:  # opens the pool's connection before the clock starts
         session.execute(select(1))
     ready.put(name)
     start.wait()
+    cpu, backend_cpu = _own_cpu(), _backends_cpu(backends)
     while True:
         if worker.run_once():
             continue
@@ -92,8 +125,22 @@ def worker_process(url: str, logs: str, name: str, ready: Any, start: Any, out: 
                                   .where(Build.state == BuildState.QUEUED)):
                 break
         time.sleep(0.005)
+    cpu = _own_cpu() - cpu
+    backend_now = _backends_cpu(backends)  # a connection opened meanwhile counts from 0
+    backend = (None if backend_cpu is None or backend_now is None
+               else backend_now - backend_cpu)
     engine.dispose()
-    out.put((name, list(_RAN), time.time()))
+    out.put(WorkerFigures(name, list(_RAN), cpu, backend))
+
+
+@dataclass(frozen=True)
+class WorkerFigures:
+    """What one worker process ran, and the CPU seconds it and its server processes spent."""
+
+    name: str
+    ran: list[int]
+    cpu_s: float
+    backend_cpu_s: float | None
 
 
 def fill_queue(url: str, builds: int) -> None:
@@ -145,16 +192,27 @@ def run(pg_admin: str, builds: int, workers: int) -> dict[str, float | int]:
                                .where(Build.state == BuildState.SUCCEEDED))
             reports = conn.scalar(select(func.count()).select_from(Report))
         engine.dispose()
-        ran = Counter(build_id for _name, ids, _t in results for build_id in ids)
+        ran = Counter(build_id for figures in results for build_id in figures.ran)
         double = sum(1 for n in ran.values() if n > 1)
         if done != builds or len(ran) != builds or reports != builds:
             raise SystemExit(f"only {done} of {builds} builds succeeded ({len(ran)} ran, "
                              f"{reports} reports)")
         elapsed = (last.timestamp() if last else time.time()) - began
-        per_worker = {n: len(ids) for n, ids, _t in results}
+        per_worker = {f.name: len(f.ran) for f in results}
+        cpu_ms = 1000 * sum(f.cpu_s for f in results) / builds
+        backend = [f.backend_cpu_s for f in results]
+        backend_ms = (None if None in backend
+                      else 1000 * sum(b for b in backend if b is not None) / builds)
         print(f"{builds} builds, {workers} worker processes: {elapsed:.2f} s, "
-              f"{builds / elapsed:.0f} claims/s, run twice: {double}; per worker {per_worker}")
-        return {"per_s": builds / elapsed, "double": double}
+              f"{builds / elapsed:.0f} claims/s, run twice: {double}; CPU a build: "
+              f"workers {cpu_ms:.2f} ms, PostgreSQL "
+              f"{'unknown' if backend_ms is None else f'{backend_ms:.2f} ms'}; "
+              f"per worker {per_worker}")
+        figures: dict[str, float | int] = {"per_s": builds / elapsed, "double": double,
+                                           "cpu_ms": cpu_ms}
+        if backend_ms is not None:
+            figures["backend_cpu_ms"] = backend_ms
+        return figures
     finally:
         drop_database(name, pg_admin)
 
@@ -173,6 +231,9 @@ def main(argv: list[str] | None = None) -> dict[str, float | int]:
     out: dict[str, float | int] = {"claims.double": figures["double"]}
     if args.workers == 8 and not args.quick:
         out["claims.pg_8_workers_per_s"] = round(figures["per_s"], 1)
+        out["claims.worker_cpu_ms_per_build"] = round(figures["cpu_ms"], 2)
+        if "backend_cpu_ms" in figures:
+            out["claims.backend_cpu_ms_per_build"] = round(figures["backend_cpu_ms"], 2)
     record(out, path=args.results)
     return out
 
