@@ -5,8 +5,9 @@ each line's type and its UTF-8 bytes) and never a Python object per row.
 The bytes go to the database as they came off the wire: decoding a 2 KB
 non-ASCII line to `str` only for the driver to encode it back cost more than
 half of SQLite's insert (bench/listener_throughput.py). SQLite takes them as
-a blob cast to TEXT in the statement (stored as text, read back as `str`);
-PostgreSQL takes one COPY block the store formats itself. Lines that parsed
+blobs cast to TEXT in the statement (stored as text, read back as `str`), 500
+rows a statement; PostgreSQL takes one COPY block the store formats itself.
+Lines that parsed
 as JSON are valid UTF-8 without NUL (a JSON parser refuses either), and the
 store makes every other line so before it gets here.
 
@@ -17,10 +18,11 @@ would for a Core statement.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import insert
@@ -30,8 +32,6 @@ from sqlalchemy.exc import DBAPIError
 from ci.models import Event
 
 if TYPE_CHECKING:
-    import sqlite3
-
     import psycopg
 
 
@@ -80,18 +80,37 @@ def _sqlite(connection: Connection, batches: Sequence[Received]) -> None:
     # worked out once per received chunk rather than once per row.
     dialect = connection.dialect
     stamp = Event.__table__.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
-
-    def rows() -> Iterator[tuple[str, bytes, Any]]:
-        for batch in batches:
-            at = stamp(batch.at) if stamp is not None else batch.at
-            yield from zip(batch.kinds, batch.raws, repeat(at))
-
     raw = cast("sqlite3.Connection", connection.connection.dbapi_connection)
+    per_statement = max(1, min(_SQLITE_ROWS,
+                               raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 3))
+    params: list[Any] = []
     cursor = raw.cursor()
     try:
-        cursor.executemany(_SQLITE_INSERT, rows())
+        for batch in batches:
+            at = stamp(batch.at) if stamp is not None else batch.at
+            for kind, line in zip(batch.kinds, batch.raws, strict=True):
+                params += (kind, line, at)
+                if len(params) == 3 * per_statement:
+                    cursor.execute(_sqlite_insert(per_statement), params)
+                    params = []
+        if params:
+            cursor.execute(_sqlite_insert(len(params) // 3), params)
     finally:
         cursor.close()
+
+
+# Rows per INSERT on SQLite: sqlite3 lets go of the interpreter lock once a
+# statement, and executemany runs one statement a row, so a reader thread busy
+# parsing would make the writer wait for the lock (5 ms, the switch interval)
+# up to once a row; a few statements of many rows wait a few times a batch.
+_SQLITE_ROWS = 500
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_insert(rows: int) -> str:
+    # Placeholders only: no value is ever part of the statement's text.
+    return ("INSERT INTO events (type, raw, received_at) VALUES "  # noqa: S608
+            + ", ".join(["(?, CAST(? AS TEXT), ?)"] * rows))
 
 
 def copy_text(batches: Sequence[Received]) -> bytes:

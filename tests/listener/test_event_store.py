@@ -114,3 +114,13 @@ def test_dropped_output_is_flagged_on_its_chunk(sessions: sessionmaker[Session])
     store = EventStore(sessions)
     assert not store.read_chunk([_line(1)]).dropped_output
     assert store.read_chunk([b'{"type":"dropped-output"}', _line(2)]).dropped_output
+
+
+def test_a_large_batch_is_stored_whole_and_in_order(sessions: sessionmaker[Session]) -> None:
+    # More rows than one SQLite statement takes (500): full statements and the rest.
+    store = EventStore(sessions, batch_size=5000)
+    store.take(store.read_chunk([_line(i, comment=f"é {i}") for i in range(1234)]))
+    assert store.flush() == 1234
+    with transaction(sessions) as session:
+        raws = session.scalars(select(Event.raw).order_by(Event.id)).all()
+    assert [orjson.loads(raw)["comment"] for raw in raws] == [f"é {i}" for i in range(1234)]
