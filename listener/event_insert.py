@@ -7,9 +7,8 @@ non-ASCII line to `str` only for the driver to encode it back cost more than
 half of SQLite's insert (bench/listener_throughput.py). SQLite takes them as
 blobs cast to TEXT in the statement (stored as text, read back as `str`), 500
 rows a statement; PostgreSQL takes one COPY block the store formats itself.
-Lines that parsed
-as JSON are valid UTF-8 without NUL (a JSON parser refuses either), and the
-store makes every other line so before it gets here.
+Lines that parsed as JSON are valid UTF-8 without NUL (a JSON parser refuses
+either), and the store makes every other line so before it gets here.
 
 The driver's own errors are raised as SQLAlchemy's, so the caller tells an
 outage (OperationalError: retry the batch later) from a refused value as it
