@@ -255,6 +255,20 @@ class SSHExecutor:
             self.close()
             raise ExecutorError(f"download from {self._where()} failed: {exc}") from exc
 
+    def remove(self, remote_paths: Sequence[str]) -> None:
+        """Delete remote files over the open SFTP session, as `rm -f` would: one
+        that is not there, or cannot be removed, is left (no command started)."""
+        sftp = self._sftp_client()
+        try:
+            for path in remote_paths:
+                try:
+                    sftp.remove(path)
+                except OSError:  # FileNotFoundError, PermissionError: rm -f's exit 1
+                    logger.debug("could not remove %s on %s", path, self._where(), exc_info=True)
+        except _TRANSPORT_ERRORS as exc:
+            self.close()
+            raise ExecutorError(f"removing files on {self._where()} failed: {exc}") from exc
+
     def read_from(self, remote_path: str, offset: int, limit: int) -> bytes | None:
         """Up to `limit` bytes of a remote file from `offset` (b"" when it has no more),
         None when it does not exist yet: how a file still being written is followed."""

@@ -34,7 +34,6 @@ from runners.tempest_progress import POLL_SECONDS, Progress, ProgressWatcher, Te
 RunScript = Callable[[Sequence[str]], CommandResult]
 # The files tempest.sh writes its passes' streams into, next to the joined one.
 PASS_STREAMS = ("parallel.subunit", "serial.subunit")
-STALE_STREAMS_TIMEOUT = 60
 VERDICT_PASSED = 0
 VERDICT_FAILED = 1
 
@@ -56,7 +55,8 @@ class TempestStep:
         streams = [str(remote_dir / name) for name in PASS_STREAMS]
         # An earlier build's streams would be counted as this one's until tempest.sh
         # starts afresh (it empties the directory, but the watcher may look first).
-        self.ssh.run(["rm", "-f", "--", *streams], timeout=STALE_STREAMS_TIMEOUT)
+        # Over the SFTP session already open: a command would be a channel and a shell.
+        self.ssh.remove(streams)
         with self._watch(step, counter, streams):
             run = self.run_script([])
         step.log(f"tempest.sh exited {run.exit_code}")
