@@ -13,9 +13,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, and_, literal, null, or_, select, union_all
+from sqlalchemy import (
+    Row,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from ci.baseline import FAILING, latest_baseline
@@ -53,27 +65,54 @@ def _match(session: Session, build: Build, config: Config,
                                 log_dir, config.verdict.scan_bytes))
 
 
+_RESULTS = cast(Table, TestResult.__table__)
+_BUILDS = cast(Table, Build.__table__)
+_FLIPS = cast(Table, TestFlip.__table__)
+_MATCHES = cast(Table, SignatureMatch.__table__)
+_VERDICTS = cast(Table, FailureVerdict.__table__)
+
+
+def _code_results_query(*, on_patchset: bool) -> Select[Any]:
+    """The one statement of `_code_results`, built once per shape: building and hashing
+    it for every build cost the worker more CPU than PostgreSQL spends running it.
+    Core columns (no ORM entity): its rows become `Run`s, never objects."""
+    own = and_(_RESULTS.c.build_id == bindparam("build_id"),
+               _RESULTS.c.status.in_((*FAILING, FLAKY)))
+    where = own
+    if on_patchset:
+        code = select(_BUILDS.c.id).where(
+            _BUILDS.c.patchset_id == bindparam("patchset_id"), _BUILDS.c.job == bindparam("job"),
+            or_(_BUILDS.c.id == bindparam("build_id"),
+                and_(_BUILDS.c.id < bindparam("build_id"), _BUILDS.c.finished_at.is_not(None))))
+        failed_tests = select(_RESULTS.c.test_id).where(_RESULTS.c.build_id.in_(code),
+                                                        _RESULTS.c.status.in_(FAILING))
+        # build_id IN (a few builds) at the top: the results are read per build on
+        # its index, never all of them (an OR around it would scan the table).
+        where = and_(_RESULTS.c.build_id.in_(code), or_(
+            _RESULTS.c.test_id.in_(failed_tests),
+            and_(_RESULTS.c.build_id == bindparam("build_id"), _RESULTS.c.status == FLAKY)))
+    return (select(_RESULTS.c.build_id, _RESULTS.c.test_id, _RESULTS.c.status,
+                   _RESULTS.c.details, _BUILDS.c.finished_at, _BUILDS.c.state)
+            .join_from(_RESULTS, _BUILDS, _BUILDS.c.id == _RESULTS.c.build_id).where(where)
+            .order_by(_RESULTS.c.build_id, _RESULTS.c.id))
+
+
+_CODE_RESULTS = _code_results_query(on_patchset=True)
+_OWN_RESULTS = _code_results_query(on_patchset=False)
+
+
 def _code_results(session: Session, build: Build) -> list[Run]:
     """One statement: the build's failed and flaky results and, on the earlier finished
     builds of its patchset and job (none for a baseline), every result of each test that
     failed in one of them or in this build (this build's too): all a flip needs."""
-    own = and_(TestResult.build_id == build.id, TestResult.status.in_((*FAILING, FLAKY)))
-    where = own
-    if build.patchset_id is not None:
-        code = select(Build.id).where(
-            Build.patchset_id == build.patchset_id, Build.job == build.job,
-            or_(Build.id == build.id, and_(Build.id < build.id, Build.finished_at.is_not(None))))
-        failed_tests = select(TestResult.test_id).where(TestResult.build_id.in_(code),
-                                                        TestResult.status.in_(FAILING))
-        # build_id IN (a few builds) at the top: the results are read per build on
-        # its index, never all of them (an OR around it would scan the table).
-        where = and_(TestResult.build_id.in_(code), or_(
-            TestResult.test_id.in_(failed_tests),
-            and_(TestResult.build_id == build.id, TestResult.status == FLAKY)))
-    rows = session.execute(select(TestResult.build_id, TestResult.test_id, TestResult.status,
-                                  TestResult.details, Build.finished_at, Build.state)
-                           .join(Build, Build.id == TestResult.build_id).where(where)
-                           .order_by(TestResult.build_id, TestResult.id))
+    # A Core statement does not autoflush: the caller's pending results go first.
+    session.flush()
+    if build.patchset_id is None:
+        rows = session.execute(_OWN_RESULTS, {"build_id": build.id})
+    else:
+        rows = session.execute(_CODE_RESULTS, {"build_id": build.id,
+                                               "patchset_id": build.patchset_id,
+                                               "job": build.job})
     return [Run(r.build_id, r.test_id, r.status, r.finished_at, r.state, r.details or "")
             for r in rows]
 
@@ -125,16 +164,21 @@ def recovered_on_recheck(own: Sequence[Run], flips: Sequence[TestFlip]
 
 def _store(session: Session, build: Build, assessment: Assessment,
            flips: list[TestFlip]) -> None:
-    session.add_all(SignatureMatch(build_id=build.id, signature_id=m.signature_id, bug=m.bug,
-                                   test_id=m.test_id, file=m.file, excerpt=m.excerpt)
-                    for m in assessment.matches)
+    """Core INSERTs (one executemany a table, none when there is nothing): the rows are
+    read back by queries, never as these objects, so the ORM's flush is not needed."""
+    matches = [{"build_id": build.id, "signature_id": m.signature_id, "bug": m.bug,
+                "test_id": m.test_id, "file": m.file, "excerpt": m.excerpt}
+               for m in assessment.matches]
     # A flaky test's explanation is its re-run flip (the same fact, one row):
     # build_verdict reads it back from there.
-    session.add_all(FailureVerdict(build_id=build.id, test_id=e.test_id, kind=e.kind.value,
-                                   reason=e.reason, link=e.link)
-                    for e in assessment.verdict.explanations if e.kind is not FailureKind.FLAKY)
-    session.add_all(flips)
-    session.flush()
+    verdicts = [{"build_id": build.id, "test_id": e.test_id, "kind": e.kind.value,
+                 "reason": e.reason, "link": e.link}
+                for e in assessment.verdict.explanations if e.kind is not FailureKind.FLAKY]
+    # Every column ci.test_flips set on the flip (none is left to a default).
+    flip_rows = [{c.key: vars(f)[c.key] for c in _FLIPS.c if c.key in vars(f)} for f in flips]
+    for table, rows in ((_MATCHES, matches), (_VERDICTS, verdicts), (_FLIPS, flip_rows)):
+        if rows:
+            session.execute(insert(table), rows)
 
 
 def build_verdict(session: Session, build_id: int) -> dict[str, Any]:
