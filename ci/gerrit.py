@@ -37,11 +37,6 @@ logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16000
 _READ_SIZE = 1 << 20
-# The event stream's SSH window (OpenSSH's is 2 MB): a burst waits on our side,
-# not in Gerrit's per-connection queue, which drops past 128 events, and a
-# window adjust goes back every 1.6 MB read rather than every 200 KB. Packets
-# stay at OpenSSH's 32 KB, which every server takes.
-STREAM_WINDOW = 16 << 20
 _SPECIAL_FILES = ("/COMMIT_MSG", "/MERGE_LIST", "/PATCHSET_LEVEL")
 # Changes per batched files lookup: far inside Gerrit's default index.maxTerms
 # (1024 leaf terms, java/com/google/gerrit/index/IndexConfig.java) and one page
@@ -370,7 +365,7 @@ class GerritClient:
         when nothing arrived for `config.silence_timeout` seconds (if set):
         the caller reconnects and catches up by query.
         """
-        client = self.connect()
+        client = self.connect(quick_ack=True)
         try:
             transport = client.get_transport()
             assert transport is not None
@@ -380,8 +375,11 @@ class GerritClient:
                 transport.set_keepalive(0)
                 probe = LinkProbe(transport, self.config.keepalive,
                                   self.config.keepalive_timeout)
-            channel = transport.open_session(window_size=STREAM_WINDOW,
-                                             timeout=self.timeout)
+            # paramiko's (and OpenSSH's) 2 MB window: a 16 MB one let the server
+            # flood paramiko's transport thread, which then took the interpreter
+            # lock from the reader (intake 7,706 -> 10,906 events/s back at 2 MB,
+            # bench/listener_throughput.py corpus, a loaded machine).
+            channel = transport.open_session(timeout=self.timeout)
             channel.exec_command(shlex.join(["gerrit", "stream-events"]))
             channel.settimeout(tick)
             yield from self._read_chunks(channel, stop, poll_timeout, probe)
