@@ -365,7 +365,7 @@ class GerritClient:
         when nothing arrived for `config.silence_timeout` seconds (if set):
         the caller reconnects and catches up by query.
         """
-        client = self.connect(quick_ack=True)
+        client = self.connect()
         try:
             transport = client.get_transport()
             assert transport is not None
