@@ -7,6 +7,7 @@ when workers run on many hosts. Both go through the same code.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.errors import PermanentError
@@ -57,7 +59,49 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             dbapi_conn.isolation_level = None
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    ping_when_idle(engine)
+    return engine
+
+
+# A connection back in the pool for longer than this is pinged before it is
+# used again. Why not `pool_pre_ping` on every checkout: a worker's no-op build
+# checks out twice, milliseconds apart, and the two pings were 2 of its 12
+# round trips. The server closes a connection (restart, failover, an idle
+# timeout) while it sits in the pool, which after a build of minutes or an idle
+# poll is long; a connection returned moments ago is as likely to die in the
+# next statement as in the ping, which the ping does not protect against
+# anyway. A transaction that fails so rolls back and is retried: the worker's
+# loop claims again (nothing was claimed), and the pool, seeing a disconnect,
+# replaces every connection older than it.
+PING_IDLE_SECONDS = 5.0
+_RETURNED_AT = "hyperv_ci_returned_at"
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float = PING_IDLE_SECONDS) -> None:
+    """Ping a pooled connection on checkout only when it has been idle `idle_seconds`;
+    a dead one is replaced, and the pool's older ones with it (the pool retries the
+    checkout)."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get(_RETURNED_AT)
+        if returned is None or time.monotonic() - returned < idle_seconds:
+            return  # new (just connected) or used moments ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if not engine.dialect.is_disconnect(exc, dbapi_conn, None):
+                raise
+            alive = False
+        if not alive:
+            record.info.pop(_RETURNED_AT, None)
+            # As pool_pre_ping does: the older connections are likely dead too.
+            raise InvalidatePoolError("the pooled connection was closed by the server")
 
 
 def _set_wal(cursor: Any, attempts: int = 300) -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, create_engine, select, text
 
-from ci.db import ensure_schema, make_engine, read_only_engine, schema_is_current
+import ci.db
+from ci.db import (
+    PING_IDLE_SECONDS,
+    ensure_schema,
+    make_engine,
+    ping_when_idle,
+    read_only_engine,
+    schema_is_current,
+)
 from ci.models import Base, Event
 
 
@@ -72,4 +82,57 @@ def test_processes_started_together_on_an_empty_database_all_get_the_schema(
     try:
         assert schema_is_current(engine)
     finally:
+        engine.dispose()
+
+
+# -- a pooled connection is pinged only when it sat idle ----------------------------------------
+
+
+def _pings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Count the dialect's pings (the seam the pool's checkout calls)."""
+    seen: list[object] = []
+    real = engine.dialect.do_ping
+
+    def counting(dbapi_conn: object) -> bool:
+        seen.append(dbapi_conn)
+        return real(dbapi_conn)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counting)
+    return seen
+
+
+@pytest.mark.postgres
+def test_a_connection_returned_moments_ago_is_not_pinged_one_idle_is(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(pg_url)
+    try:
+        pings = _pings(engine, monkeypatch)
+        for _ in range(3):  # a claim and a record, back to back
+            with engine.begin() as conn:
+                conn.execute(text("SELECT 1"))
+        assert pings == []
+        now = time.monotonic()
+        monkeypatch.setattr(ci.db.time, "monotonic", lambda: now + PING_IDLE_SECONDS + 1)
+        with engine.begin() as conn:  # after a build of minutes, or an idle poll
+            conn.execute(text("SELECT 1"))
+        assert len(pings) == 1
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_connection_the_server_closed_while_idle_is_replaced(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    ping_when_idle(engine, idle_seconds=0)  # every checkout after the first is "idle"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.connect() as conn:  # a server restart, an idle timeout
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        with engine.begin() as conn:  # no OperationalError: the dead one was dropped
+            again = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert again != first
+    finally:
+        admin.dispose()
         engine.dispose()
