@@ -3,6 +3,8 @@
 A worker drives a runner through prepare → run → collect → cleanup: `prepare`
 returns one value (its nodes, connections, rendered files) that the other
 three take; collect and cleanup run whatever `run` did (from `finally`).
+Checkpoint nodes are provisioned by the worker, before `prepare` or, for a
+runner that waits for them itself (`waits_for_nodes`), while it runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 
 from ci.changes import ChangeInfo
 from ci.errors import ControlFlow, TransientError
@@ -140,6 +142,10 @@ class BuildContext:
     steps: StepRecorder
     nodes: Sequence[NodeConfig] = ()
     should_abort: Callable[[], bool] = lambda: False
+    # Returns once the build's checkpoint nodes are reverted and answering;
+    # raises the provisioning's InfraError if they are not (a runner whose
+    # `waits_for_nodes` is set calls it before it first uses a node).
+    nodes_ready: Callable[[], None] = lambda: None
 
 
 # What a runner's `prepare` made for the rest of the build (nodes, connections,
@@ -154,6 +160,11 @@ class Runner(abc.ABC, Generic[Prepared]):
     released what it took); `collect` runs only after a `prepare` that
     returned, `cleanup` always (with None when `prepare` raised).
     """
+
+    #: True: `run` calls `ctx.nodes_ready()` before it first uses a node, so the
+    #: worker provisions the nodes while the runner prepares and merges; False:
+    #: the worker provisions them before `prepare`.
+    waits_for_nodes: ClassVar[bool] = False
 
     #: Node labels the job needs, one entry per node (e.g. devstack + 2 x hyperv).
     def node_labels(self) -> list[str]:

@@ -90,7 +90,12 @@ class _Stop(Exception):
         self.result = result
 
 
-def _connect_quietly(executor: SSHExecutor | WinRMExecutor) -> None:
+def _connect_quietly(nodes_ready: Callable[[], None],
+                     executor: SSHExecutor | WinRMExecutor) -> None:
+    try:
+        nodes_ready()  # a node being reverted does not answer yet
+    except Exception:  # raised again where the build waits for its nodes
+        return
     try:
         executor.connect()
     except ExecutorError as exc:
@@ -100,6 +105,8 @@ def _connect_quietly(executor: SSHExecutor | WinRMExecutor) -> None:
 
 class DevstackHypervRunner(Runner[PreparedBuild]):
     """One build of the devstack-hyperv job (a fresh instance per build)."""
+
+    waits_for_nodes = True  # the merge needs no node: provisioning goes on meanwhile
 
     def __init__(self, job: DevstackHypervJob, *, cache_dir: Path | None = None,
                  winrm_backoff: float = 2.0) -> None:
@@ -270,9 +277,12 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
             executors: list[SSHExecutor | WinRMExecutor] = [prepared.ssh,
                                                              *prepared.winrm.values()]
             for executor in executors:
-                connecting.submit(_connect_quietly, executor)
+                connecting.submit(_connect_quietly, ctx.nodes_ready, executor)
             merged = self._step(ctx, "prepare-change", WORKER,
                                 lambda step: self._prepare_change(ctx, prepared.workdir, step))
+        # The worker reverted the checkpoint nodes during the merge; if that failed the
+        # build is the CI's error (raised here), and no node has logs of it to collect.
+        ctx.nodes_ready()
         self.merged = merged
         # Every command from here on stops when the build is aborted.
         build = dataclasses.replace(prepared, rendered=self._render(ctx, merged.merge_commit),

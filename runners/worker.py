@@ -12,6 +12,7 @@ health checks (one process per interval).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import socket
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,16 +276,28 @@ class Worker:
 
     def _run_job(self, ctx: BuildContext) -> tuple[JobResult, list[str]]:
         failed_nodes: list[str] = []
+        provisioning: Future[None] | None = None
         try:
             runner = self.runner_factory(self.config, ctx.job_name)
             prepared: Any = None
             ready = False  # `prepare` returned (its value may be None)
             try:
-                provision_build(ctx, self.sessions)  # checkpoint nodes: reverted, answering
+                # Checkpoint nodes: reverted and answering, before the runner uses them.
+                if runner.waits_for_nodes and any(n.provisioned for n in ctx.nodes):
+                    # runners.provision reverts the nodes side by side; this thread drives it.
+                    driver = ThreadPoolExecutor(1, thread_name_prefix=f"provision-{ctx.build_id}")
+                    provisioning = driver.submit(provision_build, ctx, self.sessions)
+                    driver.shutdown(wait=False)  # its thread ends with the provisioning
+                    ctx = dataclasses.replace(ctx, nodes_ready=provisioning.result)
+                else:
+                    provision_build(ctx, self.sessions)
                 prepared = runner.prepare(ctx)
                 ready = True
                 result = runner.run(ctx, prepared)
             finally:
+                if provisioning is not None:
+                    # Nothing is collected, cleaned or turned off under a revert.
+                    _settle(ctx.build_id, provisioning)
                 try:
                     if ready:
                         runner.collect(ctx, prepared)
@@ -348,6 +362,14 @@ class Worker:
             if retry is None:
                 flaky = [t.test_id for t in result.tests if t.status == FLAKY]
                 queue_report(session, build, self.config, flaky=flaky)
+
+
+def _settle(build_id: int, provisioning: Future[None]) -> None:
+    """Wait for a build's provisioning; a failure the runner never waited for (it
+    stopped first: a merge conflict) is logged: its nodes are already offline."""
+    wait([provisioning])
+    if (exc := provisioning.exception()) is not None:
+        logger.warning("build %s: provisioning failed: %s", build_id, exc)
 
 
 def test_result_rows(build_id: int, tests: Sequence[TestOutcome], redact: Callable[[str], str],
