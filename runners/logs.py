@@ -112,13 +112,18 @@ def write_index(directory: Path) -> None:
         (here / INDEX).write_text(page, encoding="utf-8")
 
 
-def move_tree(source: Path, target: Path) -> None:
-    """Move every file of `source` into `target` (merging directories), then remove `source`."""
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+def move_tree(source: Path, target: Path, files: list[Path] | None = None) -> None:
+    """Move every file of `source` (`files`, when the caller listed them) into `target`
+    (merging directories), then remove `source`."""
+    listed = files if files is not None else [p for p in source.rglob("*") if p.is_file()]
+    for path in sorted(listed):
         dest = target / path.relative_to(source)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(path, dest)
-    shutil.rmtree(source, ignore_errors=True)
+    try:
+        source.rmdir()  # usually empty by now (a job that collected no directories)
+    except OSError:
+        shutil.rmtree(source, ignore_errors=True)
 
 
 def publish_logs(log_dir: Path, redact: Redactor, gzip_over: int,
@@ -129,9 +134,11 @@ def publish_logs(log_dir: Path, redact: Redactor, gzip_over: int,
     only then moved into the browsable `log_dir`.
     """
     if staging is not None and staging.is_dir():
-        for path in (p for p in staging.rglob("*") if p.is_file()):
+        # Listed once, for redacting and for moving (a no-op build stages nothing).
+        staged = [p for p in staging.rglob("*") if p.is_file()]
+        for path in staged:
             redact_file(path, redact)
-        move_tree(staging, log_dir)
+        move_tree(staging, log_dir, staged)
     for path in sorted(p for p in log_dir.rglob("*") if p.is_file() and p.name != INDEX):
         if redact_file(path, redact):
             logger.info("redacted secrets in %s", path)

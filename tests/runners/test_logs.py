@@ -146,3 +146,26 @@ def test_prune_removes_only_trees_past_retention(tmp_path: Path) -> None:
     assert prune_logs(tmp_path, retention_days=30) == 1
     assert not (tmp_path / "10001").exists()
     assert (new / "x.log").exists()
+
+
+def test_staged_files_are_redacted_moved_and_the_staging_tree_removed(tmp_path: Path) -> None:
+    redact = make_redactor(["s3cr3t"])
+    log_dir, staging = tmp_path / "logs" / "1001" / "1" / "job-7", tmp_path / "staging"
+    (staging / "controller" / "nova").mkdir(parents=True)
+    (staging / "controller" / "nova" / "n-cpu.log").write_text("pw=s3cr3t ünïcode\n",
+                                                               encoding="utf-8")
+    (staging / "empty-dir").mkdir()
+    publish_logs(log_dir, redact, 1 << 20, staging=staging)
+    moved = log_dir / "controller" / "nova" / "n-cpu.log"
+    assert moved.read_text(encoding="utf-8") == f"pw={REDACTED} ünïcode\n"
+    assert not staging.exists()  # directories left in it too
+    assert (log_dir / "index.html").is_file()
+
+
+def test_a_build_that_staged_nothing_still_gets_its_index(tmp_path: Path) -> None:
+    log_dir, staging = tmp_path / "logs" / "1001" / "1" / "job-8", tmp_path / "staging"
+    log_dir.mkdir(parents=True)
+    staging.mkdir()
+    publish_logs(log_dir, make_redactor([]), 1 << 20, staging=staging)
+    assert not staging.exists()
+    assert [p.name for p in log_dir.iterdir()] == ["index.html"]  # the report's link works
