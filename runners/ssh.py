@@ -60,6 +60,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRANSPORT_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, socket.timeout)
 _CHUNK = 32768
 STOP_POLL = 0.5  # seconds between two calls of a running command's `should_stop`
+EOF_GRACE = 2.0  # seconds a finished command's output may trail its exit status
 # How long a stop waits for the wrapper's pgid line if it has not arrived yet
 # (a command stopped right after it started): without it nothing can be killed.
 _PGID_WAIT = 5.0
@@ -395,14 +396,25 @@ class _Session:
         deadline = time.monotonic() + self.timeout
         next_check = time.monotonic()
         channel = self.channel
+        drained_by: float | None = None
         try:
             while True:
                 got = self._pump()
-                # Data always precedes the exit status on the wire, so once the
-                # status is in and the buffers are empty the command is done.
+                # sshd sends the exit status when the command ends, which can be before
+                # the last of its output (session_exit_message() in OpenSSH's session.c
+                # runs when the child is reaped; its pipes are drained after): the
+                # output is complete at the channel's EOF. A command whose background
+                # child keeps the pipes open sends no EOF: that is given EOF_GRACE.
                 if channel.exit_status_ready() and not (
                         channel.recv_ready() or channel.recv_stderr_ready()):
-                    break
+                    if channel.eof_received or channel.closed:
+                        break
+                    if drained_by is None:
+                        drained_by = time.monotonic() + EOF_GRACE
+                    elif time.monotonic() >= drained_by:
+                        logger.debug("a command on %s ended leaving a process that holds "
+                                     "its output open", self.executor.node_name)
+                        break
                 now = time.monotonic()
                 left = deadline - now
                 if left <= 0:

@@ -70,6 +70,22 @@ def test_non_ascii_output_survives_split_packets(executor: SSHExecutor) -> None:
     assert result.stderr == "café\n"
 
 
+def test_output_that_trails_the_exit_status_is_kept(executor: SSHExecutor) -> None:
+    # sshd sends the exit status when the command ends; a child still writing
+    # then is only done at the channel's EOF.
+    script = "(sleep 0.3; printf 'late\\n'; printf 'après\\n' >&2) & exit 4"
+    result = executor.run(["sh", "-c", script], timeout=20)
+    assert (result.exit_code, result.stdout, result.stderr) == (4, "late\n", "après\n")
+
+
+def test_a_background_child_holding_the_output_does_not_hang_the_command(
+        executor: SSHExecutor) -> None:
+    # No EOF comes while `sleep` keeps the pipes open: the command still ends
+    # (within EOF_GRACE), not at its timeout.
+    result = executor.run(["sh", "-c", "sleep 6 & echo started"], timeout=5)
+    assert (result.exit_code, result.stdout) == (0, "started\n")
+
+
 def test_invalid_utf8_is_replaced_not_fatal(executor: SSHExecutor) -> None:
     result = executor.run(["printf", r"bad \377 byte\n"], timeout=20)
     assert result.stdout == "bad \ufffd byte\n"
