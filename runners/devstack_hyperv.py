@@ -3,7 +3,8 @@
 Steps, each a recorded build step with its own log:
 
 1. prepare-change (worker): merge the patchset onto its branch tip (`runners.merger`);
-   a conflict ends the build as MERGE_CONFLICT, without a vote.
+   a conflict ends the build as MERGE_CONFLICT, without a vote. Checkpoint nodes are
+   reverted meanwhile (the worker provisions them; `run` waits for them after the merge).
 2. windows-teardown + windows-bootstrap on every Hyper-V node, in parallel with
 3. devstack on the controller (files + bundle uploaded, prepare-checkout.sh, stack.sh).
 4. hyperv-compute on every Hyper-V node (install, configs, services), then
@@ -270,8 +271,10 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
 
     def _run(self, ctx: BuildContext, prepared: PreparedBuild) -> JobResult:
         controller = prepared.controller.name
-        # The nodes' connections are set up while the worker merges (an SSH handshake,
-        # an NTLM logon per Windows node); a failure there is the first command's to report.
+        # While the worker reverts the checkpoint nodes, the change is merged and the
+        # job's files rendered, and the nodes' connections are set up as soon as the
+        # nodes answer (an SSH handshake, an NTLM logon per Windows node); a failure
+        # there is the first command's to report.
         with ThreadPoolExecutor(max_workers=1 + len(prepared.winrm),
                                 thread_name_prefix="connect") as connecting:
             executors: list[SSHExecutor | WinRMExecutor] = [prepared.ssh,
@@ -280,14 +283,14 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
                 connecting.submit(_connect_quietly, ctx.nodes_ready, executor)
             merged = self._step(ctx, "prepare-change", WORKER,
                                 lambda step: self._prepare_change(ctx, prepared.workdir, step))
-        # The worker reverted the checkpoint nodes during the merge; if that failed the
-        # build is the CI's error (raised here), and no node has logs of it to collect.
+            # Every command from here on stops when the build is aborted.
+            build = dataclasses.replace(prepared, should_stop=ctx.should_abort,
+                                        rendered=self._render(ctx, merged.merge_commit))
+            self._save_rendered(ctx, build.rendered)
+        # If the provisioning failed, the build is the CI's error (raised here), and no
+        # node has logs of it to collect.
         ctx.nodes_ready()
         self.merged = merged
-        # Every command from here on stops when the build is aborted.
-        build = dataclasses.replace(prepared, rendered=self._render(ctx, merged.merge_commit),
-                                    should_stop=ctx.should_abort)
-        self._save_rendered(ctx, build.rendered)
 
         def windows(node: str) -> None:
             for name in ("teardown", "bootstrap"):
