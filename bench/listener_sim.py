@@ -142,6 +142,8 @@ class SimProcess:
         self._proc = _CTX.Process(target=_serve, args=(child, str(root), users, queue_size),
                                   daemon=True)
         self._proc.start()
+        # Only the child keeps its end: a child that dies is EOFError here, not a hang.
+        child.close()
         self.port, known_hosts = self._conn.recv()
         self.known_hosts = Path(known_hosts)
 
@@ -229,6 +231,7 @@ def run_reader(reader: Callable[..., float], sim: SimProcess, target: Target, co
     proc = _CTX.Process(target=_reader_main, args=(child, reader, target, count, extra),
                         daemon=True)
     proc.start()
+    child.close()  # a reader that dies is EOFError below, not a wait for ever
     try:
         kind, value = conn.recv()
         if kind != "ready":
