@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +39,7 @@ from listener.events import (
     decode,
     peek,
 )
+from listener.wal import WalWriter, is_wal_file
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,25 @@ class EventStore:
         self.stored = 0
         self.duplicates = 0
         self.flushes = 0
+        # On a SQLite file, once started: the writer's own connection (no
+        # checkpoints on its commits) and the thread checkpointing for it.
+        self.wal: WalWriter | None = None
+
+    def start_checkpoints(self) -> None:
+        """On a SQLite file in WAL mode, commit on a connection of the store's own
+        that never checkpoints, a thread checkpointing instead (listener/wal.py)."""
+        bind = self.sessions.kw.get("bind")
+        if self.wal is None and isinstance(bind, Engine) and is_wal_file(bind):
+            self.wal = WalWriter(bind)
+        if self.wal is not None:
+            self.wal.start()
+
+    def close(self) -> None:
+        """Stop the checkpoint thread (after a last checkpoint) and let go of the
+        writer's connection; a later flush commits as before `start_checkpoints`."""
+        wal, self.wal = self.wal, None
+        if wal is not None:
+            wal.close()
 
     def load(self) -> None:
         """Remember recent events (for de-duplication and catch-up) after a restart."""
@@ -303,6 +323,12 @@ class EventStore:
         return count
 
     def _insert(self, batches: list[Received]) -> None:
+        wal = self.wal
+        if wal is not None:
+            with wal.transaction() as conn:
+                insert_lines(conn, batches)
+            wal.wrote(sum(len(raw) for batch in batches for raw in batch.raws))
+            return
         with transaction(self.sessions) as session:
             insert_lines(session.connection(), batches)
 

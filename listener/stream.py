@@ -130,12 +130,14 @@ class Listener:
         reader = threading.Thread(target=self._read, args=(halt,), name="gerrit-stream",
                                   daemon=True)
         reader.start()
+        self.store.start_checkpoints()
         try:
             self._write(stop, halt)
         finally:
             halt.set()
             self._drain(reader)
             self.store.flush()
+            self.store.close()
 
     def _drain(self, reader: threading.Thread, limit: float = 5.0) -> None:
         """Store what the reader still hands over until it ends (or `limit` passes:
