@@ -33,6 +33,7 @@ import hashlib
 import logging
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -456,5 +457,10 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         with ThreadPoolExecutor(max_workers=1 + len(prepared.hyperv),
                                 thread_name_prefix="cleanup") as pool:
             list(pool.map(clean, [prepared.controller, *prepared.hyperv]))
-        close_build([prepared.ssh, *prepared.winrm.values()], prepared.workdir)
+        # In the background: removing the worker-side scratch tree (the merge's checkout)
+        # takes tens of ms, and nothing after cleanup uses it or the connections; the
+        # power-off and the vote need not wait. Not a daemon: a stopping worker finishes it.
+        threading.Thread(target=close_build, name=f"close-build-{ctx.build_id}",
+                         args=([prepared.ssh, *prepared.winrm.values()], prepared.workdir)
+                         ).start()
         return sorted(failed)

@@ -29,6 +29,7 @@ from ci.models import (
 )
 from runners import pool
 from runners.devstack_hyperv import DevstackHypervRunner
+from runners.registry import make_runner
 from runners.steps import REDACTED
 from runners.worker import Worker
 from sim.gerrit_state import GerritState
@@ -146,12 +147,22 @@ def test_success_publishes_logs_without_secrets(lab: SimLab, gerrit: GerritState
     config = make_config(lab, gerrit, tmp_path)
     sync_pool(config, sqlite_sessions)
     build_id = enqueue_change(sqlite_sessions, gerrit)
+    runners: list[Any] = []
 
-    assert Worker(config, sqlite_sessions, name="w1").run_once()
+    def make(c: Config, job: str) -> Any:
+        runners.append(make_runner(c, job))
+        return runners[-1]
+
+    assert Worker(config, sqlite_sessions, name="w1", runner_factory=make).run_once()
 
     (build,) = builds(sqlite_sessions)
     assert build.id == build_id
     assert build.state == BuildState.SUCCEEDED, build.summary
+    # The worker-side scratch tree (the merge's checkout) is removed in the background.
+    for thread in threading.enumerate():
+        if thread.name == f"close-build-{build_id}":
+            thread.join()
+    assert not runners[0].merged.checkout.exists() and not runners[0].merged.bundle.exists()
     assert node_states(sqlite_sessions) == {
         "devstack-1": (NodeState.READY, None), "hv-1": (NodeState.READY, None),
         "hv-2": (NodeState.READY, None)}
