@@ -120,6 +120,10 @@ class WalWriter:
         self._configured: Any = None  # the DBAPI connection set to autocheckpoint=0
         self._checkpointer: Any = None  # the checkpoint thread's pooled DBAPI connection
         self._lock = threading.Lock()  # around `state`
+        # The writer's turn: held around each of its transactions, and by a
+        # RESTART/TRUNCATE, which a writer committing back to back would
+        # otherwise keep from the write lock for the whole burst.
+        self._turn = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,7 +160,7 @@ class WalWriter:
         if self._conn is None:
             self._conn = self.engine.connect()
         conn = self._conn
-        with conn.begin():
+        with self._turn, conn.begin():
             raw = conn.connection.dbapi_connection  # a new one after a reconnect
             if raw is not self._configured:
                 # A connection setting, in force at once (not transactional).
@@ -190,7 +194,11 @@ class WalWriter:
         if mode is None:
             return None
         try:
-            done = self._pragma(mode)
+            if mode == PASSIVE:
+                done = self._pragma(mode)  # beside the writer's commits
+            else:
+                with self._turn:  # between two of them
+                    done = self._pragma(mode)
         except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error):
             logger.exception("WAL checkpoint (%s) failed; retrying", mode)
             with self._lock:
@@ -207,8 +215,8 @@ class WalWriter:
                 state.long_since_truncate = True
             elif mode == TRUNCATE and done.complete:
                 state.long_since_truncate = False
-        if done.log >= self.restart_frames and mode != PASSIVE:
-            logger.warning("WAL checkpoint (%s) left %s frames: readers hold it", mode,
+        if done.log >= self.restart_frames and mode != PASSIVE and not done.complete:
+            logger.warning("WAL checkpoint (%s) left %s frames: readers held it", mode,
                            done.log)
         return done
 
