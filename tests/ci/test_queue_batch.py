@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
@@ -21,6 +19,7 @@ from ci.queue_batch import (
     queue_requests,
     rounds,
 )
+from tests.sql_statements import sent_statements
 
 JOB = "hyperv-tempest"
 SUBJECT = "Hyper-V: 修复 VHD 格式 — Zoë's fix"
@@ -50,22 +49,6 @@ def builds(sessions: sessionmaker[Session]) -> list[tuple[int, int, str, str, st
             select(Change.number, Patchset.number, Build.job, Build.state, Build.reason)
             .join(Patchset, Build.patchset_id == Patchset.id).join(Change).order_by(Build.id))
         return [tuple(r) for r in rows]  # type: ignore[misc]
-
-
-@contextmanager
-def statements(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
-    """The SQL statements sent while the block runs."""
-    sent: list[str] = []
-    engine = sessions.kw["bind"]
-
-    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
 
 
 # -- the rules, pure -----------------------------------------------------------------------
@@ -125,9 +108,9 @@ def test_a_batch_of_new_uploads_is_queued_in_order(sessions: sessionmaker[Sessio
 
 
 def test_the_statements_do_not_grow_with_the_batch(sessions: sessionmaker[Session]) -> None:
-    with statements(sessions) as few:
+    with sent_statements(sessions.kw["bind"]) as few:
         apply(sessions, *(request(200 + i) for i in range(3)))
-    with statements(sessions) as many:
+    with sent_statements(sessions.kw["bind"]) as many:
         apply(sessions, *(request(300 + i) for i in range(60)))
     assert len(builds(sessions)) == 63
     assert len(many) == len(few) <= 10

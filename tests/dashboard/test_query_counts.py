@@ -7,18 +7,16 @@ load (an N+1) would show as dozens of statements.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci import queue
 from ci.models import BuildState, BuildStep, Node, StepState, TestResult, utcnow
+from tests.sql_statements import sent_statements
 
 # Statements per page; the world below lists 20+ builds on each of them.
 LIMITS = {
@@ -62,20 +60,6 @@ def crowd(world: Any, dash_sessions: sessionmaker[Session]) -> dict[str, int]:
             "queued": world.queued_id}
 
 
-@contextmanager
-def counted(engine: Any) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-
-
 def test_statements_per_page(client: FlaskClient, crowd: dict[str, int],
                              dash_sessions: sessionmaker[Session]) -> None:
     # One world for every page (it takes longer to make than to read).
@@ -83,7 +67,7 @@ def test_statements_per_page(client: FlaskClient, crowd: dict[str, int],
     for path, limit in LIMITS.items():
         url = path.format(**crowd)
         client.get(url)  # the first request may warm caches; count the second
-        with counted(dash_sessions.kw["bind"]) as statements:
+        with sent_statements(dash_sessions.kw["bind"]) as statements:
             response = client.get(url)
         assert response.status_code == 200, url
         if len(statements) > limit:

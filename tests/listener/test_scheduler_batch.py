@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
@@ -21,6 +20,7 @@ from tests.listener.test_scheduler import (
     store,
     uploaded,
 )
+from tests.sql_statements import sent_statements
 
 JOB = "hyperv-tempest"
 
@@ -44,17 +44,8 @@ def made_up(number: int, ps: int = 1, path: str = "nova/virt/hyperv/vmops.py") -
 
 def statements_of(sessions: sessionmaker[Session], scheduler: Scheduler) -> tuple[int, int]:
     """(events handled, SQL statements sent) for one `run_once`."""
-    sent: list[str] = []
-    engine = sessions.kw["bind"]
-
-    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", note)
-    try:
+    with sent_statements(sessions.kw["bind"]) as sent:
         done = scheduler.run_once()
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
     return done, len(sent)
 
 
