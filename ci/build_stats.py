@@ -6,6 +6,10 @@ database (`day_counts`: one GROUP BY over `ix_builds_finished_at`) and only
 the queue, which needs each build's wait, reads rows, of at most
 QUEUE_MAX_DAYS. The series are pure functions of those rows (tested without
 a database); the same numbers feed the SVG charts and the JSON API.
+
+Every query takes `covered`: [start, end) ranges of time whose rows the
+caller already holds (dashboard/chart_days.py keeps days that are over), left
+out of the statement as index ranges.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Date, Float, func, select
+from sqlalchemy import ColumnElement, Date, Float, and_, func, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
@@ -30,6 +34,7 @@ PASSED = BuildState.SUCCEEDED.value
 FAILED = BuildState.FAILED.value
 NODE_FAILED = frozenset({BuildState.FAILED.value, BuildState.ERROR.value})
 QUEUE_MAX_DAYS = 31  # the queue chart reads each build's wait: a month at most
+Covered = Sequence[tuple[datetime, datetime]]  # [start, end) ranges the caller holds
 
 
 class utc_day(FunctionElement[date]):  # named like the SQL function it is
@@ -107,6 +112,16 @@ class QueueSample:
 
 
 @dataclass(frozen=True)
+class NodeDayCount:
+    """Builds with a step on one node that finished on one UTC day in one state."""
+
+    node: str
+    day: date
+    state: str
+    builds: int
+
+
+@dataclass(frozen=True)
 class NodeFailures:
     node: str
     builds: int  # builds with a step on the node
@@ -117,10 +132,25 @@ class NodeFailures:
         return self.failed / self.builds if self.builds else 0.0
 
 
-def day_counts(session: Session, since: datetime, group_by: GroupBy) -> list[DayCount]:
-    """Builds that reached a verdict (passed or failed) since `since`, counted per job
-    (or project), UTC day of finishing and state, with their mean run time (one
-    statement)."""
+def _outside(column: Any, since: datetime, covered: Covered) -> ColumnElement[bool]:
+    """`column >= since` outside every covered range, as ranges an index can scan."""
+    ranges = []
+    low = since
+    for start, end in sorted(covered):
+        if end <= low:
+            continue
+        if start > low:
+            ranges.append(and_(column >= low, column < start))
+        low = end
+    ranges.append(column >= low)
+    return or_(*ranges)
+
+
+def day_counts(session: Session, since: datetime, group_by: GroupBy,
+               covered: Covered = ()) -> list[DayCount]:
+    """Builds that reached a verdict (passed or failed) since `since` (and outside
+    `covered`), counted per job (or project), UTC day of finishing and state, with
+    their mean run time (one statement)."""
     day = utc_day(Build.finished_at).label("day")
     if group_by == "job":
         name: Any = Build.job
@@ -134,7 +164,8 @@ def day_counts(session: Session, since: datetime, group_by: GroupBy) -> list[Day
                  .outerjoin(BaselineRun, BaselineRun.id == Build.baseline_id))
     query = (query.add_columns(Build.state, func.count(),
                                func.avg(elapsed_seconds(Build.started_at, Build.finished_at)))
-             .where(Build.finished_at >= since, Build.state.in_((PASSED, FAILED)))
+             .where(_outside(Build.finished_at, since, covered),
+                    Build.state.in_((PASSED, FAILED)))
              .group_by(name, day, Build.state))
     rows: Any = session.execute(query)  # (name, day, state, count, mean seconds)
     return [DayCount(name_, day_, state, int(builds),
@@ -166,8 +197,10 @@ def duration_by_day(counts: Iterable[DayCount]) -> dict[str, list[DayDuration]]:
             for name, by_day in sorted(days.items())}
 
 
-def queue_spans(session: Session, since: datetime) -> list[tuple[datetime, datetime | None]]:
-    """(created, left the queue) of every build created since `since`: it left when it
+def queue_spans(session: Session, since: datetime,
+                covered: Covered = ()) -> list[tuple[datetime, datetime | None]]:
+    """(created, left the queue) of every build created since `since` (and outside
+    `covered`): it left when it
     started, or, never started, when it finished (superseded or aborted while
     queued); None while it still waits. One statement on ix_builds_created_at_id.
 
@@ -176,7 +209,7 @@ def queue_spans(session: Session, since: datetime) -> list[tuple[datetime, datet
     """
     rows = session.execute(select(Build.created_at,
                                   func.coalesce(Build.started_at, Build.finished_at))
-                           .where(Build.created_at >= since))
+                           .where(_outside(Build.created_at, since, covered)))
     return [(created, left) for created, left in rows]
 
 
@@ -196,25 +229,39 @@ def queue_length(spans: Sequence[tuple[datetime, datetime | None]], since: datet
     return out
 
 
-def failures_per_node(session: Session, since: datetime) -> list[NodeFailures]:
-    """Per node: builds finished since `since` with a step on it, and how many of
-    those failed or errored (one statement), most failures first."""
-    per_build = (select(BuildStep.node, BuildStep.build_id, Build.state)
+def node_day_counts(session: Session, since: datetime,
+                    covered: Covered = ()) -> list[NodeDayCount]:
+    """Per node, UTC day of finishing and state: builds finished since `since` (and
+    outside `covered`) with a step on the node (one statement)."""
+    per_build = (select(BuildStep.node, BuildStep.build_id, Build.state,
+                        utc_day(Build.finished_at).label("day"))
                  .join(Build, Build.id == BuildStep.build_id)
-                 .where(Build.finished_at >= since, BuildStep.node.is_not(None))
+                 .where(_outside(Build.finished_at, since, covered),
+                        BuildStep.node.is_not(None))
                  .distinct().subquery())
     rows = session.execute(
-        select(per_build.c.node, per_build.c.state, func.count())
-        .group_by(per_build.c.node, per_build.c.state))
+        select(per_build.c.node, per_build.c.day, per_build.c.state, func.count())
+        .group_by(per_build.c.node, per_build.c.day, per_build.c.state))
+    return [NodeDayCount(node, day_, state, int(count)) for node, day_, state, count in rows]
+
+
+def node_failures(counts: Iterable[NodeDayCount]) -> list[NodeFailures]:
+    """Per node: its builds and how many of those failed or errored, most failures first."""
     totals: dict[str, list[int]] = {}
-    for node, state, count in rows:
-        entry = totals.setdefault(node, [0, 0])
-        entry[0] += count
-        if state in NODE_FAILED:
-            entry[1] += count
+    for count in counts:
+        entry = totals.setdefault(count.node, [0, 0])
+        entry[0] += count.builds
+        if count.state in NODE_FAILED:
+            entry[1] += count.builds
     found = [NodeFailures(node, total, failed) for node, (total, failed) in totals.items()]
     found.sort(key=lambda n: (-n.failed, n.node))
     return found
+
+
+def failures_per_node(session: Session, since: datetime) -> list[NodeFailures]:
+    """Per node: builds finished since `since` with a step on it, and how many of
+    those failed or errored (one statement), most failures first."""
+    return node_failures(node_day_counts(session, since))
 
 
 def window_start(now: datetime, days: int) -> datetime:

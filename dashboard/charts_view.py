@@ -14,10 +14,13 @@ from flask import Blueprint, Response, abort, render_template, request
 
 from ci.build_stats import (
     QUEUE_MAX_DAYS,
+    DayCount,
     GroupBy,
+    NodeDayCount,
     day_counts,
     duration_by_day,
-    failures_per_node,
+    node_day_counts,
+    node_failures,
     pass_rate_by_day,
     queue_length,
     queue_spans,
@@ -25,6 +28,7 @@ from ci.build_stats import (
 )
 from ci.models import utcnow
 from ci.test_history import test_history
+from dashboard.chart_days import chart_days, day_of
 from dashboard.charts import Tick, bar_chart, line_chart, nice_max
 from dashboard.context import db
 from dashboard.data import iso
@@ -85,12 +89,17 @@ def _svg(document: str) -> Response:
 def charts_data(days: int, by: GroupBy, parts: Sequence[str] = KINDS) -> dict[str, Any]:
     """The numbers of the charts named in `parts` for the window: one statement for
     pass rate and duration, one for the queue (its last QUEUE_MAX_DAYS days at
-    most), one for the nodes."""
+    most), one for the nodes; each reads only the days not held in chart_days."""
     session = db()
     now = utcnow()
     since = window_start(now, days)
+    held = chart_days()
     found: dict[str, Any] = {"days": days, "by": by, "since": iso(since), "until": iso(now)}
-    counts = day_counts(session, since, by) if {"pass-rate", "duration"} & set(parts) else []
+    counts: list[DayCount] = []
+    if {"pass-rate", "duration"} & set(parts):
+        counts = held.counts_for(by).rows(
+            since, now, lambda covered: day_counts(session, since, by, covered),
+            lambda count: count.day)
     if "pass-rate" in parts:
         found["pass_rate"] = {
             name: [{"day": r.day.isoformat(), "passed": r.passed, "failed": r.failed,
@@ -103,12 +112,19 @@ def charts_data(days: int, by: GroupBy, parts: Sequence[str] = KINDS) -> dict[st
             for name, durations in duration_by_day(counts).items()}
     if "queue" in parts:
         queue_since = window_start(now, min(days, QUEUE_MAX_DAYS))
-        samples = queue_length(queue_spans(session, queue_since), queue_since, now)
+        spans = held.queue.rows(
+            queue_since, now, lambda covered: queue_spans(session, queue_since, covered),
+            lambda span: day_of(span[0]),
+            final=lambda spans: all(left is not None for _, left in spans))
+        samples = queue_length(spans, queue_since, now)
         found["queue"] = {"since": iso(queue_since),
                           "samples": [{"at": iso(q.at), "queued": q.queued} for q in samples]}
     if "nodes" in parts:
+        per_day: list[NodeDayCount] = held.nodes.rows(
+            since, now, lambda covered: node_day_counts(session, since, covered),
+            lambda count: count.day)
         found["nodes"] = [{"node": n.node, "builds": n.builds, "failed": n.failed,
-                           "rate": round(n.rate, 4)} for n in failures_per_node(session, since)]
+                           "rate": round(n.rate, 4)} for n in node_failures(per_day)]
     return found
 
 
