@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import subunit
@@ -106,3 +107,14 @@ def test_all_skipped_is_not_a_pass() -> None:
     assert not summarize(results).passed
     assert summarize([TestOutcome("ok", "success")]).passed
 
+
+
+def test_real_run_reads_as_python_subunit_reads_it(run_stream: bytes, tmp_path: Path) -> None:
+    """The stream stestr really writes (worker tags, route codes, exists events),
+    whole, noisy and cut short: events, outcomes and files as the reference's."""
+    from tests.runners.test_subunit_v2 import assert_same
+
+    assert_same(run_stream, tmp_path / "whole")
+    assert_same(b"Running \xc3\xb3 tests\n" + run_stream + b"noise", tmp_path / "noisy")
+    for cut in (100, len(run_stream) // 3, len(run_stream) - 5):
+        assert_same(run_stream[:cut], tmp_path / f"cut-{cut}")
