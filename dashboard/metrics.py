@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -40,7 +40,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci import stream_status
 from ci.models import (
-    Build,
     BuildState,
     Event,
     Node,
@@ -51,33 +50,24 @@ from ci.models import (
     utcnow,
 )
 from dashboard.context import state
+from dashboard.metrics_builds import (
+    DURATION_BUCKETS,
+    BuildGroup,
+    FinishedBuilds,
+    read_builds,
+)
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("metrics", __name__)
 
-# Upper bounds (seconds) of the build duration histogram: a local job takes
-# seconds, a devstack + tempest run one to three hours.
-DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0,
-                    2700.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0)
 # A stream error's message becomes a label value only when it is this short
 # and printable; otherwise the label points at the status page instead.
 MESSAGE_LABEL_MAX = 200
 MESSAGE_ELSEWHERE = "(long or unprintable: see the status page)"
+HELD_EXTENSION = "hyperv_ci.metrics_builds"  # the app's FinishedBuilds
 UNFINISHED = (BuildState.QUEUED, BuildState.RUNNING)
 FINISHED = tuple(s for s in BuildState if s.finished)
-
-
-@dataclass(frozen=True)
-class BuildGroup:
-    """Builds of one job in one state, with the duration histogram of those that ran."""
-
-    job: str
-    state: str
-    count: int
-    timed: int  # started and finished: the histogram's count
-    seconds: float  # the histogram's sum
-    buckets: tuple[int, ...]  # cumulative, one per DURATION_BUCKETS bound
 
 
 @dataclass(frozen=True)
@@ -106,39 +96,7 @@ class Snapshot:
     stream_error: stream_status.StreamError | None
 
 
-# -- reading (one transaction, five SELECTs) -------------------------------------------------
-
-
-def _builds(session: Session) -> tuple[BuildGroup, ...]:
-    """Builds by job and state, with each group's run-time histogram, in one scan."""
-    job: Any  # a column of builds, or of the subquery
-    build_state: Any
-    run: ColumnElement[Any]
-    total: ColumnElement[Any]
-    if session.get_bind().dialect.name == "postgresql":
-        # Interval comparisons: about half the cost of turning every row's
-        # interval into seconds first (measured on 100,000 builds).
-        job, build_state = Build.job, Build.state
-        run = Build.finished_at - Build.started_at
-        bounds = [run <= timedelta(seconds=b) for b in DURATION_BUCKETS]
-        total = func.date_part("epoch", func.sum(run))
-    else:
-        # SQLite keeps timestamps as ISO text; julianday() reads them as days.
-        # The LIMIT keeps the subquery from being flattened (SQLite's query
-        # optimizer overview: a subquery with LIMIT is not flattened into an
-        # aggregate), so each row's run time is computed once, not once per
-        # bucket: a third of the time on 100,000 builds.
-        seconds = (func.julianday(Build.finished_at) - func.julianday(Build.started_at)) * 86400.0
-        runs = select(Build.job, Build.state, seconds.label("run")).limit(-1).subquery()
-        job, build_state, run = runs.c.job, runs.c.state, runs.c.run
-        bounds = [run <= b for b in DURATION_BUCKETS]
-        total = func.sum(run)
-    query = (select(job, build_state, func.count(), func.count(run), func.coalesce(total, 0.0),
-                    *(func.count().filter(b) for b in bounds))
-             .group_by(job, build_state))
-    return tuple(BuildGroup(job=row[0], state=row[1], count=row[2], timed=row[3],
-                            seconds=float(row[4]), buckets=tuple(row[5:]))
-                 for row in session.execute(query))
+# -- reading (one transaction, five SELECTs: the builds' in metrics_builds.py) ---------------
 
 
 def _nodes(session: Session) -> tuple[NodeGroup, ...]:
@@ -183,8 +141,10 @@ def _aware(value: datetime | str | None) -> datetime | None:
     return value
 
 
-def read_snapshot(session: Session, now: datetime | None = None) -> Snapshot:
-    """Read the whole scrape in the session's (new) transaction."""
+def read_snapshot(session: Session, now: datetime | None = None,
+                  held: FinishedBuilds | None = None) -> Snapshot:
+    """Read the whole scrape in the session's (new) transaction; `held` keeps the
+    groups of builds that finished long enough ago between scrapes."""
     now = now or utcnow()
     if session.get_bind().dialect.name == "postgresql":
         # One snapshot for every query of the scrape (counts that add up), and
@@ -192,7 +152,8 @@ def read_snapshot(session: Session, now: datetime | None = None) -> Snapshot:
         session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
     stored, pending, failed, newest, due, oldest_due = _scalars(session, now)
     return Snapshot(
-        now=now, builds=_builds(session), nodes=_nodes(session), reports=_reports(session),
+        now=now, builds=read_builds(session, now, held), nodes=_nodes(session),
+        reports=_reports(session),
         reports_due=due, oldest_due=_aware(oldest_due), events_stored=stored,
         events_pending=pending, events_failed=failed, newest_event_at=_aware(newest),
         stream_error=stream_status.read(session))
@@ -333,20 +294,23 @@ def families(snap: Snapshot, jobs: Iterable[str]) -> list[Metric]:
 class DatabaseCollector:
     """A prometheus-client collector that reads the database on every collect()."""
 
-    def __init__(self, sessions: sessionmaker[Session], jobs: Iterable[str]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], jobs: Iterable[str],
+                 held: FinishedBuilds | None = None) -> None:
         self.sessions = sessions
         self.jobs = tuple(jobs)
+        self.held = held
 
     def collect(self) -> Iterator[Metric]:
         with self.sessions() as session, session.begin():
-            snap = read_snapshot(session)
+            snap = read_snapshot(session, held=self.held)
         yield from families(snap, self.jobs)
 
 
-def registry_for(sessions: sessionmaker[Session], jobs: Iterable[str]) -> CollectorRegistry:
+def registry_for(sessions: sessionmaker[Session], jobs: Iterable[str],
+                 held: FinishedBuilds | None = None) -> CollectorRegistry:
     """A registry of the database collector plus this process' own CPU and memory."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(sessions, jobs))
+    registry.register(DatabaseCollector(sessions, jobs, held))
     ProcessCollector(registry=registry)
     return registry
 
@@ -354,7 +318,8 @@ def registry_for(sessions: sessionmaker[Session], jobs: Iterable[str]) -> Collec
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
     app_state = state()
-    registry = registry_for(app_state.sessions, app_state.config.jobs)
+    held = current_app.extensions.setdefault(HELD_EXTENSION, FinishedBuilds())
+    registry = registry_for(app_state.sessions, app_state.config.jobs, held)
     # Prometheus asks for OpenMetrics or the text format in Accept; both are served.
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     try:
