@@ -250,3 +250,18 @@ def test_nanosecond_timestamps_round_as_the_reference(nanos: int, tmp_path: Path
         ends += _raw_packet(0x2000 | 0x0200 | 0x0800 | status, seconds + varint + b"\x04test")
     assert our_events(ends) == reference_events(ends)
     assert parse_subunit(ends) == reference_outcomes(ends)
+
+
+def test_a_checksummed_packet_too_short_for_its_fields_is_corrupt() -> None:
+    """python-subunit dies on it (struct.error out of the parser); here it is a
+    corrupt packet like any other, and the stream goes on."""
+    import struct
+
+    short = _raw_packet(0x2000 | 0x0800 | 0x3, b"")  # a test id announced, none there
+    good = _raw_packet(0x2000 | 0x0800 | 0x3, b"\x02ok")
+    with pytest.raises(struct.error):
+        reference_events(short + good)
+    outcomes = parse_subunit(short + good)
+    assert [(o.test_id, o.status) for o in outcomes] == [("subunit.parser", "fail"),
+                                                        ("ok", "success")]
+    assert "varint past the end of the packet" in outcomes[0].details
