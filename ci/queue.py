@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import Select, Table, bindparam, func, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, aliased, joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ci.changes import ChangeInfo, change_ref, without_nul
@@ -161,6 +161,19 @@ _WITH_CHANGE = (select(Build).options(joinedload(Build.patchset).joinedload(Patc
                 .execution_options(populate_existing=True))
 _BUILD_WITH_CHANGE = _WITH_CHANGE.where(Build.id == bindparam("build_id"))
 _COLUMNS = frozenset(_BUILDS.c.keys())
+# What `finish` sets; on PostgreSQL the UPDATE is a CTE whose RETURNING rows the
+# read-back joins to their patchset and change: one statement, one round trip,
+# and the rows as they are after the UPDATE (a plain SELECT in the same
+# statement would see them as they were before it).
+_FINISHED = ("state", "summary", "finished_at", "log_url", "log_path", "lease_expires_at",
+             "tested_commit")
+_FINISHED_ROWS = (update(_BUILDS).where(*_FINISH.whereclause.clauses)  # type: ignore[union-attr]
+                  .values({c: bindparam(f"set_{c}") for c in _FINISHED})
+                  .returning(*_BUILDS.c).cte("finished"))
+_FINISHED_BUILD = aliased(Build, _FINISHED_ROWS)
+_FINISH_AND_READ = (select(_FINISHED_BUILD)
+                    .options(joinedload(_FINISHED_BUILD.patchset).joinedload(Patchset.change))
+                    .execution_options(populate_existing=True))
 
 
 def claim_next(
@@ -272,13 +285,22 @@ def finish(
     if not state.finished:
         raise ValueError(f"{state} is not a final state")
     session.flush()  # a Core statement does not autoflush: pending changes go first
-    result = session.execute(_FINISH, {
-        "finished_id": build_id, "finished_by": worker, "state": state, "summary": summary,
-        "finished_at": utcnow(), "log_url": log_url, "log_path": log_path,
-        "lease_expires_at": None, "tested_commit": tested_commit})
-    # With its patchset and change in the same SELECT: the report needs them.
-    build = session.scalars(_BUILD_WITH_CHANGE, {"build_id": build_id}).first()
-    if rows_changed(result) != 1:
+    values = {"state": state, "summary": summary, "finished_at": utcnow(), "log_url": log_url,
+              "log_path": log_path, "lease_expires_at": None, "tested_commit": tested_commit}
+    where = {"finished_id": build_id, "finished_by": worker}
+    build: Build | None
+    if session.get_bind().dialect.name == "postgresql":
+        build = session.scalars(_FINISH_AND_READ, {
+            **where, **{f"set_{key}": value for key, value in values.items()}}).first()
+        changed = build is not None
+        if not changed:  # for the log line only
+            build = session.scalars(_BUILD_WITH_CHANGE, {"build_id": build_id}).first()
+    else:
+        result = session.execute(_FINISH, {**where, **values})
+        changed = rows_changed(result) == 1
+        # With its patchset and change in the same SELECT: the report needs them.
+        build = session.scalars(_BUILD_WITH_CHANGE, {"build_id": build_id}).first()
+    if not changed:
         logger.info("build %s finished as %s but is %s: result dropped", build_id, state,
                     build.state if build else "gone")
         return None
