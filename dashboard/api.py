@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, abort, jsonify
 from flask.typing import ResponseReturnValue
 
-from dashboard import charts_view, data, history, openapi, tests_view
+from dashboard import charts_view, data, history, openapi, status_view, tests_view
 from dashboard.context import db
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -20,7 +20,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 @bp.get("/status")
 def status() -> ResponseReturnValue:
     """`{"queued": [...], "running": [...], "recent": [...], "nodes": [...]}`."""
-    return jsonify(data.status(db()))
+    return jsonify(status_view.status(db()))
 
 
 @bp.get("/builds")

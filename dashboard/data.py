@@ -17,13 +17,11 @@ from flask import abort, g, request, url_for
 from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from ci import stream_status
 from ci.models import (
     Build,
     BuildState,
     BuildStep,
     Change,
-    Event,
     Node,
     Patchset,
     ReportState,
@@ -57,6 +55,20 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
     if start is None:
         return None
     return round(((end or utcnow()) - start).total_seconds(), 1)
+
+
+_SAMPLE_ID = 987654321
+
+
+def build_url(build_id: int) -> str:
+    """url_for("pages.build", build_id=build_id), its rule built once a request: a page
+    links up to thousands of builds, and each url_for is a routing build of its own."""
+    prefix = g.get("build_url_prefix")
+    if prefix is None:
+        sample, digits = url_for("pages.build", build_id=_SAMPLE_ID), str(_SAMPLE_ID)
+        # The id is the rule's last part; anything else is built the long way.
+        prefix = g.build_url_prefix = sample[:-len(digits)] if sample.endswith(digits) else ""
+    return prefix + str(int(build_id)) if prefix else url_for("pages.build", build_id=build_id)
 
 
 def build_log_url(build: Build) -> str | None:
@@ -96,22 +108,34 @@ def build_dict(build: Build) -> dict[str, Any]:
     change = patchset.change if patchset is not None else None
     # A baseline build tests a branch tip: no change, its run names project and branch.
     baseline = build.baseline if patchset is None else None
+    if change is not None:
+        return summary_dict(build, change.number, patchset.number if patchset else None,
+                            change.project, change.branch, change.subject,
+                            change.owner_name, change.url)
+    return summary_dict(build, None, patchset.number if patchset is not None else None,
+                        baseline.project if baseline is not None else "",
+                        baseline.branch if baseline is not None else "",
+                        f"baseline of {baseline.branch}" if baseline is not None else "",
+                        "", "")
+
+
+def summary_dict(build: Any, change: int | None, patchset: int | None, project: str,
+                 branch: str, subject: str, owner: str, change_url: str) -> dict[str, Any]:
+    """build_dict's shape from a build's own columns (an ORM Build or a Core row with
+    the same names) and what its change (or baseline run) says."""
     return {
         "id": build.id,
         "job": build.job,
         "state": build.state,
         "reason": build.reason,
         "attempt": build.attempt,
-        "change": change.number if change is not None else None,
-        "patchset": patchset.number if patchset is not None else None,
-        "project": change.project if change is not None else
-        (baseline.project if baseline is not None else ""),
-        "branch": change.branch if change is not None else
-        (baseline.branch if baseline is not None else ""),
-        "subject": change.subject if change is not None else
-        (f"baseline of {baseline.branch}" if baseline is not None else ""),
-        "owner": change.owner_name if change is not None else "",
-        "change_url": change.url if change is not None else "",
+        "change": change,
+        "patchset": patchset,
+        "project": project,
+        "branch": branch,
+        "subject": subject,
+        "owner": owner,
+        "change_url": change_url,
         "created": iso(build.created_at),
         "started": iso(build.started_at),
         "finished": iso(build.finished_at),
@@ -121,7 +145,7 @@ def build_dict(build: Build) -> dict[str, Any]:
         "worker": build.worker,
         "abort_requested": build.abort_requested,
         "finished_state": BuildState(build.state).finished,
-        "url": url_for("pages.build", build_id=build.id),
+        "url": build_url(build.id),
     }
 
 
@@ -184,7 +208,7 @@ def _builds(session: Session, *where: Any, newest_first: bool = False,
     return list(session.scalars(query))
 
 
-def _current_steps(session: Session, builds: Sequence[Build]) -> dict[int, BuildStep]:
+def current_steps(session: Session, builds: Sequence[Any]) -> dict[int, BuildStep]:
     """The step each running build is in: its running step, else its latest."""
     current: dict[int, BuildStep] = {}
     query = (select(BuildStep).where(BuildStep.build_id.in_([b.id for b in builds]))
@@ -196,7 +220,7 @@ def _current_steps(session: Session, builds: Sequence[Build]) -> dict[int, Build
     return current
 
 
-def _expected_durations(session: Session, jobs: Iterable[str]) -> dict[str, float]:
+def expected_durations(session: Session, jobs: Iterable[str]) -> dict[str, float]:
     """Per job, the median run time of its newest finished builds (one statement)."""
     branches = [
         select(Build.job, Build.started_at, Build.finished_at)
@@ -221,7 +245,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _eta_dict(build: Build, expected: dict[str, float], now: datetime) -> dict[str, Any] | None:
+def eta_dict(build: Any, expected: dict[str, float], now: datetime) -> dict[str, Any] | None:
     estimate = live.eta(build.started_at, expected.get(build.job), now)
     return None if estimate is None else {
         "expected": round(estimate.expected, 1), "remaining": round(estimate.remaining, 1),
@@ -230,14 +254,14 @@ def _eta_dict(build: Build, expected: dict[str, float], now: datetime) -> dict[s
 
 def nodes(session: Session) -> list[dict[str, Any]]:
     """The node pool, by label then name."""
-    return [node_dict(n) for n in _node_rows(session)]
+    return [node_dict(n) for n in node_rows(session)]
 
 
-def _node_rows(session: Session) -> list[Node]:
+def node_rows(session: Session) -> list[Node]:
     return list(session.scalars(select(Node).order_by(Node.label, Node.name)))
 
 
-def _waits(queued: Sequence[Build], pool: Sequence[Node]) -> dict[int, live.Wait]:
+def queue_waits_of(queued: Sequence[Any], pool: Sequence[Node]) -> dict[int, live.Wait]:
     from runners.registry import node_labels_for  # which nodes each job type reserves
 
     cfg = config()
@@ -248,66 +272,6 @@ def _waits(queued: Sequence[Build], pool: Sequence[Node]) -> dict[int, live.Wait
         [live.PoolNode(n.name, n.label, n.state, n.drained, n.build_id, n.lab_set,
                        n.offline_cause) for n in pool],
         by_lab_set=bool(cfg.lab_sets))
-
-
-def status(session: Session) -> dict[str, Any]:
-    """Queued builds (with their place and why they wait), running ones (with an
-    ETA), recently finished ones, the pool."""
-    active = _builds(session, Build.state.in_(ACTIVE))
-    queued = [b for b in active if b.state == BuildState.QUEUED]
-    running = [b for b in active if b.state == BuildState.RUNNING]
-    recent = _builds(session, Build.state.not_in(ACTIVE), newest_first=True,
-                     limit=RECENT_LIMIT)
-    pool = _node_rows(session)
-    steps = _current_steps(session, running) if running else {}
-    expected = _expected_durations(session, (b.job for b in running))
-    now = utcnow()
-    running_dicts = []
-    for build in running:
-        item = build_dict(build)
-        step = steps.get(build.id)
-        item["current_step"] = step.name if step is not None else None
-        item["current_step_node"] = step.node if step is not None else None
-        item["progress"] = progress_dict(step) if step is not None else None
-        item["eta"] = _eta_dict(build, expected, now)
-        running_dicts.append(item)
-    waits = _waits(queued, pool) if queued else {}
-    queued_dicts = []
-    for build in queued:
-        item = build_dict(build)
-        wait = waits[build.id]
-        item["position"] = wait.position
-        item["waiting_for"] = wait.reason
-        item["can_start"] = wait.can_start
-        queued_dicts.append(item)
-    return {
-        "queued": queued_dicts,
-        "running": running_dicts,
-        "recent": [build_dict(b) for b in recent],
-        "nodes": [node_dict(n) for n in pool],
-        "events": events_summary(session),
-        "stream_error": stream_error(session),
-    }
-
-
-def stream_error(session: Session) -> dict[str, Any] | None:
-    """Why Gerrit refuses the listener's event stream, while it does (None: it does not)."""
-    error = stream_status.read(session)
-    return None if error is None else {"message": error.message, "at": iso(error.at)}
-
-
-def events_summary(session: Session, shown: int = 5) -> dict[str, Any]:
-    """Events still to handle, and the newest ones the scheduler gave up on."""
-    pending = session.scalar(select(func.count()).select_from(Event)
-                             .where(Event.processed_at.is_(None))) or 0
-    failed = session.execute(
-        select(Event.id, Event.type, Event.failed_at, Event.outcome)
-        .where(Event.failed_at.is_not(None)).order_by(Event.failed_at.desc()).limit(shown)).all()
-    return {
-        "pending": int(pending),
-        "failed": [{"id": r.id, "type": r.type, "failed_at": iso(r.failed_at),
-                    "reason": (r.outcome or "").removeprefix("failed: ")} for r in failed],
-    }
 
 
 def build_detail(session: Session, build_id: int, tests_page: int = 1,
@@ -328,10 +292,10 @@ def build_detail(session: Session, build_id: int, tests_page: int = 1,
     item["steps"] = [step_dict(s, item["log_url"]) for s in build.steps]
     item["eta"] = item["wait"] = None
     if build.state == BuildState.RUNNING:
-        item["eta"] = _eta_dict(build, _expected_durations(session, [build.job]), utcnow())
+        item["eta"] = eta_dict(build, expected_durations(session, [build.job]), utcnow())
     elif build.state == BuildState.QUEUED:
         queued = _builds(session, Build.state == BuildState.QUEUED)
-        wait = _waits(queued, _node_rows(session)).get(build.id)
+        wait = queue_waits_of(queued, node_rows(session)).get(build.id)
         item["wait"] = None if wait is None else {"position": wait.position,
                                                   "reason": wait.reason}
     item["test_counts"] = count_tests_of(session, build_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template, request
 
-from dashboard import data, history
+from dashboard import data, history, status_view
 from dashboard.context import db
 
 bp = Blueprint("pages", __name__)
@@ -18,7 +18,7 @@ def _fragment() -> bool:
 @bp.get("/")
 def status() -> str:
     """Queued, running and recent builds; refreshes itself."""
-    view = data.status(db())
+    view = status_view.status(db())
     if _fragment():
         return render_template("_status_tables.html", status=view)
     return render_template("status.html", status=view)

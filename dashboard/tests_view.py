@@ -28,7 +28,7 @@ from ci.test_history import (
     test_stats,
 )
 from dashboard.context import db
-from dashboard.data import iso
+from dashboard.data import build_url, iso
 
 bp = Blueprint("tests", __name__)
 HISTORY_PAGE = 100
@@ -63,7 +63,7 @@ def stats_dict(stats: TestStats) -> dict[str, Any]:
         "last_failure": None if failure is None else {
             "build_id": failure.build_id,
             "finished": iso(failure.finished_at),
-            "url": url_for("pages.build", build_id=failure.build_id),
+            "url": build_url(failure.build_id),
         },
     }
 
@@ -95,7 +95,7 @@ def test_view(session: Session, test_id: str) -> dict[str, Any] | None:
         "test_id": test_id,
         "summary": stats_dict(summarize(test_id, runs)),
         "runs": [{
-            "build_id": r.build_id, "build_url": url_for("pages.build", build_id=r.build_id),
+            "build_id": r.build_id, "build_url": build_url(r.build_id),
             "job": r.job, "build_state": r.build_state, "project": r.project,
             "change": r.change, "patchset": r.patchset,
             "change_url": url_for("pages.change", number=r.change)
@@ -117,7 +117,7 @@ def flaky_dict(flaky: FlakyTest) -> dict[str, Any]:
         "flips": flaky.flips,
         "rerun_flips": flaky.rerun_flips,
         "recheck_flips": flaky.recheck_flips,
-        "builds": [{"id": b, "url": url_for("pages.build", build_id=b)} for b in flaky.builds],
+        "builds": [{"id": b, "url": build_url(b)} for b in flaky.builds],
         "last_failed": iso(flaky.last_failed),
     }
 
