@@ -140,21 +140,24 @@ def format_message(ci_name: str, state: BuildState, job_line: str, summary: str 
 
 
 def queue_report(session: Session, build: Build, config: Config,
-                 flaky: Sequence[str] | None = None) -> Report | None:
+                 flaky: Sequence[str] | None = None, *, has_results: bool = True,
+                 ) -> Report | None:
     """Queue the build's report in the caller's transaction (None: nothing to report).
 
     `flaky`: the build's flaky test ids when the caller has them at hand (the
-    worker does), else they are read from its stored results. The reporter
-    is woken once the transaction commits (ci.wakeup).
+    worker does), else they are read from its stored results; `has_results=False`
+    (the worker's word that the build stored no test result) spares the verdict
+    its SELECT. The reporter is woken once the transaction commits (ci.wakeup).
     """
     state = BuildState(build.state)
     if build.patchset is None:
         # A baseline build (ci/baseline.py): never reported; its signature matches are kept.
         if state in ASSESSED:
-            assess(session, build, config)
+            assess(session, build, config, has_results=has_results)
         return None
     # Assessed even when nothing is reported: it records the build's flips too.
-    assessment = assess(session, build, config) if state in ASSESSED else None
+    assessment = (assess(session, build, config, has_results=has_results)
+                  if state in ASSESSED else None)
     if state not in RESULT_WORDS or not config.reporter.enabled:
         return None
     if state == BuildState.ERROR and not config.reporter.report_errors:

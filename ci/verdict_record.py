@@ -117,7 +117,8 @@ def _code_results(session: Session, build: Build) -> list[Run]:
             for r in rows]
 
 
-def assess(session: Session, build: Build, config: Config) -> Assessment:
+def assess(session: Session, build: Build, config: Config, *,
+           has_results: bool = True) -> Assessment:
     """Classify a finished build's failures and store the signature matches, the verdict
     and the flips its results add (ci/test_flips.py).
 
@@ -127,7 +128,10 @@ def assess(session: Session, build: Build, config: Config) -> Assessment:
     # One statement: this build's failed and flaky results, and the results of the
     # earlier builds of its patchset and job that the verdict and the flips compare
     # (the claim-to-result path has a budget).
-    runs = _code_results(session, build)
+    # A build that stored no result (the caller knows: `has_results=False`) has
+    # nothing of its own to classify or flip (ci.test_flips.recorded skips a test
+    # that did not run in it), so the other builds' rows would change nothing.
+    runs = _code_results(session, build) if has_results else []
     own = [r for r in runs if r.build_id == build.id]
     failed = [t for t in own if t.status in FAILING]
     flaky = [t for t in own if t.status == FLAKY]

@@ -392,7 +392,8 @@ class Worker:
                 retry = queue.retry_after_error(session, build, self.config.worker.max_attempts)
             if retry is None:
                 flaky = [t.test_id for t in result.tests if t.status == FLAKY]
-                queue_report(session, build, self.config, flaky=flaky)
+                queue_report(session, build, self.config, flaky=flaky,
+                             has_results=bool(result.tests))
 
 
 def _settle(build_id: int, provisioning: Future[None]) -> None:

@@ -77,11 +77,14 @@ def counting(engine: Engine) -> Iterator[Counts]:
 
 
 def run_counted(engine: Engine, sessions: sessionmaker[Session], tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> tuple[Counts, Worker, int]:
+                monkeypatch: pytest.MonkeyPatch, with_tests: bool = True,
+                ) -> tuple[Counts, Worker, int]:
     """One no-op build from claim to recorded result, its statements counted
     (those the verdict's `assess` sends marked apart)."""
     tests = [TestOutcome(f"tempest.api.test_{i}", "success", 0.1) for i in range(50)]
     tests.append(TestOutcome("tempest.api.test_flaky", "flaky", 0.2, "Traceback: früh", 1))
+    if not with_tests:
+        tests = []
     config = make_config(tmp_path)
     # As `work` wires it: this process's reporter thread consumes the reports.
     hub = Wakeup()
@@ -107,9 +110,10 @@ def run_counted(engine: Engine, sessions: sessionmaker[Session], tmp_path: Path,
         assert build is not None and build.state == BuildState.SUCCEEDED
         assert build.log_url and build.log_path
         stored = session.scalars(select(TestResult).where(TestResult.build_id == build_id))
-        assert len(list(stored)) == 51
+        assert len(list(stored)) == len(tests)
         (report,) = session.scalars(select(Report))
-        assert "tempest.api.test_flaky" in report.message
+        assert ("tempest.api.test_flaky" in report.message) == with_tests
+        assert report.vote == 1
     return counts, worker, build_id
 
 
@@ -161,3 +165,14 @@ def test_the_tested_commit_costs_no_statement_of_its_own(
             assert build.tested_commit == commit
     without, with_commit = counted
     assert len(with_commit) == len(without), "\n".join(with_commit)
+
+
+def test_a_build_without_results_costs_the_verdict_no_statement(
+    engine: Engine, sessions: sessionmaker[Session], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing of its own to classify or flip: the verdict's SELECT is left out,
+    and the build is still reported (its +1)."""
+    counts, _worker, _build = run_counted(engine, sessions, tmp_path, monkeypatch,
+                                          with_tests=False)
+    assert counts.verdict == [], "\n".join(counts.verdict)
