@@ -83,8 +83,24 @@ def build_log_url(build: Build) -> str | None:
         rel = os.path.relpath(os.path.normpath(os.path.join(root, build.log_path)), root)
         if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
             rel = Path(rel).as_posix()
-            return url_for("logs.serve", subpath="" if rel == "." else rel + "/")
+            return logs_url("" if rel == "." else rel + "/")
     return None  # published somewhere we do not serve
+
+
+# What werkzeug's converters leave unquoted in a path (BaseConverter.to_url).
+_PATH_SAFE = "!$&'()*+,/:;=@"
+
+
+def logs_url(subpath: str) -> str:
+    """url_for("logs.serve", subpath=subpath), its rule built once a request (as build_url)."""
+    prefix = g.get("logs_url_prefix")
+    if prefix is None:
+        sample = url_for("logs.serve", subpath="sample/")
+        prefix = g.logs_url_prefix = (sample.removesuffix("sample/")
+                                      if sample.endswith("/sample/") else "")
+    if not prefix:
+        return url_for("logs.serve", subpath=subpath)
+    return prefix + quote(subpath, safe=_PATH_SAFE)
 
 
 def _logs_roots() -> tuple[str, ...]:
