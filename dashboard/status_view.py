@@ -3,8 +3,8 @@ with their place and why they wait, running ones with their step and ETA, the
 newest finished ones, the pool, the event backlog and the stream's refusal.
 
 The page is refreshed every few seconds by every open browser, so its builds
-are read as plain rows (Core, one statement each for the active and the
-recent ones, built once with their joins) rather than as ORM objects: the
+are read as plain rows (Core, one statement for the active and the recent
+ones, built once with their joins) rather than as ORM objects: the
 shape is data.build_dict's all the same (data.summary_dict).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from ci import stream_status
@@ -44,9 +44,16 @@ _LISTED = (select(_BUILDS.id, _BUILDS.job, _BUILDS.state, _BUILDS.reason, _BUILD
            .outerjoin(Patchset, Patchset.id == _BUILDS.patchset_id)
            .outerjoin(Change, Change.id == Patchset.change_id)
            .outerjoin(BaselineRun, BaselineRun.id == _BUILDS.baseline_id))
-_ACTIVE = _LISTED.where(_BUILDS.state.in_(ACTIVE)).order_by(_BUILDS.id)
-_RECENT = (_LISTED.where(_BUILDS.state.not_in(ACTIVE)).order_by(_BUILDS.id.desc())
-           .limit(RECENT_LIMIT))
+# The active builds, oldest first, then the newest finished ones: one round trip.
+# (SQLite takes ORDER BY/LIMIT in a union only inside a subquery.)
+_PARTS = union_all(
+    _LISTED.add_columns(literal(0).label("part"))
+    .where(_BUILDS.state.in_(ACTIVE)).subquery().select(),
+    _LISTED.add_columns(literal(1).label("part"))
+    .where(_BUILDS.state.not_in(ACTIVE)).order_by(_BUILDS.id.desc())
+    .limit(RECENT_LIMIT).subquery().select()).subquery()
+_ACTIVE_AND_RECENT = select(_PARTS).order_by(
+    _PARTS.c.part, case((_PARTS.c.part == 0, _PARTS.c.id), else_=-_PARTS.c.id))
 
 
 def listed_dict(row: Any) -> dict[str, Any]:
@@ -65,10 +72,10 @@ def listed_dict(row: Any) -> dict[str, Any]:
 def status(session: Session) -> dict[str, Any]:
     """Queued builds (with their place and why they wait), running ones (with an
     ETA), recently finished ones, the pool."""
-    active = session.execute(_ACTIVE).all()
-    queued = [b for b in active if b.state == BuildState.QUEUED]
-    running = [b for b in active if b.state == BuildState.RUNNING]
-    recent = session.execute(_RECENT).all()
+    rows = session.execute(_ACTIVE_AND_RECENT).all()
+    queued = [b for b in rows if b.part == 0 and b.state == BuildState.QUEUED]
+    running = [b for b in rows if b.part == 0 and b.state == BuildState.RUNNING]
+    recent = [b for b in rows if b.part == 1]
     pool = node_rows(session)
     steps = current_steps(session, running) if running else {}
     expected = expected_durations(session, (b.job for b in running))
