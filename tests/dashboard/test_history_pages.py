@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from contextlib import contextmanager
 from html import unescape
-from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.history_seed import (
@@ -24,6 +20,7 @@ from tests.history_seed import (
     HistoryWorld,
     seed_history,
 )
+from tests.sql_statements import sent_statements
 
 SVG = "{http://www.w3.org/2000/svg}"
 # The statements each page may send with 7 builds, 6 tests and 3 nodes seeded.
@@ -62,23 +59,6 @@ def page(client: FlaskClient, path: str) -> str:
 def links(html: str) -> list[str]:
     """Every link target, unescaped and percent-decoded (so a test id reads as itself)."""
     return [unquote(unescape(h)) for h in re.findall(r'(?:href|src)="([^"]*)"', html)]
-
-
-@contextmanager
-def statements(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
-    engine = sessions.kw["bind"]
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # Queries only: SQLite's BEGIN (pysqlite sends it as a statement) is no query.
-        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
-            seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def test_builds_page_lists_filters_and_links(client: FlaskClient,
@@ -198,8 +178,10 @@ def test_charts_are_svg_images_with_escaped_labels(client: FlaskClient,
 def test_statements_per_page(client: FlaskClient, history: HistoryWorld,
                              dash_sessions: sessionmaker[Session], path: str) -> None:
     client.get(path)  # warm: the first request of an app may read what it caches
-    with statements(dash_sessions) as seen:
+    with sent_statements(dash_sessions.kw["bind"]) as sent:
         response = client.get(path)
+    # Queries only: SQLite's BEGIN (pysqlite sends it as a statement) is no query.
+    seen = [s for s in sent if not s.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
     assert response.status_code == 200
     assert len(seen) <= QUERY_BUDGET[path], "\n".join(seen)
 
