@@ -420,14 +420,29 @@ def test_prepare_checkout_unpacks_the_bundle(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
 
 
-def _fake_openstack(bin_dir: Path, services: list[dict], agents: list[dict]) -> None:
+def _fake_openstack(bin_dir: Path, services: list[dict], agents: list[dict], *,
+                    rendezvous: bool = False, failing: str = "") -> None:
+    """`openstack` answering the two listings from files. With `rendezvous`, each
+    listing waits (up to 5 s) until the other has started, and fails if it never
+    does: the listings pass only when they run side by side. `failing` ("compute"
+    or "network") makes that listing exit 1."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     (bin_dir / "services.json").write_text(json.dumps(services))
     (bin_dir / "agents.json").write_text(json.dumps(agents))
+    meet = ""
+    if rendezvous:
+        here = shlex.quote(str(bin_dir))
+        meet = (f'touch {here}/started-"$1"; other=compute; [ "$1" = compute ] && other=network\n'
+                "for _ in $(seq 50); do\n"
+                f'  [ -e {here}/started-"$other" ] && break; sleep 0.1\n'
+                "done\n"
+                f'[ -e {here}/started-"$other" ] || {{ echo "ran alone" >&2; exit 3; }}\n')
     fake = bin_dir / "openstack"
     fake.write_text(
         "#!/bin/bash\n"
-        f"case \"$1 $2\" in\n"
+        + meet
+        + (f'[ "$1" = {failing} ] && {{ echo "HTTP 503" >&2; exit 1; }}\n' if failing else "")
+        + f"case \"$1 $2\" in\n"
         f"  'compute service') cat {shlex.quote(str(bin_dir / 'services.json'))} ;;\n"
         f"  'network agent') cat {shlex.quote(str(bin_dir / 'agents.json'))} ;;\n"
         "  *) exit 2 ;;\n"
@@ -439,7 +454,8 @@ def _fake_openstack(bin_dir: Path, services: list[dict], agents: list[dict]) -> 
     manage.chmod(0o755)
 
 
-def _run_check(tmp_path: Path, services: list[dict], agents: list[dict]) -> tuple[int, Path]:
+def _run_check(tmp_path: Path, services: list[dict], agents: list[dict],
+               **fake: Any) -> tuple[int, Path]:
     config = make_config(tmp_path, services_timeout=1)
     rendered = render(config)
     for name in ("devstack-1-check-services.sh", "devstack-1-hyperv-hosts.txt"):
@@ -448,7 +464,7 @@ def _run_check(tmp_path: Path, services: list[dict], agents: list[dict]) -> tupl
     devstack.mkdir(parents=True)
     (devstack / "openrc").write_text("export OS_CLOUD=devstack-admin\n")
     bin_dir = tmp_path / "bin"
-    _fake_openstack(bin_dir, services, agents)
+    _fake_openstack(bin_dir, services, agents, **fake)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(tmp_path / "ws" / "check-services.sh")], env=env,
                           capture_output=True, text=True, check=False)
@@ -467,6 +483,21 @@ def test_check_services_passes_when_every_host_is_up(tmp_path: Path) -> None:
     rc, bin_dir = _run_check(tmp_path, [s1, s2], [a1, a2])
     assert rc == 0
     assert (bin_dir / "discovered").read_text().strip() == "cell_v2 discover_hosts --verbose"
+
+
+def test_check_services_lists_services_and_agents_side_by_side(tmp_path: Path) -> None:
+    (s1, a1), (s2, a2) = _up("hv-1"), _up("hv-2")
+    rc, bin_dir = _run_check(tmp_path, [s1, s2], [a1, a2], rendezvous=True)
+    assert rc == 0
+    assert (bin_dir / "discovered").exists()
+
+
+@pytest.mark.parametrize("failing", ["compute", "network"])
+def test_check_services_fails_when_either_listing_fails(tmp_path: Path, failing: str) -> None:
+    (s1, a1), (s2, a2) = _up("hv-1"), _up("hv-2")
+    rc, bin_dir = _run_check(tmp_path, [s1, s2], [a1, a2], failing=failing)
+    assert rc == 1
+    assert not (bin_dir / "discovered").exists()
 
 
 def test_check_services_fails_on_a_dead_agent(tmp_path: Path) -> None:

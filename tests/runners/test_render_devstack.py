@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,19 @@ def test_collect_logs_gathers_the_system_state(tmp_path: Path) -> None:
                         "workspace": str(tmp_path / "ws")})
     script = render(data)["devstack-1-collect-logs.sh"]
     assert "/etc/cinder" in script
+    # A slow client: the listings run in the background and must be in the archive.
+    real = node.bin_dir / "openstack"
+    real.rename(node.bin_dir / "openstack.real")
+    real.write_text('#!/bin/sh\nsleep 1\nexec "$0.real" "$@"\n', encoding="utf-8")
+    real.chmod(0o755)
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False,
                           env=dict(os.environ, PATH="/usr/bin:/bin"))
     assert proc.returncode == 0, proc.stderr
+    with tarfile.open(tmp_path / "ws" / "logs.tar.gz") as archive:
+        listings = {name: archive.extractfile(f"logs/system/{name}").read().decode()
+                    for name in ("compute-services.txt", "network-agents.txt")}
+    # The node is not stacked: the client's own answer, complete, is what is archived.
+    assert all("Unable to establish connection" in text for text in listings.values())
     system = tmp_path / "ws" / "logs" / "system"
     assert "RabbitMQ version" in (system / "rabbitmq-status.txt").read_text(encoding="utf-8")
     assert "Bridge br-physnet1" in (system / "ovs-vsctl-show.txt").read_text(encoding="utf-8")
