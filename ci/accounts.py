@@ -12,6 +12,7 @@ never ORM rows (a record outlives its session).
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from dataclasses import dataclass
@@ -34,8 +35,17 @@ MAX_PASSWORD_LENGTH = 1024  # hashing a megabyte "password" per request is a che
 MAX_NAME_LENGTH = 64
 
 _HASHER = PasswordHasher()
-# Verified against when the name has no account: the same work as a real check.
-_DUMMY_HASH = _HASHER.hash("no such account: this hash only spends the time")
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """Verified against when the name has no account: the same work as a real check.
+
+    Made on first use, not at import (an Argon2 hash, ~0.1 s, which every command
+    importing this module would pay); the dashboard makes it when it starts, so
+    that no login, the first included, takes longer for an unknown name.
+    """
+    return _HASHER.hash("no such account: this hash only spends the time")
 
 
 class AccountError(PermanentError):
@@ -162,7 +172,7 @@ def check(found: Stored | None, password: str) -> Checked:
         # No stored password is this long: fail, after the same work on a bounded input.
         found, password = None, password[:MAX_PASSWORD_LENGTH]
     try:
-        _HASHER.verify(found.password_hash if found is not None else _DUMMY_HASH, password)
+        _HASHER.verify(found.password_hash if found is not None else dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return Checked(None)
     if found is None or found.account.disabled:

@@ -79,6 +79,7 @@ class CookieSessions(SecureCookieSessionInterface):
 
 def configure(app: Flask) -> None:
     """Install the session settings, the per-request identity check and the blueprint."""
+    accounts.dummy_hash()  # made now, so the first login is no slower than the others
     app.session_interface = CookieSessions()
     app.config.setdefault("PERMANENT_SESSION_LIFETIME", SESSION_LIFETIME)
     app.extensions[LOGIN_LIMIT] = LoginLimit()

@@ -32,7 +32,8 @@ def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real Argon2 cost (~0.1 s a hash) is not what these tests are about.
     fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
     monkeypatch.setattr(accounts, "_HASHER", fast)
-    monkeypatch.setattr(accounts, "_DUMMY_HASH", fast.hash("an unknown name's dummy"))
+    dummy = fast.hash("an unknown name's dummy")
+    monkeypatch.setattr(accounts, "dummy_hash", lambda: dummy)
 
 
 def token_of(client: FlaskClient, path: str = "/login") -> str:
@@ -454,3 +455,12 @@ def test_a_database_down_is_a_500_page_for_a_logged_in_browser(dash_config: Conf
     page = client.get("/nodes")
     # The error page renders (as logged out), not a second failure inside it.
     assert page.status_code == 500 and "<nav>" in page.get_data(as_text=True)
+
+
+def test_the_dashboard_makes_the_unknown_names_hash_when_it_starts(
+        tmp_path: Path, dash_sessions: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    monkeypatch.setattr(accounts, "dummy_hash", lambda: made.append("made") or "unused")
+    create_app(make_config(tmp_path), sessions=dash_sessions, test_config={"TESTING": True})
+    assert made == ["made"]  # before any login, so the first one costs what the others do

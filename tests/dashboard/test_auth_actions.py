@@ -26,7 +26,8 @@ Csrf = Any
 def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
     monkeypatch.setattr(accounts, "_HASHER", fast)
-    monkeypatch.setattr(accounts, "_DUMMY_HASH", fast.hash("an unknown name's dummy"))
+    dummy = fast.hash("an unknown name's dummy")
+    monkeypatch.setattr(accounts, "dummy_hash", lambda: dummy)
 
 
 @pytest.fixture
