@@ -9,8 +9,9 @@ a link that silently stopped carrying packets ends within
 `keepalive + keepalive_timeout` seconds.
 Gerrit re-parses the command line, so every command is an argument list
 joined with `shlex.join`: a review message is data, whatever it holds.
-Every failure surfaces as `GerritError`, with the exit status and stderr; a
-review Gerrit refuses for its votes is the `LabelRefused` kind of it.
+Every failure surfaces as `GerritError` (ci/gerrit_errors.py), with the exit
+status and stderr; a review Gerrit refuses for its votes is the `LabelRefused`
+kind of it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import shlex
 import socket
 import threading
@@ -29,109 +29,25 @@ from typing import Any
 import paramiko
 
 from ci.config import GerritConfig
-from ci.errors import HypervCIError, PermanentError, TransientError
+from ci.gerrit_errors import (
+    GerritError,
+    GerritRefused,
+    GerritRejected,
+    LabelRefused,
+    label_refusal,
+    truncate_message,
+)
 from ci.preflight import known_hosts_name
 from ci.quickack import open_connection
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16000
 _READ_SIZE = 1 << 20
 _SPECIAL_FILES = ("/COMMIT_MSG", "/MERGE_LIST", "/PATCHSET_LEVEL")
 # Changes per batched files lookup: far inside Gerrit's default index.maxTerms
 # (1024 leaf terms, java/com/google/gerrit/index/IndexConfig.java) and one page
 # of its default query limit (500 rows; `query` pages past it anyway).
 FILES_BATCH = 100
-
-
-class GerritError(HypervCIError):
-    """A Gerrit command or connection failed: `GerritUnavailable` or `GerritRejected`.
-
-    `transient` says whether asking again may help: a connection that failed
-    or a command that died may work later (GerritUnavailable, a TransientError);
-    an answer that says the change or patch set does not exist never will
-    (GerritRejected, a PermanentError). `GerritError(..., transient=False)`
-    makes a GerritRejected, and without it a GerritUnavailable, so every
-    instance is one or the other.
-    """
-
-    def __new__(cls, *args: object, transient: bool = True, **kwargs: object) -> GerritError:
-        if cls is GerritError:
-            cls = GerritUnavailable if transient else GerritRejected
-        return super().__new__(cls, *args)
-
-    def __init__(self, message: str, *, exit_status: int | None = None, stderr: str = "",
-                 transient: bool = True) -> None:
-        detail = f" (exit status {exit_status})" if exit_status is not None else ""
-        super().__init__(f"{message}{detail}" + (f": {stderr.strip()}" if stderr.strip() else ""))
-        self.exit_status = exit_status
-        self.stderr = stderr
-
-    @property
-    def transient(self) -> bool:
-        return isinstance(self, TransientError)
-
-
-class GerritUnavailable(GerritError, TransientError):
-    """Gerrit could not be reached, or the command or link died: ask again later."""
-
-
-class GerritRejected(GerritError, PermanentError):
-    """Gerrit answered, and the answer will not change (no such patch set, a bad query)."""
-
-
-class GerritRefused(GerritUnavailable):
-    """The server's host key does not match known_hosts, or it refused our key.
-
-    Still transient (it clears once an operator fixes known_hosts, the key or
-    the account), but never a quiet retry: it means a configuration problem,
-    or a server that is not the one we know.
-    """
-
-
-class LabelRefused(GerritRejected):
-    """Gerrit refused a vote: permanent (resending the same vote fails the same way).
-
-    Nothing of that review was recorded, the message included.
-    """
-
-    def __init__(self, label: str, value: int | None, message: str, *,
-                 exit_status: int | None = None, stderr: str = "") -> None:
-        super().__init__(f"Gerrit refused the vote: {message}", exit_status=exit_status)
-        self.label = label
-        self.value = value
-        self.message = message
-        self.stderr = stderr
-
-
-# Gerrit's own words (PostReview.checkLabels, java/com/google/gerrit/server/
-# restapi/change/PostReview.java): over SSH each comes as `error: fatal: <text>`
-# followed by `fatal: one or more reviews failed; review output above`.
-_REFUSALS = (
-    # A value beyond the account's grant on the project: always refused.
-    re.compile(r'Applying label "(?P<label>[^"]+)": (?P<value>-?\d+) is restricted'),
-    # Only with the server's change.strictLabels (default false: dropped silently).
-    re.compile(r'label "(?P<label>[^"]+)" is not a configured label'),
-    re.compile(r'label "(?P<label>[^"]+)": (?P<value>-?\d+) is not a valid value'),
-)
-
-
-def label_refusal(stderr: str) -> tuple[str, int | None, str] | None:
-    """(label, value, Gerrit's sentence) when `stderr` is a refused vote, else None."""
-    for pattern in _REFUSALS:
-        match = pattern.search(stderr)
-        if match:
-            value = match.groupdict().get("value")
-            return match["label"], None if value is None else int(value), match[0]
-    return None
-
-
-def truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
-    """`message` cut to at most `limit` UTF-8 bytes, never inside a character."""
-    data = message.encode("utf-8")
-    if len(data) <= limit:
-        return message
-    return data[:limit].decode("utf-8", "ignore")
 
 
 def _label_arg(name: str, value: int) -> str:

@@ -38,7 +38,7 @@ import requests
 from requests.auth import HTTPBasicAuth
 
 from ci.config import GerritConfig, GerritRestConfig
-from ci.gerrit import (
+from ci.gerrit_errors import (
     GerritRefused,
     GerritRejected,
     GerritUnavailable,

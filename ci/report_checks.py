@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ci.errors import PermanentError, TransientError
-from ci.gerrit import GerritError
+from ci.gerrit_errors import GerritError
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
-from ci.report import format_duration as report_duration
+from ci.report_format import format_duration as report_duration
 from dashboard.context import EXTENSION, DashboardState, close_db, csrf_token
 from dashboard.secret_key import secret_key
 

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ci import stream_status
 from ci.config import Config
 from ci.db import transaction
-from ci.gerrit import GerritError, GerritRefused
+from ci.gerrit_errors import GerritError, GerritRefused
 from ci.models import Change, Patchset
 from listener.catchup import (
     close_is_new,

@@ -21,7 +21,8 @@ from typing import Any
 import click
 
 from ci.config import GerritConfig
-from ci.gerrit import GerritClient, GerritError
+from ci.gerrit import GerritClient
+from ci.gerrit_errors import GerritError
 from sim.gerrit import ADVERT_FILE, SimGerrit
 from sim.gerrit_labels import Range, parse_grant
 

@@ -17,7 +17,7 @@ from ci.baseline import change_info_of
 from ci.config import Config, ConfigError
 from ci.db import make_sessionmaker, read_only_engine, schema_is_current
 from ci.enqueue import known_change_ref, manual_enqueue, parse_change_spec
-from ci.gerrit import GerritError
+from ci.gerrit_errors import GerritError
 from ci.models import Build, Event, Report, ReportState
 from ci.report import requeue_failed
 from runners.render import render_command

@@ -9,11 +9,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.db import ensure_schema, make_engine, make_sessionmaker
-from ci.gerrit import GerritClient, GerritError, GerritRefused
+from ci.gerrit_errors import GerritError, GerritRefused
 
 
 def check_gerrit(config: Config, path: str) -> None:
     """Exit 2 if Gerrit refuses us (its host key, our key); only warn if it is unreachable."""
+    from ci.gerrit import GerritClient  # paramiko: only the commands that talk to Gerrit
+
     client = GerritClient(config.gerrit, timeout=15)
     try:
         client.connect().close()

@@ -13,7 +13,13 @@ from sqlalchemy.exc import OperationalError
 
 from ci.config import ConfigError
 from ci.errors import ControlFlow, HypervCIError, PermanentError, TransientError
-from ci.gerrit import GerritError, GerritRefused, GerritRejected, GerritUnavailable, LabelRefused
+from ci.gerrit_errors import (
+    GerritError,
+    GerritRefused,
+    GerritRejected,
+    GerritUnavailable,
+    LabelRefused,
+)
 from ci.report_checks import CannotAsk, Verdict, classify_send_error
 from listener.scheduler import is_transient
 from runners.base import CommandAborted, CommandTimeout, ExecutorError, InfraError

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ci.gerrit import MAX_MESSAGE_BYTES, GerritClient, GerritError, GerritRefused, LinkProbe
+from ci.gerrit import GerritClient, LinkProbe
+from ci.gerrit_errors import MAX_MESSAGE_BYTES, GerritError, GerritRefused
 from sim.gerrit import SimGerrit, make_client_identity
 from tests.tcp_freeze import FreezingProxy
 

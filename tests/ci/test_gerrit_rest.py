@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.app.processes import review_client
 from ci.config import Config, ConfigError, parse_config
-from ci.gerrit import GerritRefused, GerritRejected, GerritUnavailable, LabelRefused
+from ci.gerrit_errors import GerritRefused, GerritRejected, GerritUnavailable, LabelRefused
 from ci.gerrit_rest import GerritRestClient, parse_json, ssh_row
 from ci.models import BuildState, ReportState
 from ci.report import send_pending

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from ci.models import BuildState
-from ci.report import format_job_line, format_message
+from ci.report_format import format_job_line, format_message
 from ci.signatures import SignatureMatch
 from ci.verdict import (
     Assessment,

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import pytest
 
 from ci.config import Config
-from ci.gerrit import GerritClient, GerritRejected
+from ci.gerrit import GerritClient
+from ci.gerrit_errors import GerritRejected
 from sim.gerrit import SimGerrit
 from sim.gerrit_query import MAX_TERMS, QueryError, parse_query
 

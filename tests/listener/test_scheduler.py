@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ci.config import Config
 from ci.db import transaction
-from ci.gerrit import GerritError
+from ci.gerrit_errors import GerritError
 from ci.models import Build, BuildState, Change, Event, Patchset
 from listener.scheduler import Scheduler
 

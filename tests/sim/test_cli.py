@@ -20,7 +20,8 @@ from sqlalchemy import select
 from ci.app.processes import run_listener
 from ci.config import GerritConfig, parse_config
 from ci.db import make_engine, make_sessionmaker
-from ci.gerrit import GerritClient, LabelRefused
+from ci.gerrit import GerritClient
+from ci.gerrit_errors import LabelRefused
 from ci.models import Build, Change, Event, Patchset
 from sim.cli import sim as sim_group
 from sim.gerrit import SimGerrit, make_client_identity

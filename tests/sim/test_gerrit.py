@@ -13,7 +13,8 @@ from typing import Any
 import paramiko
 import pytest
 
-from ci.gerrit import GerritClient, GerritError
+from ci.gerrit import GerritClient
+from ci.gerrit_errors import GerritError
 from sim.gerrit import SimGerrit, make_client_identity
 from sim.gerrit_state import GerritState, QueryError, SimGerritError
 
