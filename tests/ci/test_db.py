@@ -6,12 +6,16 @@ import time
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, select, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, inspect, select, text
 
 import ci.db
 from ci.db import (
+    HEAD_REVISION,
+    MIGRATIONS,
     PING_IDLE_SECONDS,
     ensure_schema,
     make_engine,
@@ -27,6 +31,27 @@ def test_migrations_build_exactly_the_models_schema(engine: Engine) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_the_head_revision_the_schema_check_expects_is_alembics_head(tmp_path: Path) -> None:
+    # A new migration must move HEAD_REVISION too, or every process would upgrade
+    # at each start (behind) or refuse a database it just migrated.
+    script = ScriptDirectory.from_config(ci.db.alembic_config(f"sqlite:///{tmp_path}/x.db"))
+    assert script.dir == str(MIGRATIONS)
+    assert script.get_heads() == [HEAD_REVISION]
+
+
+def test_the_schema_check_reads_the_version_table(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'ci.db'}")
+    assert not schema_is_current(engine)
+    ensure_schema(engine)
+    assert schema_is_current(engine)
+    command.downgrade(ci.db.alembic_config(str(engine.url)), "-1")
+    assert not schema_is_current(engine)
+    ensure_schema(engine)  # one migration behind: upgraded again
+    assert schema_is_current(engine)
+    assert "test_flips" in inspect(engine).get_table_names()
+    engine.dispose()
 
 
 def test_read_only_engine_reads_and_cannot_write(tmp_path: Path) -> None:
