@@ -3,9 +3,10 @@
 Host keys are checked against the node's known_hosts file (`RejectPolicy`);
 no agent and no default keys are used. Commands are argument lists, sent as
 `shlex.join(argv)` inside a small fixed `sh` wrapper that reports the
-remote process group first (one line on stdout, stripped here), so a
-timeout, or the caller's `should_stop` turning true, can kill the whole
-remote process tree over a second channel.
+remote process group first (one line on stdout, stripped by
+runners/ssh_session.py, which follows the running command), so a timeout, or
+the caller's `should_stop` turning true, can kill the whole remote process
+tree over a second channel.
 
 Output is text (UTF-8, bad bytes replaced): a command whose output is
 binary, such as `tempest run --subunit`, should redirect it to a file on the
@@ -14,15 +15,12 @@ node, to be fetched with `get`.
 
 from __future__ import annotations
 
-import codecs
 import logging
 import re
-import select
 import shlex
 import socket
 import stat
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -32,24 +30,14 @@ from ci.config import NodeConfig
 from runners.base import (
     CommandAborted,
     CommandResult,
-    CommandStopped,
-    CommandTimeout,
     ExecutorError,
     OutputSink,
     StopCheck,
 )
+from runners.ssh_session import WRAPPER, CommandSession
 
 logger = logging.getLogger(__name__)
 
-_PGID_TAG = "hyperv-ci-pgid"
-# $1 is the working directory ("" for the login directory), the rest the argv.
-# sshd makes each session its own process group, so the group read from
-# /proc is what a timeout kills.
-_WRAPPER = (
-    'pgid=$$; read -r _ _ _ _ pgid _ < /proc/$$/stat 2>/dev/null || pgid=$$; '
-    f'printf "{_PGID_TAG} %s\\n" "$pgid"; '
-    'if [ -n "$1" ]; then cd -- "$1" || exit 125; fi; shift; exec "$@"'
-)
 # No "--" before the negative pid: dash's kill builtin rejects it.
 _KILLER = (
     'kill -TERM "-$1" 2>/dev/null || exit 0; i=0; '
@@ -58,12 +46,7 @@ _KILLER = (
 )
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRANSPORT_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, socket.timeout)
-_CHUNK = 32768
-STOP_POLL = 0.5  # seconds between two calls of a running command's `should_stop`
-EOF_GRACE = 2.0  # seconds a finished command's output may trail its exit status
-# How long a stop waits for the wrapper's pgid line if it has not arrived yet
-# (a command stopped right after it started): without it nothing can be killed.
-_PGID_WAIT = 5.0
+_CHUNK = 32768  # bytes an SFTP write sends at a time
 
 
 class SSHExecutor:
@@ -178,8 +161,8 @@ class SSHExecutor:
 
         Raises CommandTimeout (after killing the remote process group) when the
         command outlives `timeout` seconds, CommandAborted (after the same kill)
-        when `should_stop` returns True (it is asked about every STOP_POLL
-        seconds), ExecutorError when the connection fails.
+        when `should_stop` returns True (it is asked about every
+        ssh_session.STOP_POLL seconds), ExecutorError when the connection fails.
         """
         if not argv:
             raise ValueError("empty command")
@@ -192,7 +175,7 @@ class SSHExecutor:
             if bad:
                 raise ValueError(f"invalid environment variable names: {bad}")
             command = ["env", *[f"{k}={v}" for k, v in env.items()], *command]
-        line = shlex.join(["sh", "-c", _WRAPPER, "hyperv-ci", cwd or "", *command])
+        line = shlex.join(["sh", "-c", WRAPPER, "hyperv-ci", cwd or "", *command])
         channel = self._open_channel()
         try:
             channel.exec_command(line)
@@ -201,7 +184,8 @@ class SSHExecutor:
             channel.close()
             raise ExecutorError(f"cannot start a command on {self._where()}: {exc}") from exc
         logger.debug("running on %s: %s", self.node_name, shlex.join(argv))
-        return _Session(self, channel, timeout, on_output, should_stop).wait()
+        return CommandSession(channel, timeout, on_output, should_stop, node_name=self.node_name,
+                              where=self._where(), kill_group=self._kill_group).wait()
 
     def _kill_group(self, pgid: int) -> None:
         """Kill a remote process group: TERM, then KILL after the grace period."""
@@ -327,141 +311,3 @@ class SSHExecutor:
             self.close()
             raise ExecutorError(f"copying {remote_dir} from {self._where()} failed: {exc}") from exc
         return written
-
-
-class _Session:
-    """One running remote command: pumps output, enforces the timeout and `should_stop`."""
-
-    def __init__(self, executor: SSHExecutor, channel: paramiko.Channel, timeout: float,
-                 on_output: OutputSink | None, should_stop: StopCheck | None = None) -> None:
-        self.executor = executor
-        self.channel = channel
-        self.timeout = timeout
-        self.on_output = on_output
-        self.should_stop = should_stop
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._err_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._head = b""  # stdout until the wrapper's pgid line is complete
-        self._held_err = b""  # stderr held back until then
-        self._head_done = False
-        self.pgid: int | None = None
-
-    def _emit(self, text: str, sink: list[str]) -> None:
-        if text:
-            sink.append(text)
-            if self.on_output is not None:
-                self.on_output(text)
-
-    # The wrapper prints the pgid line on stdout before it execs the command, so
-    # it is the first thing on stdout; stderr is held until it is read, so the
-    # sink never sees output of a command that could not be killed.
-    def _stdout(self, data: bytes, final: bool = False) -> None:
-        if not self._head_done:
-            self._head += data
-            first, sep, rest = self._head.partition(b"\n")
-            if not sep and not final:
-                return
-            tag, _, value = first.decode("ascii", errors="replace").partition(" ")
-            if sep and tag == _PGID_TAG and value.strip().isdigit():
-                self.pgid = int(value)
-                data = rest
-            else:  # not our wrapper's line (a broken login shell?): keep it all
-                data = self._head
-            self._head_done = True
-            self._head = b""
-            self._stderr(b"")
-        self._emit(self._out_decoder.decode(data, final=final), self.out)
-
-    def _stderr(self, data: bytes, final: bool = False) -> None:
-        if not self._head_done and not final:
-            self._held_err += data
-            return
-        data, self._held_err = self._held_err + data, b""
-        self._emit(self._err_decoder.decode(data, final=final), self.err)
-
-    def _pump(self) -> bool:
-        """Read whatever is buffered; True if anything was read."""
-        got = False
-        while self.channel.recv_ready():
-            self._stdout(self.channel.recv(_CHUNK))
-            got = True
-        while self.channel.recv_stderr_ready():
-            self._stderr(self.channel.recv_stderr(_CHUNK))
-            got = True
-        return got
-
-    def wait(self) -> CommandResult:
-        deadline = time.monotonic() + self.timeout
-        next_check = time.monotonic()
-        channel = self.channel
-        drained_by: float | None = None
-        try:
-            while True:
-                got = self._pump()
-                # sshd sends the exit status when the command ends, which can be before
-                # the last of its output (session_exit_message() in OpenSSH's session.c
-                # runs when the child is reaped; its pipes are drained after): the
-                # output is complete at the channel's EOF. A command whose background
-                # child keeps the pipes open sends no EOF: that is given EOF_GRACE.
-                if channel.exit_status_ready() and not (
-                        channel.recv_ready() or channel.recv_stderr_ready()):
-                    if channel.eof_received or channel.closed:
-                        break
-                    if drained_by is None:
-                        drained_by = time.monotonic() + EOF_GRACE
-                    elif time.monotonic() >= drained_by:
-                        logger.debug("a command on %s ended leaving a process that holds "
-                                     "its output open", self.executor.node_name)
-                        break
-                now = time.monotonic()
-                left = deadline - now
-                if left <= 0:
-                    raise self._timed_out()
-                # Rate-limited: a command with a steady stream of output must not
-                # call the check once per packet.
-                if self.should_stop is not None and now >= next_check:
-                    if self.should_stop():
-                        raise self._aborted()
-                    next_check = now + STOP_POLL
-                if not got:
-                    select.select([channel], [], [], min(left, STOP_POLL))
-            self._stdout(b"", final=True)
-            self._stderr(b"", final=True)
-            status = channel.recv_exit_status()
-            transport = channel.get_transport()
-            if status == -1 and (transport is None or not transport.is_active()):
-                raise ExecutorError(f"connection to {self.executor._where()} lost while running")
-            return CommandResult(status, "".join(self.out), "".join(self.err))
-        except BaseException as exc:
-            # A timeout or abort has killed the group already; a lost link cannot.
-            if not isinstance(exc, ExecutorError | CommandStopped) and self.pgid is not None \
-                    and not channel.exit_status_ready():
-                self.executor._kill_group(self.pgid)  # e.g. on_output raised: stop the remote
-            raise
-        finally:
-            channel.close()
-
-    def _stop(self) -> None:
-        """Kill the remote process group, as soon as the wrapper has said which it is."""
-        limit = time.monotonic() + _PGID_WAIT
-        while not self._head_done and not self.channel.exit_status_ready() \
-                and time.monotonic() < limit:
-            if not self._pump():
-                select.select([self.channel], [], [], 0.1)
-        if self.pgid is not None:
-            self.executor._kill_group(self.pgid)
-
-    def _aborted(self) -> CommandAborted:
-        self._stop()
-        logger.info("command on %s aborted by its caller (process group %s killed)",
-                    self.executor.node_name, self.pgid)
-        return CommandAborted(f"command on {self.executor.node_name} aborted")
-
-    def _timed_out(self) -> CommandTimeout:
-        self._stop()
-        logger.warning("command on %s timed out after %ss (process group %s killed)",
-                       self.executor.node_name, self.timeout, self.pgid)
-        return CommandTimeout(
-            f"command on {self.executor.node_name} timed out after {self.timeout:g}s")
