@@ -29,14 +29,12 @@ the nodes are cleaned and freed at once rather than after the step's timeout.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -61,6 +59,7 @@ from runners.devstack_build import (
     extract_zip,
     last_line,
 )
+from runners.devstack_commands import NodeCommands
 from runners.job_values import job_secrets
 from runners.log_archive import extract_tar
 from runners.merger import MergeConflict, PreparedChange, expand_git_url, prepare_change
@@ -68,7 +67,6 @@ from runners.render import RenderedJob, RenderError, render_job
 from runners.ssh import SSHExecutor
 from runners.steps import StepHandle
 from runners.tempest_step import TempestStep
-from runners.windows_values import ArtefactError, read_checked, worker_uploads
 from runners.winrm import WinRMExecutor
 
 logger = logging.getLogger(__name__)
@@ -118,9 +116,8 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         # What `run` found out, for collect and the tests: the merge it built
         # (None until the change merged: then nothing reached a node).
         self.merged: PreparedChange | None = None
-        self.dead: set[str] = set()  # nodes whose transport failed: no log collection
         self._started: set[str] = set()  # step names `run` has begun
-        self._sent: dict[str, bytes] = {}  # controller path -> SHA-256 of what this build put there
+        self.commands = NodeCommands(job)  # the build's scripts on its nodes
 
     def node_labels(self) -> list[str]:
         return ["devstack"] + ["hyperv"] * self.job.hyperv_nodes
@@ -134,79 +131,10 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         except (RenderError, ConfigError) as exc:
             raise InfraError(f"cannot render the job's files: {exc}") from exc
 
-    def _ps(self, build: PreparedBuild, step: StepHandle, node: str, name: str,
-            timeout: float, check: bool = True) -> CommandResult:
-        """Run one rendered PowerShell script on a Windows node, output into `step`.
-
-        `build.should_stop` (the build's abort check) stops the script mid-way:
-        CommandAborted.
-        """
-        step.log(f"--- {name} on {node}")
-        with self._watch(node):
-            result = build.winrm[node].run_powershell(
-                build.rendered.for_node(node, name), timeout=timeout, on_output=step.write,
-                idempotent=True, should_stop=build.should_stop)
-        if check and not result.ok:
-            step.finish(StepState.ERROR, "", result.exit_code)
-            raise InfraError(f"{name} failed on {node} (exit {result.exit_code})"
-                             f"{last_line(result.stderr)}")
-        return result
-
-    @contextmanager
-    def _watch(self, node: str) -> Iterator[None]:
-        """Remember a node whose transport failed (a timeout or abort is not): no log collection."""
-        try:
-            yield
-        except ExecutorError:  # never a CommandTimeout or CommandAborted
-            self.dead.add(node)
-            raise
-
-    def _sh(self, build: PreparedBuild, step: StepHandle, name: str, timeout: float,
-            check: bool = True, args: Sequence[str] = ()) -> CommandResult:
-        """Run one rendered bash script on the controller, output into `step`.
-
-        `build.should_stop` (the build's abort check) stops the script mid-way:
-        CommandAborted.
-        """
-        controller = build.controller.name
-        script = build.rendered.file_for(controller, name)
-        step.log(f"--- {name} on {controller}")
-        # Uploaded right before it runs (cleanup works even if the build never reached the
-        # node), unless the devstack step already put these very bytes there.
-        self._put(build, script.payload(), script.remote_path, 0o755)
-        result = build.ssh.run(["bash", script.remote_path, *args], timeout=timeout,
-                               on_output=step.write, should_stop=build.should_stop)
-        if check and not result.ok:
-            step.finish(StepState.ERROR, "", result.exit_code)
-            raise InfraError(f"{name} failed on {controller} "
-                             f"(exit {result.exit_code}){last_line(result.stderr)}")
-        return result
-
-    def _put(self, build: PreparedBuild, data: bytes, remote_path: str, mode: int) -> None:
-        digest = hashlib.sha256(data + mode.to_bytes(2, "big")).digest()
-        if self._sent.get(remote_path) != digest:
-            build.ssh.put(data, remote_path, mode)
-            self._sent[remote_path] = digest
-
     def _ps_step(self, build: PreparedBuild, step: StepHandle, node: str, name: str) -> None:
         if name == "bootstrap.ps1":
-            self._upload_artefacts(build, step, node)
-        self._ps(build, step, node, name, self.job.command_timeout)
-
-    def _upload_artefacts(self, build: PreparedBuild, step: StepHandle, node: str) -> None:
-        """Put the installers and tools configured as worker files where bootstrap takes them.
-
-        Checked against their SHA-256 here first (bootstrap checks again on the node).
-        """
-        for artefact in worker_uploads(self.job):
-            try:
-                data = read_checked(artefact)
-            except ArtefactError as exc:
-                raise InfraError(str(exc)) from None
-            with self._watch(node):
-                build.winrm[node].put(data, artefact.upload_path)
-            step.log(f"uploaded {artefact.local_path} to {artefact.upload_path} "
-                     f"({len(data)} bytes, SHA-256 {artefact.sha256})")
+            self.commands.upload_artefacts(build, step, node)
+        self.commands.ps(build, step, node, name, self.job.command_timeout)
 
     def _step(self, ctx: BuildContext, name: str, node: str,
               body: Callable[[StepHandle], T]) -> T:
@@ -332,12 +260,12 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
     def _devstack(self, build: PreparedBuild, merged: PreparedChange, step: StepHandle) -> None:
         name = build.controller.name
         for item in build.rendered.node_files(name):
-            self._put(build, item.payload(), item.remote_path,
-                      0o755 if item.kind == "script" else 0o644)
+            self.commands.put(build, item.payload(), item.remote_path,
+                              0o755 if item.kind == "script" else 0o644)
         build.ssh.put(merged.bundle.read_bytes(), build.rendered.path(name, "bundle"))
         step.log(f"uploaded {len(build.rendered.node_files(name))} files and the change bundle")
-        self._sh(build, step, "prepare-checkout.sh", self.job.command_timeout)
-        self._sh(build, step, "stack.sh", self.job.stack_timeout)
+        self.commands.sh(build, step, "prepare-checkout.sh", self.job.command_timeout)
+        self.commands.sh(build, step, "stack.sh", self.job.stack_timeout)
 
     def _compute(self, build: PreparedBuild, merged: PreparedChange, step: StepHandle,
                  node: str) -> None:
@@ -345,43 +273,33 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
         files = [(merged.bundle.read_bytes(), build.rendered.path(node, "bundle"))]
         files += [(item.payload(), item.remote_path) for item in build.rendered.node_files(node)
                   if item.kind != "script"]
-        with self._watch(node):
+        with self.commands.watch(node):
             executor.put_many(files)  # one shell for all of them
         timeout = self.job.command_timeout
-        self._ps(build, step, node, "install.ps1", timeout)
-        self._ps(build, step, node, "configure-services.ps1", timeout)
-        started = self._ps(build, step, node, "start-services.ps1", timeout, check=False)
+        self.commands.ps(build, step, node, "install.ps1", timeout)
+        self.commands.ps(build, step, node, "configure-services.ps1", timeout)
+        started = self.commands.ps(build, step, node, "start-services.ps1", timeout, check=False)
         if not started.ok:
-            self._service_stderr(build, step, node)
+            self.commands.service_stderr(build, step, node)
             step.finish(StepState.ERROR, "", started.exit_code)
             raise InfraError(f"the Hyper-V services did not start on {node}"
                              f"{last_line(started.stderr)}")
 
-    def _service_stderr(self, build: PreparedBuild, step: StepHandle, node: str) -> None:
-        """Run each service's executable by hand on `node`: its stderr says why it died."""
-        try:
-            self._ps(build, step, node, "service-stderr.ps1", self.job.command_timeout,
-                     check=False)
-        except CommandAborted:
-            raise  # the build is over, not just this diagnostic
-        except (ExecutorError, CommandTimeout) as exc:
-            step.log(f"could not capture the services' stderr on {node}: {exc}")
-
     def _wait_services(self, build: PreparedBuild, step: StepHandle) -> None:
-        result = self._sh(build, step, "check-services.sh",
-                          self.job.services_timeout + SERVICES_MARGIN, check=False)
+        result = self.commands.sh(build, step, "check-services.sh",
+                                  self.job.services_timeout + SERVICES_MARGIN, check=False)
         if result.ok:
             return
         for node in build.hyperv:
-            self._service_stderr(build, step, node.name)
+            self.commands.service_stderr(build, step, node.name)
         step.finish(StepState.ERROR, "", result.exit_code)
         raise InfraError(f"Hyper-V services not up within {self.job.services_timeout}s"
                          f"{last_line(result.stdout + result.stderr)}")
 
     def _tempest(self, ctx: BuildContext, build: PreparedBuild, step: StepHandle) -> JobResult:
         def run_script(args: Sequence[str]) -> CommandResult:
-            return self._sh(build, step, "tempest.sh", self.job.tempest.timeout, check=False,
-                            args=args)
+            return self.commands.sh(build, step, "tempest.sh", self.job.tempest.timeout,
+                                    check=False, args=args)
 
         return TempestStep(self.job.tempest, build.ssh, run_script,
                            build.rendered.path(build.controller.name, "subunit"),
@@ -408,7 +326,7 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
 
     def _collect_controller(self, ctx: BuildContext, build: PreparedBuild) -> None:
         with ctx.steps.step("collect-logs", build.controller.name) as step:
-            self._sh(build, step, "collect-logs.sh", self.job.command_timeout)
+            self.commands.sh(build, step, "collect-logs.sh", self.job.command_timeout)
             # The script's archive, in one download (not the tree file by file).
             archive = build.workdir / "controller-logs.tar.gz"
             build.ssh.get(build.rendered.path(build.controller.name, "logs"), archive)
@@ -416,11 +334,11 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
             step.log(f"fetched {count} files")
 
     def _collect_windows(self, ctx: BuildContext, build: PreparedBuild, node: str) -> None:
-        if node in self.dead:
+        if node in self.commands.dead:
             ctx.steps.skip("collect-logs", node, "node unreachable earlier in the build")
             return
         with ctx.steps.step("collect-logs", node) as step:
-            self._ps(build, step, node, "collect-logs.ps1", self.job.command_timeout)
+            self.commands.ps(build, step, node, "collect-logs.ps1", self.job.command_timeout)
             archive = build.workdir / f"{node}-logs.zip"
             build.winrm[node].get(build.rendered.path(node, "logs"), archive)
             count = extract_zip(archive, ctx.log_dir / node)
@@ -446,10 +364,10 @@ class DevstackHypervRunner(Runner[PreparedBuild]):
             try:
                 with ctx.steps.step("cleanup", node.name) as step:
                     if node.label == "hyperv":
-                        self._ps(prepared, step, node.name, "cleanup.ps1",
-                                 self.job.command_timeout)
+                        self.commands.ps(prepared, step, node.name, "cleanup.ps1",
+                                         self.job.command_timeout)
                     else:
-                        self._sh(prepared, step, "cleanup.sh", self.job.command_timeout)
+                        self.commands.sh(prepared, step, "cleanup.sh", self.job.command_timeout)
             except Exception as exc:  # any failure means the node is not known to be clean
                 logger.warning("build %s: cleanup of %s failed: %s", ctx.build_id, node.name, exc)
                 failed.append(node.name)
