@@ -42,7 +42,6 @@ from runners.base import (
     OutputSink,
     StopCheck,
 )
-from runners.powershell import ps_quote
 from runners.winrm_output import Base64Lines, CommandOutput
 from runners.winrm_support import (
     encoded_command,
@@ -82,43 +81,13 @@ _TRANSPORT_ERRORS = (
     ValueError,  # an unparseable reply
 )
 
-_PUT_SCRIPT = """# hyperv-ci-step: winrm-put
-$ErrorActionPreference = 'Stop'
-$Path = {path}
-$Parent = Split-Path -Parent $Path
-if ($Parent -and -not (Test-Path -LiteralPath $Parent)) {{
-    New-Item -ItemType Directory -Force -Path $Parent | Out-Null
-}}
-$Stream = [System.IO.File]::Open($Path, [System.IO.FileMode]::Create)
-try {{
-    while ($null -ne ($Line = [Console]::In.ReadLine())) {{
-        if ($Line.Length -gt 0) {{
-            $Bytes = [Convert]::FromBase64String($Line)
-            $Stream.Write($Bytes, 0, $Bytes.Length)
-        }}
-    }}
-}} finally {{
-    $Stream.Dispose()
-}}
-"""
 
-_GET_SCRIPT = """# hyperv-ci-step: winrm-get
-$ErrorActionPreference = 'Stop'
-$Path = {path}
-if (-not (Test-Path -LiteralPath $Path -PathType Leaf)) {{
-    [Console]::Error.WriteLine("No such file: $Path")
-    exit 2
-}}
-$Stream = [System.IO.File]::OpenRead($Path)
-try {{
-    $Buffer = New-Object byte[] 49152
-    while (($Read = $Stream.Read($Buffer, 0, $Buffer.Length)) -gt 0) {{
-        [Console]::Out.WriteLine([Convert]::ToBase64String($Buffer, 0, $Read))
-    }}
-}} finally {{
-    $Stream.Dispose()
-}}
-"""
+def helper_script(name: str, path: str) -> str:
+    """The executor's own upload or download script (`winrm-put` / `winrm-get`) for `path`."""
+    from runners.render import make_environment  # the job's Jinja environment, shared
+
+    return make_environment().get_template(f"{name}.ps1.j2").render(
+        path=path, chunk_bytes=PUT_CHUNK_BYTES)
 
 
 class WinRMExecutor:
@@ -230,7 +199,7 @@ class WinRMExecutor:
         partial = local_path.with_name(local_path.name + ".part")
         try:
             with self._lock, self._shell() as shell_id, partial.open("wb") as fh:
-                script = _GET_SCRIPT.format(path=ps_quote(remote_path))
+                script = helper_script("winrm-get", remote_path)
                 command_id = self._call(
                     self._protocol.run_command, shell_id, encoded_command(script)
                 )
@@ -301,7 +270,7 @@ class WinRMExecutor:
         return result
 
     def _put_in_shell(self, shell_id: str, data: bytes, remote_path: str, deadline: float) -> None:
-        script = _PUT_SCRIPT.format(path=ps_quote(remote_path))
+        script = helper_script("winrm-put", remote_path)
         command_id = self._call(self._protocol.run_command, shell_id, encoded_command(script))
         chunks = [data[i : i + PUT_CHUNK_BYTES] for i in range(0, len(data), PUT_CHUNK_BYTES)] or [
             b""

@@ -13,7 +13,7 @@ from ci.config import Config, parse_config
 from runners import ps_check
 from runners.ps_check import check_script, resolve_command, script_end
 from runners.render import render_job
-from runners.winrm import _GET_SCRIPT, _PUT_SCRIPT
+from runners.winrm import helper_script
 
 SHA = "ab" * 32
 SECRETS = {"admin_password": "a'dm$in", "service_password": "s", "rabbit_password": "r",
@@ -87,8 +87,9 @@ def test_every_rendered_script_passes_the_check(job: dict[str, Any], ref: Change
 
 
 def test_the_executors_own_scripts_pass_the_check() -> None:
-    for template in (_PUT_SCRIPT, _GET_SCRIPT):
-        script = template.format(path="'C:\\OpenStack\\hyperv-ci\\x.ps1'")
+    for name in ("winrm-put", "winrm-get"):
+        script = helper_script(name, "C:\\OpenStack\\hyperv-ci\\x'ü.ps1")
+        assert "$Path = 'C:\\OpenStack\\hyperv-ci\\x''ü.ps1'" in script
         assert check_script(script) == []
 
 

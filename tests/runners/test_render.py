@@ -113,7 +113,8 @@ def test_file_names_cover_every_node_and_template() -> None:
 
 
 # Templates a job's render does not produce: provisioning's scripts for the
-# parent host and the node (runners/provision.py) and the lab check's probes
+# parent host and the node (runners/provision.py), the WinRM executor's file
+# transfer helpers (runners/winrm.py) and the lab check's probes
 # (runners/lab_check.py; the node probe is rendered and run in
 # tests/runners/test_lab_check.py).
 OUTSIDE_THE_JOB = {
@@ -127,6 +128,9 @@ OUTSIDE_THE_JOB = {
         "provision-identity.ps1.j2", marker_path=provision.WINDOWS_MARKER_PATH),
     "lab-parent-probe.ps1": lambda: lab_check.render_parent_probe(["hv-1 'ü'", "hv-2"]),
     "lab-probe.ps1": None,
+    # The WinRM executor's own transfer helpers (checked in tests/runners/test_ps_check.py).
+    "winrm-put.ps1": None,
+    "winrm-get.ps1": None,
 }
 
 
