@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from ci.app.cli import main as ci_cli
 from ci.app.demo import Demo
 from sim.cli import sim as sim_cli
 
@@ -23,14 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 90, what: str = "") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 90, what: str = "",
+             explain: Callable[[], str] | None = None) -> Any:
+    """The predicate's first true value; on timeout, an AssertionError carrying
+    `explain()` (what the demo holds: a stuck build and a lost event differ)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}"
+                         + (f"\n{explain()}" if explain is not None else ""))
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,18 @@ def sim(demo: Demo, *args: str) -> str:
                                                           str(demo.state_dir)})
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def demo_state(demo: Demo) -> str:
+    """The builds, events and reports of the running demo, as the operator's commands list
+    them, and the reviews Gerrit holds: what a timed-out wait prints."""
+    config = str(demo.state_dir / "demo-config.yaml")
+    parts = []
+    for args in (["builds"], ["events", "list"], ["reports", "list"]):
+        result = CliRunner().invoke(ci_cli, ["-c", config, *args])
+        parts.append(f"$ hyperv-ci {' '.join(args)} (exit {result.exit_code})\n{result.output}")
+    parts.append("reviews in the simulated Gerrit: " + sim(demo, "reviews", "--json"))
+    return "\n".join(parts)
 
 
 def reviews(demo: Demo) -> list[dict[str, Any]]:
@@ -82,7 +99,8 @@ def test_hyperv_change_gets_a_vote_and_recheck_runs_again(demo: Demo) -> None:
         mine = [r for r in reviews(demo) if r["change"] == change and r["labels"]]
         return mine if len(mine) >= count else None
 
-    first = wait_for(lambda: voted(1), what="the first vote")[0]
+    first = wait_for(lambda: voted(1), what="the first vote",
+                     explain=lambda: demo_state(demo))[0]
     assert first["patchset"] == 1
     assert first["labels"] == {"Verified": 1}, first["message"]
     assert "* hyperv-tempest http://127.0.0.1:" in first["message"]
@@ -101,7 +119,8 @@ def test_hyperv_change_gets_a_vote_and_recheck_runs_again(demo: Demo) -> None:
         assert response.status == 200
 
     sim(demo, "comment", f"{change},1", "recheck")
-    second = wait_for(lambda: voted(2), what="the vote after recheck")
+    second = wait_for(lambda: voted(2), what="the vote after recheck",
+                      explain=lambda: demo_state(demo))
     assert len(second) == 2
 
 
@@ -114,6 +133,6 @@ def test_change_outside_the_hyperv_code_gets_nothing(demo: Demo) -> None:
                               "--file",
                               "os_win/utils/vmutils.py", "--subject", "os-win: whole repo"))
     wait_for(lambda: any(r["change"] == later and r["labels"] for r in reviews(demo)),
-             what="the later change's vote")
+             what="the later change's vote", explain=lambda: demo_state(demo))
     assert not [r for r in reviews(demo) if r["change"] == change]
     assert not [b for b in api_status(demo)["recent"] if b["change"] == change]

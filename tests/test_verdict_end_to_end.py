@@ -25,7 +25,7 @@ from ci.app.cli import main as ci_cli
 from ci.app.demo import Demo
 from ci.db import make_engine, make_sessionmaker
 from ci.models import BaselineRun, Build, BuildState
-from tests.test_end_to_end import BRANCH, change_number, reviews, sim, wait_for
+from tests.test_end_to_end import BRANCH, change_number, demo_state, reviews, sim, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two builds run in the module fixture: on a loaded 2-core machine that outlasts the
@@ -73,7 +73,8 @@ def push(demo: Demo, subject: str) -> int:
 def vote_on(demo: Demo, change: int) -> dict[str, Any]:
     def posted() -> dict[str, Any] | None:
         return next((r for r in reviews(demo) if r["change"] == change), None)
-    return wait_for(posted, timeout=300, what=f"the review of change {change}")
+    return wait_for(posted, timeout=300, what=f"the review of change {change}",
+                    explain=lambda: demo_state(demo))
 
 
 def build_of(demo: Demo, change: int) -> int:
@@ -95,7 +96,8 @@ class Explained:
         self.baseline_id = int(queued.output.split("queued baseline build ")[1].split(":")[0])
         # The baseline runs first (the queue is in order); the change's faults are set
         # once its build starts: the tip fails only test_resize.
-        state = wait_for(lambda: self._finished(demo), timeout=300, what="the baseline build")
+        state = wait_for(lambda: self._finished(demo), timeout=300, what="the baseline build",
+                         explain=lambda: demo_state(demo))
         assert state[0] == BuildState.FAILED, state
         faults(demo, fail="test_resize\ntest_snapshot_pattern\n", flaky="test_shelve_unshelve\n")
         self.change = push(demo, "Fix résize — 修复")
