@@ -12,13 +12,10 @@ health checks (one process per interval).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +51,7 @@ from runners.logs import prune_logs, publish_logs, published_name
 from runners.provision import power_off_build, provision_build
 from runners.registry import make_runner, node_labels_for
 from runners.results import RESULTS_FILE, format_results
+from runners.staging import StagingDirs
 from runners.steps import StepRecorder, make_redactor
 from runners.subunit import FLAKY
 
@@ -95,9 +93,7 @@ class Worker:
         self.name = name or config.worker.name or f"{socket.gethostname()}-{id(self):x}"
         self.runner_factory = runner_factory
         self._last_prune = -math.inf  # prune at start; monotonic() may be small after a boot
-        # Empty private staging directories left by builds that collected nothing,
-        # reused by the next build (a list: its append and pop are atomic).
-        self._spare_staging: list[Path] = []
+        self._staging = StagingDirs()  # where each build's job collects its files
 
     def run(self, stop: threading.Event, on_idle: Callable[[], None] | None = None,
             report: Callable[[], object] | None = None, wakeup: Wakeup | None = None) -> None:
@@ -135,7 +131,7 @@ class Worker:
                 ran = False
             if not ran and not stop.is_set():
                 builds.wait(self.config.worker.poll_interval)
-        self._drop_spare_staging()
+        self._staging.drop()
         if reporter is not None:
             # Let a send in flight record its outcome (GerritClient times out in 30 s).
             reporter.join(timeout=120)
@@ -245,7 +241,7 @@ class Worker:
         log_url = self.config.logs.url.rstrip("/") + "/" + rel + "/"
         # Step logs are redacted as they are written and browsable at once;
         # what the job collects waits in a private tree until it is redacted.
-        staging = self._take_staging()
+        staging = self._staging.take()
         redact = make_redactor(self.config.secrets())
         # `abort` asks the job to stop; `lease_done` stops the heartbeat. They
         # are separate because the lease must outlive the job: until `_record`
@@ -273,37 +269,13 @@ class Worker:
                                                     encoding="utf-8")
             try:
                 publish_logs(log_dir, redact, self.config.logs.gzip_over_bytes,
-                             staging=None if self._kept_empty(staging) else staging)
+                             staging=None if self._staging.keep_if_empty(staging) else staging)
             except OSError:
                 logger.exception("build %s: publishing logs failed", build_id)
             self._record(claimed, result, failed_nodes, log_url, str(log_dir))
         finally:
             lease_done.set()
             heartbeat.join(timeout=5)
-
-    def _take_staging(self) -> Path:
-        """A private (0700), empty directory for what the job collects."""
-        try:
-            return self._spare_staging.pop()
-        except IndexError:
-            return Path(tempfile.mkdtemp(prefix="hyperv-ci-build-"))
-
-    def _kept_empty(self, staging: Path) -> bool:
-        """True if the job staged nothing: the directory is kept for the next build
-        (creating and removing one cost a no-op build ~0.5 ms of kernel time)."""
-        try:
-            with os.scandir(staging) as entries:
-                if next(entries, None) is not None:
-                    return False
-        except OSError:  # the job removed it
-            return False
-        self._spare_staging.append(staging)
-        return True
-
-    def _drop_spare_staging(self) -> None:
-        while self._spare_staging:
-            with contextlib.suppress(OSError, IndexError):  # another thread took it
-                self._spare_staging.pop().rmdir()
 
     def _run_job(self, ctx: BuildContext) -> tuple[JobResult, list[str]]:
         failed_nodes: list[str] = []
