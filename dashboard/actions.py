@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from ci import audit, nodes, queue
+from ci import audit, node_recovery, nodes, queue
 from ci.audit import Actor, Target
 from ci.config import Config
 from ci.models import Build, Change, NodeState, Patchset
@@ -253,8 +253,8 @@ def enable(name: str) -> Response:
     refused = ""
     with session.begin():
         try:
-            node = nodes.request_enable(session, name, actor.name)
-        except nodes.NodeBusy as exc:
+            node = node_recovery.request_enable(session, name, actor.name)
+        except node_recovery.NodeBusy as exc:
             node, refused = None, str(exc)  # refused before any change
         if node is None and not refused:
             abort(404, description=f"no node {name}")

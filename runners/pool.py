@@ -1,7 +1,7 @@
 """The runners' side of the node pool: which nodes a build's job needs.
 
 The node state machine itself (reserve, release, health, recovery, enable)
-is core: ci/nodes.py, beside the build transitions of ci/queue.py. This
+is core: ci/nodes.py and ci/node_recovery.py, beside the build transitions of ci/queue.py. This
 module adapts it to the job types, which live in runners (`PoolReserver`),
 and re-exports its names for the callers that still import them from here.
 """
@@ -14,8 +14,7 @@ from sqlalchemy.orm import Session
 
 from ci.config import Config
 from ci.models import Build
-from ci.nodes import (
-    OFFLINE_AFTER,
+from ci.node_recovery import (
     RECOVERY_STALE,
     NodeBusy,
     Probe,
@@ -25,10 +24,13 @@ from ci.nodes import (
     claim_recovery,
     enable,
     finish_recovery,
+    recovery_verdict,
+)
+from ci.nodes import (
+    OFFLINE_AFTER,
     mark_offline,
     nodes_of,
     record_health,
-    recovery_verdict,
     release,
     reserve,
     set_drained,

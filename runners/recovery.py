@@ -9,7 +9,7 @@ would overlap the retry. The node is cleaned with its job's own cleanup
 script (cleanup.sh ends the processes running from the job's directories and
 unstacks; cleanup.ps1 stops the services and every process under the
 Windows root), rendered for the build that left it dirty, then health-checked;
-`ci.nodes.recovery_verdict` decides where it goes (docs/nodes.md).
+`ci.node_recovery.recovery_verdict` decides where it goes (docs/nodes.md).
 
 A provisioned node (`provision: checkpoint`) is not cleaned: its VM is turned
 off on its parent host, which ends everything the dead build left running on
@@ -26,13 +26,13 @@ from typing import Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci import nodes
+from ci import node_recovery, nodes
 from ci.baseline import change_info_of
 from ci.changes import ChangeInfo
 from ci.config import Config, ConfigError, DevstackHypervJob, NodeConfig
 from ci.errors import PermanentError
 from ci.models import Build
-from ci.nodes import Probe, Verdict
+from ci.node_recovery import Probe, Verdict
 from runners.base import CommandTimeout, ExecutorError
 from runners.health import check_node
 from runners.job_values import RenderError
@@ -161,11 +161,11 @@ def clean_and_check(config: Config, node: NodeConfig,
 
 
 def recover_one(config: Config, sessions: sessionmaker[Session],
-                task: nodes.RecoveryTask) -> Verdict:
+                task: node_recovery.RecoveryTask) -> Verdict:
     """Clean and check one claimed node, record the verdict; returns it."""
     node = next((n for n in config.nodes if n.name == task.name), None)
     if node is None:
-        verdict = nodes.recovery_verdict(Probe(False, "not in this worker's configuration"),
+        verdict = node_recovery.recovery_verdict(Probe(False, "not in this worker's configuration"),
                                         None, task.dirty_build_id)
     else:
         try:
@@ -174,9 +174,9 @@ def recover_one(config: Config, sessions: sessionmaker[Session],
         except Exception as exc:  # the node must leave `cleaning` whatever happened
             logger.exception("recovery of %s crashed", task.name)
             cleanup, check = Probe(False, f"{type(exc).__name__}: {exc}"), None
-        verdict = nodes.recovery_verdict(cleanup, check, task.dirty_build_id)
+        verdict = node_recovery.recovery_verdict(cleanup, check, task.dirty_build_id)
     with sessions() as session, session.begin():
-        nodes.finish_recovery(session, task.name, verdict)
+        node_recovery.finish_recovery(session, task.name, verdict)
     return verdict
 
 
@@ -184,7 +184,7 @@ def recover_nodes(config: Config, sessions: sessionmaker[Session],
                   holder: str) -> dict[str, Verdict]:
     """Claim every node waiting for recovery and recover them in parallel."""
     with sessions() as session, session.begin():
-        tasks: Sequence[nodes.RecoveryTask] = nodes.claim_recovery(session, holder)
+        tasks: Sequence[node_recovery.RecoveryTask] = node_recovery.claim_recovery(session, holder)
     if not tasks:
         return {}
     with ThreadPoolExecutor(max_workers=min(8, len(tasks)),
@@ -201,7 +201,7 @@ def enable_node(config: Config, sessions: sessionmaker[Session], name: str) -> V
     """`hyperv-ci nodes enable NAME`: clean and check the node, then return it to the
     pool; a failed cleanup or check leaves it offline and says why (the verdict).
 
-    Raises UnknownNode, or nodes.NodeBusy while a build or a recovery holds it.
+    Raises UnknownNode, or node_recovery.NodeBusy while a build or a recovery holds it.
     """
     node = next((n for n in config.nodes if n.name == name), None)
     if node is None:
@@ -209,7 +209,7 @@ def enable_node(config: Config, sessions: sessionmaker[Session], name: str) -> V
     with sessions() as session, session.begin():
         # A fresh database knows no node yet.
         nodes.sync_nodes(session, config.nodes, config.lab_sets)
-        task = nodes.claim_for_enable(session, name)
+        task = node_recovery.claim_for_enable(session, name)
     if task is None:
         raise UnknownNode(f"no node {name!r}")
     try:
@@ -217,12 +217,12 @@ def enable_node(config: Config, sessions: sessionmaker[Session], name: str) -> V
     except Exception as exc:  # the node must leave `cleaning` whatever happened
         logger.exception("cleaning %s for `nodes enable` crashed", name)
         cleanup, check = Probe(False, f"{type(exc).__name__}: {exc}"), None
-    verdict = nodes.recovery_verdict(cleanup, check, task.dirty_build_id)
+    verdict = node_recovery.recovery_verdict(cleanup, check, task.dirty_build_id)
     if verdict.ready:
         verdict = Verdict(verdict.state, None, f"enabled by an operator: {verdict.message}")
     else:
         verdict = Verdict(verdict.state, verdict.cause,
                           f"`nodes enable` refused: {verdict.message}")
     with sessions() as session, session.begin():
-        nodes.finish_recovery(session, name, verdict)
+        node_recovery.finish_recovery(session, name, verdict)
     return verdict

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci import nodes, queue
+from ci import node_recovery, nodes, queue
 from ci.config import parse_config
 from ci.models import Node, NodeState, OfflineCause
 
@@ -142,10 +142,10 @@ def test_enable_brings_any_offline_node_back(sessions: sessionmaker[Session]) ->
     with sessions() as session, session.begin():
         nodes.release(session, first, failed=["hv-1"])
         nodes.record_health(session, "hv-1", False, "WinRM refused")
-        assert nodes.enable(session, "nope") is None
-        with pytest.raises(nodes.NodeBusy, match=f"node 'hv-2' holds build {second}"):
-            nodes.enable(session, "hv-2")
-        node = nodes.enable(session, "hv-1")
+        assert node_recovery.enable(session, "nope") is None
+        with pytest.raises(node_recovery.NodeBusy, match=f"node 'hv-2' holds build {second}"):
+            node_recovery.enable(session, "hv-2")
+        node = node_recovery.enable(session, "hv-1")
         assert node is not None
     hv1, hv2 = node_row(sessions, "hv-1"), node_row(sessions, "hv-2")
     assert (hv1.state, hv1.offline_cause, hv1.health_failures, hv1.message) == (

@@ -11,8 +11,8 @@ from sqlalchemy import Connection, MetaData, func, select, text
 from sqlalchemy import insert as insert_into
 from sqlalchemy.orm import Session, sessionmaker
 
+from ci import node_recovery, queue
 from ci import nodes as ci_nodes
-from ci import queue
 from ci.db import alembic_config, ensure_schema, make_engine, make_sessionmaker
 from ci.models import Build, BuildState, Change, Node, NodeState, OfflineCause, utcnow
 
@@ -256,8 +256,8 @@ def test_reaped_retry_gets_the_nodes_back_once_enabled(sessions: sessionmaker[Se
         assert queue.reap_expired(session, 3, now=utcnow() + timedelta(seconds=10))
     with sessions() as session, session.begin():
         assert queue.claim_next(session, "alive", 60, reserve=two_nodes) is None
-        assert ci_nodes.enable(session, "hv-1") is not None
-        assert ci_nodes.enable(session, "hv-2") is not None
+        assert node_recovery.enable(session, "hv-1") is not None
+        assert node_recovery.enable(session, "hv-2") is not None
     with sessions() as session, session.begin():
         retry = queue.claim_next(session, "alive", 60, reserve=two_nodes)
         assert retry is not None and retry.retry_of_id == build_id

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci import accounts, nodes, queue
+from ci import accounts, node_recovery, queue
 from ci.config import Config, parse_config
 from ci.models import AuditEntry, Build, BuildState, Node, NodeState, OfflineCause, utcnow
 from ci.report import queue_report
@@ -204,14 +204,14 @@ def test_web_enable_waits_for_a_workers_clean_and_check(
     # What a worker's keeper does next (runners/recovery.py recover_nodes): claim it,
     # clean and check it, apply the verdict.
     with dash_sessions() as s, s.begin():
-        [task] = nodes.claim_recovery(s, "worker-7")
+        [task] = node_recovery.claim_recovery(s, "worker-7")
         assert task.name == "hv-2"
         state = s.scalar(select(Node.state).where(Node.name == "hv-2"))
         assert state == NodeState.CLEANING
     with dash_sessions() as s, s.begin():
-        failed = nodes.recovery_verdict(nodes.Probe(True, "cleaned"),
-                                        nodes.Probe(False, "WinRM: refused"), None)
-        assert nodes.finish_recovery(s, "hv-2", failed)
+        failed = node_recovery.recovery_verdict(node_recovery.Probe(True, "cleaned"),
+                                        node_recovery.Probe(False, "WinRM: refused"), None)
+        assert node_recovery.finish_recovery(s, "hv-2", failed)
     with dash_sessions() as s:
         node = s.scalar(select(Node).where(Node.name == "hv-2"))
         assert node is not None and node.state == NodeState.OFFLINE
