@@ -42,6 +42,7 @@ from runners.base import (
     OutputSink,
     StopCheck,
 )
+from runners.render import make_environment
 from runners.winrm_output import Base64Lines, CommandOutput
 from runners.winrm_support import (
     encoded_command,
@@ -83,9 +84,8 @@ _TRANSPORT_ERRORS = (
 
 
 def helper_script(name: str, path: str) -> str:
-    """The executor's own upload or download script (`winrm-put` / `winrm-get`) for `path`."""
-    from runners.render import make_environment  # the job's Jinja environment, shared
-
+    """The executor's own upload or download script (`winrm-put` / `winrm-get`) for `path`,
+    rendered as the job's scripts are; the download reads in the upload's chunk size."""
     return make_environment().get_template(f"{name}.ps1.j2").render(
         path=path, chunk_bytes=PUT_CHUNK_BYTES)
 
