@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci import queue
+from ci import accounts, queue
 from ci.config import Config, parse_config
 from ci.models import (
     BuildState,
@@ -149,6 +150,16 @@ def populate(sessions: sessionmaker[Session], logs_dir: Path) -> World:
         s.flush()
         return World(finished_id=finished.id, running_id=running.id, queued_id=queued.id,
                      running_step_id=live.id, build_log_dir=build_dir)
+
+
+@pytest.fixture
+def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2 at the lowest cost, the unknown names' dummy hash too: the real cost
+    (~0.1 s a hash) is not what the login tests are about."""
+    fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    monkeypatch.setattr(accounts, "_HASHER", fast)
+    dummy = fast.hash("an unknown name's dummy")
+    monkeypatch.setattr(accounts, "dummy_hash", lambda: dummy)
 
 
 @pytest.fixture

@@ -26,14 +26,7 @@ from dashboard.secret_key import SECRET_KEY_ENV, load_or_create
 from dashboard.server import start_in_thread
 from tests.dashboard.conftest import CSRF_RE, OPERATOR_NAME, OPERATOR_PASSWORD, make_config
 
-
-@pytest.fixture(autouse=True)
-def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The real Argon2 cost (~0.1 s a hash) is not what these tests are about.
-    fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
-    monkeypatch.setattr(accounts, "_HASHER", fast)
-    dummy = fast.hash("an unknown name's dummy")
-    monkeypatch.setattr(accounts, "dummy_hash", lambda: dummy)
+pytestmark = pytest.mark.usefixtures("fast_hashes")
 
 
 def token_of(client: FlaskClient, path: str = "/login") -> str:

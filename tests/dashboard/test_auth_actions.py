@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci import accounts, node_recovery, queue
+from ci import node_recovery, queue
 from ci.config import Config, parse_config
 from ci.models import AuditEntry, Build, BuildState, Node, NodeState, OfflineCause, utcnow
 from ci.report import queue_report
@@ -21,13 +20,7 @@ from tests.dashboard.conftest import OPERATOR_NAME
 
 Csrf = Any
 
-
-@pytest.fixture(autouse=True)
-def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
-    monkeypatch.setattr(accounts, "_HASHER", fast)
-    dummy = fast.hash("an unknown name's dummy")
-    monkeypatch.setattr(accounts, "dummy_hash", lambda: dummy)
+pytestmark = pytest.mark.usefixtures("fast_hashes")
 
 
 @pytest.fixture

@@ -10,33 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from flask import Flask
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ci import accounts, queue
+from ci import queue
 from ci.config import Config
 from ci.models import AuditEntry, Build, BuildState
 from dashboard import create_app
 from dashboard.server import start_in_thread
 from tests.dashboard.conftest import OPERATOR_NAME, OPERATOR_PASSWORD
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("fast_hashes")]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-
-
-@pytest.fixture(autouse=True)
-def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
-    monkeypatch.setattr(accounts, "_HASHER", fast)
-    dummy = fast.hash("an unknown name's dummy")
-    monkeypatch.setattr(accounts, "dummy_hash", lambda: dummy)
 
 
 @pytest.fixture(scope="module")
