@@ -56,13 +56,17 @@ def sim(demo: Demo, *args: str) -> str:
     return result.output
 
 
+def cli(demo: Demo, *args: str) -> Any:
+    """`hyperv-ci -c <the demo's config> ARGS`, in this process."""
+    return CliRunner().invoke(ci_cli, ["-c", str(demo.state_dir / "demo-config.yaml"), *args])
+
+
 def demo_state(demo: Demo) -> str:
     """The builds, events and reports of the running demo, as the operator's commands list
     them, and the reviews Gerrit holds: what a timed-out wait prints."""
-    config = str(demo.state_dir / "demo-config.yaml")
     parts = []
     for args in (["builds"], ["events", "list"], ["reports", "list"]):
-        result = CliRunner().invoke(ci_cli, ["-c", config, *args])
+        result = cli(demo, *args)
         parts.append(f"$ hyperv-ci {' '.join(args)} (exit {result.exit_code})\n{result.output}")
     parts.append("reviews in the simulated Gerrit: " + sim(demo, "reviews", "--json"))
     return "\n".join(parts)

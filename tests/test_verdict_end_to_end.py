@@ -18,14 +18,20 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from sqlalchemy import select
 
-from ci.app.cli import main as ci_cli
 from ci.app.demo import Demo
 from ci.db import make_engine, make_sessionmaker
 from ci.models import BaselineRun, Build, BuildState
-from tests.test_end_to_end import BRANCH, change_number, demo_state, reviews, sim, wait_for
+from tests.test_end_to_end import (
+    BRANCH,
+    change_number,
+    cli,
+    demo_state,
+    reviews,
+    sim,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two builds run in the module fixture: on a loaded 2-core machine that outlasts the
@@ -58,10 +64,6 @@ def faults(demo: Demo, *, fail: str = "", flaky: str = "") -> None:
     assert demo.lab is not None
     (demo.lab.faults_dir / "tempest-fail").write_text(fail, encoding="utf-8")
     (demo.lab.faults_dir / "tempest-flaky").write_text(flaky, encoding="utf-8")
-
-
-def cli(demo: Demo, *args: str) -> Any:
-    return CliRunner().invoke(ci_cli, ["-c", str(demo.state_dir / "demo-config.yaml"), *args])
 
 
 def push(demo: Demo, subject: str) -> int:
